@@ -1,0 +1,100 @@
+"""Blob: Caffe's N-d array pair (data and diff)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+
+
+class Blob:
+    """A named pair of arrays, ``data`` and ``diff``, of one shape, dtype and array module.
+
+    In-place layers share a Blob object; split layers share ``data`` via :meth:`share_data`.
+    """
+
+    __slots__ = ("_data", "_diff", "_shape", "dtype", "xp")
+
+    def __init__(self, shape=(), dtype=np.float32, xp=None):
+        self.xp = xp or backend.current_xp()
+        self.dtype = np.dtype(dtype)
+        self._shape = None
+        self._data = None
+        self._diff = None
+        self.reshape(shape)
+
+    # -- shape -------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self._shape
+
+    @property
+    def count(self) -> int:
+        return int(np.prod(self._shape, dtype=np.int64)) if self._shape else 1
+
+    @property
+    def num_axes(self) -> int:
+        return len(self._shape)
+
+    def reshape(self, *shape) -> None:
+        """Change the shape; arrays are reallocated (zeros) only when the shape changes."""
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = tuple(shape[0])
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"blob shape {shape} has a negative dimension")
+        if shape == self._shape:
+            return
+        self._shape = shape
+        self._data = self.xp.zeros(shape, dtype=self.dtype)
+        self._diff = None  # allocated on first use: inference never needs diffs
+
+    def reshape_like(self, other: "Blob") -> None:
+        self.reshape(other.shape)
+
+    # -- arrays ------------------------------------------------------------------------------------
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        value = self.xp.asarray(value, dtype=self.dtype)
+        if value.shape != self._shape:
+            if value.size == self.count:
+                value = value.reshape(self._shape)
+            else:
+                raise ValueError(f"cannot assign an array of shape {value.shape} to a blob of shape {self._shape}")
+        self._data[...] = value
+
+    @property
+    def diff(self):
+        if self._diff is None or self._diff.shape != self._shape:
+            self._diff = self.xp.zeros(self._shape, dtype=self.dtype)
+        return self._diff
+
+    @diff.setter
+    def diff(self, value):
+        d = self.diff
+        d[...] = self.xp.asarray(value, dtype=self.dtype).reshape(self._shape)
+
+    def set_data_array(self, arr) -> None:
+        """Replace the data array object itself (no copy). ``arr`` must have this blob's shape."""
+        self._shape = tuple(arr.shape)
+        self._data = arr
+
+    def set_diff_array(self, arr) -> None:
+        """Replace the diff array object itself (no copy)."""
+        self._diff = arr
+
+    def share_data(self, other: "Blob") -> None:
+        """Make this blob's data the very array of ``other`` (Caffe's ShareData)."""
+        self._shape = other.shape
+        self._data = other._data
+
+    def share_diff(self, other: "Blob") -> None:
+        """Make this blob's diff the very array of ``other`` (Caffe's ShareDiff)."""
+        self._diff = other.diff
+
+    def __repr__(self) -> str:
+        return f"Blob(shape={self._shape}, dtype={self.dtype.name})"

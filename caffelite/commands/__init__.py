@@ -1,0 +1,1 @@
+"""Subcommands of the ``caffelite`` tool; see :mod:`caffelite.cli`."""
