@@ -1,0 +1,103 @@
+"""Shared helpers of bench/deploy_forward.py and bench/train_step.py: memory probes, the layer spec handed to
+the PyTorch peer (bench/_peer_torch.py, run in an interpreter that has torch: torch is never a caffelite
+dependency), and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+REF = os.path.join(ROOT, "tests", "data", "reference", "cityscapes5_jsegnet21v2")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def find_peer_python(explicit=None):
+    """An interpreter that imports torch: --peer-python, $CAFFELITE_PEER_PYTHON, /work/torchvenv, or this one."""
+    cands = [explicit, os.environ.get("CAFFELITE_PEER_PYTHON"), "/work/torchvenv/bin/python", sys.executable,
+             shutil.which("python3")]
+    for c in cands:
+        if c and os.path.exists(c):
+            r = subprocess.run([c, "-c", "import torch"], capture_output=True)
+            if r.returncode == 0:
+                return c
+    return None
+
+
+def _pair(v):
+    return [int(v[0]), int(v[1])]
+
+
+def spec_from_net(net, mode, runs, threads=2):
+    """Describe the built caffelite Net layer by layer for the peer (types, blobs, shapes, options)."""
+    layers = []
+    for name, layer in zip(net._layer_names, net.layers, strict=True):
+        L = {"name": name, "type": layer.type, "bottoms": list(net.bottom_names[name]),
+             "tops": list(net.top_names[name]), "param_shapes": [list(b.shape) for b in layer.blobs]}
+        lp = layer.param
+        L["lr"] = [ps.lr_mult if ps.HasField("lr_mult") else 1.0 for ps in lp.param] + [1.0] * 8
+        t = layer.type
+        if t in ("Convolution", "Deconvolution"):
+            g = layer.geom
+            L.update(stride=[g.sh, g.sw], pad=[g.ph, g.pw], dilation=[g.dh, g.dw], group=layer.group)
+        elif t == "Pooling":
+            L.update(kernel=_pair(layer.kernel), stride=_pair(layer.stride), pad=_pair(layer.pad),
+                     pool="MAX" if lp.pooling_param.pool == 0 else "AVE", ceil=bool(layer.ceil_mode))
+        elif t == "BatchNorm":
+            L.update(eps=max(float(lp.batch_norm_param.eps), 1e-5))
+        layers.append(L)
+    inputs = {n: list(net.blobs[n].shape) for n in net.inputs}
+    return {"mode": mode, "runs": runs, "warmup": 1, "threads": threads, "layers": layers, "inputs": inputs}
+
+
+def run_peer(python, spec):
+    """Run the peer once on ``spec``; return its JSON result (or raise with its stderr)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+        path = f.name
+    try:
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+        r = subprocess.run([python, os.path.join(HERE, "_peer_torch.py"), path], capture_output=True, text=True,
+                           env=env)
+    finally:
+        os.unlink(path)
+    if r.returncode != 0:
+        raise RuntimeError(f"peer failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def report(title, ours, peer_runs, ours_mem, peer_mem, unit_div=1.0, unit="s"):
+    """Print medians, the best peer layout and the caffelite/peer ratios; return the summary dict."""
+    med = statistics.median(ours) / unit_div
+    out = {"caffelite_median_" + unit: med, "caffelite_runs": len(ours), "caffelite_peak_mem_mb": ours_mem}
+    print(f"{title}")
+    print(f"  caffelite : median {med:.4f} {unit} over {len(ours)} runs "
+          f"(min {min(ours) / unit_div:.4f}), peak memory growth {ours_mem:.0f} MB")
+    if peer_runs:
+        best_name, best = None, None
+        for name, times in peer_runs.items():
+            m = statistics.median(times) / unit_div
+            print(f"  torch {name:14s}: median {m:.4f} {unit} over {len(times)} runs")
+            if best is None or m < best:
+                best_name, best = name, m
+        out.update(peer_median=best, peer_layout=best_name, peer_peak_mem_mb=peer_mem,
+                   time_ratio=med / best, mem_ratio=ours_mem / peer_mem if peer_mem else None)
+        print(f"  ratio caffelite/torch({best_name}) time = {med / best:.2f}x, "
+              f"peak memory = {ours_mem:.0f}/{peer_mem:.0f} MB = {out['mem_ratio']:.2f}x")
+    return out

@@ -1,0 +1,141 @@
+"""PyTorch peer for the caffelite benchmarks (runs in a separate interpreter that has torch; never imported by
+caffelite).
+
+Usage: ``python _peer_torch.py SPEC.json`` where SPEC (written by bench/deploy_forward.py or train_step.py)
+lists the net's layers as caffelite built them (type, bottoms, tops, shapes and options), the mode
+("forward" or "train"), the number of runs and threads. The same graph is executed with torch.nn.functional
+ops, in the default (NCHW) layout and in channels_last; prints one JSON line with the per-run times of each
+layout and the peak RSS growth.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class Graph:
+    """The caffelite layer list as torch functional ops on a dict of named tensors."""
+
+    def __init__(self, torch, spec, channels_last):
+        self.torch, self.F = torch, torch.nn.functional
+        self.spec = spec
+        self.train = spec["mode"] == "train"
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        g = torch.Generator().manual_seed(0)
+        self.params = {}
+        for L in spec["layers"]:
+            ps = []
+            for k, shape in enumerate(L.get("param_shapes", [])):
+                t = torch.randn(*shape, generator=g) * 0.05
+                if L["type"] == "BatchNorm" and k == 1:
+                    t = t.abs() + 1  # variance
+                if len(shape) == 4:
+                    t = t.contiguous(memory_format=self.fmt)
+                t.requires_grad_(self.train and L.get("lr", [1] * 8)[k] != 0)
+                ps.append(t)
+            self.params[L["name"]] = ps
+        self.learnable = [p for ps in self.params.values() for p in ps if p.requires_grad]
+
+    def inputs(self):
+        torch = self.torch
+        feed = {}
+        for name, shape in self.spec["inputs"].items():
+            if name == "label":
+                t = torch.randint(0, 5, shape).float()
+            else:
+                t = torch.rand(*shape) * 255
+                t = t.contiguous(memory_format=self.fmt)
+            feed[name] = t
+        return feed
+
+    def run(self, feed):
+        torch, F = self.torch, self.F
+        B = dict(feed)
+        loss = None
+        for L in self.spec["layers"]:
+            t, p = L["type"], self.params[L["name"]]
+            bt = [B[b] for b in L["bottoms"]]
+            if t in ("Input", "Silence", "Accuracy"):
+                continue
+            if t == "Split":
+                out = [bt[0]] * len(L["tops"])
+            elif t == "Convolution":
+                out = [F.conv2d(bt[0], p[0], p[1] if len(p) > 1 else None, L["stride"], L["pad"], L["dilation"],
+                                L["group"])]
+            elif t == "Deconvolution":
+                out = [F.conv_transpose2d(bt[0], p[0], p[1] if len(p) > 1 else None, L["stride"], L["pad"], 0,
+                                          L["group"], L["dilation"])]
+            elif t == "BatchNorm":
+                # eval: running statistics; train: batch statistics (the moving averages are updated too)
+                out = [F.batch_norm(bt[0], p[0].detach(), p[1].detach(), p[3] if len(p) > 3 else None,
+                                    p[4] if len(p) > 4 else None, training=self.train, momentum=0.01,
+                                    eps=L["eps"])]
+            elif t == "ReLU":
+                out = [F.relu(bt[0])]
+            elif t == "Bias":
+                out = [bt[0] + p[0].view(1, -1, 1, 1)]
+            elif t == "Pooling":
+                if L["pool"] == "MAX":
+                    out = [F.max_pool2d(bt[0], L["kernel"], L["stride"], L["pad"], ceil_mode=L["ceil"])]
+                else:
+                    out = [F.avg_pool2d(bt[0], L["kernel"], L["stride"], L["pad"], ceil_mode=L["ceil"])]
+            elif t == "Eltwise":
+                s = bt[0]
+                for b in bt[1:]:
+                    s = s + b
+                out = [s]
+            elif t == "ArgMax":
+                out = [bt[0].argmax(dim=1, keepdim=True).float()]
+            elif t == "SoftmaxWithLoss":
+                loss = F.cross_entropy(bt[0], bt[1][:, 0].long(), ignore_index=255)
+                out = [loss]
+            else:
+                raise SystemExit(f"peer: layer type {t} not mapped")
+            for name, o in zip(L["tops"], out, strict=True):
+                B[name] = o
+        return B, loss
+
+
+def main():
+    spec = json.load(open(sys.argv[1]))
+    import torch
+    torch.set_num_threads(int(spec.get("threads", 2)))
+    base = rss_mb()
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "layouts": {}}
+    peak = 0.0
+    for cl in (False, True):
+        g = Graph(torch, spec, cl)
+        feed = g.inputs()
+        opt = torch.optim.SGD(g.learnable, lr=1e-6, momentum=0.9, weight_decay=1e-4) if g.train else None
+        times = []
+        for r in range(spec["runs"] + spec.get("warmup", 1)):
+            t0 = time.perf_counter()
+            if g.train:
+                opt.zero_grad(set_to_none=False)
+                _, loss = g.run(feed)
+                loss.backward()
+                opt.step()
+            else:
+                with torch.no_grad():
+                    g.run(feed)
+            dt = time.perf_counter() - t0
+            if r >= spec.get("warmup", 1):
+                times.append(dt)
+            peak = max(peak, rss_mb() - base)
+        result["layouts"]["channels_last" if cl else "default"] = times
+        del g, feed, opt
+    # ru_maxrss covers transient peaks between the samples above
+    result["peak_rss_growth_mb"] = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

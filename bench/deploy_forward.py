@@ -1,0 +1,114 @@
+"""Benchmark: jsegnet21v2 deploy forward on the CPU (issue 3, "Speed").
+
+    python bench/deploy_forward.py [--shape 1,3,512,1024] [--runs 7] [--peer torch] [--profile]
+
+Builds tests/data/reference/cityscapes5_jsegnet21v2/test/deploy.prototxt at the given input shape, runs the
+forward ``runs`` times (after one warm-up) and prints the median time and the peak memory growth. With
+``--peer torch`` the same graph runs in PyTorch (2 threads, best of NCHW and channels_last) in a separate
+interpreter (``--peer-python``, $CAFFELITE_PEER_PYTHON or /work/torchvenv), alternating with caffelite in
+two rounds so both see the same machine conditions, and the caffelite/peer ratios are printed.
+``--profile`` prints the per-layer time table of caffelite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _netbench as nb  # noqa: E402
+
+
+def build(shape):
+    import caffelite
+    from caffelite.net import Net
+    caffelite.set_mode_cpu()
+    net = Net(os.path.join(nb.REF, "test", "deploy.prototxt"), caffelite.TEST)
+    inp = net.inputs[0]
+    net.blobs[inp].reshape(*shape)
+    net.reshape()
+    rs = np.random.default_rng(0)
+    net.blobs[inp].data[...] = rs.uniform(0, 255, shape).astype(np.float32)
+    for layer in net.layers:  # realistic (random) weights; bilinear deconvolutions keep their filler
+        for b in layer.blobs:
+            if layer.type in ("Convolution",) and b.data.ndim == 4:
+                fan_in = int(np.prod(b.shape[1:]))
+                b.data[...] = rs.standard_normal(b.shape) * np.sqrt(2.0 / fan_in)
+    return net
+
+
+def time_runs(net, runs):
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        net.forward()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def profile(net, runs):
+    per = {}
+    for _ in range(runs):
+        for name, layer, b, t in zip(net._layer_names, net.layers, net._bottom_vecs, net._top_vecs, strict=True):
+            t0 = time.perf_counter()
+            layer.reshape(b, t)
+            layer.forward(b, t)
+            per.setdefault((name, layer.type), []).append(time.perf_counter() - t0)
+    rows = sorted(((float(np.median(v)), k) for k, v in per.items()), reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"per-layer forward (median of {runs}), sum {total * 1e3:.1f} ms")
+    by_type = {}
+    for v, (n, t) in rows:
+        by_type[t] = by_type.get(t, 0.0) + v
+    print("  by type: " + ", ".join(f"{t} {v * 1e3:.1f}" for t, v in sorted(by_type.items(), key=lambda kv: -kv[1])))
+    for v, (n, t) in rows[:20]:
+        print(f"  {v * 1e3:7.2f} ms  {n} ({t})")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="1,3,512,1024")
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--peer", choices=["torch"], default=None)
+    ap.add_argument("--peer-python", default=None)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the summary here")
+    a = ap.parse_args(argv)
+    shape = tuple(int(s) for s in a.shape.split(","))
+    base = nb.rss_mb()
+    net = build(shape)
+    net.forward()  # warm-up (allocates the workspaces)
+    peer_py = None
+    if a.peer:
+        peer_py = nb.find_peer_python(a.peer_python)
+        if peer_py is None:
+            print("peer: no interpreter with torch found (use --peer-python); running caffelite only")
+    spec = nb.spec_from_net(net, "forward", a.runs)
+    ours, peer_runs, peer_mem = [], {}, 0.0
+    peak = 0.0
+    for _ in range(2 if peer_py else 1):
+        ours += time_runs(net, a.runs)
+        peak = max(peak, nb.rss_mb() - base)
+        if peer_py:
+            res = nb.run_peer(peer_py, spec)
+            for k, v in res["layouts"].items():
+                peer_runs.setdefault(k, []).extend(v)
+            peer_mem = max(peer_mem, res["peak_rss_growth_mb"])
+    peak = max(peak, nb.max_rss_mb() - base)
+    summary = nb.report(f"jsegnet21v2 deploy forward, input {'x'.join(map(str, shape))}, CPU", ours, peer_runs,
+                        peak, peer_mem)
+    if a.profile:
+        profile(net, 3)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Plot training curves from one or more logs: ``caffelite plot LOG... -o curves.png``.
+
+Panels: train loss, learning rate, and one per test output, against iterations; several logs are overlaid
+(legend = file name). Reads the same logs as ``parse-log``. Needs matplotlib (``pip install caffelite[plot]``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from ..errors import CaffeliteError
+
+
+def add_arguments(p):
+    p.add_argument("logs", nargs="+", help="training logs (BVLC, NVCaffe, caffe-jacinto or caffelite)")
+    p.add_argument("-o", "--output", default="curves.png", help="image file to write (default curves.png)")
+    p.add_argument("--logy", action="store_true", help="logarithmic loss axis")
+
+
+def _import_pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise CaffeliteError("plot needs matplotlib, which is not installed: pip install 'caffelite[plot]'") \
+            from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def panels(parsed):
+    """{panel title: [(label, xs, ys)]} for parsed logs ``[(label, train_rows, test_rows)]``."""
+    out = {"train loss": [], "learning rate": []}
+    for label, train, test in parsed:
+        pts = [(r["NumIters"], r.get("smoothed_loss", r.get("loss"))) for r in train]
+        pts = [(x, y) for x, y in pts if y is not None and not math.isnan(y)]
+        out["train loss"].append((label, [x for x, _ in pts], [y for _, y in pts]))
+        lr = [(r["NumIters"], r["LearningRate"]) for r in train if not math.isnan(r.get("LearningRate", math.nan))]
+        out["learning rate"].append((label, [x for x, _ in lr], [y for _, y in lr]))
+        names = []
+        for r in test:
+            for k in r:
+                if k not in ("NumIters", "Seconds", "LearningRate", "TestNet") and k not in names:
+                    names.append(k)
+        for name in names:
+            nets = sorted({r["TestNet"] for r in test if name in r})
+            for n in nets:
+                title = f"test {name}" + (f" (#{n})" if len(nets) > 1 else "")
+                rows = [r for r in test if r["TestNet"] == n and name in r]
+                out.setdefault(title, []).append((label, [r["NumIters"] for r in rows], [r[name] for r in rows]))
+    return out
+
+
+def run(args) -> int:
+    from ..logparse import parse_log_file
+
+    parsed = []
+    names = [os.path.basename(p) for p in args.logs]
+    for path, name in zip(args.logs, names, strict=True):
+        train, test = parse_log_file(path)
+        if not train and not test:
+            raise CaffeliteError(f"{path}: no training or test lines found (is it a Caffe training log?)")
+        if names.count(name) > 1:  # e.g. several stages' run.log.txt: label them by their folder
+            name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), name)
+        parsed.append((name, train, test))
+    plt = _import_pyplot()
+    data = panels(parsed)
+    colour = {label: f"C{i % 10}" for i, (label, _, _) in enumerate(parsed)}  # one colour per log everywhere
+    n = len(data)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (title, series) in zip(axes.flat, data.items(), strict=False):
+        for label, xs, ys in series:
+            if xs:
+                ax.plot(xs, ys, label=label, linewidth=1, color=colour[label])
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        if title == "train loss" and args.logy:
+            ax.set_yscale("log")
+        if len(parsed) > 1:
+            ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=100)
+    plt.close(fig)
+    print(f"wrote {args.output}")
+    return 0

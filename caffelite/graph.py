@@ -1,0 +1,138 @@
+"""Net-graph transforms done before a Net is built, as Caffe does them.
+
+* :func:`filter_net` keeps the layers whose include/exclude rules match the net state (phase, level,
+  stages) — Caffe's ``Net::FilterNet`` / ``StateMeetsRule``.
+* :func:`insert_splits` adds a ``Split`` layer wherever a top feeds more than one bottom, with Caffe's names
+  (``<blob>_<layer>_<top index>_split`` for the layer, ``<blob>_<layer>_<top index>_split_<k>`` for its
+  tops) — Caffe's ``InsertSplits``. A non-zero ``loss_weight`` on a fanned-out top counts as one more
+  consumer and moves to the split's first top.
+"""
+
+from __future__ import annotations
+
+from .errors import NetError
+
+
+def state_meets_rule(state, rule) -> bool:
+    """Whether NetState ``state`` satisfies NetStateRule ``rule`` (every set condition must hold)."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def layer_included(layer, state) -> bool:
+    """Caffe's rule: with include rules a layer is in iff one matches; otherwise in unless an exclude matches."""
+    if len(layer.include) and len(layer.exclude):
+        raise NetError("Specify either include rules or exclude rules; not both.", layer.name, layer.type)
+    if len(layer.include):
+        return any(state_meets_rule(state, r) for r in layer.include)
+    return not any(state_meets_rule(state, r) for r in layer.exclude)
+
+
+def make_state(param, phase=None, level=None, stages=None):
+    """The NetState of a net: ``param.state`` overridden by the given phase / level / stages."""
+    state = type(param.state)()
+    state.CopyFrom(param.state)
+    if phase is not None:
+        state.phase = int(phase)
+    if level is not None:
+        state.level = int(level)
+    if stages is not None:
+        del state.stage[:]
+        state.stage.extend(list(stages))
+    return state
+
+
+def filter_net(param, state):
+    """A copy of NetParameter ``param`` holding only the layers ``state`` includes (and the state set)."""
+    out = type(param)()
+    out.CopyFrom(param)
+    del out.layer[:]
+    for layer in param.layer:
+        if layer_included(layer, state):
+            out.layer.add().CopyFrom(layer)
+    out.state.CopyFrom(state)
+    return out
+
+
+def split_layer_name(blob, layer, top_index) -> str:
+    """Caffe's name of the Split layer fanning out top ``top_index`` (blob ``blob``) of layer ``layer``."""
+    return f"{blob}_{layer}_{top_index}_split"
+
+
+def split_blob_name(blob, layer, top_index, k) -> str:
+    """Caffe's name of the ``k``-th top of that Split layer."""
+    return f"{blob}_{layer}_{top_index}_split_{k}"
+
+
+def insert_splits(param):
+    """A copy of ``param`` with Split layers inserted where one top feeds several bottoms.
+
+    Raises NetError for a bottom that no earlier layer produces.
+    """
+    layers = list(param.layer)
+    last_top = {}        # blob name -> (layer index, top index) of its latest producer
+    source = {}          # (layer index, bottom index) -> (layer index, top index)
+    consumers = {}       # (layer index, top index) -> number of consumers
+    loss_weight = {}     # (layer index, top index) -> explicit loss weight
+    for i, lp in enumerate(layers):
+        for j, b in enumerate(lp.bottom):
+            if b not in last_top:
+                raise NetError(f"Unknown bottom blob '{b}' (layer '{lp.name}', bottom index {j})",
+                               lp.name, lp.type)
+            src = last_top[b]
+            source[(i, j)] = src
+            consumers[src] = consumers.get(src, 0) + 1
+        for j, t in enumerate(lp.top):
+            last_top[t] = (i, j)
+            if len(lp.loss_weight) > j:
+                w = lp.loss_weight[j]
+                loss_weight[(i, j)] = w
+                if w:
+                    consumers[(i, j)] = consumers.get((i, j), 0) + 1
+
+    if not any(n > 1 for n in consumers.values()):
+        out = type(param)()
+        out.CopyFrom(param)
+        return out
+
+    out = type(param)()
+    out.CopyFrom(param)
+    del out.layer[:]
+    used = {}  # (layer index, top index) -> splits handed out so far
+    for i, lp in enumerate(layers):
+        nl = out.layer.add()
+        nl.CopyFrom(lp)
+        for j, b in enumerate(lp.bottom):
+            src = source[(i, j)]
+            if consumers[src] > 1:
+                k = used.get(src, 0)
+                used[src] = k + 1
+                nl.bottom[j] = split_blob_name(b, layers[src[0]].name, src[1], k)
+        for j, t in enumerate(lp.top):
+            n = consumers.get((i, j), 0)
+            if n > 1:
+                sp = out.layer.add()
+                sp.name = split_layer_name(t, lp.name, j)
+                sp.type = "Split"
+                sp.bottom.append(t)
+                w = loss_weight.get((i, j), 0.0)
+                for k in range(n):
+                    sp.top.append(split_blob_name(t, lp.name, j, k))
+                    if w:
+                        sp.loss_weight.append(w if k == 0 else 0.0)
+                if w:
+                    # Caffe: split top 0 carries the loss, consumers take tops 1.., and the producer's
+                    # loss weights are cleared (all of them, as BVLC's InsertSplits does)
+                    used[(i, j)] = 1
+                    del nl.loss_weight[:]
+    return out

@@ -1,0 +1,327 @@
+"""caffe-jacinto's dynamic fixed-point quantization as a Net hook (spec §b.1-§b.5, §b.7; 0.16 in quant016.py).
+
+Per forward k (the net's own counter, §b.2): at the start, if k >= quantization_start, flags are switched on
+once (k == start, §b.3) and every layer's QuantizationParameter is re-estimated from the running ranges (§b.4);
+after each quantizing layer's forward its flagged inputs, weights (only at k == start) and outputs are fake-
+quantized in place (§b.5); at the end the running ranges are updated from the blobs as they are then, and
+every ``display_quantization`` forwards the parameters are logged (§b.7). Forward 0 only measures ranges, so
+the first forward equals the float forward.
+
+The runtime QuantizationParameter lives in ``layer.param.quantization_param``, so ``net.to_proto()`` writes it
+into the caffemodel as jacinto does. Beyond jacinto: :meth:`QuantizationHook.freeze_ranges`,
+:meth:`save_ranges` and :meth:`load_ranges` make evaluation independent of image order.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .. import backend
+from .. import log as glog
+from ..layer import TRAIN
+from . import fixed_point as fp
+from .qgraph import CONV_LIKE, LayerGraph
+from .validate import QUANTIZABLE_TYPES, check_quantization
+
+DFP = 1
+#: layer types whose 0.17 Forward calls Quantize (§b.3), besides data layers
+QUANTIZING_TYPES = ("Bias", "BatchNorm", "Concat", "Convolution", "Deconvolution", "Eltwise", "InnerProduct",
+                    "Pooling", "PReLU", "ReLU", "Scale")
+
+
+def is_data_type(t):
+    return "data" in t.lower()
+
+
+class QuantizationHook:
+    """Quantization state of one Net: the counter, the running ranges and the per-layer parameters.
+
+    ``ties``: NEAREST tie-breaking ("even" = jacinto's GPU kernel, "away" = its CPU code); see fixed_point.
+    """
+
+    version = "0.17"
+
+    def __init__(self, net, ties="even"):
+        p = net._param
+        check_quantization(p)
+        self.net = net
+        self.qnet = p.net_quantization_param
+        self.enabled = bool(p.quantize) and self.qnet.quantization_start > 0
+        self.start = int(self.qnet.quantization_start)
+        self.ties = ties
+        self.infer_count = 0
+        self.frozen = False
+        self.graph = LayerGraph(net)
+        n = len(net.layers)
+        # ranges: float64 host arrays [count, 2] of (min, max) per bottom / top / param blob
+        self.r_in = [np.zeros((len(b), 2)) for b in self.graph.bottoms]
+        self.r_out = [np.zeros((len(t), 2)) for t in self.graph.tops]
+        self.r_w = [np.zeros((len(ly.blobs), 2)) for ly in net.layers]
+        self._init_ranges_from_params()
+        self.flags_on = [False] * n
+
+    # -- wiring ---------------------------------------------------------------------------------------
+    def attach(self):
+        """Install the forward hooks on the net; returns self."""
+        self.net.add_hook("forward_start", self._forward_start)
+        self.net.add_hook("after_forward", self._after_forward)
+        self.net.add_hook("forward_end", self._forward_end)
+        return self
+
+    def _forward_start(self, net):
+        if not self.enabled:
+            return
+        k = self.infer_count
+        if k >= self.start:
+            if k == self.start:
+                self.enable_selected_layers(k)
+            self.set_params(k)
+
+    def _after_forward(self, net, i, layer, bottom, top):
+        if self.enabled and self.infer_count >= self.start and self._quantizes(layer.param.type):
+            self.quantize_layer(i, layer, bottom, top)
+
+    def _forward_end(self, net):
+        if not self.enabled:
+            return
+        k = self.infer_count
+        if self.qnet.update_quantization_param and not self.frozen:
+            self.update_ranges(k)
+        d = self.qnet.display_quantization
+        if k >= self.start and d > 0 and k % d == 0:
+            self.display(k)
+        self.infer_count = k + 1
+
+    def _quantizes(self, t):
+        return t in QUANTIZING_TYPES or is_data_type(t)
+
+    # -- ranges ---------------------------------------------------------------------------------------
+    def _init_ranges_from_params(self):
+        """Ranges from the net's own (prototxt) quantization_param min/max (CopyQuantizationRangeInLayers)."""
+        for i, ly in enumerate(self.net.layers):
+            if not ly.param.HasField("quantization_param"):
+                continue
+            qp = ly.param.quantization_param
+            for arr, group in ((self.r_in[i], qp.qparam_in), (self.r_w[i], qp.qparam_w),
+                               (self.r_out[i], qp.qparam_out)):
+                for j, q in enumerate(group):
+                    if j < len(arr):
+                        arr[j] = (q.min, q.max)
+
+    def update_ranges(self, k):
+        """Running ranges from the blobs after forward ``k`` (§b.4): activations ×E, averaged; weights exact."""
+        f32 = np.float32
+        e = f32(self.qnet.range_expansion_factor)
+        beta = f32(1.0) if k == 0 else f32(self.qnet.range_update_factor)
+        cache = {}
+
+        def minmax(blob):
+            key = id(blob.data)
+            if key not in cache:
+                d = blob.data
+                xp = backend.get_array_module(d)
+                mm = backend.to_numpy(xp.stack([d.min(), d.max()])) if d.size else np.zeros(2)
+                cache[key] = mm.astype(np.float32)
+            return cache[key]
+
+        def blend(old, new):
+            return (f32(1) - beta) * old.astype(np.float32) + beta * new
+
+        for i in range(len(self.net.layers)):
+            for j, b in enumerate(self.net._bottom_vecs[i]):
+                self.r_in[i][j] = blend(self.r_in[i][j], minmax(b) * e)
+            for j, t in enumerate(self.net._top_vecs[i]):
+                self.r_out[i][j] = blend(self.r_out[i][j], minmax(t) * e)
+            for j, w in enumerate(self.net.layers[i].blobs):
+                self.r_w[i][j] = minmax(w)
+
+    def freeze_ranges(self, frozen=True):
+        """Stop (or resume) updating the running ranges: evaluation independent of image order."""
+        self.frozen = bool(frozen)
+
+    def ranges(self):
+        """``{layer name: {"in": [[min, max]...], "w": [...], "out": [...]}}``."""
+        return {self.graph.names[i]: {"in": self.r_in[i].tolist(), "w": self.r_w[i].tolist(),
+                                      "out": self.r_out[i].tolist()} for i in range(len(self.net.layers))}
+
+    def set_ranges(self, ranges):
+        """Load :meth:`ranges` output (layers absent from it keep their values)."""
+        for i, name in enumerate(self.graph.names):
+            r = ranges.get(name)
+            if r is None:
+                continue
+            for key, arr in (("in", self.r_in[i]), ("w", self.r_w[i]), ("out", self.r_out[i])):
+                vals = np.asarray(r.get(key, []), np.float64).reshape(-1, 2)
+                if len(vals) == len(arr):
+                    arr[...] = vals
+
+    def save_ranges(self, path):
+        """Write the running ranges (and the forward counter) as JSON."""
+        with open(path, "w") as f:
+            json.dump({"infer_count": self.infer_count, "ranges": self.ranges()}, f, indent=1)
+
+    def load_ranges(self, path, freeze=True):
+        """Read :meth:`save_ranges` output; by default freeze them and skip the measuring forwards."""
+        with open(path) as f:
+            data = json.load(f)
+        self.set_ranges(data["ranges"])
+        self.infer_count = max(self.infer_count, int(data.get("infer_count", self.start)))
+        if freeze:
+            self.freeze_ranges(True)
+
+    # -- flags and parameters -------------------------------------------------------------------------
+    def _qp(self, i):
+        return self.net.layers[i].param.quantization_param
+
+    def enable_selected_layers(self, k):
+        """EnableQuantizationForSelectedLayers (§b.3): weights of conv-like layers, non-merged outputs."""
+        q = self.qnet
+        if not q.update_quantization_param:
+            return
+        glog.info(f"Enabling quantization flag in quantization_param at infer/iter index: {k}", "net.cpp:1938")
+        ignored = set(q.ignored_layer_names)
+        for i, ly in enumerate(self.net.layers):
+            t = ly.param.type
+            if not (t in QUANTIZABLE_TYPES or is_data_type(t)) or ly.param.name in ignored:
+                continue
+            qp = self._qp(i)
+            self._size(qp, i)
+            self.flags_on[i] = True
+            if q.quantize_weights and t in CONV_LIKE:
+                for qw in qp.qparam_w:
+                    qw.quantize = True
+            if q.quantize_activations and not self.graph.merged(i):
+                outs = qp.qparam_out[:1] if is_data_type(t) else qp.qparam_out
+                for qo in outs:
+                    qo.quantize = True
+                glog.info(f"Enabling quantization at output of: {t} {ly.param.name}", "net.cpp:1979")
+
+    def _size(self, qp, i):
+        for group, n in ((qp.qparam_in, len(self.graph.bottoms[i])), (qp.qparam_w, len(self.net.layers[i].blobs)),
+                         (qp.qparam_out, len(self.graph.tops[i]))):
+            while len(group) < n:
+                group.add()
+
+    def set_params(self, k):
+        """SetQuantizationParams (§b.4) for every quantizable layer at forward ``k``."""
+        q = self.qnet
+        train = self.net.phase == TRAIN
+        for i, ly in enumerate(self.net.layers):
+            t = ly.param.type
+            if not (t in QUANTIZABLE_TYPES or is_data_type(t)):
+                continue
+            qp = self._qp(i)
+            self._size(qp, i)
+            qp.precision = q.precision
+            qp.rounding_scheme = fp.STOCHASTIC if train else q.rounding_scheme
+            qp.power2_scale_weights = q.power2_scale_weights
+            qp.power2_scale_activations = q.power2_scale_activations
+            qp.quantized_infer_count = k - self.start
+            for b, qw in enumerate(qp.qparam_w):
+                bw = q.bitwidth_bias if (t == "BatchNorm" or b > 0) else q.bitwidth_weights
+                mn, mx = self.r_w[i][b]
+                _write(qw, fp.estimate(mn, mx, bw, q.power2_scale_weights, mn >= 0, q.apply_offset_weights,
+                                       qw.scale_applied))
+            for j, qi in enumerate(qp.qparam_in):
+                src = self.graph.writer[i][j]
+                if src is not None:
+                    so = self._qp(src[0]).qparam_out
+                    if src[1] < len(so) and so[src[1]].HasField("scale_applied"):
+                        qi.scale_applied = so[src[1]].scale_applied
+                mn, mx = self.r_in[i][j]
+                _write(qi, fp.estimate(mn, mx, q.bitwidth_activations, q.power2_scale_activations, mn >= 0,
+                                       q.apply_offset_activations, qi.scale_applied))
+                if qi.quantize:
+                    qi.scale_applied = qi.scale_target
+            conv = t in CONV_LIKE and len(qp.qparam_w) > 0
+            if conv:
+                sa = max([qi.scale_applied for qi in qp.qparam_in], default=1.0) if qp.qparam_in else 1.0
+                sa = float(np.float32(sa) * np.float32(qp.qparam_w[0].scale_target))
+            for j, qo in enumerate(qp.qparam_out):
+                if conv:
+                    qo.scale_applied = sa
+                mn, mx = self.r_out[i][j]
+                _write(qo, fp.estimate(mn, mx, q.bitwidth_activations, q.power2_scale_activations, mn >= 0,
+                                       q.apply_offset_activations, qo.scale_applied))
+                if conv and j > 0:
+                    qo.scale_target = float(np.float32(qp.qparam_out[0].scale_target)
+                                            * np.float32(qp.qparam_w[0].scale_target))
+                if qo.quantize:
+                    qo.scale_applied = qo.scale_target
+
+    # -- the quantizer --------------------------------------------------------------------------------
+    def _apply(self, arr, qq, rounding, clip):
+        fp.quantize(arr, qq.scale_target, qq.offset, qq.bitwidth, qq.unsigned_quant, rounding, clip,
+                    self.ties, out=arr)
+
+    def quantize_layer(self, i, layer, bottom, top):
+        """Quantize (§b.5) at the end of layer ``i``'s forward: flagged inputs, weights once, outputs."""
+        if not layer.param.HasField("quantization_param"):
+            return
+        qp = layer.param.quantization_param
+        if qp.precision != DFP:
+            return
+        r = qp.rounding_scheme
+        for j, qi in enumerate(qp.qparam_in):
+            if qi.quantize and j < len(bottom):
+                self._apply(bottom[j].data, qi, r, True)
+        if qp.quantized_infer_count == 0:
+            for b, qw in enumerate(qp.qparam_w):
+                if qw.quantize and b < len(layer.blobs):
+                    self._apply(layer.blobs[b].data, qw, r, b == 0)  # biases are not clipped
+        for j, qo in enumerate(qp.qparam_out):
+            if qo.quantize and j < len(top):
+                self._apply(top[j].data, qo, r, True)
+
+    # -- display --------------------------------------------------------------------------------------
+    def display(self, k):
+        """Net::DisplayQuantizationParams (§b.7)."""
+        phase = "Train" if self.net.phase == TRAIN else "Test"
+        glog.info(f"Quantizing the net: {self.net.name} {phase}", "net.cpp:2050")
+        for line in self.display_lines():
+            glog.info(line, "net.cpp:2060")
+
+    def display_lines(self):
+        out = []
+        for i, ly in enumerate(self.net.layers):
+            if not ly.param.HasField("quantization_param"):
+                continue
+            qp = ly.param.quantization_param
+            groups = [(" Q weights:", qp.qparam_w[:1]), (" Q bias:", qp.qparam_w[1:2]),
+                      (" Q input :", qp.qparam_in), (" Q output:", qp.qparam_out[:1])]
+            for label, group in groups:
+                fields = [_fields(q) for q in group if q.quantize]
+                if fields:
+                    out.append(f"{label}{i} Name:{ly.param.name} " + " ".join(fields))
+        return out
+
+
+def _fields(q):
+    g = glog.fmt
+    return (f"bitwidth:{q.bitwidth} fracbits:{q.fracbits} scale:{g(q.scale_target)} offset:{g(q.offset)} "
+            f"unsigned_data:{int(q.unsigned_data)} min:{g(q.min)} max:{g(q.max)} scale_applied:{g(q.scale_applied)} "
+            f"scale_target:{g(q.scale_target)}")
+
+
+def _write(msg, v):
+    """Copy Estimate's values into a QParams message (the ``quantize`` flag is left alone)."""
+    msg.bitwidth = v.bitwidth
+    msg.unsigned_data = v.unsigned_data
+    msg.unsigned_quant = v.unsigned_quant
+    msg.min = v.min
+    msg.max = v.max
+    msg.fracbits = v.fracbits
+    msg.scale_target = v.scale_target
+    msg.scale_applied = v.scale_applied
+    msg.shiftbits = v.shiftbits
+    msg.offset = v.offset
+
+
+def quantized_net_proto(net):
+    """``net.to_proto()`` with jacinto's quantized-model name suffix (§h) when the net quantizes."""
+    p = net.to_proto()
+    if net._param.quantize and not p.name.endswith("___QUANTIZED__SEE_END_OFTHE_FILE"):
+        p.name = f"{p.name}___QUANTIZED__SEE_END_OFTHE_FILE"
+    return p

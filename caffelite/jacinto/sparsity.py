@@ -1,0 +1,199 @@
+"""caffe-jacinto's training-time sparsity as a solver hook (spec §a).
+
+:class:`SparsityHook` reads every sparsity field of the SolverParameter (§a.1), freezes the connectivity of the
+loaded weights (exact zeros stay zero, §a.2 step 1), runs ThresholdNet after every update (§a.2): per-output-
+channel thresholding every ``sparsity_step_iter`` iterations while the mask sparsity is below the target, the
+factor growing by ``sparsity_step_factor`` each time, and the weights re-masked after every update
+(SPARSE_UPDATE, §a.5). Log lines are jacinto's.
+
+Iteration ordering (§a.2): ``version="0.16"`` (what produced the reference logs: the iteration counter is
+incremented before ThresholdNet, so "iter=1000" follows exactly 1000 updates) or ``"0.17"``.
+Beyond jacinto: the masks and the factor go into the snapshot sidecar (``solver.add_state_provider``), so a
+resumed run continues exactly; and when the target is not reached, one line per layer says why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from .. import log as glog
+from . import sparsity_stats as st
+from . import threshold as th
+from .validate import check_sparsity_param
+
+SPARSE_NONE, SPARSE_UPDATE = 0, 1
+VERSIONS = ("0.16", "0.17")
+
+
+class SparsityHook:
+    """The sparsity state of one training run (root solver): masks, factor, schedule.
+
+    ``version``: iteration ordering and eligibility rule, "0.16" (default: the reference logs) or "0.17".
+    ``threshold_mode``: "exact" (jacinto's grid thresholds) or "direct" (no grid, see threshold.py).
+    """
+
+    def __init__(self, solver_param, version="0.16", threshold_mode="exact"):
+        if version not in VERSIONS:
+            raise ValueError(f"sparsity version must be one of {VERSIONS}, not {version!r}")
+        check_sparsity_param(solver_param)
+        p = solver_param
+        self.param = p
+        self.version = version
+        self.threshold_mode = threshold_mode
+        self.mode = int(p.sparse_mode)
+        f32 = np.float32
+        self.target = f32(p.sparsity_target)
+        self.target_max = f32(min(f32(self.target + f32(0.15)), f32(0.95)))
+        self.factor = f32(p.sparsity_start_factor)
+        self.masks = None  # {layer index: 0/1 array of the weight dtype}
+        self.net = None
+        self.explained = False
+
+    # -- wiring ---------------------------------------------------------------------------------------
+    def attach(self, solver):
+        """Install the hooks on ``solver`` (``on_start``, ``after_update``) and the snapshot state provider."""
+        self.net = solver.net
+        solver.add_hook("on_start", self._on_start)
+        solver.add_hook("after_update", self._after_update)
+        solver.add_state_provider("jacinto_sparsity", self.get_state, self.set_state)
+        return self
+
+    @property
+    def enabled(self):
+        return self.mode != SPARSE_NONE
+
+    def _on_start(self, solver, **_):
+        if self.enabled and self.masks is None:
+            self.store_connectivity(solver.net)
+
+    def _after_update(self, solver, **_):
+        if not self.enabled:
+            return
+        net = solver.net
+        if self.masks is None:
+            self.store_connectivity(net)
+        incr_first = self.version == "0.16" and self.param.sparsity_itr_increment_bfr_applying
+        it = solver.iter + 1 if incr_first else solver.iter
+        self.threshold_net(net, it)
+        d = self.param.display_sparsity
+        if d > 0 and it % d == 0:
+            glog.info("Sparsity after update:", "solver.cpp:352")
+            st.display_sparsity(net)
+        if solver.iter + 1 == self.param.max_iter:  # the end of Solve (§a.2 step 3)
+            self.threshold_net(net, solver.iter + 1)
+            if d > 0:
+                glog.info("Sparsity after training:", "solver.cpp:376")
+                st.display_sparsity(net)
+            if st.sparsity(net, self.masks) < self.target:
+                self.explain(net)
+
+    # -- state ----------------------------------------------------------------------------------------
+    def get_state(self):
+        """Masks (host bool arrays by layer name) and the factor, for the snapshot sidecar."""
+        masks = {}
+        if self.masks is not None and self.net is not None:
+            for i, m in self.masks.items():
+                masks[self.net.layers[i].param.name] = backend.to_numpy(m).astype(bool)
+        return {"factor": float(self.factor), "masks": masks, "have_masks": self.masks is not None}
+
+    def set_state(self, state):
+        """Restore :meth:`get_state`'s dict (the net must be attached)."""
+        self.factor = np.float32(state["factor"])
+        if not state.get("have_masks"):
+            self.masks = None
+            return
+        by_name = {ly.param.name: (i, ly) for i, ly in st.conv_layers(self.net)}
+        self.masks = {}
+        for name, m in state["masks"].items():
+            i, ly = by_name[name]
+            w = ly.blobs[0].data
+            xp = backend.get_array_module(w)
+            self.masks[i] = xp.asarray(np.asarray(m).reshape(w.shape)).astype(w.dtype)
+
+    # -- jacinto's operations -------------------------------------------------------------------------
+    def store_connectivity(self, net):
+        """mask = (w != 0) for every Convolution weight blob (Net::StoreSparseModeConnectivity, §a.2)."""
+        self.net = net
+        self.masks = {}
+        for i, ly in st.conv_layers(net):
+            w = ly.blobs[0].data
+            self.masks[i] = (w != 0).astype(w.dtype)
+        glog.info("All zero weights of convolution layers are frozen", "net.cpp:2253")
+
+    def apply_connectivity(self, net):
+        """w *= mask for every Convolution weight blob (Net::ApplySparseModeConnectivity, §a.5)."""
+        for i, m in self.masks.items():
+            net.layers[i].blobs[0].data *= m
+
+    def threshold_net(self, net, it):
+        """Solver::ThresholdNet at iteration counter ``it`` (§a.2): maybe threshold, then always mask."""
+        if not self.enabled:
+            return
+        if self.masks is None:
+            self.store_connectivity(net)
+        p = self.param
+        if self.target > 0 and it >= p.sparsity_start_iter and it % p.sparsity_step_iter == 0:
+            achieved = st.sparsity(net, self.masks)
+            if self.factor <= self.target_max and achieved < self.target:
+                glog.info(f"Finding and applying sparsity: sparsity_target={glog.fmt(self.target)} "
+                          f"sparsity_factor={glog.fmt(self.factor)} sparsity_achieved={glog.fmt(achieved)} "
+                          f"iter={it}", "solver.cpp:428")
+                self.find_and_apply(net, self.factor)
+                self.store_connectivity(net)
+                self.factor = np.float32(self.factor + np.float32(p.sparsity_step_factor))
+        self.apply_connectivity(net)
+
+    def find_and_apply(self, net, factor):
+        """Net::FindAndApplyChannelThresholdNet (§a.3) over every eligible Convolution."""
+        p = self.param
+        verbose = self.version == "0.17"  # the 0.16 build behind the reference logs ran it silently
+        for _i, ly in st.conv_layers(net):
+            ni, no, g, kh, kw = st.layer_geometry(ly)
+            if verbose:
+                glog.warning(f"{ly.param.name} ni={ni} no={no}", "net.cpp:2188")
+            if not th.is_eligible(ni, no, g, kh, kw, self.version):
+                continue
+            w = ly.blobs[0].data
+            fraction = th.channel_fraction(ni, no, factor)
+            t = th.channel_thresholds(w, fraction, p.sparsity_threshold_maxratio,
+                                      p.sparsity_threshold_value_max, self.threshold_mode)
+            th.apply_thresholds(w, t)
+            if verbose:
+                xp = backend.get_array_module(w)
+                z = np.float32(int(xp.count_nonzero(w == 0))) / np.float32(w.size)
+                glog.warning(f"{ly.param.name} ZeroWeightsFraction={glog.fmt(z)}", "net.cpp:2230")
+
+    def explain(self, net):
+        """One line per counted layer saying why it stays below the target (beyond jacinto)."""
+        if self.explained:
+            return
+        self.explained = True
+        counts = st.zero_counts(net, self.masks)
+        glog.info(f"Sparsity target {glog.fmt(self.target)} not reached "
+                  f"(achieved {glog.fmt(st.totals(counts)[2])}, sparsity_factor {glog.fmt(self.factor)}):")
+        f = np.float32(self.factor - np.float32(self.param.sparsity_step_factor))  # the last factor applied
+        for _i, ly in sorted(st.count_candidates(net), key=lambda x: st.param_key(x[1])):
+            z, n = counts[st.param_key(ly)]
+            ni, no, g, kh, kw = st.layer_geometry(ly)
+            ratio = z / n if n else 0.0
+            if not th.is_eligible(ni, no, g, kh, kw, self.version):
+                why = (f"not pruned: ineligible kernel (ni={ni} no={no} group={g} kernel={kh}x{kw}; jacinto prunes "
+                       f"only convs with ni or no >= 32, group < no and kernels larger than 2x2)")
+            elif ratio + 1.0 / max(n, 1) < float(th.channel_fraction(ni, no, f)):
+                why = (f"cap reached: thresholds are capped at min({glog.fmt(self.param.sparsity_threshold_maxratio)}"
+                       f"*max|w|, {glog.fmt(self.param.sparsity_threshold_value_max)}) per output channel")
+            elif self.factor > self.target_max:
+                why = f"sparsity_factor exceeded its maximum {glog.fmt(self.target_max)}"
+            else:
+                why = "training ended before the schedule reached the target"
+            glog.info(f"  {st.param_key(ly)} ({ratio:.3g}): {why}")
+
+
+def attach_sparsity(solver, version="0.16", threshold_mode="exact"):
+    """Create a :class:`SparsityHook` for ``solver.param`` and attach it; None if ``sparse_mode`` is SPARSE_NONE."""
+    p = solver.param
+    check_sparsity_param(p)
+    if p.sparse_mode == SPARSE_NONE:
+        return None
+    return SparsityHook(p, version, threshold_mode).attach(solver)

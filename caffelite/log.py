@@ -1,0 +1,119 @@
+"""Logging in glog's line format, so caffelite's logs read (and parse) like Caffe's.
+
+Every line looks like Caffe's::
+
+    I1125 14:23:38.123456 12345 solver.cpp:239] Iteration 0 (0 iter/s, 0s/1 iters), loss = 1.85316
+
+Callers pass the Caffe source location the line imitates (``src="solver.cpp:239"``) so tools written for
+Caffe logs (grep for ``solver.cpp``, BVLC's parse_log.py) keep working; without it the Python module and
+line are used. Output goes to stderr, like glog's default for the ``caffe`` tool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+
+LOGGER_NAME = "caffelite"
+_LEVEL_CHAR = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E",
+               logging.CRITICAL: "F"}
+
+
+class GlogFormatter(logging.Formatter):
+    """``<L><mmdd> <HH:MM:SS.uuuuuu> <thread id> <file>:<line>] <message>``, one prefix per text line."""
+
+    def format(self, record):
+        lt = time.localtime(record.created)
+        micro = int((record.created - int(record.created)) * 1e6)
+        src = getattr(record, "src", None) or f"{os.path.basename(record.pathname)}:{record.lineno}"
+        tid = getattr(record, "tid", None) or (threading.get_native_id() if hasattr(threading, "get_native_id")
+                                              else os.getpid())
+        prefix = (f"{_LEVEL_CHAR.get(record.levelno, 'I')}{lt.tm_mon:02d}{lt.tm_mday:02d} "
+                  f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d}.{micro:06d} {tid:>5} {src}] ")
+        msg = record.getMessage()
+        if record.exc_info:
+            msg = msg + "\n" + self.formatException(record.exc_info)
+        lines = msg.split("\n")
+        # glog prints multi-line messages (e.g. a dumped prototxt) with the prefix on the first line only
+        return prefix + "\n".join(lines)
+
+
+def get_logger() -> logging.Logger:
+    """caffelite's logger (configured lazily with a glog-format stderr handler at INFO)."""
+    lg = logging.getLogger(LOGGER_NAME)
+    if not getattr(lg, "_caffelite_configured", False):
+        setup_logging()
+    return lg
+
+
+def setup_logging(stream=None, level=logging.INFO) -> logging.Logger:
+    """(Re)configure caffelite's logger to write glog-format lines to ``stream`` (default stderr)."""
+    lg = logging.getLogger(LOGGER_NAME)
+    for h in list(lg.handlers):
+        if getattr(h, "_caffelite", False):
+            lg.removeHandler(h)
+    h = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    h._caffelite = True
+    h.setFormatter(GlogFormatter())
+    lg.addHandler(h)
+    lg.setLevel(level)
+    lg.propagate = False
+    lg._caffelite_configured = True
+    return lg
+
+
+def info(msg, src=None):
+    """Log ``msg`` at INFO, attributing it to the Caffe source location ``src`` (e.g. ``"solver.cpp:239"``)."""
+    get_logger().info(msg, extra={"src": src}, stacklevel=2)
+
+
+def warning(msg, src=None):
+    """Log ``msg`` at WARNING (glog ``W`` line)."""
+    get_logger().warning(msg, extra={"src": src}, stacklevel=2)
+
+
+def error(msg, src=None):
+    """Log ``msg`` at ERROR (glog ``E`` line)."""
+    get_logger().error(msg, extra={"src": src}, stacklevel=2)
+
+
+def fmt(v) -> str:
+    """A number as C++ ``ostream <<`` prints a float/double by default (``%g``, 6 significant digits)."""
+    if isinstance(v, (bool, int)) and not isinstance(v, bool):
+        return str(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if f != f:
+        return "nan"
+    if f in (float("inf"), float("-inf")):
+        return "inf" if f > 0 else "-inf"
+    return f"{f:.6g}"
+
+
+class capture:
+    """Context manager collecting the messages logged through caffelite's logger (tests, tools)::
+
+        with capture() as messages:
+            solver.step(1)
+    """
+
+    def __enter__(self):
+        self.messages = []
+        outer = self
+
+        class _H(logging.Handler):
+            def emit(self, record):
+                outer.messages.append(record.getMessage())
+
+        self._h = _H(level=logging.DEBUG)
+        get_logger().addHandler(self._h)
+        return self.messages
+
+    def __exit__(self, *exc):
+        get_logger().removeHandler(self._h)
+        return False

@@ -1,0 +1,13 @@
+"""Shared vectorised kernels for the compute-heavy layers (convolution, pooling).
+
+Every function takes arrays of one module (NumPy or CuPy) and works on that module: the module is taken
+from the inputs with :func:`caffelite.backend.get_array_module`. No per-element Python loops: the only
+Python loops run over kernel offsets (at most kh*kw iterations of whole-array operations).
+
+- :mod:`.im2col`: 2-D convolution geometry, padding, im2col via a strided view, col2im via kernel-offset
+  slice-adds, and a shared scratch workspace.
+- :mod:`.conv`: grouped convolution forward/backward as batched GEMMs (no im2col for 1x1), depthwise paths.
+- :mod:`.pool`: MAX/AVE pooling forward/backward with Caffe's window and divisor rules.
+"""
+
+from .im2col import ConvGeometry, col2im, im2col, workspace  # noqa: F401

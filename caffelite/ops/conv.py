@@ -1,0 +1,261 @@
+"""Grouped 2-D convolution and deconvolution as batched GEMMs, written once against ``xp``.
+
+Layouts are Caffe's (NCHW; convolution weights (Cout, Cin/G, kh, kw); deconvolution weights
+(Cin, Cout/G, kh, kw)). All groups and all images go through one ``xp.matmul`` on (N, G, M, K) arrays
+instead of a Python loop per group. A 1x1/stride-1/pad-0 kernel skips im2col (the input already is the
+column matrix). Depthwise kernels (one input and one output channel per group, e.g. jsegnet's bilinear
+upsampling) skip the GEMM and accumulate kh*kw weighted shifted slices instead.
+
+Backward functions assign ``dx`` and ACCUMULATE into ``dw`` / ``db`` (Caffe's contract); pass ``None``
+for a gradient that is not wanted.
+"""
+
+from __future__ import annotations
+
+from ..backend import get_array_module
+from .im2col import ConvGeometry, pad_into, window_view, workspace
+
+
+def _is_depthwise(cin: int, cout: int, group: int) -> bool:
+    return group > 1 and cin == group and cout == group
+
+
+def _add_bias(out, b):
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+
+
+def _bias_grad(dy, db):
+    if db is not None:
+        db += dy.sum(axis=(0, 2, 3))
+
+
+# -- depthwise helpers (no GEMM) -----------------------------------------------------------------
+def _dw_correlate(x, wk, g: ConvGeometry, ho: int, wo: int, out):
+    """out[n,c] = sum_ij wk[c,i,j] * xpad[n,c, y*s + i*d, x*s + j*d] (a depthwise correlation)."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    hb, wb = g.padded_extent(h, w, ho, wo)
+    view = window_view(pad_into(x, g.ph, g.pw, hb, wb), g, ho, wo)
+    tmp = workspace("dw_tmp", out.shape, out.dtype, xp)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            wij = wk[:, i, j].reshape(1, c, 1, 1)
+            if i == 0 and j == 0:
+                xp.multiply(view[:, :, 0, 0], wij, out=out)
+            else:
+                xp.multiply(view[:, :, i, j], wij, out=tmp)
+                out += tmp
+    return out
+
+
+def _dw_scatter(src, wk, g: ConvGeometry, h: int, w: int, out):
+    """The adjoint of :func:`_dw_correlate`: out (N,C,h,w) = sum_ij shifted (wk[c,i,j] * src)."""
+    xp = get_array_module(src)
+    n, c, ho, wo = src.shape
+    hb, wb = g.padded_extent(h, w, ho, wo)
+    buf = workspace("col2im", (n, c, hb, wb), src.dtype, xp)
+    buf[...] = 0
+    tmp = workspace("dw_tmp", src.shape, src.dtype, xp)
+    ey, ex = g.sh * (ho - 1) + 1, g.sw * (wo - 1) + 1
+    for i in range(g.kh):
+        for j in range(g.kw):
+            xp.multiply(src, wk[:, i, j].reshape(1, c, 1, 1), out=tmp)
+            buf[:, :, i * g.dh:i * g.dh + ey:g.sh, j * g.dw:j * g.dw + ex:g.sw] += tmp
+    out[...] = buf[:, :, g.ph:g.ph + h, g.pw:g.pw + w]
+    return out
+
+
+def _dw_weight_grad(x, dy, g: ConvGeometry, dwk):
+    """dwk[c,i,j] += sum_{n,y,x} xpad[n,c, y*s + i*d, x*s + j*d] * dy[n,c,y,x]."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    ho, wo = dy.shape[2:]
+    hb, wb = g.padded_extent(h, w, ho, wo)
+    view = window_view(pad_into(x, g.ph, g.pw, hb, wb), g, ho, wo)
+    tmp = workspace("dw_tmp", dy.shape, dy.dtype, xp)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            xp.multiply(view[:, :, i, j], dy, out=tmp)
+            dwk[:, i, j] += tmp.sum(axis=(0, 2, 3))
+
+
+# -- chunked GEMM paths ---------------------------------------------------------------------------
+#: bytes of column matrix built at a time: a few MB keeps the columns in cache between the copy that
+#: builds them and the GEMM that reads them (one huge im2col matrix would go through main memory twice).
+CHUNK_BYTES = 4 << 20
+
+
+def _row_chunks(ho: int, row_bytes: int):
+    rows = max(1, min(ho, CHUNK_BYTES // max(row_bytes, 1)))
+    return [(y0, min(ho, y0 + rows)) for y0 in range(0, ho, rows)]
+
+
+def _col2im_rows_add(buf, dcols, g: ConvGeometry, y0: int):
+    """Add column chunk dcols (C, kh, kw, r, Wo) (output rows y0..y0+r) into a padded image buf (C, Hb, Wb)."""
+    r, wo = dcols.shape[3:]
+    ey, ex = g.sh * (r - 1) + 1, g.sw * (wo - 1) + 1
+    for i in range(g.kh):
+        ys = y0 * g.sh + i * g.dh
+        for j in range(g.kw):
+            xs = j * g.dw
+            buf[:, ys:ys + ey:g.sh, xs:xs + ex:g.sw] += dcols[:, i, j]
+
+
+def _gemm_backward(xp, view, dym, wm, g, ho, wo, want_dw, dx_buf):
+    """Shared by conv backward (view = windows of x, dym = dy) and deconv forward/backward.
+
+    For image rows chunk by chunk: dW_acc += dym_chunk @ cols_chunk^T; dx_buf (padded) += col2im(W^T dym_chunk).
+    ``view`` is (C, kh, kw, ho, wo) for one image, ``dym`` (G, Mg, ho*wo). Returns dW (G, Mg, Kg) or None.
+    """
+    group, mg, kg = wm.shape
+    c = group * kg // (g.kh * g.kw)
+    gw = None
+    for y0, y1 in _row_chunks(ho, c * g.kh * g.kw * wo * dym.itemsize):
+        sl = slice(y0 * wo, y1 * wo)
+        if want_dw:
+            cols = workspace("cols", (c, g.kh, g.kw, y1 - y0, wo), dym.dtype, xp)
+            cols[...] = view[:, :, :, y0:y1]
+            part = xp.matmul(dym[:, :, sl], cols.reshape(group, kg, -1).transpose(0, 2, 1))
+            gw = part if gw is None else gw + part
+        if dx_buf is not None:
+            dcols = workspace("dcols", (group, kg, (y1 - y0) * wo), dym.dtype, xp)
+            xp.matmul(wm.transpose(0, 2, 1), dym[:, :, sl], out=dcols)
+            _col2im_rows_add(dx_buf, dcols.reshape(c, g.kh, g.kw, y1 - y0, wo), g, y0)
+    return gw
+
+
+def _gemm_forward(xp, view, wm, g, ho, wo, out):
+    """out (G, Mg, ho*wo) = wm (G, Mg, Kg) @ columns of ``view`` (C, kh, kw, ho, wo), chunk by chunk."""
+    c = view.shape[0]
+    group, mg, kg = wm.shape
+    for y0, y1 in _row_chunks(ho, c * g.kh * g.kw * wo * out.itemsize):
+        cols = workspace("cols", (c, g.kh, g.kw, y1 - y0, wo), out.dtype, xp)
+        cols[...] = view[:, :, :, y0:y1]
+        xp.matmul(wm, cols.reshape(group, kg, -1), out=out[:, :, y0 * wo:y1 * wo])
+
+
+def _padded_view(x, g, ho, wo):
+    h, w = x.shape[2:]
+    hb, wb = g.padded_extent(h, w, ho, wo)
+    return window_view(pad_into(x, g.ph, g.pw, hb, wb), g, ho, wo)
+
+
+def _zero_padded_buf(x_like, c, h, w, g, ho, wo, xp):
+    hb, wb = g.padded_extent(h, w, ho, wo)
+    buf = workspace("col2im", (c, hb, wb), x_like.dtype, xp)
+    buf[...] = 0
+    return buf
+
+
+# -- convolution -----------------------------------------------------------------------------------
+def conv_forward(x, w, b, g: ConvGeometry, group: int, out):
+    """Convolution forward into ``out`` (N, Cout, Ho, Wo); ``b`` (Cout,) or None."""
+    xp = get_array_module(x)
+    n, cin, h, wd = x.shape
+    cout = w.shape[0]
+    ho, wo = out.shape[2:]
+    if _is_depthwise(cin, cout, group):
+        _dw_correlate(x, w.reshape(cout, g.kh, g.kw), g, ho, wo, out)
+    else:
+        mg, kg = cout // group, (cin // group) * g.kh * g.kw
+        wm = w.reshape(group, mg, kg)
+        if g.is_pointwise:
+            xp.matmul(wm, x.reshape(n, group, kg, ho * wo), out=out.reshape(n, group, mg, ho * wo))
+        else:
+            view = _padded_view(x, g, ho, wo)
+            for i in range(n):
+                _gemm_forward(xp, view[i], wm, g, ho, wo, out[i].reshape(group, mg, ho * wo))
+    _add_bias(out, b)
+    return out
+
+
+def conv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=None):
+    """Convolution backward: assign ``dx`` (shape of x), accumulate ``dw`` (shape of w) and ``db``."""
+    xp = get_array_module(x)
+    n, cin, h, wd = x.shape
+    cout = w.shape[0]
+    ho, wo = dy.shape[2:]
+    _bias_grad(dy, db)
+    if _is_depthwise(cin, cout, group):
+        if dw is not None:
+            _dw_weight_grad(x, dy, g, dw.reshape(cout, g.kh, g.kw))
+        if dx is not None:
+            _dw_scatter(dy, w.reshape(cout, g.kh, g.kw), g, h, wd, dx)
+        return
+    mg, kg, L = cout // group, (cin // group) * g.kh * g.kw, ho * wo
+    dym = dy.reshape(n, group, mg, L)
+    wm = w.reshape(group, mg, kg)
+    if g.is_pointwise:
+        xm = x.reshape(n, group, kg, L)
+        if dw is not None:
+            gw = xp.matmul(dym, xm.transpose(0, 1, 3, 2))
+            dw += (gw.sum(axis=0) if n > 1 else gw[0]).reshape(w.shape)
+        if dx is not None:
+            xp.matmul(wm.transpose(0, 2, 1), dym, out=dx.reshape(n, group, kg, L))
+        return
+    view = _padded_view(x, g, ho, wo) if dw is not None else None
+    for i in range(n):
+        buf = _zero_padded_buf(dy, cin, h, wd, g, ho, wo, xp) if dx is not None else None
+        gw = _gemm_backward(xp, None if view is None else view[i], dym[i], wm, g, ho, wo, dw is not None, buf)
+        if gw is not None:
+            dw += gw.reshape(w.shape)
+        if buf is not None:
+            dx[i] = buf[:, g.ph:g.ph + h, g.pw:g.pw + wd]
+
+
+# -- deconvolution ---------------------------------------------------------------------------------
+def deconv_forward(x, w, b, g: ConvGeometry, group: int, out):
+    """Deconvolution (transposed convolution) forward into ``out`` (N, Cout, Ho, Wo)."""
+    xp = get_array_module(x)
+    n, cin, h, wd = x.shape
+    cout, ho, wo = out.shape[1:]
+    if _is_depthwise(cin, cout, group):
+        _dw_scatter(x, w.reshape(cin, g.kh, g.kw), g, ho, wo, out)
+    else:
+        cg, kg, L = cin // group, (cout // group) * g.kh * g.kw, h * wd
+        # the deconvolution forward is the convolution's data backward with the roles of W's axes swapped
+        wm = w.reshape(group, cg, kg)
+        xm = x.reshape(n, group, cg, L)
+        if g.is_pointwise:
+            xp.matmul(wm.transpose(0, 2, 1), xm, out=out.reshape(n, group, kg, L))
+        else:
+            for i in range(n):
+                buf = _zero_padded_buf(x, cout, ho, wo, g, h, wd, xp)
+                _gemm_backward(xp, None, xm[i], wm, g, h, wd, False, buf)
+                out[i] = buf[:, g.ph:g.ph + ho, g.pw:g.pw + wo]
+    _add_bias(out, b)
+    return out
+
+
+def deconv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=None):
+    """Deconvolution backward: assign ``dx``, accumulate ``dw`` (Cin, Cout/G, kh, kw) and ``db``."""
+    xp = get_array_module(x)
+    n, cin, h, wd = x.shape
+    cout, ho, wo = dy.shape[1:]
+    _bias_grad(dy, db)
+    if _is_depthwise(cin, cout, group):
+        if dw is not None:
+            _dw_weight_grad(dy, x, g, dw.reshape(cin, g.kh, g.kw))
+        if dx is not None:
+            _dw_correlate(dy, w.reshape(cin, g.kh, g.kw), g, h, wd, dx)
+        return
+    cg, kg, L = cin // group, (cout // group) * g.kh * g.kw, h * wd
+    wm = w.reshape(group, cg, kg)
+    xm = x.reshape(n, group, cg, L)
+    if g.is_pointwise:
+        dcols = dy.reshape(n, group, kg, L)
+        if dw is not None:
+            gw = xp.matmul(xm, dcols.transpose(0, 1, 3, 2))
+            dw += (gw.sum(axis=0) if n > 1 else gw[0]).reshape(w.shape)
+        if dx is not None:
+            xp.matmul(wm, dcols, out=dx.reshape(n, group, cg, L))
+        return
+    # dx = conv(dy; W) and dW = x * columns(dy)^T: the convolution forward / weight-gradient structure
+    view = _padded_view(dy, g, h, wd)
+    for i in range(n):
+        if dx is not None:
+            _gemm_forward(xp, view[i], wm, g, h, wd, dx[i].reshape(group, cg, L))
+        if dw is not None:
+            gw = _gemm_backward(xp, view[i], xm[i], wm, g, h, wd, True, None)
+            dw += gw.reshape(w.shape)

@@ -1,0 +1,1 @@
+"""End-to-end flows built from caffelite's commands (the flagship segmentation pipeline)."""

@@ -1,0 +1,205 @@
+"""The solver's view of a Net: building train/test nets from a SolverParameter, and small accessors.
+
+Kept in one place so the loop (base.py) only speaks of what Caffe's Solver needs: learnable params with
+their lr/decay multipliers, forward/backward, outputs with loss weights, weight sharing and update.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+from ..errors import SolverError
+
+TRAIN, TEST = 0, 1
+
+
+def _resolve(path, base_dir):
+    """Caffe opens net files relative to the CWD; fall back to the solver file's folder."""
+    if os.path.exists(path) or base_dir is None or os.path.isabs(path):
+        return path
+    alt = os.path.join(base_dir, path)
+    return alt if os.path.exists(alt) else path
+
+
+def _read_net(path, base_dir):
+    from .. import io
+    return io.read_net(_resolve(path, base_dir))
+
+
+def _make_net(net_param, phase, state_param=None, level=0, stages=()):
+    """A Net for ``net_param`` whose NetState is Caffe's merge: phase, then net's own state, then solver's."""
+    from ..net import Net
+    from ..proto import caffe_pb2
+
+    p = caffe_pb2.NetParameter()
+    p.CopyFrom(net_param)
+    st = caffe_pb2.NetState(phase=phase)
+    st.MergeFrom(p.state)
+    if state_param is not None:
+        st.MergeFrom(state_param)
+    st.phase = phase
+    if level:
+        st.level = level
+    for s in stages:
+        if s not in st.stage:
+            st.stage.append(s)
+    p.state.CopyFrom(st)
+    kwargs = {}
+    try:
+        sig = inspect.signature(Net)
+        if "level" in sig.parameters:
+            kwargs["level"] = st.level
+        if "stages" in sig.parameters:
+            kwargs["stages"] = list(st.stage)
+    except (TypeError, ValueError):  # pragma: no cover
+        pass
+    return Net(p, phase, **kwargs)
+
+
+def build_train_net(sp, level=0, stages=(), base_dir=None):
+    """The TRAIN net of a solver: exactly one of train_net_param, train_net, net_param, net (Caffe's rule)."""
+    given = [f for f in ("train_net_param", "train_net", "net_param", "net") if sp.HasField(f)]
+    if len(given) != 1:
+        raise SolverError("the solver must specify exactly one of train_net_param, train_net, net_param, net"
+                          f" (got {', '.join(given) or 'none'})")
+    f = given[0]
+    if f in ("train_net_param", "net_param"):
+        param = getattr(sp, f)
+    else:
+        param = _read_net(getattr(sp, f), base_dir)
+    state = sp.train_state if sp.HasField("train_state") else None
+    return _make_net(param, TRAIN, state, level, stages)
+
+
+def build_test_nets(sp, level=0, stages=(), base_dir=None):
+    """The TEST nets: test_net_param, then test_net files, then ``net``/``net_param`` for the rest of test_iter."""
+    sources = [("param", p) for p in sp.test_net_param] + [("file", f) for f in sp.test_net]
+    n_generic = 0
+    if sp.HasField("net") or sp.HasField("net_param"):
+        n_generic = len(sp.test_iter) - len(sources)
+    if len(sources) + max(n_generic, 0) != len(sp.test_iter):
+        raise SolverError(f"test_iter must be specified for each test network (got {len(sp.test_iter)} test_iter "
+                          f"for {len(sources) + max(n_generic, 0)} test nets)")
+    if sp.test_state and len(sp.test_state) != len(sp.test_iter):
+        raise SolverError("test_state must be unspecified or specified once per test net")
+    for _ in range(max(n_generic, 0)):
+        sources.append(("param", sp.net_param) if sp.HasField("net_param") else ("file", sp.net))
+    nets = []
+    for k, (kind, src) in enumerate(sources):
+        param = src if kind == "param" else _read_net(src, base_dir)
+        state = sp.test_state[k] if sp.test_state else None
+        nets.append(_make_net(param, TEST, state))
+    return nets
+
+
+def learnable_params(net):
+    return list(net.learnable_params)
+
+
+def param_mults(net):
+    """(lr_mults, decay_mults) per learnable param, with caffe-jacinto's forced BatchNorm specs (§c.2).
+
+    jacinto's 5-blob BatchNorm forces lr_mult 0 / decay_mult 0 on the statistics (blobs 0-2) and 1 / 1 on
+    γ/β (blobs 3-4) whatever the prototxt says; BVLC's 3-blob BatchNorm has only the statistics (0 / 0).
+    """
+    params = learnable_params(net)
+    lr = [1.0 if v is None else float(v) for v in getattr(net, "params_lr", [1.0] * len(params))]
+    decay = [1.0 if v is None else float(v) for v in getattr(net, "params_weight_decay", [1.0] * len(params))]
+    index = {id(b): i for i, b in enumerate(params)}
+    for layer in getattr(net, "layers", []) or []:
+        if getattr(layer, "type", None) != "BatchNorm":
+            continue
+        for j, b in enumerate(getattr(layer, "blobs", [])):
+            i = index.get(id(b))
+            if i is None:
+                continue
+            forced = 0.0 if j < 3 else 1.0
+            lr[i], decay[i] = forced, forced
+    return lr, decay
+
+
+def clear_param_diffs(net):
+    if hasattr(net, "clear_param_diffs"):
+        net.clear_param_diffs()
+    else:
+        for b in learnable_params(net):
+            b.diff[...] = 0
+
+
+def forward_backward(net):
+    """One forward + backward; returns the weighted loss."""
+    return net.forward_backward()
+
+
+def forward(net):
+    """One forward; returns Caffe's loss (Σ loss_weight × output)."""
+    net.forward()
+    loss = getattr(net, "loss", None)
+    if loss is None:
+        loss = sum(w * v for _, v, w in output_scores(net) if w)
+    return loss
+
+
+def _loss_weight(net, name):
+    lw = getattr(net, "blob_loss_weights", None)
+    if lw is None:
+        lw = getattr(net, "_blob_loss_weights", None)
+    if lw is not None:
+        try:
+            return float(lw[name])
+        except (KeyError, TypeError):
+            pass
+    return 0.0
+
+
+def output_scores(net):
+    """[(output name, value, loss weight)] for every element of every output blob, Caffe's order."""
+    from ..backend import to_numpy
+    out = []
+    for name in net.outputs:
+        vals = to_numpy(net.blobs[name].data).reshape(-1)
+        w = _loss_weight(net, name)
+        for v in vals:
+            out.append((name, float(v), w))
+    return out
+
+
+def share_weights(test_net, train_net):
+    if test_net is not train_net:
+        test_net.share_weights_from(train_net)
+
+
+def update(net):
+    """``w -= diff`` for every learnable param (Caffe's ``Net::Update``)."""
+    if hasattr(net, "update"):
+        net.update()
+    else:
+        for b in learnable_params(net):
+            b.data -= b.diff
+
+
+def net_name(net):
+    return getattr(net, "name", "") or ""
+
+
+def first_non_finite(net):
+    """(layer name, top name) of the first layer, in order, whose top holds a NaN or inf; else (None, None)."""
+    from ..backend import get_array_module
+    tops = getattr(net, "top_names", None) or {}
+    for layer_name, names in tops.items():
+        for t in names:
+            d = net.blobs[t].data
+            xp = get_array_module(d)
+            if not bool(xp.all(xp.isfinite(d))):
+                return layer_name, t
+    return None, None
+
+
+def data_layers_with_state(net):
+    """[(layer name, layer)] of the layers that can save and restore a reader position."""
+    out = []
+    for layer in getattr(net, "layers", []) or []:
+        if hasattr(layer, "get_reader_state") and hasattr(layer, "set_reader_state"):
+            out.append((layer.name, layer))
+    return out

@@ -1,0 +1,171 @@
+"""Datum/LMDB reading against the LMDBs written by BVLC's tools, the transformer, and convert_imageset."""
+
+import os
+
+import numpy as np
+import pytest
+
+from caffelite.data.datum import array_to_datum, datum_to_array, decode_image, encode_image, parse_datum
+from caffelite.data.imageops import resize_linear, resize_nearest_pil
+from caffelite.data.lmdb_io import LMDBReader
+from caffelite.data.lmdb_tools import convert_imageset
+from caffelite.data.reader import load_image
+from caffelite.data.transformer import DataTransformer, read_mean_file
+from caffelite.errors import CaffeliteError, FileFormatError
+from caffelite.proto import caffe_pb2
+from conftest import FIXTURES
+
+LMDB_DIR = os.path.join(FIXTURES, "lmdb")
+SOLVER_DATA = os.path.join(FIXTURES, "solvers", "_data")
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return np.load(os.path.join(LMDB_DIR, "expected.npz"))
+
+
+@pytest.mark.parametrize("db", ["resized_lmdb", "gray_lmdb", "encoded_lmdb"])
+def test_reads_caffe_lmdbs(db, expected):
+    r = LMDBReader(os.path.join(LMDB_DIR, db))
+    keys = [k.decode() for k in r.keys]
+    assert keys == [f"{i:08d}_img{i}.png" for i in range(6)]
+    for i, k in enumerate(keys):
+        d = r.datum(i)
+        assert d.label == expected[f"{db}/{k}/label"]
+        want = expected[f"{db}/{k}/data"]
+        if db == "encoded_lmdb":
+            assert d.encoded and d.channels == 0
+            assert np.frombuffer(d.data, np.uint8).tobytes() == want.tobytes()
+            # decoding gives the source pixels in BGR CHW (gray PNGs stay 1-channel)
+            src = expected[f"source/img{i}.png"]
+            got = datum_to_array(d)
+            ref = src[None] if src.ndim == 2 else src[..., ::-1].transpose(2, 0, 1)
+            np.testing.assert_array_equal(got, ref)
+        else:
+            np.testing.assert_array_equal(datum_to_array(d), want)
+    r.close()
+
+
+def test_gray_and_resize_match_opencv_bitwise(expected):
+    for i in range(6):
+        path = os.path.join(LMDB_DIR, "images", f"img{i}.png")
+        np.testing.assert_array_equal(load_image(path, is_color=False),
+                                      expected[f"gray_lmdb/{i:08d}_img{i}.png/data"])
+        np.testing.assert_array_equal(resize_linear(load_image(path), 16, 16),
+                                      expected[f"resized_lmdb/{i:08d}_img{i}.png/data"])
+
+
+def test_mean_binaryproto(expected):
+    m = read_mean_file(os.path.join(LMDB_DIR, "mean.binaryproto"))
+    assert m.shape == (3, 16, 16)
+    np.testing.assert_array_equal(m, expected["mean"])
+    stack = np.stack([expected[f"resized_lmdb/{i:08d}_img{i}.png/data"] for i in range(6)]).astype(np.float64)
+    np.testing.assert_allclose(m, stack.mean(0), rtol=1e-6)
+
+
+def test_datum_roundtrip_raw_and_encoded():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 7, 5), dtype=np.uint8)
+    d = parse_datum(array_to_datum(a, label=3).SerializeToString())
+    assert (d.channels, d.height, d.width, d.label, d.encoded) == (3, 7, 5, 3, False)
+    np.testing.assert_array_equal(datum_to_array(d), a)
+    e = array_to_datum(None, 1, encoded_bytes=encode_image(a))
+    np.testing.assert_array_equal(datum_to_array(e), a)
+    np.testing.assert_array_equal(decode_image(encode_image(a[:1])), a[:1])
+    assert decode_image(encode_image(a[:1]), force_color=True).shape == (3, 7, 5)
+
+
+def test_bad_datum_names_source():
+    with pytest.raises(FileFormatError, match="somewhere"):
+        parse_datum(b"\xff\xff\xff", "somewhere")
+    d = caffe_pb2.Datum(channels=3, height=2, width=2, data=b"123")
+    with pytest.raises(FileFormatError, match="expected 3x2x2"):
+        datum_to_array(d, source="db")
+
+
+def _tp(**kw):
+    tp = caffe_pb2.TransformationParameter()
+    for k, v in kw.items():
+        if k == "mean_value":
+            tp.mean_value.extend(v)
+        else:
+            setattr(tp, k, v)
+    return tp
+
+
+def test_transformer_formula_crop_mirror_mean():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (3, 9, 11), dtype=np.uint8)
+    t = DataTransformer(_tp(scale=0.5, crop_size=4, mirror=True, mean_value=[10, 20, 30]), phase=0)
+    draws = np.array([[1, 7, 100]], dtype=np.uint32)  # mirror, rows 7 % 6 = 1, cols 100 % 8 = 4
+    out = t.apply(a, draws[0])
+    ref = (a[:, 1:5, 4:8].astype(np.float32) - np.float32([10, 20, 30])[:, None, None]) * np.float32(0.5)
+    np.testing.assert_array_equal(out, ref[:, :, ::-1])
+    # TEST: centre crop, a mirror draw of 0 keeps the orientation
+    t2 = DataTransformer(_tp(crop_size=4, mirror=True), phase=1)
+    np.testing.assert_array_equal(t2.apply(a, np.array([0, 5, 5])), a[:, 2:6, 3:7].astype(np.float32))
+
+
+def test_transformer_mean_file_is_cropped_with_the_record(tmp_path):
+    mean = np.arange(3 * 6 * 6, dtype=np.float32).reshape(3, 6, 6)
+    bp = caffe_pb2.BlobProto(num=1, channels=3, height=6, width=6)
+    bp.data.extend(mean.ravel().tolist())
+    p = tmp_path / "m.binaryproto"
+    p.write_bytes(bp.SerializeToString())
+    a = np.full((3, 6, 6), 200, np.uint8)
+    t = DataTransformer(_tp(mean_file=str(p), crop_size=2), phase=1)
+    np.testing.assert_array_equal(t.apply(a, np.zeros(3)), 200 - mean[:, 2:4, 2:4])
+    with pytest.raises(CaffeliteError, match="mean_file shape"):
+        t.apply(np.zeros((3, 5, 5), np.uint8), np.zeros(3))
+
+
+def test_transformer_rejects_unsupported():
+    tp = _tp()
+    tp.resize_param.height = 3
+    with pytest.raises(CaffeliteError, match="resize_param"):
+        DataTransformer(tp, 0)
+
+
+def test_nearest_resize_matches_pil():
+    from PIL import Image
+
+    a = np.random.default_rng(2).integers(0, 5, (13, 17), dtype=np.uint8)
+    for oh, ow in [(26, 34), (7, 9), (13, 40)]:
+        ref = np.asarray(Image.fromarray(a).resize((ow, oh), Image.NEAREST))
+        np.testing.assert_array_equal(resize_nearest_pil(a, oh, ow), ref)
+
+
+@pytest.mark.parametrize("db,kw", [("resized_lmdb", dict(resize_height=16, resize_width=16)),
+                                   ("gray_lmdb", dict(gray=True)), ("encoded_lmdb", dict(encoded=True))])
+def test_convert_imageset_reproduces_caffe(tmp_path, db, kw):
+    out = tmp_path / db
+    n = convert_imageset(LMDB_DIR + "/images/", os.path.join(LMDB_DIR, "list.txt"), str(out), **kw)
+    assert n == 6
+    ours, theirs = LMDBReader(out), LMDBReader(os.path.join(LMDB_DIR, db))
+    assert ours.keys == theirs.keys
+    for i in range(6):
+        assert ours.get(i) == theirs.get(i)  # byte-identical serialized Datums
+    ours.close()
+    theirs.close()
+
+
+def test_convert_imageset_cli(tmp_path):
+    from caffelite.cli import main
+
+    rc = main(["data", "convert-imageset", LMDB_DIR + "/images/", os.path.join(LMDB_DIR, "list.txt"),
+               str(tmp_path / "db"), "--resize_height", "8", "--resize_width", "8", "--shuffle"])
+    assert rc == 0
+    r = LMDBReader(tmp_path / "db")
+    assert len(r) == 6 and all(r.datum(i).height == 8 for i in range(6))
+    assert sorted(k.decode()[9:] for k in r.keys) == [f"img{i}.png" for i in range(6)]
+
+
+def test_solver_fixture_lmdb_equals_npz():
+    z = np.load(os.path.join(SOLVER_DATA, "data.npz"))
+    for split in ("train", "test"):
+        r = LMDBReader(os.path.join(SOLVER_DATA, f"{split}_lmdb"))
+        assert len(r) == len(z[f"{split}/label"])
+        for i in range(len(r)):
+            d = r.datum(i)
+            np.testing.assert_array_equal(datum_to_array(d), z[f"{split}/data"][i])
+            assert d.label == z[f"{split}/label"][i]

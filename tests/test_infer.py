@@ -1,0 +1,131 @@
+"""Inference and evaluation with a tiny deploy net whose prediction is known: class = argmax over B, G, R."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import caffelite
+from caffelite.cli import main
+from caffelite.data.cityscapes import PALETTE_5
+from caffelite.data.infer import InputError, Segmenter, chroma_blend, collect_inputs, evaluate_lists, run_inference
+
+DEPLOY = """name: "t"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 8 dim: 12 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "score"
+        convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "argMaxOut" type: "ArgMax" bottom: "score" top: "argMaxOut" argmax_param { axis: 1 } }
+"""
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    proto = d / "deploy.prototxt"
+    proto.write_text(DEPLOY)
+    net = caffelite.Net(str(proto), caffelite.TEST)
+    net.params["conv"][0].data[...] = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
+    net.params["conv"][1].data[...] = 0
+    weights = d / "w.caffemodel"
+    net.save(str(weights))
+    return str(proto), str(weights)
+
+
+def _blocky_image(path, h=16, w=24):
+    """Left third red, middle green, right blue (RGB file), so BGR argmax gives 2, 1, 0."""
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, : w // 3] = (200, 30, 30)
+    rgb[:, w // 3: 2 * w // 3] = (30, 200, 30)
+    rgb[:, 2 * w // 3:] = (30, 30, 200)
+    Image.fromarray(rgb).save(path)
+    pred = np.zeros((h, w), np.uint8)
+    pred[:, : w // 3] = 2
+    pred[:, w // 3: 2 * w // 3] = 1
+    return pred
+
+
+def test_predict_resizes_to_net_and_back(model, tmp_path):
+    want = _blocky_image(tmp_path / "a.png")
+    seg = Segmenter(*model)
+    from caffelite.data.reader import load_image
+
+    got = seg.predict(load_image(str(tmp_path / "a.png")))
+    assert got.shape == (16, 24)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_infer_cli_writes_ids_and_overlays(model, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    want = _blocky_image(imgs / "x.png")
+    _blocky_image(imgs / "y.png", 8, 12)
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{imgs / 'x.png'}\n")
+    out = tmp_path / "out"
+    assert main(["infer", "--model", model[0], "--weights", model[1], str(imgs), str(lst), "--out", str(out),
+                 "--blend"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "x.png")), want)
+    ov = np.asarray(Image.open(out / "overlay" / "x.png"))
+    assert ov.shape == (16, 24, 3)
+    assert len((out / "output_name_list.txt").read_text().split()) == 3
+
+
+def test_chroma_blend_keeps_luma_takes_palette_chroma():
+    gray = np.full((2, 2, 3), 128, np.uint8)
+    pred = np.array([[0, 1], [2, 4]])
+    out = chroma_blend(gray, pred).astype(np.float32)
+    y = out[..., 2] * 0.299 + out[..., 1] * 0.587 + out[..., 0] * 0.114
+    np.testing.assert_allclose(y, 128, atol=3)  # up to clipping of saturated chroma
+    np.testing.assert_array_equal(out[0, 0], [128, 128, 128])  # class 0 is black: no chroma
+    pal = PALETTE_5[1].astype(np.float32)  # road is purple-ish: R and B above G
+    assert out[0, 1, 2] > out[0, 1, 1] and out[0, 1, 0] > out[0, 1, 1] and pal[0] > pal[1]
+
+
+def test_eval_conventions_and_cli(model, tmp_path, capsys):
+    imgs, labs = [], []
+    for i in range(2):
+        want = _blocky_image(tmp_path / f"f{i}_leftImg8bit.png")
+        lab = want.copy()
+        lab[0, :] = 255
+        lab[1, :4] = 4  # wrong on purpose: predicted 2, truth 4
+        Image.fromarray(lab).save(tmp_path / f"f{i}_gtFine_labelIds.png")
+        imgs.append(str(tmp_path / f"f{i}_leftImg8bit.png"))
+        labs.append(str(tmp_path / f"f{i}_gtFine_labelIds.png"))
+    (tmp_path / "i.txt").write_text("\n".join(imgs) + "\n")
+    (tmp_path / "l.txt").write_text("\n".join(labs) + "\n")
+    acc = evaluate_lists(Segmenter(*model), tmp_path / "i.txt", tmp_path / "l.txt", 5, progress=False)
+    assert acc.matrix.sum() == 2 * 15 * 24 and acc.matrix[4, 2] == 8
+    s = acc.scores()["jacinto"]
+    assert s["pixel_accuracy"] == pytest.approx(1 - 8 / 720)
+    assert main(["eval", "--model", model[0], "--weights", model[1], "--images", str(tmp_path / "i.txt"),
+                 "--labels", str(tmp_path / "l.txt"), "--num-classes", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Final: pixel_accuracy=0.988889, mean_iou=")
+    assert "road sign" in out and "nanmean:" in out
+
+
+def test_bad_inputs(model, tmp_path, capsys):
+    with pytest.raises(InputError, match="nothing.xyz: no such file"):
+        collect_inputs([str(tmp_path / "nothing.xyz")])
+    (tmp_path / "v.mp4").write_bytes(b"\0")
+    try:
+        import imageio  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match="video.*extra"):
+            collect_inputs([str(tmp_path / "v.mp4")])
+    _blocky_image(tmp_path / "a.png")
+    seg = Segmenter(*model, resize=(10, 10))
+    with pytest.raises(InputError, match="a.png: image is 3x10x10 after resize but the deploy input is 3x8x12"):
+        run_inference(seg, [str(tmp_path / "a.png")], str(tmp_path / "o"), progress=False)
+    assert main(["infer", "--model", model[0], "--weights", model[1], str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "o"), "--resize", "10x10"]) == 2
+    assert "deploy input is 3x8x12" in capsys.readouterr().err
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        rc = main(["eval", "--model", model[0], "--images", "a", "--labels", "b", "--confusion-png",
+                   str(tmp_path / "cm.png")])
+        assert rc == 2 and "plot" in capsys.readouterr().err
+    assert os.path.exists(model[0])

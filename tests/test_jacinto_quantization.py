@@ -1,0 +1,189 @@
+"""Quantization hook (§b.1-§b.7) on the real jsegnet21v2 deploy net of the fixtures (BVLC BN+Scale form)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from caffelite.errors import NetError
+from caffelite.layer import TEST
+from caffelite.proto import caffe_pb2
+
+from conftest import FIXTURES
+
+JSEG = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy")
+
+
+def _net(quantize=True, version="0.17", size=(64, 128), with_weights=True, edit=None):
+    from caffelite import io, jacinto
+    from caffelite.net import Net
+    p = io.read_net(os.path.join(JSEG, "deploy.prototxt"))
+    p.layer[0].input_param.shape[0].dim[:] = [1, 3, *size]
+    p.quantize = quantize
+    if edit:
+        edit(p)
+    net = Net(p, TEST)
+    if with_weights:
+        net.copy_from(os.path.join(JSEG, "weights.caffemodel.xz"))
+    hook = jacinto.attach_quantization(net, version=version)
+    return net, hook
+
+
+def _input(size=(64, 128), seed=0):
+    x = np.load(os.path.join(JSEG, "input.npz"))["data"]
+    return np.ascontiguousarray(x[:, :, :size[0], :size[1]]) if seed == 0 else \
+        np.ascontiguousarray(np.roll(x, 7 * seed, axis=3)[:, :, :size[0], :size[1]])
+
+
+def _quantized_tops(net):
+    return [ly.param.name for ly in net.layers if ly.param.HasField("quantization_param")
+            and any(q.quantize for q in ly.param.quantization_param.qparam_out)]
+
+
+@pytest.fixture(scope="module")
+def float_outputs():
+    net, hook = _net(quantize=False)
+    assert hook is None
+    outs = []
+    for k in range(2):
+        net.forward(data=_input(seed=k))
+        outs.append(net.blobs["out_deconv_final_up8"].data.copy())
+    return outs
+
+
+def test_first_forward_equals_float_then_quantized(float_outputs):
+    net, hook = _net()
+    net.forward(data=_input(seed=0))
+    np.testing.assert_array_equal(net.blobs["out_deconv_final_up8"].data, float_outputs[0])  # §b.2
+    assert _quantized_tops(net) == []
+    net.forward(data=_input(seed=1))
+    q1 = net.blobs["out_deconv_final_up8"].data
+    assert not np.array_equal(q1, float_outputs[1])
+    # fake quantization changes the scores only a little
+    err = np.abs(q1 - float_outputs[1]).max() / np.abs(float_outputs[1]).max()
+    assert err < 0.1
+    # §b.3: which outputs are quantized on jsegnet21v2 (conv/BN/Scale outputs are merged)
+    names = _quantized_tops(net)
+    assert names[:4] == ["data/bias", "conv1a/relu", "conv1b/relu", "pool1"]
+    assert {"out5a_up2", "out3_out5_combined", "out_deconv_final_up2", "out_deconv_final_up4",
+            "out_deconv_final_up8", "pool4", "ctx_final/relu"} <= set(names)
+    assert not any(n.endswith("/bn") or n.endswith("/scale") for n in names)
+    assert "conv1a" not in names and "input" not in names
+    # a quantized ReLU output sits on an 8-bit unsigned grid: x*scale are integers in [0, 255]
+    i = net._layer_names.index("ctx_conv1/relu")
+    qo = net.layers[i].param.quantization_param.qparam_out[0]
+    assert qo.unsigned_quant and qo.bitwidth == 8
+    y = net.blobs[net._top_ids[i][0]].data.astype(np.float64) * np.float32(qo.scale_target)
+    assert np.allclose(y, np.round(y), atol=1e-3) and y.min() >= 0 and y.max() <= 255.001
+    # weights quantized once (k == start) onto the 12-bit asymmetric grid, biases 16-bit
+    j = net._layer_names.index("res3a_branch2a")
+    qw = net.layers[j].param.quantization_param.qparam_w
+    assert qw[0].quantize and qw[1].quantize and qw[0].bitwidth == 12 and qw[1].bitwidth == 16
+    w = net.layers[j].blobs[0].data.astype(np.float64) * np.float32(qw[0].scale_target) + qw[0].offset
+    assert np.allclose(w, np.round(w), atol=2e-2) and w.min() > -0.5 and w.max() < 4095.5
+
+
+def test_ranges_running_average():
+    net, hook = _net()
+    i = net._layer_names.index("pool1")
+    net.forward(data=_input(seed=0))
+    m0 = float(net.blobs["pool1"].data.max())
+    assert hook.r_out[i][0][1] == pytest.approx(1.25 * m0, rel=1e-6)  # forward 0: beta = 1, E = 1.25
+    net.forward(data=_input(seed=1))
+    m1 = float(net.blobs["pool1"].data.max())
+    assert hook.r_out[i][0][1] == pytest.approx(0.99 * 1.25 * m0 + 0.01 * 1.25 * m1, rel=1e-5)
+    # the scale used in forward 1 came from forward 0's range: 255 / max
+    qo = net.layers[i].param.quantization_param.qparam_out[0]
+    assert qo.scale_target == pytest.approx(255 / (1.25 * m0), rel=1e-5)
+
+
+def test_freeze_save_load_ranges(tmp_path):
+    net, hook = _net()
+    net.forward(data=_input(seed=0))
+    net.forward(data=_input(seed=1))
+    path = tmp_path / "ranges.json"
+    hook.save_ranges(path)
+    # a fresh net with the loaded ranges gives the same output regardless of what it saw before
+    outs = []
+    for first in (2, 3):
+        n2, h2 = _net()
+        h2.load_ranges(path)
+        n2.forward(data=_input(seed=first))
+        n2.forward(data=_input(seed=1))
+        outs.append(n2.blobs["out_deconv_final_up8"].data.copy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert h2.frozen
+
+
+def test_written_into_caffemodel_and_read_back(tmp_path):
+    from caffelite import io, jacinto
+    net, hook = _net()
+    net.forward(data=_input(seed=0))
+    r0 = hook.r_out[net._layer_names.index("pool1")][0].copy()  # the range forward 1 quantizes with
+    net.forward(data=_input(seed=1))
+    p = jacinto.quantized_net_proto(net)
+    assert p.name.endswith("___QUANTIZED__SEE_END_OFTHE_FILE") and p.quantize
+    path = tmp_path / "q.caffemodel"
+    io.write_weights(p, str(path))
+    back = io.read_weights(str(path))
+    lp = [lp for lp in back.layer if lp.name == "pool1"][0]
+    assert lp.quantization_param.qparam_out[0].quantize
+    assert lp.quantization_param.qparam_out[0].max == np.float32(r0[1])
+    assert lp.quantization_param.qparam_out[0].unsigned_data
+
+    # a prototxt that carries quantization_param min/max seeds the ranges (CopyQuantizationRangeInLayers)
+    def edit(np_):
+        for layer in np_.layer:
+            if layer.name == "pool1":
+                layer.quantization_param.CopyFrom(lp.quantization_param)
+    n2, h2 = _net(edit=edit)
+    i = n2._layer_names.index("pool1")
+    assert h2.r_out[i][0][1] == pytest.approx(lp.quantization_param.qparam_out[0].max)
+
+
+def test_display_quantization_format(caplog):
+    def edit(p):
+        p.net_quantization_param.display_quantization = 1
+    net, hook = _net(edit=edit)
+    net.forward(data=_input(seed=0))
+    net.forward(data=_input(seed=1))
+    lines = hook.display_lines()
+    assert any(line.startswith(" Q weights:2 Name:conv1a bitwidth:12 fracbits:0 scale:") for line in lines)
+    assert any(line.startswith(" Q bias:2 Name:conv1a bitwidth:16") for line in lines)
+    assert any(line.startswith(" Q output:") and "unsigned_data:1" in line for line in lines)
+
+
+def test_016_mode_runs_and_first_forward_is_float(float_outputs):
+    net, hook = _net(version="0.16")
+    net.forward(data=_input(seed=0))
+    np.testing.assert_array_equal(net.blobs["out_deconv_final_up8"].data, float_outputs[0])
+    i = net._layer_names.index("pool1")
+    net.forward(data=_input(seed=1))
+    assert hook.version == "0.16"
+    # 0.16 ranges: expansion 2.0, replaced while k <= start
+    assert hook.r_out1[i][1] == pytest.approx(2.0 * float(net.blobs["pool1"].data.max()), rel=1e-6)
+    names = _quantized_tops(net)
+    assert "pool1" in names and "conv1a/relu" in names
+    err = np.abs(net.blobs["out_deconv_final_up8"].data - float_outputs[1]).max()
+    assert 0 < err < 0.2 * np.abs(float_outputs[1]).max()
+
+
+@pytest.mark.parametrize("field,value", [("bitwidth_weights", 40), ("bitwidth_activations", 1),
+                                         ("bitwidth_bias", 33)])
+def test_bad_bitwidth(field, value):
+    from caffelite.jacinto import check_quantization
+    p = caffe_pb2.NetParameter(quantize=True)
+    setattr(p.net_quantization_param, field, value)
+    with pytest.raises(NetError, match=field):
+        check_quantization(p)
+
+
+def test_quantization_param_on_wrong_layer():
+    from caffelite.jacinto import check_quantization
+    p = caffe_pb2.NetParameter()
+    lp = p.layer.add(name="prob", type="Softmax")
+    lp.quantization_param.qparam_out.add(quantize=True)
+    with pytest.raises(NetError, match="quantization_param is not allowed on a Softmax layer"):
+        check_quantization(p)
+    lp.type = "ReLU"
+    check_quantization(p)

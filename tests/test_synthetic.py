@@ -1,0 +1,55 @@
+"""The synthetic Cityscapes generator: layout, real label ids, determinism, variety, CLI."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from caffelite.cli import main
+from caffelite.data.cityscapes import LABEL_MAP_5, create_lists, map_labels
+from caffelite.data.synthetic import render_scene
+
+
+def test_scene_uses_real_label_ids_and_all_five_classes():
+    ids, classes = set(), set()
+    for i in range(12):
+        img, lab = render_scene(256, 128, np.random.default_rng([0, 0, i]))
+        assert img.shape == (128, 256, 3) and img.dtype == np.uint8 and lab.shape == (128, 256)
+        ids |= set(np.unique(lab).tolist())
+        classes |= set(np.unique(map_labels(lab)).tolist())
+    assert ids <= set(LABEL_MAP_5)
+    assert {7, 8, 11, 19, 20, 21, 23, 24, 25, 26, 27, 33} <= ids
+    assert {0, 1, 2, 3, 4} <= classes
+
+
+def test_deterministic_and_varied():
+    a = render_scene(128, 64, np.random.default_rng([3, 0, 1]))
+    b = render_scene(128, 64, np.random.default_rng([3, 0, 1]))
+    c = render_scene(128, 64, np.random.default_rng([3, 0, 2]))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[1], c[1])
+    # not trivial: one colour does not decide the class (road and vehicle colours overlap across scenes)
+    means = []
+    for i in range(10):
+        img, lab = render_scene(128, 64, np.random.default_rng([0, 0, i]))
+        m = map_labels(lab)
+        means.append([img[m == k].mean() if (m == k).any() else np.nan for k in (1, 4)])
+    means = np.array(means)
+    assert np.nanstd(means[:, 1]) > 20  # vehicle brightness varies a lot
+
+
+def test_cli_layout_and_lists(tmp_path):
+    out = tmp_path / "syn"
+    assert main(["data", "synthetic-cityscapes", "--out", str(out), "--train", "4", "--val", "2",
+                 "--size", "96x48", "--seed", "7"]) == 0
+    imgs = sorted((out / "leftImg8bit" / "train").rglob("*_leftImg8bit.png"))
+    assert len(imgs) == 4 and len(list((out / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))) == 2
+    assert Image.open(imgs[0]).size == (96, 48)
+    res = create_lists(str(out), str(tmp_path / "data"))
+    assert all(len(open(p).read().split()) == n for (p, _), n in zip(res.values(), (4, 2), strict=True))
+    # same seed, same bytes
+    out2 = tmp_path / "syn2"
+    main(["data", "synthetic-cityscapes", "--out", str(out2), "--train", "4", "--val", "0", "--size", "96x48",
+          "--seed", "7"])
+    rel = os.path.relpath(imgs[0], out)
+    assert (out / rel).read_bytes() == (out2 / rel).read_bytes()
