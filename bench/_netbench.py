@@ -66,20 +66,57 @@ def spec_from_net(net, mode, runs, threads=2):
     return {"mode": mode, "runs": runs, "warmup": 1, "threads": threads, "layers": layers, "inputs": inputs}
 
 
-def run_peer(python, spec):
-    """Run the peer once on ``spec``; return its JSON result (or raise with its stderr)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-        path = f.name
-    try:
+class Peer:
+    """The PyTorch peer as a child process serving one timed iteration per request."""
+
+    def __init__(self, python, spec):
+        self.spec_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump(spec, self.spec_file)
+        self.spec_file.close()
         env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
-        r = subprocess.run([python, os.path.join(HERE, "_peer_torch.py"), path], capture_output=True, text=True,
-                           env=env)
-    finally:
-        os.unlink(path)
-    if r.returncode != 0:
-        raise RuntimeError(f"peer failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        self.proc = subprocess.Popen([python, os.path.join(HERE, "_peer_torch.py"), self.spec_file.name],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        hello = self._read()
+        self.version = hello.get("torch")
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the torch peer exited early (see its stderr above)")
+        return json.loads(line)
+
+    def _ask(self, cmd):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def run(self, layout):
+        return self._ask(layout)["time"]
+
+    def peak_mem(self):
+        return self._ask("mem")["peak_rss_growth_mb"]
+
+    def close(self):
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+        finally:
+            os.unlink(self.spec_file.name)
+
+
+LAYOUTS = ("default", "channels_last")
+
+
+def interleaved(run_ours, peer, runs):
+    """Alternate run by run: ours, torch default, torch channels_last (the machine's speed drifts)."""
+    ours, theirs = [], {k: [] for k in LAYOUTS}
+    for _ in range(runs):
+        ours.append(run_ours())
+        if peer is not None:
+            for k in LAYOUTS:
+                theirs[k].append(peer.run(k))
+    return ours, (theirs if peer is not None else {})
 
 
 def report(title, ours, peer_runs, ours_mem, peer_mem, unit_div=1.0, unit="s"):

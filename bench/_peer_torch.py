@@ -1,11 +1,11 @@
 """PyTorch peer for the caffelite benchmarks (runs in a separate interpreter that has torch; never imported by
 caffelite).
 
-Usage: ``python _peer_torch.py SPEC.json`` where SPEC (written by bench/deploy_forward.py or train_step.py)
-lists the net's layers as caffelite built them (type, bottoms, tops, shapes and options), the mode
-("forward" or "train"), the number of runs and threads. The same graph is executed with torch.nn.functional
-ops, in the default (NCHW) layout and in channels_last; prints one JSON line with the per-run times of each
-layout and the peak RSS growth.
+Usage: ``python _peer_torch.py SPEC.json`` where SPEC (written by bench/_netbench.py) lists the net's layers
+as caffelite built them (type, bottoms, tops, shapes and options), the mode ("forward" or "train") and the
+thread count. The same graph is built with torch.nn.functional ops in the default (NCHW) layout and in
+channels_last; then the script serves requests on stdin, one per line: a layout name runs one iteration and
+answers its time, ``mem`` answers the peak RSS growth, ``quit`` ends.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Graph:
         return feed
 
     def run(self, feed):
-        torch, F = self.torch, self.F
+        F = self.F
         B = dict(feed)
         loss = None
         for L in self.spec["layers"]:
@@ -109,32 +109,40 @@ def main():
     import torch
     torch.set_num_threads(int(spec.get("threads", 2)))
     base = rss_mb()
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "layouts": {}}
-    peak = 0.0
+    graphs = {}
     for cl in (False, True):
         g = Graph(torch, spec, cl)
         feed = g.inputs()
         opt = torch.optim.SGD(g.learnable, lr=1e-6, momentum=0.9, weight_decay=1e-4) if g.train else None
-        times = []
-        for r in range(spec["runs"] + spec.get("warmup", 1)):
-            t0 = time.perf_counter()
-            if g.train:
-                opt.zero_grad(set_to_none=False)
-                _, loss = g.run(feed)
-                loss.backward()
-                opt.step()
-            else:
-                with torch.no_grad():
-                    g.run(feed)
-            dt = time.perf_counter() - t0
-            if r >= spec.get("warmup", 1):
-                times.append(dt)
-            peak = max(peak, rss_mb() - base)
-        result["layouts"]["channels_last" if cl else "default"] = times
-        del g, feed, opt
-    # ru_maxrss covers transient peaks between the samples above
-    result["peak_rss_growth_mb"] = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
-    print(json.dumps(result))
+        graphs["channels_last" if cl else "default"] = (g, feed, opt)
+
+    def once(name):
+        g, feed, opt = graphs[name]
+        t0 = time.perf_counter()
+        if g.train:
+            opt.zero_grad(set_to_none=False)
+            _, loss = g.run(feed)
+            loss.backward()
+            opt.step()
+        else:
+            with torch.no_grad():
+                g.run(feed)
+        return time.perf_counter() - t0
+
+    for name in graphs:  # warm-up
+        once(name)
+    # serve: one line per request, so the caller can interleave our runs with its own (the machine's speed
+    # drifts; alternating run by run is the only fair comparison)
+    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "quit":
+            break
+        if cmd == "mem":
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+            print(json.dumps({"peak_rss_growth_mb": peak}), flush=True)
+            continue
+        print(json.dumps({"layout": cmd, "time": once(cmd)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def profile(net, runs):
     total = sum(r[0] for r in rows)
     print(f"per-layer forward (median of {runs}), sum {total * 1e3:.1f} ms")
     by_type = {}
-    for v, (n, t) in rows:
+    for v, (_n, t) in rows:
         by_type[t] = by_type.get(t, 0.0) + v
     print("  by type: " + ", ".join(f"{t} {v * 1e3:.1f}" for t, v in sorted(by_type.items(), key=lambda kv: -kv[1])))
     for v, (n, t) in rows[:20]:
@@ -88,18 +88,14 @@ def main(argv=None):
         peer_py = nb.find_peer_python(a.peer_python)
         if peer_py is None:
             print("peer: no interpreter with torch found (use --peer-python); running caffelite only")
-    spec = nb.spec_from_net(net, "forward", a.runs)
-    ours, peer_runs, peer_mem = [], {}, 0.0
-    peak = 0.0
-    for _ in range(2 if peer_py else 1):
-        ours += time_runs(net, a.runs)
-        peak = max(peak, nb.rss_mb() - base)
-        if peer_py:
-            res = nb.run_peer(peer_py, spec)
-            for k, v in res["layouts"].items():
-                peer_runs.setdefault(k, []).extend(v)
-            peer_mem = max(peer_mem, res["peak_rss_growth_mb"])
-    peak = max(peak, nb.max_rss_mb() - base)
+    peer = nb.Peer(peer_py, nb.spec_from_net(net, "forward", a.runs)) if peer_py else None
+    try:
+        ours, peer_runs = nb.interleaved(lambda: time_runs(net, 1)[0], peer, a.runs)
+        peak = max(nb.rss_mb(), nb.max_rss_mb()) - base
+        peer_mem = peer.peak_mem() if peer else 0.0
+    finally:
+        if peer:
+            peer.close()
     summary = nb.report(f"jsegnet21v2 deploy forward, input {'x'.join(map(str, shape))}, CPU", ours, peer_runs,
                         peak, peer_mem)
     if a.profile:

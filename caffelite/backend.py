@@ -31,6 +31,23 @@ def cupy_available() -> bool:
         return False
 
 
+def cupy_module():
+    """The ``cupy`` module, for code that needs CuPy itself (named kernels, NCCL); DeviceError without it."""
+    if _cupy is None:
+        raise DeviceError("CuPy is not installed: GPU features need caffelite[cuda12x] or caffelite[cuda13x]")
+    return _cupy
+
+
+def cupy_submodule(name: str):
+    """``cupy.<name>`` (e.g. ``"cuda.nccl"``), imported on first use; DeviceError when unavailable."""
+    import importlib
+    cupy_module()
+    try:
+        return importlib.import_module("cupy." + name)
+    except Exception as e:  # e.g. CuPy built without NCCL
+        raise DeviceError(f"cupy.{name} is not available: {e}") from None
+
+
 def mode() -> str:
     """The current mode, ``"CPU"`` or ``"GPU"``."""
     return _state["mode"]

@@ -49,6 +49,7 @@ class Net:
         self.dtype = np.dtype(dtype)
         self.xp = backend.current_xp()
         self.hooks = HookSet()
+        self.loss = 0.0
         self._build(param, extras, phase, level, stages)
         if weights is not None:
             self.copy_from(weights)
@@ -203,14 +204,8 @@ class Net:
                     self._bottom_need_backward[li][j] = nb
                     self._blob_need_backward[bname] = self._blob_need_backward[bname] or nb
                 layer.param_propagate_down = [True] * len(layer.blobs)
-        for li, layer in enumerate(self.layers):
-            if self._layer_need_backward[li] and any(self._bottom_need_backward[li]) \
-                    and not layer.has_backward():
-                # Caffe aborts in Backward_cpu (NOT_IMPLEMENTED); tell the user while building instead
-                raise layer.error("needs backward computation but the layer has no backward "
-                                  "(set propagate_down: false on the bottoms that feed it)")
-            log.debug("%s %s backward computation.", layer.name,
-                      "needs" if self._layer_need_backward[li] else "does not need")
+        # a layer without backward that is asked for one raises in Layer.backward, as Caffe aborts there
+        # (not here: a forward-only user of a force_backward net must still be able to build it)
 
     def _append_params(self):
         """Caffe's AppendParam: owners, sharing by ParamSpec.name (shape checks), lr/decay multipliers."""
@@ -354,6 +349,20 @@ class Net:
         self.loss = loss
         self._backward_from_to(len(self.layers) - 1, 0)
         return loss
+
+    def update(self):
+        """``data -= diff`` for every learnable param (Caffe's Net::Update, used by plain SGD scripts)."""
+        for p in self.learnable_params:
+            p.data -= p.diff
+
+    @property
+    def blob_loss_weights(self):
+        """OrderedDict blob name -> loss weight (0 for blobs that carry no loss), as pycaffe's."""
+        return collections.OrderedDict((n, self._blob_loss_weights.get(n, 0.0)) for n in self.blobs)
+
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
 
     def clear_param_diffs(self):
         """Zero the diff of every learnable param (shared ones once)."""

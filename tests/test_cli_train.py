@@ -290,3 +290,46 @@ def test_solverstate_roundtrip_fields():
     st = caffe_pb2.SolverState.FromString(state_proto(Fake, "x.caffemodel", "jacinto").SerializeToString())
     assert (st.iter, st.learned_net, st.current_step) == (7, "x.caffemodel", 3)
     np.testing.assert_array_equal(blob_to_array(st.history[0]), Fake.history[0][0])
+
+
+def test_snapshot_write_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous snapshot intact and no temporary file behind."""
+    from caffelite.solvers import snapshot as snap
+    d = _workdir(tmp_path, "sgd_step")
+    monkeypatch.chdir(d)
+    s = _solver(d)
+    s.snapshot()
+    before = {p.name: p.read_bytes() for p in d.glob("snapshot_iter_0.*")}
+    assert len(before) == 3
+    s.net.learnable_params[0].data[...] += 1
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snap.os, "replace", crash)
+    with pytest.raises(OSError):
+        s.snapshot()
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in d.glob("snapshot_iter_0.*")} == before
+    assert not [p for p in d.iterdir() if ".tmp" in p.name]
+
+
+def test_jacinto_flavor_log_lines(tmp_path, monkeypatch, capfd):
+    """caffe-jacinto's dialect: one-batch initial test with its banner, `(t s)` display for the first three
+    iterations, `lr = X, m = M` (0.16) lines, `Tests completed`; and the parser reads it back."""
+    from caffelite.logparse import parse_log
+    d = _workdir(tmp_path, "sgd_step")
+    monkeypatch.chdir(d)
+    glog.setup_logging()
+    assert cli.main(["train", "--solver", "solver.prototxt", "--weights", "init.caffemodel",
+                     "--flavor", "jacinto016"]) == 0
+    err = capfd.readouterr().err
+    assert "Initial Test completed" in err and "Tests completed in" in err
+    assert re.search(r"\] Iteration 1 \([\d.e-]+ s\), loss = 1\.44098", err)
+    assert re.search(r"\] Iteration 4 \([\d.e+-]+ iter/s, [\d.e-]+s/1 iter\), loss = 1\.64064", err)
+    assert "Iteration 0, lr = 0.02, m = 0.9\n" in err
+    train, test = parse_log(err)
+    assert [r["NumIters"] for r in test] == [0, 6, 12]
+    assert all(r["momentum"] == pytest.approx(0.9) for r in train if "momentum" in r)
+    # the initial test ran one batch (8 records), so the iteration-6 test reads records 8..23 (Caffe: 16..31)
+    assert test[1]["loss"] != pytest.approx(1.97903, rel=1e-4)

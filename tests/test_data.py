@@ -169,3 +169,70 @@ def test_solver_fixture_lmdb_equals_npz():
             d = r.datum(i)
             np.testing.assert_array_equal(datum_to_array(d), z[f"{split}/data"][i])
             assert d.label == z[f"{split}/label"][i]
+
+
+def test_prefetcher_keeps_plan_order_and_reraises():
+    import random
+    import time
+
+    from caffelite.data.prefetch import Prefetcher
+
+    counter = {"n": 0}
+
+    def plan():
+        counter["n"] += 1
+        return counter["n"], {"after": counter["n"]}
+
+    def work(k):
+        time.sleep(random.random() * 0.003)  # workers finish out of order
+        if k == 9:
+            raise FileFormatError("rec9", "broken")
+        return k * 10
+
+    p = Prefetcher(plan, work, depth=4, workers=3)
+    got = [p.next() for _ in range(8)]
+    assert [g[0] for g in got] == [10 * k for k in range(1, 9)]
+    assert [g[1]["after"] for g in got] == list(range(1, 9))
+    with pytest.raises(FileFormatError, match="rec9"):
+        p.next()
+    p.reset()
+    counter["n"] = 0  # the caller rewinds its planning state after a reset
+    assert p.next()[0] == 10
+    p.close()
+
+
+def test_rewritten_lmdb_at_same_path_is_reread(tmp_path):
+    import shutil
+
+    from caffelite.data.lmdb_io import LMDBWriter
+
+    p = tmp_path / "db"
+    for value in (1, 2):
+        if p.exists():
+            shutil.rmtree(p)
+        with LMDBWriter(p) as w:
+            w.put("k", array_to_datum(np.full((1, 2, 2), value, np.uint8)).SerializeToString())
+        keep = LMDBReader(p)  # still open while the next one is written
+        assert datum_to_array(keep.datum(0))[0, 0, 0] == value
+    keep.close()
+
+
+def test_fast_datum_view_equals_protobuf():
+    from caffelite.data.datum import raw_datum_view
+
+    rng = np.random.default_rng(5)
+    for label in (0, 7, -1, 2**31 - 1):
+        a = rng.integers(0, 256, (2, 3, 4), dtype=np.uint8)
+        buf = array_to_datum(a, label=label).SerializeToString()
+        arr, lab = raw_datum_view(buf)
+        np.testing.assert_array_equal(arr, a)
+        assert lab == label == parse_datum(buf).label
+    assert raw_datum_view(array_to_datum(None, 1, encoded_bytes=b"png").SerializeToString()) is None
+
+
+def test_mean_value_count_checked_even_when_zero():
+    t = DataTransformer(_tp(mean_value=[0, 0]), phase=1)
+    with pytest.raises(CaffeliteError, match="mean_value has 2 values; specify 1 or 3"):
+        t.apply(np.zeros((3, 2, 2), np.uint8), np.zeros(3))
+    one = DataTransformer(_tp(mean_value=[5]), phase=1)
+    np.testing.assert_array_equal(one.apply(np.full((3, 2, 2), 7, np.uint8), np.zeros(3)), np.full((3, 2, 2), 2.0))

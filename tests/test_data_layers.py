@@ -213,3 +213,22 @@ def test_dummy_data(tmp_path):
 def test_missing_source_is_clear(tmp_path):
     with pytest.raises(CaffeliteError, match="nowhere_lmdb"):
         _net(tmp_path, _data_layer(str(tmp_path / "nowhere_lmdb")))
+
+
+def test_image_label_data_resume(tmp_path):
+    img_db, lab_db, _ = _write_pair(tmp_path, n=5)
+    caffelite.set_random_seed(2)
+    a = _net(tmp_path, _ild(img_db, lab_db, batch=2), name="a.prototxt")
+    a.forward()
+    a.forward()
+    state = a.layers[0].get_reader_state()
+    ref = []
+    for _ in range(4):
+        a.forward()
+        ref.append((a.blobs["data"].data.copy(), a.blobs["label"].data.copy()))
+    b = _net(tmp_path, _ild(img_db, lab_db, batch=2), name="b.prototxt")
+    b.layers[0].set_reader_state(state)
+    for d, lab in ref:
+        b.forward()
+        np.testing.assert_array_equal(b.blobs["data"].data, d)
+        np.testing.assert_array_equal(b.blobs["label"].data, lab)

@@ -102,7 +102,7 @@ def test_eval_conventions_and_cli(model, tmp_path, capsys):
     assert main(["eval", "--model", model[0], "--weights", model[1], "--images", str(tmp_path / "i.txt"),
                  "--labels", str(tmp_path / "l.txt"), "--num-classes", "5"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Final: pixel_accuracy=0.988889, mean_iou=")
+    assert "\nFinal: pixel_accuracy=0.988889, mean_iou=" in out and out.startswith("pixel_accuracy=")
     assert "road sign" in out and "nanmean:" in out
 
 

@@ -276,3 +276,44 @@ def test_text_roundtrip_keeps_bvlc_only_fields(tmp_path):
     io.write_text(net, tmp_path / "b.prototxt", "bvlc")
     back = text_format.Parse((tmp_path / "b.prototxt").read_text(), dialect("bvlc").NetParameter())
     assert back.layer[-1].clip_param == report.extras[net.layer[-1].name].clip_param
+
+
+@pytest.mark.parametrize("path", [p for p in CAFFEMODELS if "/layers/" not in p] + [
+    os.path.join(FIXTURES, "nets", "lenet", "weights.caffemodel.xz")], ids=_rel)
+def test_load_weights_streaming_equals_read_weights(path):
+    net, report = io.read_weights_ex(path)
+    lean, lreport, arrays = io.load_weights(path)
+    assert (lreport.dialect, lreport.form, lreport.upgraded) == (report.dialect, report.form, report.upgraded)
+    assert [l.name for l in lean.layer] == [l.name for l in net.layer]
+    for l in net.layer:
+        assert len(arrays[l.name]) == len(l.blobs)
+        for b, a in zip(l.blobs, arrays[l.name], strict=True):
+            assert a.dtype == np.float32
+            np.testing.assert_array_equal(a, io.blob_to_array(b))
+
+
+def test_load_weights_checks_lengths_before_allocating(tmp_path):
+    net = caffe_pb2.NetParameter()
+    b = net.layer.add(name="fc", type="InnerProduct").blobs.add()
+    b.shape.dim.extend([1 << 20, 1 << 12])  # 16 GiB if it were trusted
+    b.raw_data_type = caffe_pb2.FLOAT
+    b.raw_data = b"\0" * 64
+    p = tmp_path / "lie.caffemodel"
+    p.write_bytes(net.SerializeToString())
+    with pytest.raises(FileFormatError, match="declares 4294967296 elements"):
+        io.load_weights(p)
+    p.write_bytes(net.SerializeToString()[:-10])
+    with pytest.raises(FileFormatError, match="truncated"):
+        io.load_weights(p)
+
+
+def test_write_keeps_each_blob_encoding_with_form_none(tmp_path):
+    net = caffe_pb2.NetParameter(name="mix")
+    l = net.layer.add(name="a", type="Convolution")
+    l.blobs.add().CopyFrom(io.array_to_blob(np.ones((2, 2)), "jacinto"))
+    l.blobs.add().CopyFrom(io.array_to_blob(np.zeros(2), "bvlc"))
+    l.forward_type = caffe_pb2.FLOAT
+    assert io.serialize_weights(net, None) == net.SerializeToString()
+    io.write_weights(net, tmp_path / "m.caffemodel", form=None)
+    back, report = io.read_weights_ex(tmp_path / "m.caffemodel")
+    assert report.form == "mixed" and report.dialect == "jacinto017" and back == net

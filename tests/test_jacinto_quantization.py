@@ -115,6 +115,28 @@ def test_freeze_save_load_ranges(tmp_path):
     assert h2.frozen
 
 
+def test_quant_ranges_option(tmp_path):
+    from caffelite.jacinto import quant_ranges_option
+    # freeze: ranges measured on forward 0 only, so forward 1's output no longer depends on what came between
+    outs = []
+    for middle in (2, 3):
+        net, hook = _net()
+        quant_ranges_option([hook], "freeze")
+        net.forward(data=_input(seed=0))
+        net.forward(data=_input(seed=middle))
+        net.forward(data=_input(seed=1))
+        outs.append(net.blobs["out_deconv_final_up8"].data.copy())
+        assert hook.frozen
+    np.testing.assert_array_equal(outs[0], outs[1])
+    net, hook = _net()
+    finish = quant_ranges_option([hook], "save", str(tmp_path / "r.json"))
+    net.forward(data=_input(seed=0))
+    finish()
+    assert (tmp_path / "r.json").exists()
+    with pytest.raises(ValueError, match="FILE is required"):
+        quant_ranges_option([hook], "load")
+
+
 def test_written_into_caffemodel_and_read_back(tmp_path):
     from caffelite import io, jacinto
     net, hook = _net()

@@ -213,7 +213,9 @@ def test_jacinto_train_output_and_cudnn_running_average():
     want = g[None, :, None, None] * (X4 - mean[None, :, None, None]) / np.sqrt(var + EPS)[None, :, None, None] \
         + be[None, :, None, None]
     m = X4.size / X4.shape[1]
-    layer.forward([b], [t])  # no solver: iteration 0, so f = 1 (overwrite, unbiased variance)
+    layer.solver_iter = 0  # iteration 0: f = 1 (overwrite, unbiased variance), for every forward in it
+    layer.forward([b], [t])
+    layer.forward([b], [t])
     np.testing.assert_allclose(t.data, want, rtol=1e-12)
     np.testing.assert_allclose(layer.blobs[0].data, mean, rtol=1e-12)
     np.testing.assert_allclose(layer.blobs[1].data, var * m / (m - 1), rtol=1e-12)
@@ -224,6 +226,20 @@ def test_jacinto_train_output_and_cudnn_running_average():
     np.testing.assert_allclose(t.data, want, rtol=1e-12)
     np.testing.assert_allclose(layer.blobs[0].data, MAF * old_mean + (1 - MAF) * mean, rtol=1e-12)
     np.testing.assert_allclose(layer.blobs[1].data, MAF * old_var + (1 - MAF) * var * m / (m - 1), rtol=1e-12)
+
+
+def test_jacinto_cudnn_without_solver_counts_its_own_forwards():
+    layer, b, t = build(param("BatchNorm", JAC), X4, TRAIN)
+    set_jacinto_params(layer)
+    x2 = X4 * 0.5 + 1
+    (m1, v1), (m2, v2) = batch_stats(X4), batch_stats(x2)
+    u = (X4.size / X4.shape[1]) / (X4.size / X4.shape[1] - 1)
+    layer.forward([b], [t])  # first TRAIN forward: overwrite
+    np.testing.assert_allclose(layer.blobs[0].data, m1, rtol=1e-12)
+    b.data[...] = x2
+    layer.forward([b], [t])  # then blend
+    np.testing.assert_allclose(layer.blobs[0].data, MAF * m1 + (1 - MAF) * m2, rtol=1e-12)
+    np.testing.assert_allclose(layer.blobs[1].data, MAF * v1 * u + (1 - MAF) * v2 * u, rtol=1e-12)
 
 
 def test_jacinto_caffe_engine_running_average():

@@ -236,3 +236,18 @@ def test_backward_hooks_and_bad_event():
     assert seen[0] == "prob" and "conv1" in seen
     with pytest.raises(ValueError, match="unknown hook event"):
         net.add_hook("before_everything", print)
+
+
+def test_blob_loss_weights_and_update():
+    text = ('layer { name: "d" type: "Input" top: "d" top: "t" input_param { shape { dim: 2 dim: 3 } } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "d" top: "fc" '
+            'inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }\n'
+            'layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "t" top: "loss" loss_weight: 0.5 }')
+    net = caffelite.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffelite.TRAIN)
+    assert net.blob_loss_weights == {"d": 0.0, "t": 0.0, "fc": 0.0, "loss": 0.5}
+    net.blobs["d"].data[...] = 1
+    before = np.array(net.params["fc"][0].data)
+    loss = net.forward_backward()
+    assert loss == pytest.approx(0.5 * float(net.blobs["loss"].data))
+    net.update()
+    np.testing.assert_allclose(net.params["fc"][0].data, before - net.params["fc"][0].diff)

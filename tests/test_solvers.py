@@ -22,6 +22,8 @@ from solver_fixture import CASES, TrajectoryNet, case_dir, solver_param, traject
 
 
 def _close(ours, theirs, rtol=2e-5, rel_atol=2e-6):
+    from caffelite.backend import to_numpy
+    ours = to_numpy(ours)
     atol = rel_atol * max(float(np.abs(theirs).max()), 1e-30)
     return np.abs(ours - theirs) <= atol + rtol * np.abs(theirs)
 
@@ -157,3 +159,70 @@ def test_jacinto_batchnorm_scale_bias_get_decay():
 
     lr, decay = netutil.param_mults(N())
     assert lr == [0, 0, 0, 1, 1] and decay == [0, 0, 0, 1, 1]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES)
+def test_one_step_updates_on_gpu(case):
+    """The same update bodies on CuPy arrays give Caffe's trajectory (GPU parity)."""
+    from caffelite import backend
+    backend.set_mode_gpu()
+    try:
+        solver, _ = _run_one_step_trajectory(case)
+        assert backend.get_array_module(solver.history[0][0]) is not np
+    finally:
+        backend.set_mode_cpu()
+
+
+def test_larc_scales_the_local_rate():
+    """LARC (§c.2): rate = lr * eta*||w||/||g|| ("scale") or min(lr, r) ("clip"); lr_mult 0 stays frozen."""
+    from caffelite.blob import Blob
+
+    class N:
+        name, layers, outputs = "n", (), ()
+
+        def __init__(self):
+            self.learnable_params = [Blob((3,)), Blob((2,))]
+            self.params_lr = [1.0, 0.0]
+            self.params_weight_decay = [0.0, 0.0]
+
+    for policy, expect in (("scale", lambda lr, r: lr * r), ("clip", min)):
+        p = caffe_pb2.SolverParameter(type="SGD", base_lr=0.5, lr_policy="fixed", momentum=0.0, larc=True,
+                                      larc_policy=policy, larc_eta=0.01)
+        net = N()
+        s = SGDSolver(p, net, [])
+        w = np.array([3.0, 4.0, 0.0], dtype=np.float32)  # ||w|| = 5
+        g = np.array([0.0, 0.0, 0.1], dtype=np.float32)  # ||g|| = 0.1  -> r = 0.01*5/0.1 = 0.5
+        net.learnable_params[0].data[...] = w
+        net.learnable_params[0].diff[...] = g
+        net.learnable_params[1].diff[...] = 1.0
+        s.apply_update()
+        rate = expect(0.5, 0.5)
+        np.testing.assert_allclose(net.learnable_params[0].data, w - rate * g, rtol=1e-6)
+        np.testing.assert_array_equal(net.learnable_params[1].data, 0)
+
+
+def test_test_nets_follow_caffes_rules(tmp_path):
+    """test_net_param, then ``net`` for the remaining test_iter; each test net gets TEST phase and test_state."""
+    from google.protobuf import text_format
+
+    from caffelite.solvers import netutil
+    text = """name: "t" layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "only_train" type: "ReLU" bottom: "x" top: "y" include { phase: TRAIN } }
+    layer { name: "staged" type: "ReLU" bottom: "x" top: "z" include { stage: "s1" } }"""
+    net_param = text_format.Parse(text, caffe_pb2.NetParameter())
+    p = caffe_pb2.SolverParameter(net_param=net_param, test_iter=[1, 2])
+    p.test_net_param.add().CopyFrom(net_param)
+    p.test_state.add()
+    p.test_state.add().stage.append("s1")
+    nets = netutil.build_test_nets(p)
+    assert len(nets) == 2
+    assert [list(n.layer_dict) for n in nets] == [["in"], ["in", "staged"]]
+    train = netutil.build_train_net(p)
+    assert list(train.layer_dict) == ["in", "only_train"]
+    bad = caffe_pb2.SolverParameter(test_iter=[1, 2])
+    bad.test_net_param.add().CopyFrom(net_param)
+    with pytest.raises(SolverError, match="test_iter"):
+        netutil.build_test_nets(bad)
+    with pytest.raises(SolverError, match="exactly one"):
+        netutil.build_train_net(caffe_pb2.SolverParameter())

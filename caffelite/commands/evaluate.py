@@ -92,7 +92,18 @@ def run(args) -> int:
     if len(names) != k:
         raise CaffeliteError(f"--class-names has {len(names)} names for {k} classes")
     seg = Segmenter(args.model, args.weights or None, resize=parse_size(args.resize))
-    acc = evaluate_lists(seg, args.images, args.labels, k, args.num_images)
+    from ..data.metrics import jacinto_scores
+
+    total = args.num_images or sum(1 for ln in open(args.images) if ln.strip())
+    every = max(1, total // 20)
+
+    def progress_line(n, acc):  # jacinto prints the running scores about 20 times per run
+        if (n + 1) % every == 0 and n + 1 < total:
+            j = jacinto_scores(acc.matrix)
+            print(f"pixel_accuracy={j['pixel_accuracy']:.6g}, mean_iou={j['mean_iou']:.6g}, iou={_fmt_iou(j['iou'])}",
+                  flush=True)
+
+    acc = evaluate_lists(seg, args.images, args.labels, k, args.num_images, callback=progress_line)
     print(format_report(acc.scores(), names))
     if args.confusion_png:
         save_confusion_png(acc.matrix, names, args.confusion_png)

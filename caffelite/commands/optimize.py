@@ -47,11 +47,6 @@ def optimize(model, weights, output_model, remove_bn=False, phase="TEST", form="
     if d:
         os.makedirs(d, exist_ok=True)
     io.write_text(new_model, proto_path, "bvlc" if form == "bvlc" else "jacinto017")
-    if form == "bvlc":
-        from ..io_blob import convert_blob_form
-        for lp in new_weights.layer:
-            for bp in lp.blobs:
-                convert_blob_form(bp, "bvlc")
     io.write_weights(new_weights, weights_path, form=form)
     glog.info(f"Optimized net: folded BatchNorm into {len(folded)} convolution(s); wrote {proto_path} and "
               f"{weights_path}", "caffe.cpp:380")

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import log as glog
 from ..errors import CaffeliteError
-from .train import parse_gpus, select_device
+from .train import attach_jacinto, parse_gpus, select_device
 
 
 def add_arguments(p):
@@ -22,6 +22,8 @@ def add_arguments(p):
     p.add_argument("--gpu", default="", help="GPU id to use; CPU when empty")
     p.add_argument("--level", type=int, default=0, help="the NetState level")
     p.add_argument("--stage", default="", help="NetState stages, comma-separated")
+    p.add_argument("--display_sparsity", action="store_true",
+                   help="log the weights' sparsity in caffe-jacinto's format after scoring")
 
 
 def score(net, iterations):
@@ -66,5 +68,11 @@ def run(args) -> int:
     net = Net(args.model, phase, level=args.level, stages=stages)
     for w in [w for w in args.weights.split(",") if w]:
         net.copy_from(w)
+    attach_jacinto(net)
     score(net, args.iterations)
+    if args.display_sparsity:
+        from ..jacinto import display_sparsity
+        glog.info("=========================", "caffe.cpp:326")
+        glog.info("Sparsity of the test net:", "caffe.cpp:327")
+        display_sparsity(net)
     return 0

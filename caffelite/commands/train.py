@@ -29,6 +29,8 @@ def add_arguments(p):
     p.add_argument("--sigint_effect", default="stop", choices=EFFECTS, help="what SIGINT does (default stop)")
     p.add_argument("--sighup_effect", default="snapshot", choices=EFFECTS,
                    help="what SIGHUP does (default snapshot)")
+    p.add_argument("--flavor", default="bvlc", choices=("bvlc", "jacinto", "jacinto016"),
+                   help="log lines and initial test as BVLC Caffe (default), caffe-jacinto 0.17 or 0.16 print them")
     p.add_argument("--snapshot_format", dest="snapshot_form", default="", choices=("", "jacinto", "bvlc"),
                    help="blob encoding of snapshots (default: jacinto, or bvlc when the solver sets "
                         "store_blobs_in_old_format)")
@@ -127,9 +129,10 @@ def run(args) -> int:
     select_device(parse_gpus(args.gpu), param)
     handler = SignalHandler(args.sigint_effect, args.sighup_effect).install()
     try:
-        solver = get_solver(param)
+        solver = get_solver(param, flavor=args.flavor)
         solver.requested_action = handler
         solver.snapshot_form = args.snapshot_form or None
+        attach_jacinto(solver.net, solver)
         if args.snapshot:
             glog.info(f"Resuming from {args.snapshot}", "caffe.cpp:252")
         elif args.weights:
@@ -144,6 +147,15 @@ def run(args) -> int:
     finally:
         handler.restore()
     return 0
+
+
+def attach_jacinto(net, solver=None):
+    """Install caffe-jacinto's sparsity/quantization hooks when the prototxts ask for them (issue 5)."""
+    try:
+        from .. import jacinto
+    except ImportError:  # pragma: no cover - the jacinto package is optional while it is being written
+        return None
+    return jacinto.attach_from_proto(net, solver)
 
 
 def copy_weights(solver, weights):

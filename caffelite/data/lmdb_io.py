@@ -18,34 +18,41 @@ __all__ = ["LMDBReader", "LMDBWriter", "is_lmdb"]
 
 # python-lmdb refuses to open one environment twice in a process, yet a train and a test net (or two
 # solvers) may read the same database: share one read-only environment per path, reference-counted.
+# An entry is keyed by path and remembers the data file's identity, so a database rewritten at the same
+# path (deleted and created again) gets a fresh environment instead of a stale map.
 _ENVS: dict[str, list] = {}
 _ENVS_LOCK = threading.Lock()
 
 
-def _open_shared(path: str):
+def _file_id(path: str):
+    st = os.stat(os.path.join(path, "data.mdb"))
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _open_shared(path: str) -> list:
     import lmdb
 
     key = os.path.realpath(path)
+    fid = _file_id(path)
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
-        if entry is None:
+        if entry is None or entry[2] != fid:
             try:
                 env = lmdb.open(path, readonly=True, lock=False, readahead=False, max_readers=256, subdir=True)
             except lmdb.Error as e:
                 raise FileFormatError(path, f"cannot open LMDB ({e})") from None
-            entry = _ENVS[key] = [env, 0]
+            entry = _ENVS[key] = [env, 0, fid, key]
         entry[1] += 1
-        return entry[0], key
+        return entry
 
 
-def _release_shared(key: str) -> None:
+def _release_shared(entry: list) -> None:
     with _ENVS_LOCK:
-        entry = _ENVS.get(key)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del _ENVS[key]
-                entry[0].close()
+        entry[1] -= 1
+        if entry[1] <= 0:
+            if _ENVS.get(entry[3]) is entry:
+                del _ENVS[entry[3]]
+            entry[0].close()
 
 
 def is_lmdb(path) -> bool:
@@ -65,8 +72,9 @@ class LMDBReader:
             raise FileFormatError(self.path, "LMDB directory does not exist")
         if not is_lmdb(self.path):
             raise FileFormatError(self.path, "not an LMDB (no data.mdb); only the LMDB backend is supported")
-        self._key = None
-        self.env, self._key = _open_shared(self.path)
+        self._entry = None
+        self._entry = _open_shared(self.path)
+        self.env = self._entry[0]
         with self.env.begin(buffers=False) as txn:
             self.keys = list(txn.cursor().iternext(keys=True, values=False))
         if not self.keys:
@@ -87,6 +95,13 @@ class LMDBReader:
         """Serialized record number ``index`` (0-based, key order)."""
         return self._txn().get(self.keys[index])
 
+    def get_view(self, index: int):
+        """Record ``index`` as a zero-copy buffer into the map, valid while this thread's reader is open."""
+        txn = getattr(self._local, "vtxn", None)
+        if txn is None:
+            txn = self._local.vtxn = self.env.begin(buffers=True)
+        return txn.get(self.keys[index])
+
     def datum(self, index: int):
         """Record ``index`` parsed as a Datum."""
         return parse_datum(self.get(index), f"{self.path} (key {self.keys[index].decode(errors='replace')})")
@@ -98,10 +113,16 @@ class LMDBReader:
 
     def close(self) -> None:
         """Release this reader (the shared environment closes with its last reader)."""
-        if self._key is not None:
+        if self._entry is not None:
             self._local = threading.local()
-            _release_shared(self._key)
-            self._key = None
+            _release_shared(self._entry)
+            self._entry = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
     def __enter__(self):
         return self
@@ -113,10 +134,10 @@ class LMDBReader:
 class LMDBWriter:
     """Write ``key → bytes`` records into a new LMDB, committing every ``commit_every`` puts.
 
-    ``map_size`` is an upper bound on the file size (LMDB reserves address space only); it grows on demand.
+    ``map_size`` is an upper bound on the file size (LMDB reserves address space only, 1 TiB like jacinto's 1e12).
     """
 
-    def __init__(self, path, map_size=1 << 36, commit_every=1000):
+    def __init__(self, path, map_size=1 << 40, commit_every=1000):
         import lmdb
 
         self.path = str(path)

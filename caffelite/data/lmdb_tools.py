@@ -37,6 +37,19 @@ def pair_key(path: str) -> str:
     return stem
 
 
+def _bounded_map(ex, fn, items, window):
+    """``ex.map`` in order with at most ``window`` results in flight (full-size records are ~8 MB each)."""
+    import collections
+
+    pending = collections.deque()
+    for x in items:
+        pending.append(ex.submit(fn, x))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def _read_list(path: str) -> list[str]:
     return [p for p, _ in read_image_list(path, with_labels=False)]
 
@@ -87,15 +100,14 @@ def create_segmentation_lmdbs(image_list, label_list, image_lmdb, label_lmdb, se
     order = np.arange(len(imgs))
     if shuffle:
         order = np.random.RandomState(seed).permutation(len(imgs))  # = np.random.seed(s); shuffle(list)
-    with LMDBWriter(image_lmdb) as wi, LMDBWriter(label_lmdb) as wl, \
-            ThreadPoolExecutor(workers or min(8, os.cpu_count() or 2)) as ex:
-        ji = ex.map(_image_record, [imgs[i] for i in order], [size] * len(order))
-        jl = ex.map(_label_record, [labs[i] for i in order], [size] * len(order), [num_classes] * len(order))
-        it = zip(ji, jl, order, strict=True)
+    nw = workers or min(8, os.cpu_count() or 2)
+    with LMDBWriter(image_lmdb) as wi, LMDBWriter(label_lmdb) as wl, ThreadPoolExecutor(nw) as ex:
+        it = _bounded_map(ex, lambda src: (_image_record(imgs[src], size), _label_record(labs[src], size, num_classes)),
+                          order, 2 * nw)
         if progress:
             from tqdm import tqdm
             it = tqdm(it, total=len(order), desc=os.path.basename(str(image_lmdb)))
-        for n, ((ibuf, ishape), (lbuf, lshape), src) in enumerate(it):
+        for n, (src, ((ibuf, ishape), (lbuf, lshape))) in enumerate(zip(order, it, strict=True)):
             if ishape[1:] != lshape[1:]:
                 raise DatasetError(f"{labs[src]}: label is {lshape[1]}x{lshape[2]} but image {imgs[src]} is "
                                    f"{ishape[1]}x{ishape[2]}")

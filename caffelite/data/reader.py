@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import log
 from ..errors import FileFormatError
-from .datum import datum_to_array, decode_image
+from .datum import datum_to_array, decode_image, raw_datum_view
 from .lmdb_io import LMDBReader
 
 __all__ = ["Cursor", "LMDBSource", "ListSource", "read_image_list", "load_image"]
@@ -71,6 +71,10 @@ class LMDBSource:
         return f"{self.path} key {self.reader.keys[i].decode(errors='replace')}"
 
     def get(self, i: int):
+        """``(C×H×W array, label)`` of record ``i``; raw records are views into the map (no copy)."""
+        fast = raw_datum_view(self.reader.get_view(i))  # None for encoded/float records
+        if fast is not None:
+            return fast
         d = self.reader.datum(i)
         return datum_to_array(d, self.force_color, self.force_gray, self.name(i)), int(d.label)
 

@@ -183,9 +183,9 @@ def render_scene(width: int, height: int, rng: np.random.Generator):
     objs = []
     for _ in range(rng.integers(2, 7)):
         objs.append(("veh", rng.uniform(0.08, 1.0)))
-    for _ in range(rng.integers(1, 6)):
+    for _ in range(rng.integers(2, 7)):
         objs.append(("person", rng.uniform(0.15, 1.0)))
-    for _ in range(rng.integers(1, 4)):
+    for _ in range(rng.integers(2, 5)):
         objs.append(("pole", rng.uniform(0.1, 0.9)))
     objs.sort(key=lambda o: o[1])
     for kind, f in objs:

@@ -93,11 +93,14 @@ class DataTransformer:
         self.mean_image = None
         self.mean_values = None
         if mean_override is not None:
-            self.mean_values = np.asarray(mean_override, dtype=np.float32)
+            mo = np.asarray(mean_override, dtype=np.float32)
+            self.mean_values = mo if mo.any() else None
         elif param.mean_file:
             self.mean_image = read_mean_file(param.mean_file)
-        elif len(param.mean_value):
+        elif len(param.mean_value) and any(v != 0 for v in param.mean_value):
+            # an all-zero mean_value (jacinto's segmentation nets) changes nothing: skip the subtraction
             self.mean_values = np.asarray(param.mean_value, dtype=np.float32)
+        self._mean_count = len(param.mean_value) if mean_override is None else 0
 
     @property
     def needs_random(self) -> bool:
@@ -138,6 +141,8 @@ class DataTransformer:
         src = arr[:, h_off:h_off + oh, w_off:w_off + ow]
         if out is None:
             out = xp.empty((c, oh, ow), dtype=xp.float32)
+        if self._mean_count not in (0, 1, c):
+            raise self._err(f"mean_value has {self._mean_count} values; specify 1 or {c} (one per channel)")
         mean = None
         if self.mean_image is not None:
             if self.mean_image.shape != arr.shape:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .quantization import QuantizationHook, quantized_net_proto
+from .quantization import QuantizationHook, quant_ranges_option, quantized_net_proto
 from .sparsity import SparsityHook, attach_sparsity
 from .sparsity_stats import display_sparsity
 from .validate import check_quantization, check_sparsity_param
 
 __all__ = ["attach_from_proto", "attach_quantization", "QuantizationHook", "SparsityHook", "attach_sparsity",
-           "display_sparsity", "quantized_net_proto", "check_quantization", "check_sparsity_param"]
+           "display_sparsity", "quantized_net_proto", "quant_ranges_option", "check_quantization", "check_sparsity_param"]
 
 
 def wants_quantization(net_param):

@@ -53,6 +53,7 @@ class QuantizationHook:
         self.ties = ties
         self.infer_count = 0
         self.frozen = False
+        self.freeze_at = None  # freeze the ranges once this many forwards have updated them
         self.graph = LayerGraph(net)
         n = len(net.layers)
         # ranges: float64 host arrays [count, 2] of (min, max) per bottom / top / param blob
@@ -89,6 +90,8 @@ class QuantizationHook:
         k = self.infer_count
         if self.qnet.update_quantization_param and not self.frozen:
             self.update_ranges(k)
+            if self.freeze_at is not None and k + 1 >= self.freeze_at:
+                self.frozen = True
         d = self.qnet.display_quantization
         if k >= self.start and d > 0 and k % d == 0:
             self.display(k)
@@ -137,9 +140,17 @@ class QuantizationHook:
             for j, w in enumerate(self.net.layers[i].blobs):
                 self.r_w[i][j] = minmax(w)
 
-    def freeze_ranges(self, frozen=True):
-        """Stop (or resume) updating the running ranges: evaluation independent of image order."""
-        self.frozen = bool(frozen)
+    def freeze_ranges(self, frozen=True, after=None):
+        """Stop (or resume) updating the running ranges, now or ``after`` that many forwards have measured them.
+
+        Frozen ranges make every later batch quantize with the same parameters, whatever the image order.
+        """
+        if after is not None:
+            self.freeze_at = int(after)
+            self.frozen = self.infer_count >= self.freeze_at
+        else:
+            self.freeze_at = None
+            self.frozen = bool(frozen)
 
     def ranges(self):
         """``{layer name: {"in": [[min, max]...], "w": [...], "out": [...]}}``."""
@@ -325,3 +336,32 @@ def quantized_net_proto(net):
     if net._param.quantize and not p.name.endswith("___QUANTIZED__SEE_END_OFTHE_FILE"):
         p.name = f"{p.name}___QUANTIZED__SEE_END_OFTHE_FILE"
     return p
+
+
+def quant_ranges_option(hooks, mode, path=None, calibration=None):
+    """The ``--quant-ranges freeze|save FILE|load FILE`` option on a list of quantization hooks.
+
+    * ``freeze``: measure the ranges on the first ``calibration`` forwards (default: quantization_start, i.e.
+      only the float forward 0), then keep them fixed;
+    * ``load FILE``: use the ranges of a :meth:`QuantizationHook.save_ranges` file, frozen;
+    * ``save FILE``: nothing now; call the returned function after the run to write the final ranges.
+
+    Returns a callable to run after scoring (writes the file for ``save``; no-op otherwise). With several
+    nets, ``FILE`` gets ``.<k>`` appended for net k > 0.
+    """
+    if mode not in ("freeze", "save", "load"):
+        raise ValueError(f"--quant-ranges: unknown mode {mode!r} (freeze, save FILE or load FILE)")
+    if mode != "freeze" and not path:
+        raise ValueError(f"--quant-ranges {mode}: a FILE is required")
+    names = [path if k == 0 else f"{path}.{k}" for k in range(len(hooks))] if path else [None] * len(hooks)
+    for h, name in zip(hooks, names, strict=True):
+        if mode == "freeze":
+            h.freeze_ranges(after=calibration if calibration is not None else max(h.start, 1))
+        elif mode == "load":
+            h.load_ranges(name)
+
+    def finish():
+        if mode == "save":
+            for h, name in zip(hooks, names, strict=True):
+                h.save_ranges(name)
+    return finish

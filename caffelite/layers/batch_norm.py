@@ -139,8 +139,10 @@ class BatchNormLayer(Layer):
     """Caffe's BatchNorm, BVLC or caffe-jacinto semantics (module docstring).
 
     Attributes a Net or solver may set: ``semantics`` (``"bvlc"``/``"jacinto"``, before ``setup``) and
-    ``solver_iter`` (the owning solver's iteration, read by the jacinto CUDNN running average; ``None``,
-    i.e. no solver, counts as iteration 0). ``param_specs`` gives the forced ``(lr_mult, decay_mult)`` per
+    ``solver_iter`` (the owning solver's iteration, read by the jacinto CUDNN running average, which
+    overwrites the statistics throughout iteration 0; a solver should set it before each iteration's forwards.
+    While it is ``None`` the layer's own count of TRAIN forwards stands in: the first overwrites, later ones
+    blend). ``param_specs`` gives the forced ``(lr_mult, decay_mult)`` per
     blob (``decay_mult`` None = keep the prototxt's); ``setup`` also writes them into ``self.param.param``
     as Caffe does, so a saved model carries them.
     """
@@ -181,7 +183,7 @@ class BatchNormLayer(Layer):
             self.eps = max(float(bp.eps), JACINTO_MIN_EPS)
             self.scale_bias = has_scale_bias(self.param)
             self.engine = "caffe" if bp.engine == bp.CAFFE else "cudnn"
-            self._forwards = 0  # CAFFE engine's layer-local counter (§d.3)
+            self._forwards = 0  # layer-local count of TRAIN forwards (the CAFFE engine's counter, §d.3)
             n = 5 if self.scale_bias else 3
             self.blobs = [Blob((c,), dtype, xp), Blob((c,), dtype, xp), Blob((1,), dtype, xp)]
             self.blobs[2].data[...] = 1  # 0.17 initialises the reserved blob to 1 (§d.2)
@@ -236,11 +238,12 @@ class BatchNormLayer(Layer):
             b1[...] = b1 * self.maf + unbias * var
             return
         if self.engine == "cudnn":
-            f = 1.0 if not self.solver_iter else 1.0 - self.maf
+            it = self._forwards if self.solver_iter is None else self.solver_iter
+            f = 1.0 if it == 0 else 1.0 - self.maf
             var = var * unbias
         else:
             f = 1.0 if self._forwards <= 1 else 1.0 - self.maf
-            self._forwards += 1
+        self._forwards += 1
         if f == 1.0:
             b0[...], b1[...] = mean, var
         else:

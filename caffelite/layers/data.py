@@ -31,14 +31,15 @@ def _auto_threads(threads: int):
     return None if not threads else max(1, min(int(threads), 8))
 
 
-def _transform_records(transformer, source, indices, draws):
+def _transform_records(layer, transformer, source, indices, draws):
     arrays, labels = [], []
     for i in indices:
         a, lab = source.get(i)
         arrays.append(a)
         labels.append(lab)
     names = [source.name(i) for i in indices]
-    return transformer.apply_batch(arrays, draws, names=names), np.asarray(labels, dtype=np.float32)
+    out = layer.buffer((len(arrays),) + transformer.output_shape(arrays[0].shape))
+    return transformer.apply_batch(arrays, draws, out, names=names), np.asarray(labels, dtype=np.float32)
 
 
 @register("Data")
@@ -62,9 +63,14 @@ class DataLayer(PrefetchingDataLayer):
         self.transformer = DataTransformer(tp, self.phase, self.error)
         self.batch_size = int(p.batch_size)
         self._seed_rng(tp.random_seed)
-        self.source = LMDBSource(p.source, tp.force_color, tp.force_gray)
+        self.source = LMDBSource(p.source, tp.force_color or p.force_encoded_color, tp.force_gray)
         start = int(self.rng.integers(p.rand_skip)) if p.rand_skip else 0
-        self.cursor = Cursor(len(self.source), start=start)
+        # NVCaffe shuffles only cached TRAIN data (§e.3); otherwise records come in key order
+        shuffle = p.shuffle and p.cache and self.phase == 0
+        shuffle_rng = np.random.default_rng(int(self.rng.integers(0, 2**63))) if shuffle else None
+        self.cursor = Cursor(len(self.source), shuffle_rng, start=start)
+        if p.prefetch:
+            self.prefetch_depth = int(p.prefetch)
 
     def _workers(self):
         return _auto_threads(self.param.data_param.threads)
@@ -73,7 +79,7 @@ class DataLayer(PrefetchingDataLayer):
         return self.cursor.take(self.batch_size), self.transformer.draws(self.batch_size, self.rng)
 
     def _work(self, task):
-        data, labels = _transform_records(self.transformer, self.source, *task)
+        data, labels = _transform_records(self, self.transformer, self.source, *task)
         return (data, labels)
 
     def _state(self):
@@ -113,7 +119,7 @@ class ImageDataLayer(PrefetchingDataLayer):
         return self.cursor.take(self.batch_size), self.transformer.draws(self.batch_size, self.rng)
 
     def _work(self, task):
-        return _transform_records(self.transformer, self.source, *task)
+        return _transform_records(self, self.transformer, self.source, *task)
 
     def _state(self):
         return {"cursor": self.cursor.state()}
@@ -176,8 +182,11 @@ class ImageLabelDataLayer(PrefetchingDataLayer):
                                f"{self.labels.name(i)} is {b.shape[1]}x{b.shape[2]}", self.name, self.param.type)
             imgs.append(a)
             labs.append(b)
-        data = self.transformer.apply_batch(imgs, draws, names=[self.images.name(i) for i in indices])
-        label = self.label_transformer.apply_batch(labs, draws, names=[self.labels.name(i) for i in indices])
+        n, ti, tl = len(indices), self.transformer, self.label_transformer
+        data = ti.apply_batch(imgs, draws, self.buffer((n,) + ti.output_shape(imgs[0].shape)),
+                              names=[self.images.name(i) for i in indices])
+        label = tl.apply_batch(labs, draws, self.buffer((n,) + tl.output_shape(labs[0].shape)),
+                               names=[self.labels.name(i) for i in indices])
         return (data, label)
 
     def _state(self):

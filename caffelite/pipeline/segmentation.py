@@ -67,7 +67,8 @@ def _caffelite(args, log_path=None, cwd=None, echo=None):
 
 
 def _echo_train(line: str) -> bool:
-    return bool(re.search(r"Iteration \d+ \(|Test net output|Total Sparsity|Optimization Done|Snapshotting to binary", line))
+    pat = r"Iteration \d+ \(|Test net output|Total Sparsity|Optimization Done|Snapshotting to binary"
+    return bool(re.search(pat, line))
 
 
 def latest_snapshot(stage_dir: str, ext: str):
@@ -93,3 +94,211 @@ def zero_weight_fraction(weights_path: str, deploy_path: str) -> float:
             zeros += int(np.count_nonzero(w == 0))
             total += w.size
     return zeros / max(total, 1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# presets and configuration
+
+#: the README's quick run: small synthetic set, small crops, scaled-down stages (CPU, ~15 min on 2 cores)
+QUICK = dict(synthetic_train=160, synthetic_val=24, synthetic_size=(256, 128), batch_size=8, test_batch_size=8,
+             crop=128, deploy_wh=(256, 128), iters=(900, 200, 360), base_lr=0.05, display=20,
+             snapshot=100, test_interval=100000, sparsity=dict(start_iter=20, start_factor=0.5, step_iter=20,
+                                                               step_factor=0.05, display=40))
+#: the seed's full run (jacinto.md §g.5)
+FULL = dict(synthetic_train=2975, synthetic_val=500, synthetic_size=(2048, 1024), batch_size=16,
+            test_batch_size=4, crop=640, deploy_wh=(1024, 512), iters=(120000, 60000, 60000), base_lr=1e-2,
+            display=100, snapshot=10000, test_interval=2000,
+            sparsity=dict(start_iter=1000, start_factor=0.6, step_iter=1000, step_factor=0.01, display=1000))
+
+
+def _wh(text):
+    from ..commands.data import parse_size
+
+    return parse_size(text)
+
+
+def config_from_args(args) -> RunConfig:
+    """A RunConfig from ``caffelite flagship`` options (preset: --quick or the seed's full run)."""
+    pre = dict(QUICK if args.quick else FULL)
+    deploy_wh = _wh(args.deploy_size) if args.deploy_size else pre["deploy_wh"]
+    iters = pre["iters"]
+    if args.iters:
+        iters = tuple(int(v) for v in args.iters.split(","))
+        if len(iters) != 3:
+            from ..errors import CaffeliteError
+            raise CaffeliteError("--iters takes three numbers: INITIAL,L1REG,SPARSE")
+    sp = pre["sparsity"]
+    stage = StageConfig(
+        train_image_lmdb="", train_label_lmdb="", val_image_lmdb="", val_label_lmdb="", num_val_images=0,
+        batch_size=args.batch_size or pre["batch_size"], test_batch_size=args.test_batch_size or pre["test_batch_size"],
+        crop=args.crop or pre["crop"], deploy_hw=(deploy_wh[1], deploy_wh[0]), base_lr=pre["base_lr"],
+        iters={"initial": iters[0], "l1reg": iters[1], "sparse": iters[2]}, display=pre["display"],
+        snapshot=pre["snapshot"], test_interval=pre["test_interval"], sparsity_start_iter=sp["start_iter"],
+        sparsity_start_factor=sp["start_factor"], sparsity_step_iter=sp["step_iter"],
+        sparsity_step_factor=sp["step_factor"], display_sparsity=sp["display"], gpus=args.gpus)
+    return RunConfig(
+        out=args.out, dataset_root=args.dataset_root,
+        synthetic_train=args.synthetic_train or pre["synthetic_train"],
+        synthetic_val=args.synthetic_val or pre["synthetic_val"],
+        synthetic_size=_wh(args.synthetic_size) if args.synthetic_size else pre["synthetic_size"],
+        resize=_wh(args.resize) if args.resize else None, weights=args.weights, stage=stage, seed=args.seed)
+
+
+# --------------------------------------------------------------------------------------------------------
+# steps
+
+
+def prepare_data(cfg: RunConfig) -> dict:
+    """Dataset (synthetic when no root) → lists → image/label LMDBs; returns the paths. Idempotent."""
+    from ..data.cityscapes import create_lists
+    from ..data.lmdb_tools import create_segmentation_lmdbs
+
+    data = os.path.join(cfg.out, "data")
+    os.makedirs(data, exist_ok=True)
+    root = cfg.dataset_root
+    if root is None:
+        root = os.path.join(data, "cityscapes")
+        if not os.path.exists(os.path.join(root, ".complete")):
+            from ..data.synthetic import generate_dataset
+
+            print(f"[data] synthetic Cityscapes: {cfg.synthetic_train} train + {cfg.synthetic_val} val images, "
+                  f"{cfg.synthetic_size[0]}x{cfg.synthetic_size[1]} -> {root}", flush=True)
+            generate_dataset(root, cfg.synthetic_train, cfg.synthetic_val, cfg.synthetic_size, seed=cfg.seed)
+            open(os.path.join(root, ".complete"), "w").close()
+    lists = os.path.join(data, "lists")
+    if not os.path.exists(os.path.join(lists, ".complete")):
+        print(f"[data] lists and 5-class labels -> {lists}", flush=True)
+        create_lists(root, lists)
+        open(os.path.join(lists, ".complete"), "w").close()
+    paths = {}
+    for split in ("train", "val"):
+        il, ll = (os.path.join(lists, f"{split}-{k}-list.txt") for k in ("image", "label"))
+        ilmdb, llmdb = (os.path.join(data, f"{split}-{k}-lmdb") for k in ("image", "label"))
+        paths[split] = dict(image_list=il, label_list=ll, image_lmdb=ilmdb, label_lmdb=llmdb)
+        marker = os.path.join(data, f".{split}-lmdb-complete")
+        if not os.path.exists(marker):
+            print(f"[data] {split} LMDBs -> {ilmdb}, {llmdb}", flush=True)
+            for p in (ilmdb, llmdb):
+                if os.path.exists(p):
+                    import shutil
+                    shutil.rmtree(p)
+            n = create_segmentation_lmdbs(il, ll, ilmdb, llmdb, seed=1, shuffle=True, size=cfg.resize, num_classes=5)
+            with open(marker, "w") as f:
+                f.write(str(n))
+        with open(marker) as f:
+            paths[split]["count"] = int(f.read())
+    return paths
+
+
+def _train_stage(stage, stage_dir, init_weights, cfg: RunConfig):
+    final_iter = cfg.stage.iters[stage]
+    it, state = latest_snapshot(stage_dir, "solverstate")
+    args = ["train", "--solver", "solver.prototxt"]
+    if state:
+        print(f"[{stage}] resuming from {os.path.basename(state)}", flush=True)
+        args += ["--snapshot", os.path.basename(state)]
+    elif init_weights:
+        args += ["--weights", os.path.abspath(init_weights)]
+    if cfg.stage.gpus:
+        args += ["--gpu", cfg.stage.gpus]
+    if it < final_iter:
+        _caffelite(args + cfg.extra_train_args, os.path.join(stage_dir, "run.log.txt"), stage_dir, _echo_train)
+    it, weights = latest_snapshot(stage_dir, "caffemodel")
+    if it != final_iter:
+        raise RuntimeError(f"[{stage}] expected {PREFIX}_iter_{final_iter}.caffemodel in {stage_dir}")
+    return weights
+
+
+def _test_stage(stage, stage_dir, weights, cfg: RunConfig):
+    iters = cfg.stage.test_iter
+    args = ["test", "--model", "test.prototxt", "--weights", os.path.abspath(weights), "--iterations", iters]
+    if stage == "test":
+        args += ["--display_sparsity"]
+    if cfg.stage.gpus:
+        args += ["--gpu", cfg.stage.gpus.split(",")[0]]
+    log = os.path.join(stage_dir, "run.log.txt")
+    if os.path.exists(log):
+        os.remove(log)
+    _caffelite(args, log, stage_dir, lambda line: "] Loss:" in line or "accuracy" in line and "] " in line[-60:])
+
+
+def evaluate_stage(stage_dir, weights, paths, cfg: RunConfig, overlays_dir=None) -> dict:
+    """Pixel accuracy / mean IoU of the stage's deploy net on the val list (§g.4), plus zero-weight fraction."""
+    from .. import jacinto
+    from ..data.infer import Segmenter, evaluate_lists, run_inference
+
+    deploy = os.path.join(stage_dir, "deploy.prototxt")
+    seg = Segmenter(deploy, weights)
+    jacinto.attach_from_proto(seg.net)  # installs quantization when deploy says `quantize: true`
+    acc = evaluate_lists(seg, paths["val"]["image_list"], paths["val"]["label_list"], num_classes=5,
+                         num_images=cfg.eval_images or 0, progress=False)
+    scores = acc.scores()["jacinto"]
+    if overlays_dir and cfg.overlays:
+        with open(paths["val"]["image_list"]) as f:
+            imgs = [ln.strip() for ln in f if ln.strip()][: cfg.overlays]
+        run_inference(seg, imgs, overlays_dir, blend=True, progress=False)
+    return dict(pixel_accuracy=float(scores["pixel_accuracy"]), mean_iou=float(scores["mean_iou"]),
+                iou=[float(v) for v in scores["iou"]], zero_weights=zero_weight_fraction(weights, deploy))
+
+
+ROWS = (("initial", "Initial L2 regularized training"), ("l1reg", "L1 regularized fine tuning"),
+        ("sparse", "Sparse fine tuning"), ("test_quantize", "Sparse + quantized (8-bit) inference"))
+
+
+def format_table(results: dict) -> str:
+    """The seed's results table (Markdown), with the overall impact of sparsity + quantization."""
+    lines = ["| Configuration | Pixel Accuracy | Mean IOU | zero weights |", "|---|---|---|---|"]
+    for key, label in ROWS:
+        r = results.get(key)
+        if r:
+            lines.append(f"| {label} | {100 * r['pixel_accuracy']:.2f}% | {100 * r['mean_iou']:.2f}% | "
+                         f"{100 * r['zero_weights']:.1f}% |")
+    if "initial" in results and "test_quantize" in results:
+        a, b = results["initial"], results["test_quantize"]
+        dacc = 100 * (b["pixel_accuracy"] - a["pixel_accuracy"])
+        dmiou = 100 * (b["mean_iou"] - a["mean_iou"])
+        lines.append(f"| Overall impact of sparse + quantization | {dacc:+.2f} | {dmiou:+.2f} | "
+                     f"{100 * b['zero_weights']:.1f}% |")
+    return "\n".join(lines)
+
+
+def run_pipeline(cfg: RunConfig) -> dict:
+    """Run every step (skipping finished ones); print and write ``results.md`` / ``results.json``."""
+    t0 = time.time()
+    os.makedirs(cfg.out, exist_ok=True)
+    paths = prepare_data(cfg)
+    st = cfg.stage
+    st.train_image_lmdb = os.path.abspath(paths["train"]["image_lmdb"])
+    st.train_label_lmdb = os.path.abspath(paths["train"]["label_lmdb"])
+    st.val_image_lmdb = os.path.abspath(paths["val"]["image_lmdb"])
+    st.val_label_lmdb = os.path.abspath(paths["val"]["label_lmdb"])
+    st.num_val_images = paths["val"]["count"]
+    results_path = os.path.join(cfg.out, "results.json")
+    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    weights = cfg.weights
+    for stage in STAGES:
+        sdir = os.path.join(cfg.out, "stages", stage)
+        write_stage(stage, sdir, st)
+        t = time.time()
+        print(f"[{stage}] {sdir}", flush=True)
+        if stage in TRAIN_STAGES:
+            weights = _train_stage(stage, sdir, weights, cfg)
+        elif stage not in results:
+            _test_stage(stage, sdir, weights, cfg)
+        if stage not in results:
+            over = os.path.join(cfg.out, "overlays", stage) if stage in ("initial", "test_quantize") else None
+            results[stage] = evaluate_stage(sdir, weights, paths, cfg, over)
+            results[stage]["seconds"] = round(time.time() - t, 1)
+            tmp = results_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(tmp, results_path)
+        r = results[stage]
+        print(f"[{stage}] pixel accuracy {100 * r['pixel_accuracy']:.2f}%, mean IoU {100 * r['mean_iou']:.2f}%, "
+              f"zero weights {100 * r['zero_weights']:.1f}% ({r['seconds']} s)", flush=True)
+    table = format_table(results)
+    with open(os.path.join(cfg.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    print("\n" + table)
+    print(f"\nDone in {time.time() - t0:.0f} s. Results: {cfg.out}/results.md, overlays: {cfg.out}/overlays/")
+    return results

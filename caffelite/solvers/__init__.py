@@ -40,10 +40,12 @@ def read_solver_param(path):
     return param
 
 
-def get_solver(solver_param_or_path, net=None, test_nets=None, *, level=0, stages=(), solver_type=None):
+def get_solver(solver_param_or_path, net=None, test_nets=None, *, level=0, stages=(), solver_type=None,
+               flavor="bvlc"):
     """Build the solver a SolverParameter (or a solver prototxt path) describes (pycaffe's ``get_solver``).
 
-    ``solver_type`` overrides the ``type`` field; ``net``/``test_nets`` may be given pre-built.
+    ``solver_type`` overrides the ``type`` field; ``net``/``test_nets`` may be given pre-built; ``flavor``
+    ("bvlc", "jacinto", "jacinto016") picks the log dialect and initial-test rule (solvers/display.py).
     """
     base_dir = None
     if isinstance(solver_param_or_path, (str, os.PathLike)):
@@ -57,4 +59,4 @@ def get_solver(solver_param_or_path, net=None, test_nets=None, *, level=0, stage
     cls = solver_class(param)
     if cls is None:  # pragma: no cover
         raise SolverError(f"Unknown solver type: {param.type}")
-    return cls(param, net, test_nets, level=level, stages=stages, base_dir=base_dir)
+    return cls(param, net, test_nets, level=level, stages=stages, base_dir=base_dir, flavor=flavor)

@@ -23,6 +23,7 @@ import numpy as np
 from .. import backend
 from .. import log as glog
 from ..errors import SolverError
+from . import display as display_mod
 from . import netutil
 from .lr_policy import LRSchedule
 
@@ -69,13 +70,15 @@ class Solver:
     net, test_nets : optional pre-built nets (else built from the param's net fields)
     level, stages : the NetState level/stages (``caffe train --level --stage``)
     base_dir : directory against which relative net paths are tried when not found in the CWD
+    flavor : "bvlc" (default), "jacinto" (0.17) or "jacinto016": log lines and the initial test (display.py)
     """
 
     type = None
     history_factor = 1
 
-    def __init__(self, param, net=None, test_nets=None, *, level=0, stages=(), base_dir=None):
+    def __init__(self, param, net=None, test_nets=None, *, level=0, stages=(), base_dir=None, flavor="bvlc"):
         self.param = param
+        self.flavor = display_mod.check_flavor(flavor)
         self.check_param()
         if param.random_seed >= 0:  # Caffe seeds before building the nets (fillers draw from it)
             backend.set_random_seed(param.random_seed)
@@ -83,7 +86,8 @@ class Solver:
         self.test_nets = list(test_nets) if test_nets is not None else \
             netutil.build_test_nets(param, level, stages, base_dir)
         self.iter = 0
-        self.schedule = LRSchedule(param, emit=lambda m: glog.info(m, "sgd_solver.cpp:61"))
+        self.schedule = LRSchedule(param, emit=lambda m: glog.info(m, "sgd_solver.cpp:61"),
+                                   jacinto_version="0.16" if flavor == "jacinto016" else "0.17")
         params = self.learnable_params
         self.dtype = np.dtype(params[0].dtype) if params else np.dtype(np.float32)
         self.delta = self.dtype.type(param.delta)
@@ -132,11 +136,12 @@ class Solver:
         while self.iter < stop_iter:
             netutil.clear_param_diffs(self.net)
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or self._test_initialization()):
-                self.test_all()
+                self.test_all(initial=self.iter == 0)
                 if self.requested_early_exit:
                     break
             self._run_hooks("on_start")
-            display = p.display and self.iter % p.display == 0
+            netutil.set_solver_iter(self.net, self.iter)
+            display = display_mod.should_display(self, self.iter - start_iter, self.iter == stop_iter - 1)
             loss = 0.0
             for _ in range(max(p.iter_size, 1)):
                 loss += float(netutil.forward_backward(self.net))
@@ -146,15 +151,10 @@ class Solver:
                 self._non_finite(loss)
             self._update_smoothed_loss(loss, start_iter)
             if display:
-                lapse = time.perf_counter() - t0
-                n = self.iter - last_iter
-                per_s = n / lapse if lapse > 0 else 0.0
-                glog.info(f"Iteration {self.iter} ({glog.fmt(per_s)} iter/s, {glog.fmt(lapse)}s/{p.display} iters), "
-                          f"loss = {glog.fmt(self.smoothed_loss)}", "solver.cpp:239")
+                display_mod.log_iteration(self, time.perf_counter() - t0, self.iter - last_iter,
+                                          self.iter - start_iter)
                 t0, last_iter = time.perf_counter(), self.iter
-                for k, (name, val, w) in enumerate(netutil.output_scores(self.net)):
-                    glog.info(f"    Train net output #{k}: {name} = {glog.fmt(val)}{_loss_msg(w, val)}",
-                              "solver.cpp:258")
+                display_mod.log_outputs(netutil.output_scores(self.net), "Train")
             self._run_hooks("on_gradients_ready")
             self.apply_update()
             self._run_hooks("after_update")
@@ -168,8 +168,10 @@ class Solver:
 
     def _test_initialization(self):
         # BVLC's default is true; caffe-jacinto declares false but never reads it and always tests at
-        # iteration 0 (jacinto.md §c.3). So: test unless the solver explicitly says test_initialization: false.
+        # iteration 0 (jacinto.md §c.3). bvlc flavor: test unless the solver says test_initialization: false.
         p = self.param
+        if self.flavor != "bvlc":
+            return True
         return p.test_initialization if p.HasField("test_initialization") else True
 
     def solve(self, resume_file=None):
@@ -190,6 +192,7 @@ class Solver:
             return
         # Caffe's extra forward after the last update, logged with the smoothed loss (fixtures README §3).
         if p.display and self.iter % p.display == 0:
+            netutil.set_solver_iter(self.net, self.iter)
             loss = float(netutil.forward(self.net))
             self._update_smoothed_loss(loss, start_iter)
             glog.info(f"Iteration {self.iter}, loss = {glog.fmt(self.smoothed_loss)}", "solver.cpp:327")
@@ -218,17 +221,32 @@ class Solver:
         raise NonFiniteLossError(f"training stopped at iteration {self.iter}: loss is {glog.fmt(loss)}{where}{kept}")
 
     # -- testing --------------------------------------------------------------------------------------
-    def test_all(self):
-        """Run every test net (Caffe's ``TestAll``); returns a list of {output name: mean score}."""
-        return [self.test(i) for i in range(len(self.test_nets))]
+    def test_all(self, initial=False):
+        """Run every test net (Caffe's ``TestAll``); returns a list of {output name: mean score}.
 
-    def test(self, k):
-        """Run test net ``k`` for ``test_iter[k]`` batches and log the mean of each output (Caffe's ``Test``)."""
+        caffe-jacinto's initial test (``initial=True``, jacinto flavors) runs one batch per test net."""
+        jac = self.flavor != "bvlc"
+        t0 = time.perf_counter()
+        if jac and initial and self.flavor == "jacinto":
+            glog.info("Initial Test started...", "solver.cpp:264")
+        out = [self.test(i, 1 if jac and initial else None) for i in range(len(self.test_nets))]
+        secs = glog.fmt(time.perf_counter() - t0)
+        if jac and initial:
+            glog.info(f"Initial Test completed in {secs}s" if self.flavor == "jacinto" else "Initial Test completed",
+                      "solver.cpp:268")
+        elif jac:
+            glog.info(f"Tests completed in {secs}s", "solver.cpp:265")
+        return out
+
+    def test(self, k, iters=None):
+        """Run test net ``k`` for ``test_iter[k]`` (or ``iters``) batches and log each output's mean (``Test``)."""
         p = self.param
         glog.info(f"Iteration {self.iter}, Testing net (#{k})", "solver.cpp:347")
         tnet = self.test_nets[k]
         netutil.share_weights(tnet, self.net)
         n = p.test_iter[k] if k < len(p.test_iter) else 0
+        if iters is not None:
+            n = iters
         scores, names, weights, loss = None, [], [], 0.0
         for _ in range(n):
             action = self.requested_action() if self.requested_action else NONE
@@ -248,11 +266,10 @@ class Solver:
             glog.info(f"Test loss: {glog.fmt(loss / n)}", "solver.cpp:398")
         if scores is None:
             return out
-        for j, (name, w) in enumerate(zip(names, weights, strict=True)):
-            mean = float(scores[j] / np.float32(n))
-            out[name] = mean
-            glog.info(f"    Test net output #{j}: {name} = {glog.fmt(mean)}{_loss_msg(w, mean)}", "solver.cpp:414")
-        return out
+        means = [(name, float(scores[j] / np.float32(n)), w) for j, (name, w) in enumerate(zip(names, weights,
+                                                                                               strict=True))]
+        display_mod.log_outputs(means, "Test")
+        return {name: m for name, m, _ in means}
 
     # -- the update -----------------------------------------------------------------------------------
     def apply_update(self):
@@ -263,7 +280,7 @@ class Solver:
         momentum = self.schedule.momentum(self.iter, rate)
         wd = self.schedule.weight_decay(self.iter)
         if p.display and self.iter % p.display == 0:
-            glog.info(f"Iteration {self.iter}, lr = {glog.fmt(rate)}", "sgd_solver.cpp:112")
+            display_mod.log_rate(self, rate, momentum, wd)
         self.clip_gradients()
         f = self.dtype.type
         for i, blob in enumerate(self.learnable_params):
@@ -338,8 +355,3 @@ class Solver:
         snap.restore(self, state_file)
         self._run_hooks("on_restore", path=state_file)
 
-
-def _loss_msg(weight, value):
-    if not weight:
-        return ""
-    return f" (* {glog.fmt(weight)} = {glog.fmt(np.float32(weight) * np.float32(value))} loss)"

@@ -119,6 +119,20 @@ def param_mults(net):
     return lr, decay
 
 
+def set_solver_iter(net, it):
+    """Tell layers that read the owning solver's iteration (``solver_iter``, e.g. caffe-jacinto's CUDNN
+    BatchNorm, which overwrites its running statistics during iteration 0: jacinto.md §d.3) where we are."""
+    layers = getattr(net, "_iter_layers", None)
+    if layers is None:
+        layers = [l for l in (getattr(net, "layers", None) or []) if hasattr(l, "solver_iter")]
+        try:
+            net._iter_layers = layers
+        except AttributeError:  # pragma: no cover - a net object without a __dict__
+            pass
+    for layer in layers:
+        layer.solver_iter = it
+
+
 def clear_param_diffs(net):
     if hasattr(net, "clear_param_diffs"):
         net.clear_param_diffs()

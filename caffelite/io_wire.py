@@ -1,0 +1,274 @@
+"""Protobuf wire-format streaming for big caffemodels: blob payloads go straight between file and numpy.
+
+Protobuf's Python runtime copies a 250 MB message several times (file bytes, the parsed message, the arrays
+taken out of it). Here only the small parts of a NetParameter (layer options, blob shapes) go through
+protobuf; blob values (``data``/``diff``/``double_*``/``raw_*`` payloads) are read with ``readinto`` into
+freshly allocated arrays and written from array memory. Field order and encodings are exactly protobuf's
+(fields in number order, packed repeated floats, unknown fields last), so what we write is byte-identical
+to ``SerializeToString`` of the same message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import FileFormatError
+from .io_blob import RAW_DTYPES, check_shape
+from .proto import caffe_pb2
+
+#: BlobProto payload fields: number -> (name, kind); kind "f4"/"f8" packed floats, "raw" bytes
+PAYLOAD = {5: ("data", "f4"), 6: ("diff", "f4"), 8: ("double_data", "f8"), 9: ("double_diff", "f8"),
+           12: ("raw_data", "raw"), 13: ("raw_diff", "raw")}
+_NAMES = {v[0]: k for k, v in PAYLOAD.items()}
+
+
+def varint(n: int) -> bytes:
+    """Encode a non-negative int as a protobuf varint."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def tag(number: int, wire: int) -> bytes:
+    return varint(number << 3 | wire)
+
+
+# ------------------------------------------------------------------------------------------------ writer
+def _one_field(msg, fd, val) -> bytes:
+    """Protobuf's own encoding of a single field of ``msg`` (built in a scratch message of its class)."""
+    tmp = type(msg)()
+    if fd.is_repeated:
+        getattr(tmp, fd.name).extend(val)
+    elif fd.message_type is not None:
+        getattr(tmp, fd.name).CopyFrom(val)
+    else:
+        setattr(tmp, fd.name, val)
+    return tmp.SerializeToString()
+
+
+def _unknown_bytes(msg) -> list:
+    from google.protobuf import unknown_fields
+
+    out = []
+    for f in unknown_fields.UnknownFieldSet(msg):
+        t = tag(f.field_number, f.wire_type)
+        if f.wire_type == 0:
+            out.append(t + varint(f.data & ((1 << 64) - 1)))
+        elif f.wire_type == 1:
+            out.append(t + int(f.data).to_bytes(8, "little"))
+        elif f.wire_type == 5:
+            out.append(t + int(f.data).to_bytes(4, "little"))
+        elif f.wire_type == 2:
+            out.append(t + varint(len(f.data)) + bytes(f.data))
+        else:  # groups never occur in Caffe files; protobuf would keep them, we cannot re-encode
+            raise FileFormatError(None, f"cannot re-encode unknown group field {f.field_number}")
+    return out
+
+
+def _payload_chunks(number, arr):
+    mv = memoryview(np.ascontiguousarray(arr)).cast("B")
+    return [tag(number, 2), varint(mv.nbytes), mv]
+
+
+def encode_blob(blob, form=None) -> list:
+    """Wire chunks of a BlobProto. ``form``: None keeps its encoding, "jacinto" writes raw FLOAT, "bvlc"
+    writes packed ``data``/``diff`` (double_data kept as is, as BVLC writes doubles)."""
+    from .io_blob import blob_diff_to_array, blob_to_array
+
+    has_raw = blob.HasField("raw_data") or blob.HasField("raw_diff")
+    has_dbl = bool(len(blob.double_data) or len(blob.double_diff))
+    convert = (form == "jacinto" and (len(blob.data) or has_dbl or len(blob.diff)
+                                      or (has_raw and blob.raw_data_type != caffe_pb2.FLOAT))) \
+        or (form == "bvlc" and has_raw)
+    fields = []  # (number, chunks)
+    if convert:
+        vals = blob_to_array(blob).reshape(-1)
+        d = blob_diff_to_array(blob)
+        if form == "jacinto":
+            fields.append((10, [tag(10, 0), varint(caffe_pb2.FLOAT)]))
+            fields.append((12, _payload_chunks(12, vals.astype("<f4", copy=False))))
+            if d is not None:
+                fields.append((11, [tag(11, 0), varint(caffe_pb2.FLOAT)]))
+                fields.append((13, _payload_chunks(13, d.reshape(-1).astype("<f4", copy=False))))
+        else:
+            fields.append((5, _payload_chunks(5, vals.astype("<f4", copy=False))))
+            if d is not None:
+                fields.append((6, _payload_chunks(6, d.reshape(-1).astype("<f4", copy=False))))
+    for fd, val in blob.ListFields():
+        if fd.number in PAYLOAD:
+            if convert:
+                continue
+            kind = PAYLOAD[fd.number][1]
+            arr = np.frombuffer(val, np.uint8) if kind == "raw" else np.asarray(val, dtype="<" + kind)
+            fields.append((fd.number, _payload_chunks(fd.number, arr)))
+        elif convert and fd.number in (10, 11):
+            continue
+        else:
+            fields.append((fd.number, [_one_field(blob, fd, val)]))
+    fields.sort(key=lambda x: x[0])
+    return [c for _, cs in fields for c in cs] + _unknown_bytes(blob)
+
+
+def _nbytes(chunks) -> int:
+    return sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in chunks)
+
+
+def encode_layer(layer, form=None, blobs_field="blobs") -> list:
+    """Wire chunks of a LayerParameter (or V1LayerParameter) with its blobs streamed by :func:`encode_blob`."""
+    out = []
+    for fd, val in layer.ListFields():
+        if fd.name == blobs_field:
+            for b in val:
+                chunks = encode_blob(b, form)
+                out += [tag(fd.number, 2), varint(_nbytes(chunks))] + chunks
+        else:
+            out.append(_one_field(layer, fd, val))
+    return out + _unknown_bytes(layer)
+
+
+def iter_net_chunks(net, form=None):
+    """Yield the wire chunks of a NetParameter (layers and blobs streamed, nothing copied whole)."""
+    for fd, val in net.ListFields():
+        if fd.name == "layer":
+            for l in val:
+                chunks = encode_layer(l, form)
+                yield tag(fd.number, 2) + varint(_nbytes(chunks))
+                yield from chunks
+        elif fd.name == "layers" and not any(l.HasField("layer") for l in val):  # V1; V0 (tiny) goes whole
+            for l in val:
+                chunks = encode_layer(l, form)
+                yield tag(fd.number, 2) + varint(_nbytes(chunks))
+                yield from chunks
+        else:
+            yield _one_field(net, fd, val)
+    yield from _unknown_bytes(net)
+
+
+# ------------------------------------------------------------------------------------------------ reader
+class _Reader:
+    """Sequential protobuf field reader over a binary file (seek/readinto, no whole-file buffer)."""
+
+    def __init__(self, f, path, size):
+        self.f, self.path, self.size = f, path, size
+
+    def bad(self, why):
+        return FileFormatError(self.path, f"not a valid caffemodel ({why})")
+
+    def varint(self, limit) -> int:
+        shift = result = 0
+        while True:
+            if self.f.tell() >= limit:
+                raise self.bad("truncated")
+            b = self.f.read(1)
+            if not b:
+                raise self.bad("truncated")
+            result |= (b[0] & 0x7F) << shift
+            if not b[0] & 0x80:
+                return result
+            shift += 7
+            if shift > 63:
+                raise self.bad("malformed varint")
+
+    def field(self, limit):
+        """Read one field header at the current position; return (number, wire, payload_len_or_None)."""
+        key = self.varint(limit)
+        number, wire = key >> 3, key & 7
+        if number == 0 or wire in (3, 4, 6, 7):
+            raise self.bad(f"invalid field key {key}")
+        if wire == 2:
+            n = self.varint(limit)
+            if self.f.tell() + n > limit:
+                raise self.bad("truncated")
+            return number, wire, n
+        return number, wire, None
+
+    def raw_field(self, start, limit) -> bytes:
+        """Re-read the whole field starting at ``start`` (header included) after its header was parsed."""
+        number, wire, n = self.field(limit)
+        if wire == 0:
+            self.varint(limit)
+        elif wire in (1, 5):
+            self.f.seek(8 if wire == 1 else 4, 1)
+        else:
+            self.f.seek(n, 1)
+        end = self.f.tell()
+        if end > limit:
+            raise self.bad("truncated")
+        self.f.seek(start)
+        return self.f.read(end - start)
+
+
+def _read_blob(r: _Reader, end, where):
+    """Read one BlobProto region: return (skeleton bytes without payloads, {payload name: array})."""
+    skel, payloads = [], {}
+    while r.f.tell() < end:
+        start = r.f.tell()
+        number, wire, n = r.field(end)
+        if number in PAYLOAD and wire == 2:
+            payloads[PAYLOAD[number][0]] = (r.f.tell(), n)
+            r.f.seek(n, 1)
+        else:
+            r.f.seek(start)
+            skel.append(r.raw_field(start, end))
+    blob = caffe_pb2.BlobProto.FromString(b"".join(skel))
+    count = check_shape(_shape_of(blob), where)
+    arrays = {}
+    for name, (off, n) in payloads.items():
+        kind = PAYLOAD[_NAMES[name]][1]
+        dt = np.dtype("<" + kind) if kind != "raw" else RAW_DTYPES.get(
+            blob.raw_data_type if name == "raw_data" else blob.raw_diff_type)
+        if dt is None:
+            raise FileFormatError(where, f"unsupported {name}_type")
+        if n != count * dt.itemsize:  # checked before anything of that size is allocated
+            raise FileFormatError(where, f"blob declares {count} elements but {name} holds {n} bytes "
+                                         f"({dt.itemsize} each)")
+        a = np.empty(count, dt)
+        r.f.seek(off)
+        if r.f.readinto(memoryview(a).cast("B")) != n:
+            raise r.bad("truncated")
+        arrays[name] = a
+    r.f.seek(end)
+    return blob, arrays
+
+
+def _shape_of(blob):
+    if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width"):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(blob.shape.dim)
+
+
+def scan_weights(f, path, size):
+    """Stream a binary NetParameter from file ``f``: return (skeleton bytes, per-layer blob list).
+
+    The skeleton is the net with every V2 layer's blob payloads removed (shapes kept); the list holds, per
+    ``layer`` entry in file order, ``[(BlobProto skeleton, {payload name: array}), ...]``. Returns None
+    when the file uses V0/V1 ``layers`` (small legacy nets: parse them whole).
+    """
+    r = _Reader(f, path, size)
+    skel, layers = [], []
+    while f.tell() < size:
+        start = f.tell()
+        number, wire, n = r.field(size)
+        if number == 2 and wire == 2:
+            return None
+        if number == 100 and wire == 2:
+            lend = f.tell() + n
+            lskel, blobs = [], []
+            while f.tell() < lend:
+                fstart = f.tell()
+                fnum, fwire, fn = r.field(lend)
+                if fnum == 7 and fwire == 2:
+                    blobs.append(_read_blob(r, f.tell() + fn, f"{path}: layer {len(layers)} blob {len(blobs)}"))
+                else:
+                    f.seek(fstart)
+                    lskel.append(r.raw_field(fstart, lend))
+            body = b"".join(lskel)
+            skel.append(tag(100, 2) + varint(len(body)) + body)
+            layers.append(blobs)
+        else:
+            f.seek(start)
+            skel.append(r.raw_field(start, size))
+    return b"".join(skel), layers
