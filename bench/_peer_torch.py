@@ -34,15 +34,31 @@ class Graph:
         for L in spec["layers"]:
             ps = []
             for k, shape in enumerate(L.get("param_shapes", [])):
-                t = torch.randn(*shape, generator=g) * 0.05
-                if L["type"] == "BatchNorm" and k == 1:
-                    t = t.abs() + 1  # variance
+                t = self._init(L["type"], k, shape, g)
                 if len(shape) == 4:
                     t = t.contiguous(memory_format=self.fmt)
                 t.requires_grad_(self.train and L.get("lr", [1] * 8)[k] != 0)
                 ps.append(t)
             self.params[L["name"]] = ps
         self.learnable = [p for ps in self.params.values() for p in ps if p.requires_grad]
+
+    def _init(self, ltype, k, shape, g):
+        """Realistic values (as the caffelite side uses): msra convolutions, bilinear-like deconvolutions,
+        identity BatchNorm statistics, the -128 data bias; activations stay in a normal float range (random
+        tiny scales would make them denormal and every op slow)."""
+        torch = self.torch
+        if ltype == "Convolution" and k == 0:
+            fan_in = 1
+            for d in shape[1:]:
+                fan_in *= d
+            return torch.randn(*shape, generator=g) * (2.0 / fan_in) ** 0.5
+        if ltype == "Deconvolution" and k == 0:
+            return torch.full(shape, 0.25)
+        if ltype == "BatchNorm":
+            return torch.ones(shape) if k in (1, 2, 3) else torch.zeros(shape)
+        if ltype == "Bias":
+            return torch.full(shape, -128.0)
+        return torch.zeros(shape)
 
     def inputs(self):
         torch = self.torch

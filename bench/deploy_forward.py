@@ -34,12 +34,20 @@ def build(shape):
     net.reshape()
     rs = np.random.default_rng(0)
     net.blobs[inp].data[...] = rs.uniform(0, 255, shape).astype(np.float32)
-    for layer in net.layers:  # realistic (random) weights; bilinear deconvolutions keep their filler
-        for b in layer.blobs:
-            if layer.type in ("Convolution",) and b.data.ndim == 4:
-                fan_in = int(np.prod(b.shape[1:]))
-                b.data[...] = rs.standard_normal(b.shape) * np.sqrt(2.0 / fan_in)
+    realistic_weights(net, rs)
     return net
+
+
+def realistic_weights(net, rs):
+    """msra convolution weights and identity BatchNorm statistics (mean 0, variance 1, gamma 1, beta 0), so the
+    activations stay in a normal float range; bilinear deconvolutions and the data bias keep their fillers."""
+    for layer in net.layers:
+        if layer.type == "Convolution":
+            w = layer.blobs[0]
+            w.data[...] = rs.standard_normal(w.shape) * np.sqrt(2.0 / int(np.prod(w.shape[1:])))
+        elif layer.type == "BatchNorm":
+            for k, b in enumerate(layer.blobs):
+                b.data[...] = 1.0 if k in (1, 2, 3) else 0.0
 
 
 def time_runs(net, runs):

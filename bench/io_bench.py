@@ -2,8 +2,12 @@
 
 Prints, for the jacinto (raw_data) and BVLC (packed data) encodings: load seconds (every blob decoded to
 float32 arrays) through the streaming ``load_weights`` and through the protobuf-message route
-``read_weights`` + ``blob_to_array``, ``write_weights`` seconds, and peak extra memory over the file size. Each
-measurement runs in a fresh subprocess so the peak (VmHWM - VmRSS before) is its own.
+``read_weights`` + ``blob_to_array``, ``write_weights`` seconds (of a message holding the values), and peak
+extra memory over the file size. Then the Net level, on an AlexNet deploy net of the same shapes:
+``Net(deploy, weights)`` (the net's own params, filled first, are included: at least 1x), ``net.copy_from``
+alone (the net already built: what loading the weights costs on top of the net), and ``net.save`` (streamed
+from the blobs). Each measurement runs in a fresh subprocess so the peak (VmHWM - VmRSS before, the
+high-water mark reset through /proc/self/clear_refs where a net was built first) is its own.
 Goal (issue 2): load <= 1.5 s, peak extra memory <= 1.5x the file.
 
 Usage: python bench/io_bench.py [--dir DIR] [--keep]
@@ -26,6 +30,38 @@ ALEXNET = [  # (layer, type, weight shape, bias size)
     ("conv5", "Convolution", (256, 192, 3, 3), 256), ("fc6", "InnerProduct", (4096, 9216), 4096),
     ("fc7", "InnerProduct", (4096, 4096), 4096), ("fc8", "InnerProduct", (1000, 4096), 1000),
 ]
+
+
+DEPLOY = """name: "alexnet_bench"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 227 dim: 227 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 96 kernel_size: 11 stride: 4 } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 256 pad: 2 kernel_size: 5 group: 2 } }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv3" type: "Convolution" bottom: "pool2" top: "conv3"
+        convolution_param { num_output: 384 pad: 1 kernel_size: 3 } }
+layer { name: "conv4" type: "Convolution" bottom: "conv3" top: "conv4"
+        convolution_param { num_output: 384 pad: 1 kernel_size: 3 group: 2 } }
+layer { name: "conv5" type: "Convolution" bottom: "conv4" top: "conv5"
+        convolution_param { num_output: 256 pad: 1 kernel_size: 3 group: 2 } }
+layer { name: "pool5" type: "Pooling" bottom: "conv5" top: "pool5"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc6" type: "InnerProduct" bottom: "pool5" top: "fc6" inner_product_param { num_output: 4096 } }
+layer { name: "fc7" type: "InnerProduct" bottom: "fc6" top: "fc7" inner_product_param { num_output: 4096 } }
+layer { name: "fc8" type: "InnerProduct" bottom: "fc7" top: "fc8" inner_product_param { num_output: 1000 } }
+"""
+
+
+def _reset_peak():
+    try:  # Linux >= 4.0: "5" resets VmHWM to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _mem(key):
@@ -67,6 +103,25 @@ def child(op, path, form):
     elif op == "lean":  # the streaming route a Net uses: load_weights (payloads readinto arrays)
         net, _, arrays = io.load_weights(path)
         assert sum(a.size for v in arrays.values() for a in v) > 6e7
+    elif op in ("net", "copy", "netsave"):
+        import caffelite
+
+        deploy = os.path.join(os.path.dirname(path), "alexnet_deploy.prototxt")
+        if op == "net":  # the whole Net(deploy, weights): includes building (and filling) the net itself
+            net = caffelite.Net(deploy, path, caffelite.TEST)
+        else:
+            net = caffelite.Net(deploy, caffelite.TEST)
+            if op == "netsave":
+                net.copy_from(path)
+            _reset_peak()
+            base = _mem("VmRSS")
+            t = time.perf_counter()
+            if op == "copy":
+                net.copy_from(path)
+            else:
+                net.save(path + ".saved", form=form)
+        if op != "netsave":
+            assert float(abs(net.params["fc8"][0].data).sum()) > 0
     else:
         arrays = make_arrays()
         net = make_net(arrays, form)
@@ -104,8 +159,18 @@ def main(argv=None):
         print(f"{form:8s} file {size / 1e6:.1f} MB | load_weights {lean_s:.3f} s, peak {lean_peak / size:.2f}x"
               f" | read_weights+blob_to_array {load_s:.3f} s, peak {load_peak / size:.2f}x"
               f" | write_weights {save_s:.3f} s, peak {save_peak / size:.2f}x")
+        with open(os.path.join(d, "alexnet_deploy.prototxt"), "w") as f:
+            f.write(DEPLOY)
+        net_s, net_peak = measure("net", path, form)
+        copy_s, copy_peak = measure("copy", path, form)
+        nsave_s, nsave_peak = measure("netsave", path, form)
+        saved = os.path.getsize(path + ".saved") / 1e6
+        print(f"{'':8s} Net(deploy, weights) {net_s:.3f} s, peak {net_peak / size:.2f}x | net.copy_from "
+              f"{copy_s:.3f} s, peak {copy_peak / size:.2f}x | net.save {nsave_s:.3f} s, peak "
+              f"{nsave_peak / size:.2f}x ({saved:.1f} MB)")
         if not a.keep:
-            os.unlink(path)
+            for p in (path, path + ".saved", os.path.join(d, "alexnet_deploy.prototxt")):
+                os.unlink(p)
     if not a.keep and a.dir is None:
         os.rmdir(d)
     return 0

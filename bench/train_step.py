@@ -24,6 +24,7 @@ from google.protobuf import text_format
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _netbench as nb  # noqa: E402
+from deploy_forward import realistic_weights  # noqa: E402
 
 
 def train_net_param(batch, crop):
@@ -55,6 +56,7 @@ def build(batch, crop, seed=33):
     caffelite.set_random_seed(seed)
     net = Net(train_net_param(batch, crop), caffelite.TRAIN)
     rs = np.random.default_rng(seed)
+    realistic_weights(net, rs)
     net.blobs["data"].data[...] = rs.uniform(0, 255, net.blobs["data"].shape).astype(np.float32)
     label = rs.integers(0, 5, net.blobs["label"].shape).astype(np.float32)
     label[..., :8, :] = 255  # some ignored pixels, as in Cityscapes

@@ -75,6 +75,40 @@ def looks_bvlc(net) -> bool:
                for l in net.layer)
 
 
+def guess_jacinto_version(raw: bytes) -> str:
+    """0.16 or 0.17 for a serialized jacinto net whose quantization messages are renumbered (jacinto.md §0).
+
+    Reads raw wire values (a parsed message would already have normalised them): QParams field 4 is 0.16
+    ``fracbits`` (often > 1) but 0.17 bool ``unsigned_data``; QParams field 8 is 0.16 float ``offset``
+    (fixed32) but 0.17 varint ``shiftbits``; QuantizationParameter fields 6/7 repeat only in 0.17;
+    NetQuantizationParameter field 3 is 0.17 ``bitwidth_weights`` (> 1) but 0.16 enum ``rounding_scheme``.
+    Ties go to 0.17.
+    """
+    from .io_wire import iter_fields
+
+    v16 = v17 = 0
+    try:
+        for num, wire, val in iter_fields(memoryview(raw)):
+            if num == 201 and wire == 2:
+                v17 += any(n == 3 and w == 0 and v > 1 for n, w, v in iter_fields(val))
+            if num != 100 or wire != 2:
+                continue
+            for lnum, lwire, lval in iter_fields(val):
+                if lnum != 8404 or lwire != 2:
+                    continue
+                counts = {}
+                for qnum, qwire, qval in iter_fields(lval):
+                    counts[qnum] = counts.get(qnum, 0) + 1
+                    if qnum in (5, 6, 7) and qwire == 2:
+                        for n, w, v in iter_fields(qval):
+                            v16 += (n == 4 and w == 0 and v > 1) or (n == 8 and w == 5)
+                            v17 += n == 8 and w == 0
+                v17 += counts.get(6, 0) > 1 or counts.get(7, 0) > 1
+    except ValueError:
+        return "jacinto017"
+    return "jacinto016" if v16 > v17 else "jacinto017"
+
+
 # ----------------------------------------------------------------------------------------- BVLC -> 0.17
 def _bvlc_layer_extras(bl):
     """Names of BVLC-only options set in BVLC LayerParameter ``bl`` (no jacinto field carries them)."""
@@ -94,10 +128,10 @@ def bvlc_layer_to_jacinto(bl, report: NetReport | None = None):
     """Convert one BVLC LayerParameter to a caffe-jacinto 0.17 LayerParameter (see module docstring)."""
     rec = None
     if bl.HasField("recurrent_param"):
-        rec = bl.recurrent_param.SerializeToString()
-        bl = type(bl).FromString(bl.SerializeToString())
+        rec = bl.recurrent_param.SerializePartialToString()
+        bl = type(bl).FromString(bl.SerializePartialToString())
         bl.ClearField("recurrent_param")
-    jl = caffe_pb2.LayerParameter.FromString(bl.SerializeToString())
+    jl = caffe_pb2.LayerParameter.FromString(bl.SerializePartialToString())
     if rec is not None:
         jl.recurrent_param.MergeFromString(rec)
     if report is not None:
@@ -117,7 +151,7 @@ def bvlc_net_to_jacinto(bnet, report: NetReport | None = None):
     head = type(bnet)()
     head.CopyFrom(bnet)
     head.ClearField("layer")
-    jnet = caffe_pb2.NetParameter.FromString(head.SerializeToString())
+    jnet = caffe_pb2.NetParameter.FromString(head.SerializePartialToString())
     for bl in bnet.layer:
         jnet.layer.append(bvlc_layer_to_jacinto(bl, report))
     return jnet
@@ -137,7 +171,7 @@ def detect_bvlc_in_jacinto_net(jnet, report: NetReport):
         head = caffe_pb2.LayerParameter()
         head.CopyFrom(jl)
         head.ClearField("blobs")
-        bl = bvlc.LayerParameter.FromString(head.SerializeToString())
+        bl = bvlc.LayerParameter.FromString(head.SerializePartialToString())
         if bl.HasField("recurrent_param"):
             blobs = list(jl.blobs)
             new = bvlc_layer_to_jacinto(bl, None)
@@ -168,7 +202,7 @@ def bvlc_solver_to_jacinto(bs, report: NetReport | None = None):
             bs2.ClearField(name)
     tests = [bvlc_net_to_jacinto(n, report) for n in bs2.test_net_param]
     bs2.ClearField("test_net_param")
-    js = caffe_pb2.SolverParameter.FromString(bs2.SerializeToString())
+    js = caffe_pb2.SolverParameter.FromString(bs2.SerializePartialToString())
     for name, n in nets.items():
         getattr(js, name).CopyFrom(n)
     for n in tests:
@@ -184,7 +218,7 @@ def convert_by_name(src, dst, report: NetReport | None = None, path: str = ""):
     is reported in ``report.dropped``. BlobProto (wire-identical in every dialect) is copied as bytes.
     """
     if src.DESCRIPTOR.name == "BlobProto":
-        dst.MergeFromString(src.SerializeToString())
+        dst.MergeFromString(src.SerializePartialToString())
         return dst
     dfields = dst.DESCRIPTOR.fields_by_name
     for fd, val in src.ListFields():
@@ -244,7 +278,7 @@ def jacinto_msg_to_bvlc(jmsg, cls_name: str, report: NetReport | None = None):
                 if report is not None:
                     report.drop(f"solver: {name}")
                 src.ClearField(name)
-    out = bcls.FromString(src.SerializeToString())
+    out = bcls.FromString(src.SerializePartialToString())
     out.DiscardUnknownFields()
     for jl in layers:
         out.layer.append(_layer_to_bvlc(jl, report))
@@ -271,10 +305,10 @@ def _layer_to_bvlc(jl, report):
     bl_cls = dialect("bvlc").LayerParameter
     src = caffe_pb2.LayerParameter()
     src.CopyFrom(jl)
-    rec = src.recurrent_param.SerializeToString() if src.HasField("recurrent_param") else None
+    rec = src.recurrent_param.SerializePartialToString() if src.HasField("recurrent_param") else None
     src.ClearField("recurrent_param")
     _clear_jacinto_only(src, report, f"layer '{jl.name}' ({jl.type}): ")
-    bl = bl_cls.FromString(src.SerializeToString())
+    bl = bl_cls.FromString(src.SerializePartialToString())
     bl.DiscardUnknownFields()
     if rec is not None:
         bl.recurrent_param.MergeFromString(rec)

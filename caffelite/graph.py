@@ -10,22 +10,43 @@
 
 from __future__ import annotations
 
+import logging
+
 from .errors import NetError
 
+log = logging.getLogger("caffelite")
 
-def state_meets_rule(state, rule) -> bool:
-    """Whether NetState ``state`` satisfies NetStateRule ``rule`` (every set condition must hold)."""
+
+def _why(msg, src):
+    log.info(msg, extra={"src": src})
+
+
+def state_meets_rule(state, rule, layer_name="") -> bool:
+    """Whether NetState ``state`` satisfies NetStateRule ``rule`` (every set condition must hold).
+
+    Like Caffe's StateMeetsRule it logs (INFO) the first condition that fails.
+    """
+    where = f"specified by a rule in layer {layer_name}"
     if rule.HasField("phase") and rule.phase != state.phase:
+        _why(f"The NetState phase ({state.phase}) differed from the phase ({rule.phase}) {where}", "net.cpp:296")
         return False
     if rule.HasField("min_level") and state.level < rule.min_level:
+        _why(f"The NetState level ({state.level}) is above the min_level ({rule.min_level}) {where}",
+             "net.cpp:303")
         return False
     if rule.HasField("max_level") and state.level > rule.max_level:
+        _why(f"The NetState level ({state.level}) is above the max_level ({rule.max_level}) {where}",
+             "net.cpp:311")
         return False
     stages = set(state.stage)
-    if any(s not in stages for s in rule.stage):
-        return False
-    if any(s in stages for s in rule.not_stage):
-        return False
+    for s in rule.stage:
+        if s not in stages:
+            _why(f"The NetState did not contain stage '{s}' {where}", "net.cpp:323")
+            return False
+    for s in rule.not_stage:
+        if s in stages:
+            _why(f"The NetState contained a not_stage '{s}' {where}", "net.cpp:336")
+            return False
     return True
 
 
@@ -34,8 +55,8 @@ def layer_included(layer, state) -> bool:
     if len(layer.include) and len(layer.exclude):
         raise NetError("Specify either include rules or exclude rules; not both.", layer.name, layer.type)
     if len(layer.include):
-        return any(state_meets_rule(state, r) for r in layer.include)
-    return not any(state_meets_rule(state, r) for r in layer.exclude)
+        return any(state_meets_rule(state, r, layer.name) for r in layer.include)
+    return not any(state_meets_rule(state, r, layer.name) for r in layer.exclude)
 
 
 def make_state(param, phase=None, level=None, stages=None):
@@ -136,3 +157,32 @@ def insert_splits(param):
                     used[(i, j)] = 1
                     del nl.loss_weight[:]
     return out
+
+
+def prune_backward(layer_need, bottom_need, top_ids, bottom_ids, loss_tops):
+    """Caffe's backward analysis, from the last layer down, editing the two lists in place.
+
+    ``layer_need[i]``: layer i needs backward (from its bottoms and params); ``bottom_need[i][j]``: bottom j
+    of layer i gets a diff; ``loss_tops[i]``: indices of tops with a non-zero loss weight. A layer that
+    reaches no loss, or whose tops all come from layers that skip backward, computes nothing.
+    """
+    under_loss, skip = set(), set()
+    for i in range(len(layer_need) - 1, -1, -1):
+        contributes, skips = False, True
+        for j, t in enumerate(top_ids[i]):
+            contributes = contributes or j in loss_tops[i] or t in under_loss
+            skips = skips and t in skip
+            if contributes and not skips:
+                break
+        if layer_need[i] and skips:
+            layer_need[i] = False
+            bottom_need[i][:] = [False] * len(bottom_ids[i])
+        if not contributes:
+            layer_need[i] = False
+        for j, b in enumerate(bottom_ids[i]):
+            if contributes:
+                under_loss.add(b)
+            else:
+                bottom_need[i][j] = False
+            if not bottom_need[i][j]:
+                skip.add(b)

@@ -8,7 +8,8 @@ Public API (all return caffe-jacinto 0.17 messages, :mod:`caffelite.proto`'s ``c
 - :func:`read_weights`: a binary ``.caffemodel`` (``.xz`` accepted), upgraded like upgrade_net_proto_binary;
 - :func:`load_weights`: the same, streaming blob values into numpy arrays (use this for big files: about 1x
   the file in memory; the returned message keeps blob shapes only);
-- :func:`write_weights` (jacinto raw FLOAT form by default, or BVLC packed form), :func:`write_text`;
+- :func:`write_weights` (jacinto raw FLOAT form by default, or BVLC packed form; ``arrays=`` streams a Net's
+  values without copying them into protobuf), :func:`write_text` (``dialect_name="bvlc"`` for BVLC text);
 - :func:`read_binaryproto` / :func:`write_binaryproto`, :func:`read_solverstate` / :func:`write_solverstate`;
 - :func:`blob_to_array` / :func:`array_to_blob` (re-exported from :mod:`caffelite.io_blob`).
 
@@ -26,10 +27,10 @@ from google.protobuf import text_format
 
 from . import upgrade as _upgrade
 from .dialects import NetReport, bvlc_net_to_jacinto, bvlc_solver_to_jacinto, convert_by_name, \
-    jacinto_msg_to_bvlc, looks_bvlc, unknown_numbers
+    detect_bvlc_in_jacinto_net, jacinto_msg_to_bvlc, looks_bvlc, unknown_numbers
 from .errors import FileFormatError
 from .io_blob import array_to_blob, blob_diff_to_array, blob_shape, blob_to_array, check_blob
-from .io_files import atomic_write, is_text_file, read_bytes
+from .io_files import atomic_write, check_strings, is_text_file, read_bytes
 from .io_files import parse_binary as _parse_binary
 from .io_weights import load_weights, parse_net_binary, read_weights, read_weights_ex, \
     serialize_weights, write_weights
@@ -40,10 +41,10 @@ __all__ = [
     "read_weights_ex", "write_weights", "write_text", "read_binaryproto", "write_binaryproto",
     "read_solverstate", "write_solverstate", "blob_to_array", "array_to_blob", "blob_diff_to_array",
     "blob_shape", "atomic_write", "read_bytes", "is_text_file", "file_kind", "read_text_any", "parse_net_binary",
-    "serialize_weights", "check_blob", "load_weights",
+    "serialize_weights", "check_blob", "load_weights", "convert_net",
 ]
 
-#: protobuf's own recursion limit is fine; we refuse files larger than this when decompressing .xz
+
 # ------------------------------------------------------------------------------------------------ text
 def _text_error(e: text_format.ParseError, source):
     # ParseError's text is "line:col : 'the line': reason"; we put line/col in our own prefix
@@ -52,17 +53,21 @@ def _text_error(e: text_format.ParseError, source):
 
 
 def _parse_text_any(text: str, cls_name: str, source):
-    """Parse ``text`` with the first dialect that accepts it (0.17, BVLC, 0.16); return (msg, dialect)."""
-    first_error = None
+    """Parse ``text`` with the first dialect that accepts it (0.17, BVLC, 0.16); return (msg, dialect).
+
+    If none does, report the error of the dialect that got furthest into the file (a BVLC file with a typo
+    should name the typo, not the first BVLC-only field that 0.17 does not know).
+    """
+    errors = []
     for name in ("jacinto017", "bvlc", "jacinto016"):
         msg = getattr(dialect(name), cls_name)()
         try:
             text_format.Parse(text, msg, allow_unknown_extension=False)
             return msg, name
         except text_format.ParseError as e:
-            if first_error is None:
-                first_error = e
-    raise _text_error(first_error, source)
+            errors.append(e)
+    best = max(errors, key=lambda e: (e.GetLine() or 0, e.GetColumn() or 0))  # max keeps the first on ties
+    raise _text_error(best, source)
 
 
 def _net_to_jacinto(msg, name, report):
@@ -96,10 +101,15 @@ def read_net_ex(path_or_param, upgrade: bool = True):
     ``path_or_param`` may also be a NetParameter (returned, upgraded, with a fresh report).
     """
     if isinstance(path_or_param, pb_message.Message):
-        net = caffe_pb2.NetParameter()
-        net.CopyFrom(path_or_param) if path_or_param.DESCRIPTOR is net.DESCRIPTOR else \
-            net.MergeFromString(path_or_param.SerializeToString())
-        report = NetReport("jacinto017", "<NetParameter>")
+        pool = path_or_param.DESCRIPTOR.file.pool
+        name = next((n for n in ("bvlc", "jacinto016") if pool is dialect(n).POOL), "jacinto017")
+        report = NetReport(name, "<NetParameter>")
+        if name == "jacinto017":
+            net = caffe_pb2.NetParameter()
+            net.CopyFrom(path_or_param)
+            detect_bvlc_in_jacinto_net(net, report)  # BVLC-only options kept as unknown fields -> extras
+        else:  # a message of another dialect's classes: convert as if read from a file of that dialect
+            net = _net_to_jacinto(path_or_param, name, report)
         if upgrade:
             report.upgraded = _upgrade.upgrade_net(net, "<NetParameter>")
         return net, report
@@ -135,6 +145,30 @@ def read_solver_ex(path, upgrade: bool = True):
 def read_solver(path, upgrade: bool = True):
     """Read a solver prototxt as a caffe-jacinto 0.17 SolverParameter (``solver_type`` -> ``type``)."""
     return read_solver_ex(path, upgrade)[0]
+
+def convert_net(net, to: str, report: NetReport | None = None):
+    """Convert an in-memory (jacinto-class) net, as read with ``report``, to dialect ``to`` in place.
+
+    ``to="bvlc"``: jacinto BatchNorm (5 blobs / scale_bias) is split into BVLC BatchNorm + Scale (unless the
+    net came from a BVLC file) and a BVLC-class NetParameter is returned (jacinto-only fields dropped and
+    reported). ``to="jacinto"``: a BVLC net's BatchNorm + Scale pairs are merged (statistics divided by the
+    scale factor, jacinto.md §d.5), BVLC-only fields are discarded (already reported when read).
+    Blob encodings are left as they are: write with ``write_weights(form=...)``.
+    """
+    from .io_bn import bvlc_bn_to_jacinto, jacinto_bn_to_bvlc
+
+    source = report.dialect if report is not None else "jacinto017"
+    if to == "bvlc":
+        if source != "bvlc":
+            jacinto_bn_to_bvlc(net)
+        return jacinto_msg_to_bvlc(net, "NetParameter", report)
+    if to != "jacinto":
+        raise ValueError(f"unknown dialect {to!r} (expected 'jacinto' or 'bvlc')")
+    if source == "bvlc":
+        bvlc_bn_to_jacinto(net, report)
+    net.DiscardUnknownFields()
+    return net
+
 
 def write_text(msg, path, dialect_name: str = "jacinto017") -> None:
     """Write a message as prototxt (Caffe's text format), atomically.
@@ -176,6 +210,7 @@ def read_solverstate(path):
     state = _parse_binary(caffe_pb2.SolverState, data, path, "solverstate (SolverState)")
     if not data or unknown_numbers(state):
         raise FileFormatError(path, "not a solverstate (SolverState)")
+    check_strings(state, path)
     for i, b in enumerate(state.history):
         check_blob(b, f"{path}: history blob {i}")
     return state
@@ -184,7 +219,8 @@ def read_solverstate(path):
 def file_kind(path) -> str:
     """Guess what ``path`` holds: "net", "solver" (prototxt), "weights", "binaryproto" or "solverstate"."""
     name = os.fspath(path).lower()
-    if name.endswith(".xz"):
+    compressed = name.endswith(".xz")
+    if compressed:
         name = name[:-3]
     if name.endswith(".caffemodel"):
         return "weights"
@@ -192,10 +228,11 @@ def file_kind(path) -> str:
         return "binaryproto"
     if name.endswith(".solverstate"):
         return "solverstate"
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if name.endswith(".xz"):
+    if compressed:
         head = read_bytes(path)[:4096]
+    else:
+        with open(path, "rb") as f:
+            head = f.read(4096)
     if is_text_file(head):
         return "solver" if "solver" in os.path.basename(name) else "net"
     return "weights"

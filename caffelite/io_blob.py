@@ -173,7 +173,7 @@ def array_to_blob(arr, form: str = "jacinto", diff=None, pb=caffe_pb2):
         chunks = packed_floats_field(5, a)
         if diff is not None:
             chunks += packed_floats_field(6, np.asarray(diff))
-        b.MergeFromString(b"".join(bytes(c) for c in chunks))
+        b.MergeFromString(b"".join(chunks))
     else:
         raise ValueError(f"unknown blob form {form!r} (expected 'jacinto' or 'bvlc')")
     return b
@@ -203,7 +203,7 @@ def convert_blob_form(blob, form: str, where=None):
         chunks = packed_floats_field(5, vals)
         if d is not None:
             chunks += packed_floats_field(6, d)
-        blob.MergeFromString(b"".join(bytes(c) for c in chunks))
+        blob.MergeFromString(b"".join(chunks))
     else:
         raise ValueError(f"unknown blob form {form!r} (expected 'jacinto' or 'bvlc')")
     return blob

@@ -11,7 +11,8 @@ from google.protobuf import message as pb_message
 
 from .errors import FileFormatError
 
-MAX_FILE_BYTES = 1 << 36
+#: refuse to decompress an ``.xz`` beyond this (a decompression bomb would otherwise exhaust memory)
+MAX_FILE_BYTES = 1 << 34
 
 
 def read_bytes(path) -> bytes:
@@ -20,7 +21,10 @@ def read_bytes(path) -> bytes:
     if path.endswith(".xz"):
         try:
             with lzma.open(path) as f:
-                return f.read()
+                data = f.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                raise FileFormatError(path, f"decompresses to more than {MAX_FILE_BYTES} bytes")
+            return data
         except lzma.LZMAError as e:
             raise FileFormatError(path, f"not a valid xz file ({e})") from None
         except EOFError:
@@ -33,6 +37,7 @@ def atomic_write(path, data) -> None:
     """Write ``data`` (bytes, or an iterable of bytes-like chunks) to ``path`` atomically."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)  # as solver snapshots do: a snapshot_prefix folder need not exist yet
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -41,6 +46,8 @@ def atomic_write(path, data) -> None:
             else:
                 for chunk in data:
                     f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must never expose a file whose bytes are not on disk yet
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -70,3 +77,25 @@ def parse_binary(cls, data: bytes, source, what):
         raise FileFormatError(source, f"not a valid {what} (not a protobuf, or truncated: {e})") from None
     except RecursionError:
         raise FileFormatError(source, f"not a valid {what} (nesting too deep)") from None
+
+
+def check_strings(msg, source) -> None:
+    """Check every string field (BlobProto skipped) is valid UTF-8: protobuf accepts a corrupt one at parse
+    time and fails much later (UnicodeDecodeError when copied); report it here, naming the file."""
+    try:
+        _walk_strings(msg)
+    except UnicodeDecodeError:
+        raise FileFormatError(source, "corrupt file: a string field is not valid UTF-8") from None
+
+
+def _walk_strings(msg):
+    for fd, val in msg.ListFields():
+        if fd.message_type is None:
+            if fd.type == fd.TYPE_STRING:  # upb hands back bytes for a string that is not valid UTF-8
+                if any(isinstance(v, bytes) for v in (val if fd.is_repeated else (val,))):
+                    raise UnicodeDecodeError("utf-8", b"", 0, 1, f"field {fd.name}")
+            continue
+        if fd.message_type.name == "BlobProto":
+            continue
+        for sub in (val if fd.is_repeated else (val,)):
+            _walk_strings(sub)

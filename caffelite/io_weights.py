@@ -14,16 +14,16 @@ import os
 import numpy as np
 
 from . import upgrade as _upgrade
-from .dialects import NetReport, convert_by_name, detect_bvlc_in_jacinto_net, unknown_numbers
+from .dialects import NetReport, convert_by_name, detect_bvlc_in_jacinto_net, guess_jacinto_version, unknown_numbers
 from .errors import FileFormatError
 from .io_blob import blob_shape, blob_to_array, check_blob
 from .io_files import parse_binary as _parse_binary
-from .io_files import atomic_write, read_bytes
+from .io_files import atomic_write, check_strings, read_bytes
 from .io_wire import iter_net_chunks, scan_weights
 from .proto import caffe_pb2, dialect
 
 
-def _binary_net_dialect(net, forms=None) -> str:
+def _binary_net_dialect(net, forms=None, raw=b"") -> str:
     """Decide the dialect of a binary NetParameter parsed with the 0.17 class (see :mod:`caffelite.dialects`)."""
     jacinto_marks = False
     for l in net.layer:
@@ -38,8 +38,9 @@ def _binary_net_dialect(net, forms=None) -> str:
             jacinto_marks = True
         if any(b.HasField("raw_data") for b in l.blobs):
             jacinto_marks = True
-    if jacinto_marks or net.HasField("quantize") or net.HasField("net_quantization_param") \
-            or (forms and "jacinto" in forms):
+    if net.HasField("net_quantization_param") or any(l.HasField("quantization_param") for l in net.layer):
+        return guess_jacinto_version(raw)
+    if jacinto_marks or net.HasField("quantize") or (forms and "jacinto" in forms):
         return "jacinto017"
     if forms and "bvlc" in forms:
         return "bvlc"
@@ -71,11 +72,12 @@ def parse_net_binary(data: bytes, source="<bytes>", upgrade: bool = True):
     if not data:
         raise FileFormatError(source, "empty file (not a caffemodel)")
     net = _parse_binary(caffe_pb2.NetParameter, data, source, "caffemodel (binary NetParameter)")
+    check_strings(net, source)
     if unknown_numbers(net) or not (len(net.layer) or len(net.layers)):
         raise FileFormatError(source, "not a caffemodel: no layers (is it a binaryproto, solverstate or "
                                       "another kind of file?)")
     check_net_blobs(net, source)
-    name = _binary_net_dialect(net)
+    name = _binary_net_dialect(net, raw=data)
     report = NetReport(name, str(source))
     if name == "bvlc":
         detect_bvlc_in_jacinto_net(net, report)
@@ -116,19 +118,60 @@ def _check_form(form):
     return form
 
 
-def write_weights(net_param, path, form: str | None = "jacinto") -> None:
+def write_weights(net_param, path, form: str | None = "jacinto", arrays=None) -> None:
     """Write ``net_param`` as a binary caffemodel in ``form`` ("jacinto" default, "bvlc", or None to keep
-    each blob's encoding), atomically. Blob payloads stream from array memory (no whole-file copy)."""
-    atomic_write(path, iter_net_chunks(net_param, _check_form(form)))
+    each blob's encoding), atomically. Blob payloads stream from array memory (no whole-file copy).
+
+    ``arrays``: optional {layer name: [numpy arrays]} used as those layers' blobs instead of
+    ``layer.blobs`` (what a Net snapshot should pass: the values never get copied into protobuf).
+    """
+    atomic_write(path, iter_net_chunks(net_param, _check_form(form), arrays))
 
 
-def load_weights(path, upgrade: bool = True):
+class LazyBlob:
+    """A float32 blob of ``shape`` whose values are still in the file (``load_weights(lazy=True)``).
+
+    ``read()`` returns them; ``read(out)`` writes them into ``out`` (any array of the same element count),
+    straight from the file when ``out`` is C-contiguous float32 NumPy memory and the file stores float32.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, payload, shape):
+        self.payload, self.shape = payload, tuple(shape)
+        self.size = payload.count
+
+    def read(self, out=None) -> np.ndarray:
+        """The values (float32, ``shape``), or ``out`` filled with them."""
+        p = self.payload
+        if out is not None and p.dtype == np.float32 and isinstance(out, np.ndarray) and out.size == self.size \
+                and out.dtype == np.float32 and out.flags.c_contiguous:
+            p.read(out.reshape(-1))  # a view of ``out``: the bytes land in their final place
+            return out
+        vals = p.read().astype(np.float32, copy=False).reshape(self.shape)
+        if out is None:
+            return vals
+        out[...] = vals.reshape(out.shape)
+        return out
+
+
+def _pick_payload(pay):
+    """The payload Caffe reads (jacinto.md §h): ``double_data``, else ``data``, else ``raw_data``; or None."""
+    for name in ("double_data", "data", "raw_data"):
+        if name in pay:
+            return pay[name]
+    return None
+
+
+def load_weights(path, upgrade: bool = True, lazy: bool = False):
     """Lean caffemodel load for big files: return ``(NetParameter, NetReport, arrays)``.
 
     ``arrays`` maps layer name -> list of float32 arrays (the blobs, in order, shaped as declared). The
     returned NetParameter's blobs keep their shape fields but **no values** (payloads were streamed straight
-    from the file into the arrays with ``readinto``: peak memory is about the arrays themselves). Files in
-    V0/V1 format and ``.xz`` files fall back to :func:`read_weights` (they are small).
+    from the file into the arrays with ``readinto``: peak memory is about the arrays themselves). With
+    ``lazy=True`` the list items are :class:`LazyBlob` s (shape known, values read on demand, e.g. into a
+    Net's blobs: peak memory is then a few KiB over the net itself). Files in V0/V1 format and ``.xz`` files
+    fall back to :func:`read_weights` (they are small) and always give arrays.
     """
     path = os.fspath(path)
     scanned = None
@@ -137,7 +180,7 @@ def load_weights(path, upgrade: bool = True):
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise FileFormatError(path, "empty file (not a caffemodel)")
-            scanned = scan_weights(f, path, size)
+            scanned = scan_weights(f, path, size, lazy)
     if scanned is None:
         net, report = read_weights_ex(path, upgrade)
         arrays = {l.name: [blob_to_array(b, where=f"{path}: layer '{l.name}' blob {i}") for i, b in
@@ -145,6 +188,7 @@ def load_weights(path, upgrade: bool = True):
         return net, report, arrays
     skel, layer_blobs = scanned
     net = _parse_binary(caffe_pb2.NetParameter, skel, path, "caffemodel (binary NetParameter)")
+    check_strings(net, path)
     if unknown_numbers(net) or not len(net.layer):
         raise FileFormatError(path, "not a caffemodel: no layers")
     arrays, forms = {}, set()
@@ -154,19 +198,16 @@ def load_weights(path, upgrade: bool = True):
         for i, (bskel, pay) in enumerate(blobs):
             where = f"{path}: layer '{l.name}' blob {i}"
             l.blobs.add().CopyFrom(bskel)
-            if "double_data" in pay:
-                vals = pay["double_data"].astype(np.float32)
-            elif "data" in pay:
-                vals = pay["data"]
-            elif "raw_data" in pay:
-                vals = pay["raw_data"] if pay["raw_data"].dtype == np.float32 else pay["raw_data"].astype(np.float32)
-            else:
-                vals = None
             forms.add("jacinto" if "raw_data" in pay or bskel.HasField("raw_data") else "bvlc")
-            out.append(vals.reshape(blob_shape(bskel, where)) if vals is not None
-                       else blob_to_array(bskel, where=where))
+            vals, shape = _pick_payload(pay), blob_shape(bskel, where)
+            if vals is None:
+                out.append(blob_to_array(bskel, where=where))
+            elif lazy:
+                out.append(LazyBlob(vals, shape))
+            else:
+                out.append(vals.astype(np.float32, copy=False).reshape(shape))
         arrays[l.name] = out
-    name = _binary_net_dialect(net, forms)
+    name = _binary_net_dialect(net, forms, skel)
     report = NetReport(name, path)
     if name == "bvlc":
         detect_bvlc_in_jacinto_net(net, report)

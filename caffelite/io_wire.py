@@ -46,7 +46,7 @@ def _one_field(msg, fd, val) -> bytes:
         getattr(tmp, fd.name).CopyFrom(val)
     else:
         setattr(tmp, fd.name, val)
-    return tmp.SerializeToString()
+    return tmp.SerializePartialToString()
 
 
 def _unknown_bytes(msg) -> list:
@@ -116,25 +116,66 @@ def _nbytes(chunks) -> int:
     return sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in chunks)
 
 
-def encode_layer(layer, form=None, blobs_field="blobs") -> list:
-    """Wire chunks of a LayerParameter (or V1LayerParameter) with its blobs streamed by :func:`encode_blob`."""
+def encode_array_blob(arr, form="jacinto") -> list:
+    """Wire chunks of the BlobProto that :func:`caffelite.io_blob.array_to_blob` would build from ``arr``
+    (or from a ``(data, diff)`` pair, diff included), streamed from the arrays' memory (no protobuf copy)."""
+    arr, diff = arr if isinstance(arr, tuple) else (arr, None)
+    a = np.ascontiguousarray(np.asarray(arr), dtype="<f4")
+    d = None if diff is None else np.ascontiguousarray(np.asarray(diff), dtype="<f4").reshape(-1)
+    shape = caffe_pb2.BlobProto()
+    shape.shape.dim.extend(int(d) for d in a.shape)
+    shape = shape.SerializePartialToString()
+    if form == "bvlc":  # data 5, diff 6, shape 7
+        return _payload_chunks(5, a.reshape(-1)) + ([] if d is None else _payload_chunks(6, d)) + [shape]
+    # shape 7, raw_data_type 10, raw_diff_type 11, raw_data 12, raw_diff 13
+    float_type = varint(caffe_pb2.FLOAT)
+    return [shape, tag(10, 0), float_type] + ([] if d is None else [tag(11, 0), float_type]) \
+        + _payload_chunks(12, a.reshape(-1)) + ([] if d is None else _payload_chunks(13, d))
+
+
+def encode_layer(layer, form=None, blobs_field="blobs", arrays=None) -> list:
+    """Wire chunks of a LayerParameter (or V1LayerParameter) with its blobs streamed by :func:`encode_blob`.
+
+    ``arrays`` (a list of arrays) replaces the layer's blobs: they are encoded in ``form`` (default jacinto)
+    at the blobs field's place, as if ``array_to_blob`` had filled ``layer.blobs``.
+    """
     out = []
+    number = layer.DESCRIPTOR.fields_by_name[blobs_field].number
+
+    def array_blobs():
+        res = []
+        for a in arrays:
+            chunks = encode_array_blob(a, form or "jacinto")
+            res += [tag(number, 2), varint(_nbytes(chunks))] + chunks
+        return res
+
     for fd, val in layer.ListFields():
+        if arrays is not None and fd.number > number:
+            out += array_blobs()
+            arrays = None  # emitted once, at the blobs field's place
         if fd.name == blobs_field:
+            if arrays is not None:
+                continue
             for b in val:
                 chunks = encode_blob(b, form)
                 out += [tag(fd.number, 2), varint(_nbytes(chunks))] + chunks
         else:
             out.append(_one_field(layer, fd, val))
+    if arrays is not None:
+        out += array_blobs()
     return out + _unknown_bytes(layer)
 
 
-def iter_net_chunks(net, form=None):
-    """Yield the wire chunks of a NetParameter (layers and blobs streamed, nothing copied whole)."""
+def iter_net_chunks(net, form=None, arrays=None):
+    """Yield the wire chunks of a NetParameter (layers and blobs streamed, nothing copied whole).
+
+    ``arrays``: optional {layer name: [arrays]} replacing those layers' blobs (see :func:`encode_layer`).
+    """
+    arrays = arrays or {}
     for fd, val in net.ListFields():
         if fd.name == "layer":
             for l in val:
-                chunks = encode_layer(l, form)
+                chunks = encode_layer(l, form, arrays=arrays.get(l.name))
                 yield tag(fd.number, 2) + varint(_nbytes(chunks))
                 yield from chunks
         elif fd.name == "layers" and not any(l.HasField("layer") for l in val):  # V1; V0 (tiny) goes whole
@@ -201,8 +242,27 @@ class _Reader:
         return self.f.read(end - start)
 
 
-def _read_blob(r: _Reader, end, where):
-    """Read one BlobProto region: return (skeleton bytes without payloads, {payload name: array})."""
+class LazyPayload:
+    """A blob payload left in the file: ``read()`` loads it (into ``out`` when given, e.g. a Net's own blob
+    memory, so a big model is never held twice). Length and dtype were checked when the file was scanned."""
+
+    def __init__(self, path, offset, nbytes, dtype, count):
+        self.path, self.offset, self.nbytes, self.dtype, self.count = path, offset, nbytes, dtype, count
+
+    def read(self, out=None) -> np.ndarray:
+        """The values as a flat array of the file's dtype, or written into ``out`` (a C-contiguous array of
+        ``count`` elements of the same dtype) and returned."""
+        a = np.empty(self.count, self.dtype) if out is None else out
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            if f.readinto(memoryview(a).cast("B")) != self.nbytes:
+                raise FileFormatError(self.path, "not a valid caffemodel (truncated: the file changed while read)")
+        return a
+
+
+def _read_blob(r: _Reader, end, where, lazy=False):
+    """Read one BlobProto region: return (skeleton bytes without payloads, {payload name: array}); with
+    ``lazy`` the payloads are :class:`LazyPayload` s (validated, not read)."""
     skel, payloads = [], {}
     while r.f.tell() < end:
         start = r.f.tell()
@@ -213,7 +273,9 @@ def _read_blob(r: _Reader, end, where):
         else:
             r.f.seek(start)
             skel.append(r.raw_field(start, end))
-    blob = caffe_pb2.BlobProto.FromString(b"".join(skel))
+    from .io_files import parse_binary
+
+    blob = parse_binary(caffe_pb2.BlobProto, b"".join(skel), where, "blob (BlobProto)")
     count = check_shape(_shape_of(blob), where)
     arrays = {}
     for name, (off, n) in payloads.items():
@@ -225,11 +287,13 @@ def _read_blob(r: _Reader, end, where):
         if n != count * dt.itemsize:  # checked before anything of that size is allocated
             raise FileFormatError(where, f"blob declares {count} elements but {name} holds {n} bytes "
                                          f"({dt.itemsize} each)")
-        a = np.empty(count, dt)
-        r.f.seek(off)
-        if r.f.readinto(memoryview(a).cast("B")) != n:
-            raise r.bad("truncated")
-        arrays[name] = a
+        arrays[name] = LazyPayload(r.path, off, n, dt, count)
+        if not lazy:
+            a = np.empty(count, dt)
+            r.f.seek(off)
+            if r.f.readinto(memoryview(a).cast("B")) != n:
+                raise r.bad("truncated")
+            arrays[name] = a
     r.f.seek(end)
     return blob, arrays
 
@@ -240,12 +304,13 @@ def _shape_of(blob):
     return tuple(blob.shape.dim)
 
 
-def scan_weights(f, path, size):
+def scan_weights(f, path, size, lazy=False):
     """Stream a binary NetParameter from file ``f``: return (skeleton bytes, per-layer blob list).
 
     The skeleton is the net with every V2 layer's blob payloads removed (shapes kept); the list holds, per
     ``layer`` entry in file order, ``[(BlobProto skeleton, {payload name: array}), ...]``. Returns None
-    when the file uses V0/V1 ``layers`` (small legacy nets: parse them whole).
+    when the file uses V0/V1 ``layers`` (small legacy nets: parse them whole). ``lazy``: payloads are
+    :class:`LazyPayload` s instead of arrays.
     """
     r = _Reader(f, path, size)
     skel, layers = [], []
@@ -261,7 +326,8 @@ def scan_weights(f, path, size):
                 fstart = f.tell()
                 fnum, fwire, fn = r.field(lend)
                 if fnum == 7 and fwire == 2:
-                    blobs.append(_read_blob(r, f.tell() + fn, f"{path}: layer {len(layers)} blob {len(blobs)}"))
+                    blobs.append(_read_blob(r, f.tell() + fn, f"{path}: layer {len(layers)} blob {len(blobs)}",
+                                            lazy))
                 else:
                     f.seek(fstart)
                     lskel.append(r.raw_field(fstart, lend))
@@ -272,3 +338,38 @@ def scan_weights(f, path, size):
             f.seek(start)
             skel.append(r.raw_field(start, size))
     return b"".join(skel), layers
+
+
+def iter_fields(buf: bytes):
+    """Yield ``(number, wire type, value)`` for the top-level fields of a serialized message: varints as
+    ints, fixed32/64 as raw bytes, length-delimited as bytes. Raises ValueError on malformed input."""
+    pos, n = 0, len(buf)
+
+    def var(p):
+        shift = result = 0
+        while True:
+            if p >= n or shift > 63:
+                raise ValueError("truncated or malformed varint")
+            b = buf[p]
+            result |= (b & 0x7F) << shift
+            p += 1
+            if not b & 0x80:
+                return result, p
+            shift += 7
+
+    while pos < n:
+        key, pos = var(pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            val, pos = var(pos)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            val, pos = buf[pos:pos + size], pos + size
+        elif wire == 2:
+            size, pos = var(pos)
+            val, pos = buf[pos:pos + size], pos + size
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > n:
+            raise ValueError("truncated field")
+        yield number, wire, val

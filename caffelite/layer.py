@@ -9,8 +9,12 @@ Subclasses do not define ``__init__``.
 
 from __future__ import annotations
 
+import logging
+
 from .errors import NetError, UnsupportedError
 from . import backend
+
+log = logging.getLogger("caffelite")
 
 TRAIN, TEST = 0, 1
 
@@ -55,7 +59,9 @@ def create_layer(param, phase=TEST, extra=None):
     caffe-jacinto field (Clip, Swish...); see :meth:`Layer.extra_param`.
     """
     cls = layer_class(param.type, param.name)
-    return cls(param, phase, extra)
+    layer = cls(param, phase, extra)
+    layer.check_param_fields()
+    return layer
 
 
 _loaded = [False]
@@ -65,6 +71,16 @@ def _load_builtin_layers():
     if not _loaded[0]:
         _loaded[0] = True
         from . import layers  # noqa: F401  (registers every built-in layer)
+
+
+#: LayerParameter sub-messages any layer may carry (read by the Net, hooks or data layers' helpers)
+_ANY_LAYER_PARAMS = frozenset({"quantization_param"})
+
+
+def _short(v):
+    text = str(list(v) if hasattr(v, "__len__") and not isinstance(v, str) and not hasattr(v, "ListFields")
+               else v).replace("\n", " ").strip()
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Layer:
@@ -90,6 +106,12 @@ class Layer:
     is_loss = False
     #: layers that may compute a top in place of their bottom
     allows_in_place = True
+    #: the options the layer reads, ``{"<type>_param": ("field", ...)}``; any other field of those messages
+    #: set to a non-default value raises UnsupportedError in :meth:`check_param_fields` (``None``: undeclared)
+    param_fields = None
+    #: whether backward will run on this layer: the Net sets it after its backward analysis, so a layer can
+    #: skip what only backward needs (a copy of an in-place input, say); True for a layer outside a Net
+    needs_backward = True
 
     def __init__(self, param, phase=TEST, extra=None):
         self.param = param
@@ -119,6 +141,22 @@ class Layer:
             return getattr(self.extra, field)
         from .proto import dialect
         return getattr(dialect("bvlc").LayerParameter(), field)
+
+    def check_param_fields(self):
+        """Raise UnsupportedError for an option the layer does not read (see :attr:`param_fields`), rather
+        than ignoring it; log other layer types' ``*_param`` messages set on this layer, as Caffe ignores them."""
+        if self.param_fields is None:
+            return
+        for fd, value in self.param.ListFields():
+            name = fd.name
+            if name in self.param_fields:
+                allowed = self.param_fields[name]
+                for sub, v in value.ListFields():
+                    default = not sub.is_repeated and sub.message_type is None and v == sub.default_value
+                    if sub.name not in allowed and not default:
+                        raise self.unsupported(f"{name}.{sub.name}", _short(v))
+            elif name.endswith("_param") and name not in _ANY_LAYER_PARAMS:
+                log.warning("Layer %s (%s) ignores its %s", self.name, self.param.type, name)
 
     @property
     def xp(self):

@@ -16,14 +16,48 @@ import numpy as np
 
 from . import backend, graph
 from .blob import Blob
-from .errors import NetError
+from .errors import CaffeliteError, NetError, UnsupportedError
 from .hooks import HookSet
 from .layer import TEST, TRAIN, create_layer
-from .netweights import copy_trained_layers, load_net_param, read_weights_param, to_proto
+from .proto import caffe_pb2
+from .netweights import append_params, copy_from, load_net_param, save_net, to_proto
 
 log = logging.getLogger("caffelite")
 
 __all__ = ["Net", "TRAIN", "TEST"]
+
+
+def _info(msg, src):
+    log.info(msg, extra={"src": src})
+
+
+def fmt_float(v) -> str:
+    """A float as C++ ostream prints it (``%g``): 1 -> "1", 0.5 -> "0.5"."""
+    return f"{v:g}"
+
+
+def _named(layer, fn, bottom, top):
+    """Run a layer's setup/reshape; a bare Python error from bad shapes becomes a NetError naming the layer."""
+    try:
+        fn(bottom, top)
+    except CaffeliteError:
+        raise
+    except (ValueError, IndexError, TypeError, ZeroDivisionError) as e:
+        shapes = ", ".join(str(list(b.shape)) for b in bottom)
+        raise layer.error(f"{type(e).__name__}: {e} (bottom shapes {shapes})") from e
+
+
+#: NVCaffe's per-layer precision fields; caffelite computes in the net's dtype (float32, or float64 for checks)
+_MATH_FIELDS = ("forward_type", "backward_type", "forward_math", "backward_math")
+
+
+def _check_math_types(lp):
+    """An NVCaffe layer asking for FLOAT16/INT math cannot be honoured: say so instead of computing in float."""
+    for f in _MATH_FIELDS:
+        v = getattr(lp, f)
+        if lp.HasField(f) and v not in (caffe_pb2.FLOAT, caffe_pb2.DOUBLE):
+            raise UnsupportedError(f"option {f} = {caffe_pb2.Type.values_by_number[v].name} is not supported (caffelite "
+                                   f"computes in float32)", lp.name, lp.type)
 
 
 class Net:
@@ -50,6 +84,7 @@ class Net:
         self.xp = backend.current_xp()
         self.hooks = HookSet()
         self.loss = 0.0
+        self.iter = None  # the owning solver's iteration (set_iteration)
         self._build(param, extras, phase, level, stages)
         if weights is not None:
             self.copy_from(weights)
@@ -61,7 +96,12 @@ class Net:
         state = graph.make_state(param, phase, level, stages)
         self.phase = state.phase
         filtered = graph.filter_net(param, state)
+        verbose = log.isEnabledFor(logging.INFO)
+        if verbose:
+            from google.protobuf import text_format
+            _info("Initializing net from parameters: \n" + text_format.MessageToString(filtered), "net.cpp:53")
         self._param = graph.insert_splits(filtered)
+        memory = 0
         self.name = self._param.name
         self.force_backward = bool(self._param.force_backward)
         self.layers, self._layer_names = [], []
@@ -81,6 +121,10 @@ class Net:
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
                 raise NetError("propagate_down param must be specified either 0 or bottom_size times",
                                lp.name, lp.type)
+            _check_math_types(lp)
+            if verbose:
+                _info(f"Creating layer {lp.name}", "layer_factory.hpp:77")
+                _info(f"Creating Layer {lp.name}", "net.cpp:86")
             layer = create_layer(lp, lp.phase, extras.get(lp.name))
             self.layers.append(layer)
             self._layer_names.append(lp.name)
@@ -96,6 +140,8 @@ class Net:
                 if len(lp.propagate_down):
                     nb = bool(lp.propagate_down[j])
                 bneed.append(nb)
+                if verbose:
+                    _info(f"{lp.name} <- {bname}", "net.cpp:408")
                 need_backward |= self._blob_need_backward[bname]
             tops = []
             for j, tname in enumerate(lp.top):
@@ -112,24 +158,35 @@ class Net:
                         self._input_names.append(tname)
                 available[tname] = None
                 tops.append(blob)
+                if verbose:
+                    ip = j < len(lp.bottom) and lp.bottom[j] == tname
+                    _info(f"{lp.name} -> {tname}" + (" (in-place)" if ip else ""),
+                          "net.cpp:369" if ip else "net.cpp:382")
             self._bottom_vecs.append(bottoms)
             self._top_vecs.append(tops)
             self._bottom_ids.append(list(lp.bottom))
             self._top_ids.append(list(lp.top))
             self._bottom_need_backward.append(bneed)
             layer.check_blob_counts(bottoms, tops)
-            layer.setup(bottoms, tops)
+            _named(layer, layer.setup, bottoms, tops)
             self._convert_param_dtype(layer)
-            layer.reshape(bottoms, tops)
+            _named(layer, layer.reshape, bottoms, tops)
             self._setup_loss_weights(layer, lp)
             need_backward |= self._setup_param_backward(layer)
             for tname in lp.top:
                 self._blob_need_backward[tname] = need_backward
             self._layer_need_backward.append(need_backward)
-            log.debug("Setting up %s: tops %s", lp.name,
-                      ", ".join(f"{t} {list(b.shape)}" for t, b in zip(lp.top, tops, strict=True)))
+            if verbose:
+                _info(f"Setting up {lp.name}", "net.cpp:124")
+                for j, t in enumerate(tops):
+                    _info(f"Top shape: {' '.join(str(d) for d in t.shape)}{' ' if t.shape else ''}({t.count})",
+                          "net.cpp:131")
+                    if layer.loss_weights[j]:
+                        _info(f"    with loss weight {fmt_float(layer.loss_weights[j])}", "net.cpp:134")
+                    memory += t.count * self.dtype.itemsize
+                _info(f"Memory required for data: {memory}", "net.cpp:139")
         self._analyse_backward()
-        self._append_params()
+        append_params(self)
         self.outputs = sorted(available)  # Caffe keeps them in a std::set: sorted by name
         self.inputs = list(self._input_names)
         self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers, strict=True))
@@ -138,9 +195,10 @@ class Net:
         self.params = collections.OrderedDict(
             (n, l.blobs) for n, l in zip(self._layer_names, self.layers, strict=True) if len(l.blobs))
         self._blob_loss_weights = {self._top_ids[i][j]: w for i, lt in enumerate(self._loss_tops) for j, w in lt}
-        for name in self.outputs:
-            log.info("This network produces output %s", name)
-        log.info("Network initialization done.")
+        if verbose:
+            for name in self.outputs:
+                _info(f"This network produces output {name}", "net.cpp:244")
+            _info("Network initialization done.", "net.cpp:257")
 
     def _convert_param_dtype(self, layer):
         for b in layer.blobs:
@@ -172,88 +230,39 @@ class Net:
         return any(prop)
 
     def _analyse_backward(self):
-        """Caffe's pass from the top: drop backward where no loss is reached or nothing needs a diff."""
-        under_loss, skip_bp = set(), set()
-        for li in range(len(self.layers) - 1, -1, -1):
-            contributes, skip = False, True
-            loss_tops = {j for j, _ in self._loss_tops[li]}
-            for j, tname in enumerate(self._top_ids[li]):
-                if j in loss_tops or tname in under_loss:
-                    contributes = True
-                if tname not in skip_bp:
-                    skip = False
-                if contributes and not skip:
-                    break
-            if self._layer_need_backward[li] and skip:
-                self._layer_need_backward[li] = False
-                self._bottom_need_backward[li] = [False] * len(self._bottom_ids[li])
-            if not contributes:
-                self._layer_need_backward[li] = False
-            for j, bname in enumerate(self._bottom_ids[li]):
-                if contributes:
-                    under_loss.add(bname)
-                else:
-                    self._bottom_need_backward[li][j] = False
-                if not self._bottom_need_backward[li][j]:
-                    skip_bp.add(bname)
+        graph.prune_backward(self._layer_need_backward, self._bottom_need_backward, self._top_ids,
+                             self._bottom_ids, [{j for j, _ in lt} for lt in self._loss_tops])
+        if log.isEnabledFor(logging.INFO):
+            for li in range(len(self.layers) - 1, -1, -1):
+                need = self._layer_need_backward[li]
+                _info(f"{self._layer_names[li]} {'needs' if need else 'does not need'} backward computation.",
+                      "net.cpp:200" if need else "net.cpp:202")
         if self.force_backward:
             for li, layer in enumerate(self.layers):
+                if not layer.has_backward():
+                    continue  # Threshold, ArgMax, Accuracy...: nothing to force (Caffe would abort)
                 self._layer_need_backward[li] = True
+                explicit = layer.param.propagate_down
                 for j, bname in enumerate(self._bottom_ids[li]):
-                    nb = self._bottom_need_backward[li][j] or layer.allow_force_backward(j)
+                    # an explicit propagate_down wins over force_backward (Caffe ORs it away)
+                    nb = bool(explicit[j]) if len(explicit) else (
+                        self._bottom_need_backward[li][j] or layer.allow_force_backward(j))
                     self._bottom_need_backward[li][j] = nb
                     self._blob_need_backward[bname] = self._blob_need_backward[bname] or nb
                 layer.param_propagate_down = [True] * len(layer.blobs)
-        # a layer without backward that is asked for one raises in Layer.backward, as Caffe aborts there
-        # (not here: a forward-only user of a force_backward net must still be able to build it)
-
-    def _append_params(self):
-        """Caffe's AppendParam: owners, sharing by ParamSpec.name (shape checks), lr/decay multipliers."""
-        self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
-        self.learnable_param_names, self._param_owner = [], []
-        has_lr, has_decay, by_name, owned_at = [], [], {}, {}
+        self._no_backward = {}
         for li, layer in enumerate(self.layers):
-            specs = layer.param.param
-            for pi, blob in enumerate(layer.blobs):
-                spec = specs[pi] if pi < len(specs) else None
-                pname = spec.name if spec is not None else ""
-                if not pname or pname not in by_name:
-                    if pname:
-                        by_name[pname] = (li, pi)
-                    owned_at[(li, pi)] = len(self.learnable_params)
-                    self.learnable_params.append(blob)
-                    self.learnable_param_names.append(f"{layer.name}/{pi}")
-                    has_lr.append(spec is not None and spec.HasField("lr_mult"))
-                    has_decay.append(spec is not None and spec.HasField("decay_mult"))
-                    self.params_lr.append(float(spec.lr_mult) if spec is not None else 1.0)
-                    self.params_weight_decay.append(float(spec.decay_mult) if spec is not None else 1.0)
-                    self._param_owner.append(None)
-                    continue
-                oli, opi = by_name[pname]
-                owner = self.layers[oli].blobs[opi]
-                what = f"Cannot share param '{pname}' owned by layer '{self.layers[oli].name}' with layer " \
-                       f"'{layer.name}'"
-                if spec.share_mode == 1:  # PERMISSIVE: counts must agree
-                    if owner.count != blob.count:
-                        raise layer.error(f"{what}; count mismatch. Owner layer param shape is "
-                                          f"{list(owner.shape)}; sharing layer shape is {list(blob.shape)}")
-                elif owner.shape != blob.shape:
-                    raise layer.error(f"{what}; shape mismatch. Owner layer param shape is "
-                                      f"{list(owner.shape)}; sharing layer shape is {list(blob.shape)}")
-                k = owned_at[(oli, opi)]
-                for has, vals, field, label in ((has_lr, self.params_lr, "lr_mult", "lr_mult"),
-                                                (has_decay, self.params_weight_decay, "decay_mult", "decay_mult")):
-                    if spec.HasField(field):
-                        v = float(getattr(spec, field))
-                        if has[k] and v != vals[k]:
-                            raise layer.error(f"Shared param '{pname}' has mismatched {label}.")
-                        has[k], vals[k] = True, v
-                log.info("Sharing parameters '%s' owned by layer '%s', param index %d",
-                         pname, self.layers[oli].name, opi)
-                shape = blob.shape
-                blob.set_data_array(owner.data.reshape(shape))
-                blob.set_diff_array(owner.diff.reshape(shape))
-                self._param_owner.append((oli, opi))
+            if not layer.has_backward():
+                wanted = [b for b, nb in zip(self._bottom_ids[li], self._bottom_need_backward[li], strict=True)
+                          if nb]
+                if wanted:
+                    # a loss depends on this layer and something learnable lies below it: Caffe aborts in
+                    # Backward; we build (forward-only use is fine) and raise a clear error in backward()
+                    self._no_backward[li] = layer.error(
+                        f"cannot back-propagate to bottom '{wanted[0]}': the layer has no backward (nor has it "
+                        f"in Caffe); set propagate_down: false on that bottom")
+                self._layer_need_backward[li] = bool(wanted)
+            layer.needs_backward = self._layer_need_backward[li]
 
     # ------------------------------------------------------------------------------------------------
     # running
@@ -271,7 +280,7 @@ class Net:
     def reshape(self):
         """Re-shape every layer from its bottoms (after an input blob changed shape)."""
         for layer, b, t in zip(self.layers, self._bottom_vecs, self._top_vecs, strict=True):
-            layer.reshape(b, t)
+            _named(layer, layer.reshape, b, t)
 
     def _forward_from_to(self, start, end):
         """Run layers start..end (inclusive); return the weighted loss of those layers."""
@@ -281,7 +290,7 @@ class Net:
             fn(self)
         for i in range(start, end + 1):
             layer, b, t = self.layers[i], self._bottom_vecs[i], self._top_vecs[i]
-            layer.reshape(b, t)  # Caffe's Layer::Forward reshapes first
+            _named(layer, layer.reshape, b, t)  # Caffe's Layer::Forward reshapes first
             for fn in h.before_forward:
                 fn(self, i, layer, b, t)
             layer.forward(b, t)
@@ -302,6 +311,8 @@ class Net:
         for i in range(start, end - 1, -1):
             if not self._layer_need_backward[i]:
                 continue
+            if i in self._no_backward:
+                raise self._no_backward[i]
             layer, b, t = self.layers[i], self._bottom_vecs[i], self._top_vecs[i]
             for fn in h.before_backward:
                 fn(self, i, layer, b, t)
@@ -369,6 +380,18 @@ class Net:
         for p in self.learnable_params:
             p.diff[...] = 0
 
+    def set_iteration(self, it):
+        """Tell the net (and the layers that read it) the owning solver's iteration, before its forwards.
+
+        caffe-jacinto's CUDNN BatchNorm overwrites its running statistics throughout iteration 0 and blends
+        them afterwards (jacinto.md §d.3), so with ``iter_size > 1`` or after a resume it must know the
+        solver's iteration, not count its own forwards. ``None`` (the default) lets such layers count.
+        """
+        self.iter = None if it is None else int(it)
+        for layer in self.layers:
+            if hasattr(layer, "solver_iter"):
+                layer.solver_iter = self.iter
+
     def add_hook(self, event, fn):
         """Call ``fn`` at ``event`` (see :mod:`caffelite.hooks`)."""
         self.hooks.add(event, fn)
@@ -382,8 +405,7 @@ class Net:
     def copy_from(self, weights):
         """Copy params by layer name from a caffemodel path or a NetParameter with blobs (Caffe's
         CopyTrainedLayersFrom); logs copied and ignored layers."""
-        param, dialect_name = read_weights_param(weights)
-        copy_trained_layers(self, param, None if hasattr(weights, "layer") else str(weights), dialect_name)
+        copy_from(self, weights)
 
     def share_weights_from(self, other: Net):
         """Share param data with the same-named layers of ``other`` (Caffe's ShareTrainedLayersWith)."""
@@ -405,10 +427,10 @@ class Net:
         """A NetParameter of this net (every layer, Split layers included) with its blobs."""
         return to_proto(self, form, write_diff)
 
-    def save(self, path, form="jacinto"):
-        """Write the weights as a caffemodel (caffe-jacinto's form by default; ``form="bvlc"`` for BVLC)."""
-        from .netweights import write_weights_param
-        write_weights_param(self.to_proto(form), str(path), form)
+    def save(self, path, form="jacinto", write_diff=False):
+        """Write the weights as a caffemodel (caffe-jacinto's form by default; ``form="bvlc"`` for BVLC),
+        streamed from the blobs (the bytes of ``to_proto(form, write_diff).SerializeToString()``)."""
+        save_net(self, path, form, write_diff)
 
     def __repr__(self):
         return f"<caffelite.Net '{self.name}' ({len(self.layers)} layers, phase " \

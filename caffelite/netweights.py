@@ -30,27 +30,113 @@ def load_net_param(model):
         raise TypeError(f"Net expects a prototxt path or a NetParameter, got {type(model).__name__}")
     if isinstance(model, bytes):
         model = os.fsdecode(model)
+    from .proto import dialect
+    if hasattr(model, "layer") and model.DESCRIPTOR.file.pool is dialect("bvlc").POOL:
+        # a BVLC message: convert here so BVLC-only options (clip_param...) reach the layers as extras
+        from .dialects import NetReport, bvlc_net_to_jacinto
+        report = NetReport("bvlc", "<NetParameter>")
+        model = bvlc_net_to_jacinto(model, report)
+        param, _ = io.read_net_ex(model)
+        return param, dict(report.extras)
     param, report = io.read_net_ex(model)
     return param, dict(getattr(report, "extras", None) or {})
 
 
-def read_weights_param(weights):
-    """(NetParameter with blobs, dialect name or None) from a caffemodel path (``.xz`` too) or a NetParameter."""
+def read_weights_param(weights, lazy=False):
+    """``(NetParameter, {layer name: [arrays]} or None, dialect name or None)`` from a caffemodel path (``.xz``
+    too) or a NetParameter with blobs.
+
+    A path is streamed by :func:`caffelite.io.load_weights` (the message keeps shapes only, the values are in
+    the arrays; ``lazy``: :class:`~caffelite.io_weights.LazyBlob` s still in the file). A NetParameter keeps
+    its values in its blobs (arrays None).
+    """
     if hasattr(weights, "layer"):
         if not isinstance(weights, caffe_pb2.NetParameter):  # another dialect's class: same wire format
             weights = caffe_pb2.NetParameter.FromString(weights.SerializeToString())
-        return weights, None
+        return weights, None, None
     from . import io
     path = os.fsdecode(weights)
     if not os.path.exists(path):
         raise FileFormatError(path, "no such weights file")
-    param, report = io.read_weights_ex(path)
-    return param, getattr(report, "dialect", None)
+    param, report, arrays = io.load_weights(path, lazy=lazy)
+    return param, arrays, getattr(report, "dialect", None)
+
+
+def copy_from(net, weights):
+    """Net.copy_from: stream ``weights`` (a path or a NetParameter) into ``net``'s same-named layers.
+
+    From a file, each value is read once, straight into the net's own blob memory (NumPy float32): loading
+    needs about the net plus a few KiB, not the net plus a copy of the file.
+    """
+    param, arrays, dialect_name = read_weights_param(weights, lazy=True)
+    return copy_trained_layers(net, param, None if hasattr(weights, "layer") else str(weights), dialect_name,
+                               arrays)
+
+
+def append_params(self):
+    """Caffe's AppendParam for every layer of Net ``self``: owners, sharing by ParamSpec.name (with Caffe's shape
+    checks), and the learnable params' lr/decay multipliers."""
+    self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
+    self.learnable_param_names, self._param_owner = [], []
+    has_lr, has_decay, by_name, owned_at = [], [], {}, {}
+    for li, layer in enumerate(self.layers):
+        specs = layer.param.param
+        for pi, blob in enumerate(layer.blobs):
+            spec = specs[pi] if pi < len(specs) else None
+            pname = spec.name if spec is not None else ""
+            if not pname or pname not in by_name:
+                if pname:
+                    by_name[pname] = (li, pi)
+                owned_at[(li, pi)] = len(self.learnable_params)
+                self.learnable_params.append(blob)
+                self.learnable_param_names.append(f"{layer.name}/{pi}")
+                has_lr.append(spec is not None and spec.HasField("lr_mult"))
+                has_decay.append(spec is not None and spec.HasField("decay_mult"))
+                self.params_lr.append(float(spec.lr_mult) if spec is not None else 1.0)
+                self.params_weight_decay.append(float(spec.decay_mult) if spec is not None else 1.0)
+                self._param_owner.append(None)
+                continue
+            oli, opi = by_name[pname]
+            owner = self.layers[oli].blobs[opi]
+            what = f"Cannot share param '{pname}' owned by layer '{self.layers[oli].name}' with layer " \
+                   f"'{layer.name}'"
+            if spec.share_mode == 1:  # PERMISSIVE: counts must agree
+                if owner.count != blob.count:
+                    raise layer.error(f"{what}; count mismatch. Owner layer param shape is "
+                                      f"{list(owner.shape)}; sharing layer shape is {list(blob.shape)}")
+            elif owner.shape != blob.shape:
+                raise layer.error(f"{what}; shape mismatch. Owner layer param shape is "
+                                  f"{list(owner.shape)}; sharing layer shape is {list(blob.shape)}")
+            k = owned_at[(oli, opi)]
+            for has, vals, field, label in ((has_lr, self.params_lr, "lr_mult", "lr_mult"),
+                                            (has_decay, self.params_weight_decay, "decay_mult", "decay_mult")):
+                if spec.HasField(field):
+                    v = float(getattr(spec, field))
+                    if has[k] and v != vals[k]:
+                        raise layer.error(f"Shared param '{pname}' has mismatched {label}.")
+                    has[k], vals[k] = True, v
+            log.info("Sharing parameters '%s' owned by layer '%s', param index %d",
+                     pname, self.layers[oli].name, opi)
+            shape = blob.shape
+            blob.set_data_array(owner.data.reshape(shape))
+            blob.set_diff_array(owner.diff.reshape(shape))
+            self._param_owner.append((oli, opi))
 
 
 def _blob_array(bp, where):
     from .io_blob import blob_to_array
     return blob_to_array(bp, where=where)
+
+
+def _source_arrays(sl, arrays, where):
+    """The blob values of source layer ``sl``: from ``arrays`` (streamed load) or decoded from its blobs."""
+    if arrays is not None and sl.name in arrays:
+        return list(arrays[sl.name])
+    return [_blob_array(bp, f"{where}: layer '{sl.name}' blob {i}") for i, bp in enumerate(sl.blobs)]
+
+
+def _materialize(a):
+    return a.read() if hasattr(a, "read") else a
 
 
 def _legacy_dims(bp):
@@ -68,7 +154,7 @@ def _shape_equals(target_shape, arr, legacy):
     return tuple(target_shape) == tuple(arr.shape)
 
 
-def _convert(conv, arrays, legacy, layer, sl, param, net, dialect_name=None):
+def _convert(conv, arrays, legacy, layer, sl, param, net, dialect_name=None, source_arrays=None):
     """Let the layer class convert between blob layouts (BatchNorm: BVLC 3 blobs vs jacinto 5).
 
     Called when the counts differ, or for a jacinto-semantics layer reading 3 blobs from a BVLC file (or
@@ -76,7 +162,12 @@ def _convert(conv, arrays, legacy, layer, sl, param, net, dialect_name=None):
     A BVLC Scale layer that follows the BatchNorm in the file and has no namesake in the net gives γ, β.
     """
     source = "bvlc" if dialect_name == "bvlc" and len(arrays) == 3 else None
+    arrays = [_materialize(a) for a in arrays]  # BatchNorm statistics: small
     if len(arrays) == len(layer.blobs):
+        sizes = [np.asarray(a).size for a in arrays]
+        if len(arrays) == 5 and sizes[4] == 1 and sizes[0] != 1:
+            out = conv(arrays, layer.param, source="jacinto")  # legacy NVCaffe/DIGITS order, permuted
+            return list(out), [None] * len(out)
         if getattr(layer, "semantics", None) != "jacinto" or len(arrays) != 3:
             return arrays, legacy
         third = np.asarray(arrays[2]).reshape(-1)
@@ -88,15 +179,19 @@ def _convert(conv, arrays, legacy, layer, sl, param, net, dialect_name=None):
         for other in param.layer:
             if other.type == "Scale" and len(other.bottom) and other.bottom[0] == sl.top[0] \
                     and other.name not in net.layer_dict and len(other.blobs):
-                scale = [_blob_array(bp, f"layer '{other.name}'") for bp in other.blobs]
+                scale = [_materialize(a) for a in _source_arrays(other, source_arrays, "weights")]
                 log.info("Taking the scale and bias of BatchNorm %s from source layer %s", sl.name, other.name)
                 break
     out = conv(arrays, layer.param, source=source, scale=scale)
     return list(out), [None] * len(out)
 
 
-def copy_trained_layers(net, param, path=None, dialect_name=None):
-    """Copy blobs of ``param``'s layers into the same-named layers of ``net`` (Caffe's wording in logs)."""
+def copy_trained_layers(net, param, path=None, dialect_name=None, arrays=None):
+    """Copy blobs of ``param``'s layers into the same-named layers of ``net`` (Caffe's wording in logs).
+
+    ``arrays``: {layer name: [arrays or LazyBlobs]} holding the values when ``param``'s blobs keep only their
+    shapes (:func:`caffelite.io.load_weights`); None to decode them from ``param``'s blobs.
+    """
     src_name = path or "weights"
     matched = 0
     src_with_blobs = 0
@@ -109,23 +204,28 @@ def copy_trained_layers(net, param, path=None, dialect_name=None):
             continue
         log.info("Copying source layer %s Type:%s #blobs=%d", sl.name, sl.type, len(sl.blobs),
                  extra={"src": "net.cpp:769"})
-        arrays = [_blob_array(bp, f"{src_name}: layer '{sl.name}' blob {i}") for i, bp in enumerate(sl.blobs)]
+        vals = _source_arrays(sl, arrays, src_name)
         legacy = [_legacy_dims(bp) for bp in sl.blobs]
         conv = getattr(type(layer), "convert_blobs", None)
-        if conv is not None and arrays:
-            arrays, legacy = _convert(conv, arrays, legacy, layer, sl, param, net, dialect_name)
-        if len(arrays) != len(layer.blobs):
+        if conv is not None and vals:
+            vals, legacy = _convert(conv, vals, legacy, layer, sl, param, net, dialect_name, arrays)
+        if len(vals) != len(layer.blobs):
             raise layer.error(f"Incompatible number of blobs for layer {sl.name}: the weights have "
-                              f"{len(arrays)}, the net has {len(layer.blobs)}")
-        for j, (blob, arr, leg) in enumerate(zip(layer.blobs, arrays, legacy, strict=True)):
+                              f"{len(vals)}, the net has {len(layer.blobs)}")
+        for j, (blob, arr, leg) in enumerate(zip(layer.blobs, vals, legacy, strict=True)):
             if not _shape_equals(blob.shape, arr, leg):
                 src_shape = list(leg) if leg is not None else list(arr.shape)
                 raise layer.error(f"Cannot copy param {j} weights from layer '{sl.name}'; shape mismatch. "
                                   f"Source param shape is {src_shape}; target param shape is "
                                   f"{list(blob.shape)}. To learn this layer's parameters from scratch "
                                   f"rather than copying from a saved net, rename the layer.")
-            blob.data[...] = blob.xp.asarray(np.asarray(arr).reshape(blob.shape), dtype=blob.dtype)
-        if arrays:
+        for blob, arr in zip(layer.blobs, vals, strict=True):  # all checked first: no half-copied layer
+            if hasattr(arr, "read") and isinstance(blob.data, np.ndarray):
+                arr.read(out=blob.data)  # straight from the file into the blob
+            else:
+                blob.data[...] = blob.xp.asarray(np.asarray(_materialize(arr)).reshape(blob.shape),
+                                                 dtype=blob.dtype)
+        if vals:
             matched += 1
     has_params = any(len(l.blobs) for l in net.layers)
     if has_params and src_with_blobs and not matched:
@@ -139,8 +239,8 @@ def _array_to_blob(arr, form):
     return array_to_blob(arr, form=form)
 
 
-def to_proto(net, form="jacinto", write_diff=False):
-    """The net's NetParameter (layers as built, Split layers included) with every layer's blobs."""
+def _skeleton(net):
+    """The net's NetParameter (layers as built, Split layers included) without blob values."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net._param)
     del out.layer[:]
@@ -148,6 +248,13 @@ def to_proto(net, form="jacinto", write_diff=False):
         lp = out.layer.add()
         lp.CopyFrom(layer.param)
         del lp.blobs[:]
+    return out
+
+
+def to_proto(net, form="jacinto", write_diff=False):
+    """The net's NetParameter (layers as built, Split layers included) with every layer's blobs."""
+    out = _skeleton(net)
+    for lp, layer in zip(out.layer, net.layers, strict=True):
         for b in layer.blobs:
             bp = _array_to_blob(backend.to_numpy(b.data).astype(np.float32), form)
             if write_diff:
@@ -163,6 +270,33 @@ def _set_diff(bp, diff, form):
         bp.raw_diff = d.tobytes()
     else:
         bp.diff.extend(d.reshape(-1).tolist())
+
+
+class _HostBlobs(dict):
+    """{layer name: layer} whose ``get`` hands the layer's blobs as host arrays (``(data, diff)`` pairs with
+    ``write_diff``), one layer at a time while the file is written: device nets are never copied whole."""
+
+    def __init__(self, layers, write_diff):
+        super().__init__((l.name, l) for l in layers)
+        self.write_diff = write_diff
+
+    def get(self, name, default=None):
+        layer = super().get(name)
+        if layer is None:
+            return default
+        if self.write_diff:
+            return [(backend.to_numpy(b.data), backend.to_numpy(b.diff)) for b in layer.blobs]
+        return [backend.to_numpy(b.data) for b in layer.blobs]
+
+
+def save_net(net, path, form="jacinto", write_diff=False):
+    """Write ``net``'s weights as a caffemodel (same bytes as ``to_proto(...).SerializeToString()``),
+    streaming every blob from the net's own memory (no protobuf copy of the values)."""
+    from . import io
+    names = [l.name for l in net.layers]
+    if len(set(names)) != len(names):  # blobs are matched by layer name: duplicates need the message route
+        return write_weights_param(to_proto(net, form, write_diff), path, form)
+    io.write_weights(_skeleton(net), os.fspath(path), form=form, arrays=_HostBlobs(net.layers, write_diff))
 
 
 def write_weights_param(param, path, form="jacinto"):

@@ -294,11 +294,17 @@ def upgrade_net_input(net) -> bool:
     return True
 
 
+def _old_bvlc_bn(l) -> bool:
+    # caffe-jacinto has no such upgrade (jacinto.md §d.5): a jacinto BatchNorm with scale_bias (its 4th/5th
+    # blobs are learnable gamma/beta) is never touched; without scale_bias its 3 blobs are statistics anyway
+    return l.type == "BatchNorm" and len(l.param) == 3 and not l.batch_norm_param.scale_bias
+
+
 def upgrade_batchnorm(net) -> bool:
-    """BatchNorm layers declaring 3 param specs: set their lr_mult/decay_mult to 0, keep the specs."""
+    """BVLC BatchNorm layers declaring 3 param specs: set their lr_mult/decay_mult to 0, keep the specs."""
     changed = False
     for l in net.layer:
-        if l.type == "BatchNorm" and len(l.param) == 3:
+        if _old_bvlc_bn(l):
             for p in l.param:
                 p.lr_mult = 0.0
                 p.decay_mult = 0.0
@@ -309,7 +315,7 @@ def upgrade_batchnorm(net) -> bool:
 def net_needs_upgrade(net) -> bool:
     """True when ``net`` uses any legacy form handled by :func:`upgrade_net`."""
     return bool(len(net.layers) or len(net.input) or len(net.input_shape) or len(net.input_dim)
-                or any(l.type == "BatchNorm" and len(l.param) == 3 for l in net.layer))
+                or any(_old_bvlc_bn(l) for l in net.layer))
 
 
 def upgrade_net(net, path=None) -> bool:

@@ -3,12 +3,14 @@
 The objective is Caffe's: ``0.5 * sum over tops of top.data**2`` (so each top's diff is its data), or, for
 a loss layer, the loss itself with top diff 1. Step 1e-2, threshold 1e-3 relative to max(|a|, |b|, 1).
 Elements whose input lies within ``kink_range`` of ``kink`` (e.g. ReLU at 0) are skipped, as Caffe does.
+Like Caffe's checker, every forward starts from the same random state, so a TRAIN Dropout draws one mask.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from caffelite import backend
 from caffelite.blob import Blob
 from caffelite.layer import TEST, create_layer
 
@@ -22,7 +24,8 @@ def make_blobs(arrays):
     return out
 
 
-def _objective(layer, bottom, top, loss):
+def _objective(layer, bottom, top, loss, rng_state):
+    backend.set_rng_state(rng_state)
     layer.reshape(bottom, top)
     layer.forward(bottom, top)
     if loss:
@@ -57,7 +60,8 @@ def check_layer_gradient(param, bottom_arrays, *, phase=TEST, num_top=None, chec
     check_bottoms = list(range(len(bottom))) if check_bottoms is None else list(check_bottoms)
 
     # analytic gradient
-    _objective(layer, bottom, top, loss)
+    state = backend.rng_state()
+    _objective(layer, bottom, top, loss, state)
     for t in top:
         t.diff[...] = 0
     if loss:
@@ -86,9 +90,9 @@ def check_layer_gradient(param, bottom_arrays, *, phase=TEST, num_top=None, chec
             if kink_range > 0 and abs(x - kink) <= kink_range:
                 continue
             flat[i] = x + step
-            plus = _objective(layer, bottom, top, loss)
+            plus = _objective(layer, bottom, top, loss, state)
             flat[i] = x - step
-            minus = _objective(layer, bottom, top, loss)
+            minus = _objective(layer, bottom, top, loss, state)
             flat[i] = x
             est = (plus - minus) / (2 * step)
             comp = float(analytic.reshape(-1)[i])
@@ -96,5 +100,5 @@ def check_layer_gradient(param, bottom_arrays, *, phase=TEST, num_top=None, chec
             assert abs(est - comp) <= threshold * scale, (
                 f"{param.type} '{param.name}' {what}[{i}]: analytic {comp:.6g} vs numeric {est:.6g}")
             checked += 1
-    _objective(layer, bottom, top, loss)
+    _objective(layer, bottom, top, loss, state)
     return checked

@@ -75,10 +75,11 @@ def test_convert_text_round_trip(tmp_path, capsys):
     assert [l.type for l in io.read_net(tmp_path / "b.prototxt").layer] == [l.type for l in io.read_net(src).layer]
 
 
-def test_convert_jacinto_reference_to_bvlc(tmp_path, capsys):
+def test_convert_jacinto_reference_to_bvlc(tmp_path, capsys, caplog):
     src = os.path.join(REFERENCE, "cityscapes5_jsegnet21v2", "test_quantize", "deploy.prototxt")
     rc, _, err = run(capsys, "convert", "--to", "bvlc", src, tmp_path / "b.prototxt")
-    assert rc == 0 and "quantize" in err  # reported, not silently dropped
+    assert rc == 0 and "were dropped" in err  # reported, not silently dropped
+    assert any("net: quantize" in r.getMessage() for r in caplog.records)
     b = io.read_net(tmp_path / "b.prototxt")
     n_bn = sum(l.type == "BatchNorm" for l in io.read_net(src).layer)
     assert sum(l.type == "Scale" and l.name.endswith("/bn/scale") for l in b.layer) == n_bn
@@ -140,3 +141,51 @@ def test_console_script_exit_status(tmp_path):
     cmd = [exe, "info", str(bad)] if exe else [sys.executable, "-m", "caffelite", "info", str(bad)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "bad.caffemodel" in p.stderr
+
+
+def test_info_prototxt_builds_the_net_for_shapes_and_counts(capsys):
+    rc, out, _ = run(capsys, "info", os.path.join(FIXTURES, "nets", "lenet", "deploy.prototxt"))
+    assert rc == 0, out
+    rows = {l.split()[0]: l.split() for l in out.splitlines()[2:-1]}
+    assert rows["conv1"][4:7] == ["2x20x24x24", "20x1x5x5,20", "520"]
+    assert rows["ip1"][4:7] == ["2x500", "500x800,500", "400500"]
+    assert rows["pool1"][4:7] == ["2x20x12x12", "-", "-"]
+    assert "total: 9 layers, 431080 parameters" in out  # 520 + 25050 + 400500 + 5010
+
+
+def test_info_prototxt_with_missing_data_source_reports_unknown_shapes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ../_data/*_lmdb does not exist from here
+    rc, out, _ = run(capsys, "info", os.path.join(SGD, "train_val.prototxt"))
+    assert rc == 0, out
+    lines = out.splitlines()
+    data = [l.split() for l in lines if l.startswith("data ")]
+    assert sorted(d[4] for d in data) == ["(not", "?"]  # the TRAIN data layer, the TEST one (no source)
+    assert [l.split()[4] for l in lines if l.startswith("conv1 ")] == ["?"]
+    assert any(l.startswith("note: shapes marked ? are unknown") and "lmdb" in l for l in lines)
+
+
+def test_info_prototxt_with_data_source_shows_shapes(capsys, monkeypatch):
+    monkeypatch.chdir(SGD)  # the fixture's relative ../_data LMDBs resolve from here
+    rc, out, _ = run(capsys, "info", "train_val.prototxt")
+    assert rc == 0, out
+    conv = [l.split() for l in out.splitlines() if l.startswith("conv1 ")][0]
+    assert "?" not in conv and conv[5].startswith("6x") and int(conv[6]) > 0
+
+
+def test_info_caffemodel_zero_fraction_and_quantization(tmp_path, capsys):
+    net = io.read_weights(os.path.join(FIXTURES, "nets", "cifar10_quick", "weights.caffemodel"))
+    conv = net.layer[[l.name for l in net.layer].index("conv1")]
+    w = io.blob_to_array(conv.blobs[0])
+    w.reshape(-1)[: w.size // 4] = 0  # a quarter of the weights (biases untouched)
+    conv.blobs[0].CopyFrom(io.array_to_blob(w, "bvlc"))
+    q = conv.quantization_param
+    q.qparam_w.add(quantize=True, bitwidth=8, fracbits=7)
+    q.qparam_out.add(quantize=True, bitwidth=8, fracbits=3, unsigned_data=True)
+    p = tmp_path / "q.caffemodel"
+    io.write_weights(net, p, form="jacinto")
+    rc, out, _ = run(capsys, "info", p)
+    assert rc == 0, out
+    row = [l for l in out.splitlines() if l.startswith("conv1 ")][0]
+    expect = (w == 0).sum() / w.size
+    assert f"{expect:.3f}" in row.split() and "w:8b/7f" in row and "out:8b/3fu" in row
+    assert "zero fraction" in out.splitlines()[-1]

@@ -333,3 +333,76 @@ def test_jacinto_flavor_log_lines(tmp_path, monkeypatch, capfd):
     assert all(r["momentum"] == pytest.approx(0.9) for r in train if "momentum" in r)
     # the initial test ran one batch (8 records), so the iteration-6 test reads records 8..23 (Caffe: 16..31)
     assert test[1]["loss"] != pytest.approx(1.97903, rel=1e-4)
+
+
+def test_cli_resume_from_caffe_state_logs_like_caffe(tmp_path, monkeypatch, capfd):
+    """`caffelite train --snapshot=<Caffe's solverstate>` prints what `caffe train --snapshot` printed."""
+    d = _workdir(tmp_path, "sgd_step_resume", ("solver.prototxt", "train_val.prototxt"))
+    for f in ("snapshot_iter_6.caffemodel", "snapshot_iter_6.solverstate"):
+        shutil.copy(os.path.join(case_dir("sgd_step"), f), d / f)
+    monkeypatch.chdir(d)
+    glog.setup_logging()
+    assert cli.main(["train", "--solver=solver.prototxt", "--snapshot=snapshot_iter_6.solverstate"]) == 0
+    ours = _messages(capfd.readouterr().err.splitlines())
+    theirs = _messages(open(os.path.join(case_dir("sgd_step_resume"), "log.txt")).read().splitlines())
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        na = [float(x) for x in re.findall(r"-?\d+\.?\d*(?:e[-+]\d+)?", a)]
+        nb = [float(x) for x in re.findall(r"-?\d+\.?\d*(?:e[-+]\d+)?", b)]
+        assert na == pytest.approx(nb, rel=2e-4, abs=1e-5), (a, b)
+
+
+def test_weights_list_snapshot_diff_and_average_loss(tmp_path, monkeypatch, capfd):
+    d = _workdir(tmp_path, "sgd_step")
+    monkeypatch.chdir(d)
+    text = (d / "solver.prototxt").read_text().replace("max_iter: 12", "max_iter: 4")
+    (d / "solver.prototxt").write_text(text + "snapshot_diff: true\naverage_loss: 3\nsnapshot_prefix: \"out/x\"\n"
+                                       "test_compute_loss: true\n")
+    (d / "solver.prototxt").write_text((d / "solver.prototxt").read_text().replace('snapshot_prefix: "snapshot"\n',
+                                                                                  ""))
+    glog.setup_logging()
+    assert cli.main(["train", "--solver", "solver.prototxt", "--weights", "init.caffemodel,init.caffemodel"]) == 0
+    err = capfd.readouterr().err
+    assert err.count("Finetuning from init.caffemodel") == 2
+    assert "Test loss: " in err
+    smoothed = [float(x) for x in re.findall(r"\] Iteration \d+ \(.*\), loss = ([\d.]+)", err)]
+    raw = trajectory("sgd_step")["loss"][:4]
+    want = [np.mean(raw[max(0, k - 2):k + 1]) for k in range(4)]
+    assert smoothed == pytest.approx(want, rel=1e-4)
+    net = caffe_pb2.NetParameter.FromString((d / "out" / "x_iter_4.caffemodel").read_bytes())
+    ip1 = [l for l in net.layer if l.name == "ip1"][0]
+    assert ip1.blobs[0].raw_diff and len(ip1.blobs[0].raw_diff) == 4 * 96 * 4
+
+
+def test_state_from_another_net_is_refused(tmp_path, monkeypatch):
+    d = _workdir(tmp_path, "sgd_step")
+    monkeypatch.chdir(d)
+    s = _solver(d)
+    path = s.snapshot()
+    s.net.name = "other_net"
+    with pytest.raises(SolverError, match="belongs to net 'tiny_bn_net'"):
+        s.restore(path)
+
+
+def test_pycaffe_style_solver_construction(tmp_path, monkeypatch):
+    """`caffe.SGDSolver("solver.prototxt")` ports as `caffelite.SGDSolver(...)`; snapshot_prefix defaults."""
+    import caffelite
+    d = _workdir(tmp_path, "adam")
+    monkeypatch.chdir(d)
+    s = caffelite.AdamSolver("solver.prototxt")
+    assert s.type == "Adam" and len(s.history) == 8 and s.history_factor == 2
+    s2 = caffelite.get_solver(str(d / "solver.prototxt"))
+    assert type(s2).__name__ == "AdamSolver" and s2.param.snapshot_prefix == "snapshot"
+    text = (d / "solver.prototxt").read_text().replace('snapshot_prefix: "snapshot"', 'snapshot_prefix: "snaps/"')
+    (d / "s2.prototxt").write_text(text)
+    assert caffelite.get_solver("s2.prototxt").param.snapshot_prefix == "snaps/s2"
+
+
+def test_latest_snapshot(tmp_path):
+    from caffelite.solvers.snapshot import latest_snapshot
+    assert latest_snapshot(str(tmp_path / "run")) is None
+    for n in (6, 12, 100):
+        (tmp_path / f"run_iter_{n}.solverstate").write_bytes(b"")
+        if n != 100:  # a state without its caffemodel is not usable
+            (tmp_path / f"run_iter_{n}.caffemodel").write_bytes(b"")
+    assert latest_snapshot(str(tmp_path / "run")) == str(tmp_path / "run_iter_12.solverstate")

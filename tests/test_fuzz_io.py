@@ -48,13 +48,20 @@ def mutated(draw):
     return KINDS[i], bytes(data)
 
 
+def _read_weights(path):
+    net = io.read_weights(path)
+    for l in net.layer:
+        for b in l.blobs:
+            io.blob_to_array(b)
+
+
 def _read_all(kind, path):
     if kind == "weights":
-        net = io.read_weights(path)
-        for l in net.layer:
-            for b in l.blobs:
-                io.blob_to_array(b)
-        io.load_weights(path)
+        for reader in (_read_weights, io.load_weights):  # the protobuf route and the streaming scanner
+            try:
+                reader(path)
+            except CaffeliteError:
+                pass
     elif kind == "binaryproto":
         io.read_binaryproto(path)
     else:
@@ -85,3 +92,33 @@ def test_fuzz_binary_readers(tmp_path_factory, case):
 @given(case=mutated())
 def test_fuzz_binary_readers_long(tmp_path_factory, case):
     _check(tmp_path_factory, case)
+
+
+TEXTS = [open(os.path.join(FIXTURES, *p), "rb").read() for p in (
+    ("legacy", "tiny_v0_text", "net.prototxt"), ("legacy", "lenet_v1_train_test", "net.prototxt"),
+    ("layers", "clip", "net.prototxt"), ("solvers", "sgd_step", "train_val.prototxt"))]
+
+
+@st.composite
+def mutated_text(draw):
+    data = bytearray(draw(st.sampled_from(TEXTS)))
+    for _ in range(draw(st.integers(1, 3))):
+        pos = draw(st.integers(0, len(data) - 1))
+        op = draw(st.sampled_from(["set", "insert", "delete"]))
+        if op == "set":
+            data[pos] = draw(st.sampled_from(b'{}:"# \\n0123456789abcXYZ_-.\xff'))
+        elif op == "insert":
+            data[pos:pos] = draw(st.sampled_from([b"{", b"}", b'"', b"layers {", b"input_dim: 3\n", b"\x00"]))
+        else:
+            del data[pos:pos + draw(st.integers(1, 8))]
+    return bytes(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=mutated_text())
+def test_fuzz_text_reader(text):
+    try:
+        net, _ = io.parse_net_text(text, "fuzz.prototxt")
+    except CaffeliteError:
+        return
+    io.serialize_weights(net)

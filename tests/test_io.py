@@ -317,3 +317,63 @@ def test_write_keeps_each_blob_encoding_with_form_none(tmp_path):
     io.write_weights(net, tmp_path / "m.caffemodel", form=None)
     back, report = io.read_weights_ex(tmp_path / "m.caffemodel")
     assert report.form == "mixed" and report.dialect == "jacinto017" and back == net
+
+
+def test_read_net_of_message_keeps_extras():
+    bv = dialect("bvlc").NetParameter(name="m")
+    l = bv.layer.add(name="c", type="Clip", bottom=["x"], top=["x"])
+    l.clip_param.max = 3.0  # min missing: BVLC declares it required, we still convert it
+    net, report = io.read_net_ex(bv)
+    assert report.dialect == "bvlc" and report.extras["c"].clip_param.max == 3.0
+    again, report2 = io.read_net_ex(net)  # jacinto message carrying the BVLC option as an unknown field
+    assert report2.extras["c"].clip_param.max == 3.0 and again == net
+
+
+def test_binary_jacinto016_vs_017_quantization():
+    j16 = dialect("jacinto016")
+    net = j16.NetParameter(name="q16")
+    l = net.layer.add(name="conv", type="Convolution", forward_type=caffe_pb2.FLOAT)
+    q = l.quantization_param
+    q.qparam_out.quantize, q.qparam_out.bitwidth, q.qparam_out.fracbits = True, 8, 5
+    q.qparam_w.fracbits = 7
+    l.blobs.add().CopyFrom(io.array_to_blob(np.ones(3), pb=j16))
+    got, report = io.parse_net_binary(net.SerializeToString(), "q16.caffemodel")
+    assert report.dialect == "jacinto016"
+    gq = got.layer[0].quantization_param
+    assert [p.fracbits for p in gq.qparam_out] == [5] and [p.fracbits for p in gq.qparam_w] == [7]
+    np.testing.assert_array_equal(io.blob_to_array(got.layer[0].blobs[0]), np.ones(3))
+
+    n17 = caffe_pb2.NetParameter(name="q17")
+    l = n17.layer.add(name="conv", type="Convolution", forward_type=caffe_pb2.FLOAT)
+    for fb in (5, 6):
+        l.quantization_param.qparam_w.add(quantize=True, bitwidth=8, fracbits=fb, unsigned_data=True)
+    n17.net_quantization_param.bitwidth_weights = 8
+    got, report = io.parse_net_binary(n17.SerializeToString(), "q17.caffemodel")
+    assert report.dialect == "jacinto017" and got == n17
+
+
+@pytest.mark.parametrize("form", ["jacinto", "bvlc"])
+def test_write_weights_from_arrays_equals_blobs(tmp_path, form):
+    rng = np.random.default_rng(0)
+    arrays = {"conv": [rng.standard_normal((4, 3, 3, 3), dtype=np.float32), np.zeros(4, np.float32)],
+              "ip": [rng.standard_normal((2, 5), dtype=np.float32)]}
+    skel = caffe_pb2.NetParameter(name="n")
+    for name, typ in (("data", "Input"), ("conv", "Convolution"), ("ip", "InnerProduct")):
+        l = skel.layer.add(name=name, type=typ, bottom=["x"], top=["y"])
+        l.include.add(phase=caffe_pb2.TEST)  # a field numbered after blobs (8)
+    full = caffe_pb2.NetParameter()
+    full.CopyFrom(skel)
+    for l in full.layer:
+        for a in arrays.get(l.name, []):
+            l.blobs.add().CopyFrom(io.array_to_blob(a, form))
+    io.write_weights(skel, tmp_path / "a.caffemodel", form=form, arrays=arrays)
+    assert (tmp_path / "a.caffemodel").read_bytes() == full.SerializeToString()
+
+
+def test_error_from_dialect_that_got_furthest(tmp_path):
+    p = tmp_path / "bvlc_typo.prototxt"
+    p.write_text('layer {\n  name: "c"\n  type: "Clip"\n  clip_param { min: 0 max: 1 }\n}\n'
+                 'layer {\n  name: "r"\n  typo_field: 1\n}\n')
+    with pytest.raises(FileFormatError, match="typo_field") as e:
+        io.read_net(p)
+    assert e.value.line == 8

@@ -74,6 +74,21 @@ def test_optimize_jsegnet(tmp_path, jacinto_bn, remove):
     assert conv1a.param.convolution_param.bias_term and len(conv1a.blobs) == 2
 
 
+def test_optimize_writes_bvlc(tmp_path):
+    from caffelite.commands.optimize import optimize
+    from caffelite.proto import dialect
+    from google.protobuf import text_format
+    mp, wp = _model(tmp_path, jacinto_bn=True)
+    _, ref = _forward(mp, wp)
+    proto, weights, folded = optimize(mp, wp, str(tmp_path / "bvlc_out"), form="bvlc")
+    assert len(folded) == 16
+    with open(proto) as f:
+        bvlc = text_format.Parse(f.read(), dialect("bvlc").NetParameter())  # parses with BVLC's schema
+    assert any(lp.type == "Scale" for lp in bvlc.layer)
+    _, got = _forward(proto, weights)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
 def test_output_paths():
     from caffelite.commands.optimize import output_paths
     assert output_paths("a/b.caffemodel") == ("a/b.prototxt", "a/b.caffemodel")

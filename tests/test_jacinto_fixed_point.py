@@ -117,3 +117,25 @@ def test_int_range():
     assert fp.int_range(8, False) == (-128, 127)
     assert fp.int_range(8, True) == (0, 255)
     assert fp.int_range(12, True) == (0, 4095)
+
+
+@pytest.mark.gpu
+def test_gpu_parity():
+    """The same xp bodies on CuPy: quantizer and threshold search give NumPy's results bit for bit."""
+    from caffelite import backend
+    from caffelite.jacinto import threshold as th
+    backend.set_mode_gpu()
+    try:
+        xp = backend.current_xp()
+        rng = np.random.default_rng(0)
+        x = (rng.standard_normal(100000) * 3).astype(np.float32)
+        for ties in ("even", "away"):
+            got = backend.to_numpy(fp.quantize(xp.asarray(x), 21.3, 4.0, 8, True, fp.NEAREST, True, ties))
+            np.testing.assert_array_equal(got, fp.quantize(x, 21.3, 4.0, 8, True, fp.NEAREST, True, ties))
+        w = (rng.standard_normal((64, 288)) * 0.05).astype(np.float32)
+        t_gpu = th.channel_thresholds(xp.asarray(w), np.float32(0.6))
+        np.testing.assert_array_equal(t_gpu, th.channel_thresholds(w, np.float32(0.6)))
+        wg = th.apply_thresholds(xp.asarray(w), t_gpu)
+        np.testing.assert_array_equal(backend.to_numpy(wg), th.apply_thresholds(w.copy(), t_gpu))
+    finally:
+        backend.set_mode_cpu()

@@ -64,11 +64,11 @@ def test_first_forward_equals_float_then_quantized(float_outputs):
     assert err < 0.1
     # §b.3: which outputs are quantized on jsegnet21v2 (conv/BN/Scale outputs are merged)
     names = _quantized_tops(net)
+    relus = [ly.param.name for ly in net.layers if ly.param.type == "ReLU"]
+    want = {"data/bias", "pool1", "pool2", "pool3", "pool4", "out5a_up2", "out3_out5_combined",
+            "out_deconv_final_up2", "out_deconv_final_up4", "out_deconv_final_up8", *relus}
+    assert set(names) == want and len(relus) == 17
     assert names[:4] == ["data/bias", "conv1a/relu", "conv1b/relu", "pool1"]
-    assert {"out5a_up2", "out3_out5_combined", "out_deconv_final_up2", "out_deconv_final_up4",
-            "out_deconv_final_up8", "pool4", "ctx_final/relu"} <= set(names)
-    assert not any(n.endswith("/bn") or n.endswith("/scale") for n in names)
-    assert "conv1a" not in names and "input" not in names
     # a quantized ReLU output sits on an 8-bit unsigned grid: x*scale are integers in [0, 255]
     i = net._layer_names.index("ctx_conv1/relu")
     qo = net.layers[i].param.quantization_param.qparam_out[0]
@@ -161,6 +161,10 @@ def test_written_into_caffemodel_and_read_back(tmp_path):
     n2, h2 = _net(edit=edit)
     i = n2._layer_names.index("pool1")
     assert h2.r_out[i][0][1] == pytest.approx(lp.quantization_param.qparam_out[0].max)
+    # beyond jacinto: every layer's ranges straight from the quantized caffemodel
+    n3, h3 = _net()
+    assert h3.load_ranges_from_caffemodel(path) > 20 and h3.frozen
+    assert h3.r_out[i][0][1] == np.float32(r0[1])
 
 
 def test_display_quantization_format(caplog):
@@ -190,6 +194,31 @@ def test_016_mode_runs_and_first_forward_is_float(float_outputs):
     assert 0 < err < 0.2 * np.abs(float_outputs[1]).max()
 
 
+def test_options_ignored_layers_weights_off_power2():
+    def edit(p):
+        q = p.net_quantization_param
+        q.ignored_layer_names.append("pool1")
+        q.quantize_weights = False
+        q.power2_scale_activations = True
+        q.power2_scale_weights = True  # conv-like outputs chain the weights scale (§b.4)
+        q.apply_offset_weights = False
+    net, hook = _net(edit=edit)
+    net.forward(data=_input(seed=0))
+    net.forward(data=_input(seed=1))
+    names = _quantized_tops(net)
+    assert "pool1" not in names and "pool2" in names
+    for ly in net.layers:
+        qp = ly.param.quantization_param
+        assert not any(q.quantize for q in qp.qparam_w)
+        for q in qp.qparam_out:
+            if q.quantize:  # power-of-2 scales, and shiftbits consistent with them
+                assert np.log2(q.scale_target) == round(np.log2(q.scale_target))
+    i = net._layer_names.index("pool2")
+    q = net.layers[i].param.quantization_param.qparam_out[0]
+    y = net.blobs["pool2"].data.astype(np.float64) * q.scale_target
+    assert np.array_equal(y, np.round(y)) and y.max() <= 255
+
+
 @pytest.mark.parametrize("field,value", [("bitwidth_weights", 40), ("bitwidth_activations", 1),
                                          ("bitwidth_bias", 33)])
 def test_bad_bitwidth(field, value):
@@ -209,3 +238,11 @@ def test_quantization_param_on_wrong_layer():
         check_quantization(p)
     lp.type = "ReLU"
     check_quantization(p)
+    # jacinto writes an unflagged quantization_param on every layer: accepted
+    lp.type = "Softmax"
+    lp.quantization_param.qparam_out[0].quantize = False
+    check_quantization(p)
+    lp.type = "ReLU"
+    lp.quantization_param.qparam_out[0].bitwidth = 64
+    with pytest.raises(NetError, match=r"qparam_out\[0\]\.bitwidth: bitwidth 64 is outside 2..32"):
+        check_quantization(p)

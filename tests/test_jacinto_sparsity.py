@@ -189,9 +189,10 @@ def test_017_ordering(caplog):
 
 def test_016_counts_updates_before_thresholding(caplog):
     # 0.16: "iter=5" after exactly 5 updates; 0.17 "iter=5" after 6 (§a.2)
-    for version, expect_iter in (("0.16", 4), ("0.17", 5)):
+    # 0.16 with sparsity_itr_increment_bfr_applying: false increments after, like 0.17
+    for version, flag, expect_iter in (("0.16", True, 4), ("0.17", True, 5), ("0.16", False, 5)):
         net = make_net()
-        solver = FakeSolver(solver_param(), net)
+        solver = FakeSolver(solver_param(sparsity_itr_increment_bfr_applying=flag), net)
         sp.attach_sparsity(solver, version=version)
         seen = []
         solver.add_hook("after_update", lambda s, seen=seen, net=net: seen.append((s.iter, st.sparsity(net))))
@@ -246,3 +247,30 @@ def test_none_mode_does_nothing():
     net = make_net()
     solver = FakeSolver(solver_param(sparse_mode=caffe_pb2.SPARSE_NONE), net)
     assert sp.attach_sparsity(solver) is None
+
+
+def test_reference_jsegnet21v2_counting():
+    """The sparse stage's own net: 17 counted conv blobs, 2.69117e+06 weights, all eligible (§a.6)."""
+    import os
+
+    from caffelite import io
+    from caffelite.layer import TEST
+    from caffelite.net import Net
+    from caffelite.jacinto import threshold as th
+    from conftest import REFERENCE
+
+    p = io.read_net(os.path.join(REFERENCE, "cityscapes5_jsegnet21v2", "sparse", "deploy.prototxt"))
+    p.layer[0].input_param.shape[0].dim[:] = [1, 3, 32, 64]
+    net = Net(p, TEST)
+    lines = st.format_sparsity(st.zero_counts(net))
+    assert lines[0] == "Num Params(17), Sparsity (zero_weights/count): "
+    assert lines[-1] == "Total Sparsity (zero_weights/count) =  (0/2.69117e+06) 0"
+    # same key order as the reference log (std::map order)
+    assert [ln.split("(")[0] for ln in lines[1:4]] == ["conv1a_param_0", "conv1b_param_0", "ctx_conv1_param_0"]
+    geo = {ly.param.name: st.layer_geometry(ly) for _, ly in st.conv_layers(net)}
+    assert all(th.is_eligible(*g) for g in geo.values())
+    # fractions at factor 0.6: conv1a (ni=3) and ctx_final (no=8) get low = 0.3, as in the reference log
+    f = np.float32(0.6)
+    assert th.channel_fraction(*geo["conv1a"][:2], f) == np.float32(0.3)
+    assert th.channel_fraction(*geo["ctx_final"][:2], f) == np.float32(0.3)
+    assert th.channel_fraction(*geo["res5a_branch2b"][:2], f) == f

@@ -116,6 +116,13 @@ def _run(layer_text_, x, dy, in_place, phase=TEST):
     return y, bottom.diff.copy(), [b.diff.copy() for b in layer.blobs]
 
 
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+def test_dropout_train_gradient(ratio):
+    """TRAIN Dropout: the checker replays one random state per forward (as Caffe's), so the mask is fixed."""
+    param, _ = make_param(layer_text("Dropout", f"dropout_param {{ dropout_ratio: {ratio} }}"))
+    assert check_layer_gradient(param, [rnd()], phase=TRAIN) > 0
+
+
 @pytest.mark.parametrize("case", sorted(GRAD_CASES) + ["threshold"])
 def test_in_place_equals_out_of_place(case):
     if case == "threshold":

@@ -98,6 +98,8 @@ GRAD_CASES = {
              [rnd((2, 3, 4)) + np.sign(rnd((2, 3, 4), 3)) * 0.05], None),
     "sumsq": ('name: "r" type: "Reduction" bottom: "x" top: "y" reduction_param { operation: SUMSQ axis: 1 }',
               [rnd((2, 3, 4))], None),
+    "split": ('name: "s" type: "Split" bottom: "x" top: "a" top: "b" top: "c"', [rnd(S)], None),
+    "split_one": ('name: "s" type: "Split" bottom: "x" top: "a"', [rnd((3, 2))], None),
 }
 
 

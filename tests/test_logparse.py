@@ -120,3 +120,24 @@ def test_plot_panels_and_image(tmp_path):
     out = tmp_path / "curves.png"
     assert cli.main(["plot", *logs, "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_glog_line_format():
+    """caffelite's lines carry glog's prefix (level, mmdd, time with µs, thread id, Caffe source location)."""
+    import io
+    import re
+
+    buf = io.StringIO()
+    glog.setup_logging(buf)
+    try:
+        glog.info("Iteration 0 (0 iter/s, 0s/1 iters), loss = 1.85316", "solver.cpp:239")
+        glog.warning("careful")
+    finally:
+        glog.setup_logging()
+    lines = buf.getvalue().splitlines()
+    assert re.match(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ solver\.cpp:239\] Iteration 0 \(0 iter/s, 0s/1 iters\), "
+                    r"loss = 1\.85316$", lines[0])
+    assert re.match(r"^W\d{4} [\d:.]+ +\d+ test_logparse\.py:\d+\] careful$", lines[1])
+    assert parse_log(lines)[0][0]["smoothed_loss"] == 1.85316
+    assert [glog.fmt(v) for v in (2.0832e-08, 0.02, 35.42749, 12, float("nan"))] == \
+        ["2.0832e-08", "0.02", "35.4275", "12", "nan"]

@@ -321,3 +321,45 @@ def test_deprecated_input_fields_are_upgraded():
     assert net.blobs["pool"].shape == (1, 4, 2, 2)
     text = 'input: "data" input_dim: 1 input_dim: 3 input_dim: 16 input_dim: 8\n' + CONV.split("\n", 1)[1]
     assert make(text).blobs["pool"].shape == (1, 4, 4, 2)
+
+
+# ---------------------------------------------------------------------------------------------------- gradients
+GRAD_NET = ("force_backward: true\n" + inp("data", 2, 3, 5, 5) + inp("label", 2)
+            + layer("conv", "Convolution", ["data"], None,
+                    'convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" '
+                    'std: 0.3 } bias_filler { type: "gaussian" std: 0.1 } }')
+            + layer("tanh", "TanH", ["conv"], ["conv"])
+            + ip("a", "conv", 3, 'param { name: "w" } param { name: "bias" }')
+            + ip("b", "conv", 3, 'param { name: "w" } param { name: "bias" }')
+            + layer("sum", "Eltwise", ["a", "b"], None, "eltwise_param { coeff: 1 coeff: -0.5 }")
+            + layer("loss", "SoftmaxWithLoss", ["sum", "label"])
+            + layer("l2", "EuclideanLoss", ["a", "b"], None, "loss_weight: 0.3"))
+
+
+def test_whole_net_gradient_float64():
+    """Net backward (splits, in-place, shared params, two weighted losses) vs central differences."""
+    caffelite.set_random_seed(11)
+    net = make(GRAD_NET, caffelite.TRAIN, dtype=np.float64)
+    rng = np.random.default_rng(11)
+    net.blobs["data"].data[...] = rng.normal(size=(2, 3, 5, 5))
+    net.blobs["label"].data[...] = [0, 2]
+    assert np.shares_memory(net.params["a"][0].data, net.params["b"][0].data)
+    net.clear_param_diffs()
+    net.forward_backward()
+    targets = [net.blobs["data"], net.params["conv"][0], net.params["conv"][1], net.params["a"][0],
+               net.params["a"][1]]
+    analytic = [np.array(t.diff) for t in targets]
+    step = 1e-4
+    for t, ana in zip(targets, analytic, strict=True):
+        flat = t.data.reshape(-1)
+        for k in rng.choice(flat.size, size=min(15, flat.size), replace=False):
+            keep = flat[k]
+            flat[k] = keep + step
+            net.forward()
+            up = net.loss
+            flat[k] = keep - step
+            net.forward()
+            down = net.loss
+            flat[k] = keep
+            numeric = (up - down) / (2 * step)
+            assert ana.reshape(-1)[k] == pytest.approx(numeric, rel=1e-5, abs=1e-7)

@@ -251,3 +251,64 @@ def test_blob_loss_weights_and_update():
     assert loss == pytest.approx(0.5 * float(net.blobs["loss"].data))
     net.update()
     np.testing.assert_allclose(net.params["fc"][0].data, before - net.params["fc"][0].diff)
+
+
+def test_init_log_in_caffe_format(caplog):
+    text = ('layer { name: "d" type: "Input" top: "d" top: "t" input_param { shape { dim: 2 dim: 3 } } }\n'
+            'layer { name: "r" type: "ReLU" bottom: "d" top: "d" }\n'
+            'layer { name: "loss" type: "EuclideanLoss" bottom: "d" bottom: "t" top: "loss" '
+            'include { phase: TRAIN } }\n'
+            'layer { name: "loss" type: "EuclideanLoss" bottom: "d" bottom: "t" top: "loss" loss_weight: 2 '
+            'include { phase: TEST } }')
+    lg = logging.getLogger("caffelite")
+    lg.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="caffelite"):
+            caffelite.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffelite.TEST)
+    finally:
+        lg.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records]
+    for want in ["The NetState phase (1) differed from the phase (0) specified by a rule in layer loss",
+                 "Creating Layer r", "r <- d", "r -> d (in-place)", "d -> t", "Setting up loss",
+                 "Top shape: 2 3 (6)", "Top shape: (1)", "    with loss weight 2",
+                 "Memory required for data: 76", "loss does not need backward computation.",
+                 "d does not need backward computation.", "This network produces output loss",
+                 "Network initialization done."]:
+        assert want in lines, want
+    # reported from the last layer down, as Caffe does
+    assert lines.index("loss does not need backward computation.") < \
+        lines.index("d does not need backward computation.")
+
+
+def test_batchnorm_legacy_digits_order_is_permuted():
+    """A 5-blob BatchNorm stored as [γ, β, mean, var, reserved] (NVCaffe/DIGITS) is permuted on load
+    (spec jacinto.md §d.5)."""
+    from conftest import REFERENCE
+    proto = os.path.join(REFERENCE, "cifar10_jacintonet11v2", "test", "deploy.prototxt")
+    caffelite.set_random_seed(3)
+    net = caffelite.Net(proto, caffelite.TEST)
+    bn = [name for name, layer in net.layer_dict.items() if layer.type == "BatchNorm"][0]
+    rng = np.random.default_rng(0)
+    for b in net.params[bn]:
+        b.data[...] = rng.uniform(0.5, 1.5, b.shape)
+    src = net.to_proto(form="bvlc")
+    lp = [lp for lp in src.layer if lp.name == bn][0]
+    blobs = [type(b)() for b in lp.blobs]
+    for b, k in zip(blobs, [3, 4, 0, 1, 2], strict=True):
+        b.CopyFrom(lp.blobs[k])
+    del lp.blobs[:]
+    lp.blobs.extend(blobs)
+    fresh = caffelite.Net(proto, caffelite.TEST)
+    fresh.copy_from(src)
+    for x, y in zip(net.params[bn], fresh.params[bn], strict=True):
+        np.testing.assert_array_equal(x.data, y.data)
+
+
+def test_bvlc_netparameter_keeps_bvlc_only_options():
+    """A BVLC-dialect NetParameter object (Clip's clip_param has no jacinto field) builds a working net."""
+    d = os.path.join(FIXTURES, "layers", "clip")
+    param = text_format.Parse(open(os.path.join(d, "net.prototxt")).read(), dialect("bvlc").NetParameter())
+    io = np.load(os.path.join(d, "io.npz"))
+    net = caffelite.Net(param, caffelite.TEST)
+    net.forward(**{k.split("/", 1)[1]: v for k, v in io.items() if k.startswith("bottom/")})
+    np.testing.assert_array_equal(net.blobs["clip"].data, io["top/clip"])

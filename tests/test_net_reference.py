@@ -19,7 +19,8 @@ from caffelite.layer import registered_types
 from conftest import REFERENCE
 
 FILES = sorted(glob.glob(os.path.join(REFERENCE, "*", "*", "deploy.prototxt"))
-               + glob.glob(os.path.join(REFERENCE, "*", "*", "test.prototxt")))
+               + glob.glob(os.path.join(REFERENCE, "*", "*", "test.prototxt"))
+               + glob.glob(os.path.join(REFERENCE, "*", "*", "train.prototxt")))
 IDS = [os.path.relpath(f, REFERENCE) for f in FILES]
 
 
@@ -55,8 +56,10 @@ def _require(param):
 def test_reference_builds(path):
     param = with_inputs(path)
     _require(param)
-    phase = caffelite.TEST
+    phase = caffelite.TRAIN if path.endswith("train.prototxt") else caffelite.TEST
     net = caffelite.Net(param, phase)
+    if phase == caffelite.TRAIN:
+        assert any(layer.is_loss for layer in net.layers) and net.learnable_params
     bns = [layer for layer in net.layers if layer.type == "BatchNorm"]
     assert bns and all(len(layer.blobs) == 5 for layer in bns)  # NVCaffe BatchNorm with scale_bias
     assert net.outputs
@@ -71,7 +74,8 @@ def _sizes(path):
     return [None, (48, 40)]
 
 
-RUN = [f for f in FILES if os.path.basename(os.path.dirname(f)) in ("test", "test_quantize")]
+RUN = [f for f in FILES if os.path.basename(os.path.dirname(f)) in ("test", "test_quantize")
+       and not f.endswith("train.prototxt")]
 
 
 @pytest.mark.parametrize("path", RUN, ids=[os.path.relpath(f, REFERENCE) for f in RUN])

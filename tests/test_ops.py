@@ -44,15 +44,19 @@ def test_col2im_accumulate():
     assert out[0, 0, 0, 0] == 1 + 4 and out[0, 0, 1, 1] == 1 + 9
 
 
-@pytest.mark.parametrize("group", [1, 2, 4])
-def test_deconv_is_the_adjoint_of_conv(group):
+@pytest.mark.parametrize("group,g,hw", [
+    (1, ConvGeometry(3, 3, 2, 2, 1, 1, 1, 1), (7, 9)), (2, ConvGeometry(3, 3, 2, 2, 1, 1, 1, 1), (7, 9)),
+    (4, ConvGeometry(3, 3, 2, 2, 1, 1, 1, 1), (7, 9)), (4, ConvGeometry(4, 4, 2, 2, 1, 1, 1, 1), (8, 10)),
+    (4, ConvGeometry(3, 2, 3, 2, 2, 1, 2, 1), (10, 8)), (1, ConvGeometry(3, 2, 3, 2, 2, 1, 2, 1), (10, 8))])
+def test_deconv_is_the_adjoint_of_conv(group, g, hw):
     """<conv(x; w), y> == <x, deconv(y; w)> for the same weights: checks both kernels and depthwise paths."""
     rs = np.random.default_rng(1)
-    g = ConvGeometry(3, 3, 2, 2, 1, 1, 1, 1)
     c = 4
-    x = rs.standard_normal((2, c, 7, 9))  # (H + 2p - k) % s == 0: deconv is the exact adjoint
-    w = rs.standard_normal((c, c // group, 3, 3))
-    ho, wo = g.out_shape(7, 9)
+    assert all((s + 2 * p - d * (k - 1) - 1) % st == 0 for s, p, d, k, st in
+               [(hw[0], g.ph, g.dh, g.kh, g.sh), (hw[1], g.pw, g.dw, g.kw, g.sw)])  # deconv is the exact adjoint
+    x = rs.standard_normal((2, c) + hw)
+    w = rs.standard_normal((c, c // group, g.kh, g.kw))
+    ho, wo = g.out_shape(*hw)
     y = np.zeros((2, c, ho, wo))
     K.conv_forward(x, w, None, g, group, y)
     d = rs.standard_normal(y.shape)
@@ -61,3 +65,4 @@ def test_deconv_is_the_adjoint_of_conv(group):
     K.deconv_forward(d, w, None, g, group, z)
     assert z.shape == x.shape
     np.testing.assert_allclose((y * d).sum(), (x * z).sum(), rtol=1e-10)
+

@@ -17,22 +17,6 @@ def add_arguments(parser):
     parser.add_argument("output", help="where to write the converted file")
 
 
-def convert_net(net, report, to):
-    """Convert an in-memory (jacinto-class) net read with ``report`` to dialect ``to``; return the message
-    to write (BVLC class for ``to='bvlc'``)."""
-    from ..dialects import jacinto_msg_to_bvlc
-    from ..io_bn import bvlc_bn_to_jacinto, jacinto_bn_to_bvlc
-
-    if to == "bvlc":
-        if report.dialect != "bvlc":
-            jacinto_bn_to_bvlc(net)
-        return jacinto_msg_to_bvlc(net, "NetParameter", report)
-    if report.dialect == "bvlc":
-        bvlc_bn_to_jacinto(net, report)
-    net.DiscardUnknownFields()  # BVLC-only options (already reported) have no place in a jacinto file
-    return net
-
-
 def run(args) -> int:
     from google.protobuf import text_format
 
@@ -49,12 +33,12 @@ def run(args) -> int:
         for l in net.layer:
             for i, b in enumerate(l.blobs):
                 convert_blob_form(b, to, where=f"{args.input}: layer '{l.name}' blob {i}")
-        out = convert_net(net, report, to)
+        out = io.convert_net(net, to, report)
         if to == "jacinto":  # BatchNorm merging writes fresh blobs; make sure all are in the target form
             for l in out.layer:
                 for b in l.blobs:
                     convert_blob_form(b, to)
-        io.atomic_write(args.output, out.SerializeToString())
+        io.atomic_write(args.output, out.SerializePartialToString())
     elif kind == "binaryproto":
         report = NetReport("jacinto017", args.input)
         io.write_binaryproto(io.read_binaryproto(args.input), args.output, form=to)
@@ -69,11 +53,13 @@ def run(args) -> int:
         if to == "bvlc":
             report.dropped.clear()
         if kind == "net":
-            out = convert_net(msg, report, to)
+            out = io.convert_net(msg, to, report)
         else:
             out = jacinto_msg_to_bvlc(msg, "SolverParameter", report) if to == "bvlc" else msg
         io.atomic_write(args.output, text_format.MessageToString(out).encode())
-    for d in report.dropped:
-        print(f"warning: {args.input}: {d} not representable in {to}; dropped", file=sys.stderr)
+    # dropped fields were already logged as warnings by NetReport.drop; summarise the count
+    if report.dropped:
+        print(f"{args.input}: {len(report.dropped)} field(s) not representable in {to} were dropped",
+              file=sys.stderr)
     print(f"{args.input}: {kind} ({report.dialect}) -> {args.output} ({to})", file=sys.stderr)
     return 0

@@ -1,11 +1,17 @@
 """Describe a net or solver prototxt, a caffemodel, a binaryproto or a solverstate.
 
 For nets: the dialect, then one row per layer (name, type, bottoms, tops, blob shapes, parameter count,
-fraction of zero weights, quantization parameters) and totals. Shapes and counts come from the blobs, so
-they are shown for caffemodels; a prototxt shows the wiring.
+fraction of zero weights, quantization parameters) and totals. For a caffemodel the shapes, counts and zero
+fractions come from the stored blobs. For a net prototxt the net is built (``caffelite.Net``, TEST phase) to
+get each layer's top shapes and parameter shapes/counts; a data layer that cannot open its source (and
+whatever depends on it) is shown with unknown (``?``) shapes instead of failing, and layers that the TEST
+phase excludes are marked ``(not TEST)``.
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
 
 import numpy as np
 
@@ -22,7 +28,7 @@ def _quant(l) -> str:
     for name in ("qparam_w", "qparam_in", "qparam_out"):
         for p in getattr(q, name):
             if p.quantize:
-                parts.append(f"{name[7:]}:{p.bitwidth}b/{p.fracbits}f")
+                parts.append(f"{name[7:]}:{p.bitwidth}b/{p.fracbits}f" + ("u" if p.unsigned_data else ""))
     return " ".join(parts) or "quantization_param"
 
 
@@ -30,35 +36,151 @@ def _fmt_shapes(shapes):
     return ",".join("x".join(str(d) for d in s) or "scalar" for s in shapes) or "-"
 
 
+def _table(rows, out):
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        out.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _header(net, report, out):
+    out.append(f"net: {net.name or '(unnamed)'}  dialect: {report.dialect}"
+               + (f"  blobs: {report.form}" if getattr(report, "form", None) else "")
+               + ("  (upgraded from a legacy format)" if report.upgraded else ""))
+    if net.quantize:
+        out.append("quantize: true")
+
+
+def _notes(report, out):
+    for d in report.dropped:
+        out.append(f"note: {d} (no caffe-jacinto field)")
+
+
 def describe_net(net, report, out):
-    """Print the layer table of ``net`` to ``out`` (a list of lines)."""
+    """Print the layer table of a caffemodel's ``net`` (blob shapes, counts, zeros) to ``out`` (a list).
+
+    ``zeros`` is the fraction of exact zeros in the layer's weights (its first blob, as caffe-jacinto's
+    DisplaySparsity counts, jacinto.md §a.4); the total line also gives the zero fraction of all parameters.
+    """
     from ..io_blob import blob_shape, blob_to_array
 
     rows = [("name", "type", "bottoms", "tops", "blobs", "params", "zeros", "quant")]
-    total_params = total_zeros = 0
+    total = zeros_all = weights = zeros_w = 0
     for l in net.layer:
-        shapes, count, zeros = [], 0, 0
+        shapes, count, zw = [], 0, None
         for i, b in enumerate(l.blobs):
             shapes.append(blob_shape(b))
             a = blob_to_array(b, where=f"layer '{l.name}' blob {i}")
+            z = int(a.size - np.count_nonzero(a))
             count += a.size
-            zeros += int(np.count_nonzero(a == 0))
-        total_params += count
-        total_zeros += zeros
+            zeros_all += z
+            if i == 0:
+                zw = z / a.size if a.size else None
+                weights += a.size
+                zeros_w += z
+        total += count
         rows.append((l.name, l.type, ",".join(l.bottom) or "-", ",".join(l.top) or "-", _fmt_shapes(shapes),
-                     str(count) if l.blobs else "-", f"{zeros / count:.3f}" if count else "-", _quant(l) or "-"))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    out.append(f"net: {net.name or '(unnamed)'}  dialect: {report.dialect}"
-               + (f"  blobs: {report.form}" if report.form else "") + ("  (upgraded from a legacy format)"
-                                                                       if report.upgraded else ""))
-    if net.quantize:
-        out.append("quantize: true")
-    for r in rows:
-        out.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-    frac = f"{total_zeros / total_params:.3f}" if total_params else "-"
-    out.append(f"total: {len(net.layer)} layers, {total_params} parameters, zero fraction {frac}")
-    for d in report.dropped:
-        out.append(f"note: {d} (no caffe-jacinto field)")
+                     str(count) if l.blobs else "-", f"{zw:.3f}" if zw is not None else "-", _quant(l) or "-"))
+    _header(net, report, out)
+    _table(rows, out)
+    frac = f"{zeros_w / weights:.3f}" if weights else "-"
+    frac_all = f"{zeros_all / total:.3f}" if total else "-"
+    out.append(f"total: {len(net.layer)} layers, {total} parameters, zero fraction {frac} of weights "
+               f"({frac_all} of all parameters)")
+    _notes(report, out)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Building a net logs every layer at INFO: keep ``info``'s output to the table."""
+    lg = logging.getLogger("caffelite")
+    old = lg.level
+    lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
+
+
+def _try_net(model):
+    from .. import Net, TEST
+    from ..errors import CaffeliteError
+
+    try:
+        return Net(model, TEST), None
+    except (CaffeliteError, OSError) as e:
+        return None, e
+
+
+def build_for_shapes(path, net_param):
+    """``(Net or None, unknown layer names, note or None)``: the TEST-phase net of a prototxt for its shapes.
+
+    When the whole net cannot be built, every bottomless layer that cannot be built on its own (a data layer
+    whose source is missing) is left out with every layer that depends on it, and the rest is built.
+    """
+    from ..graph import filter_net, make_state
+
+    with _quiet():
+        net, err = _try_net(path)
+        if net is not None:
+            return net, set(), None
+        state = make_state(net_param, 1)
+        param = filter_net(net_param, state)
+        bad = set()
+        for lp in param.layer:
+            if not len(lp.bottom):
+                alone = type(param)(name=param.name)
+                alone.layer.add().CopyFrom(lp)
+                if _try_net(alone)[0] is None:
+                    bad.add(lp.name)
+        if not bad:
+            return None, set(), f"cannot build the net for shapes: {err}"
+        lost, kept = set(), type(param)()
+        kept.CopyFrom(param)
+        del kept.layer[:]
+        unknown = set()
+        for lp in param.layer:
+            if lp.name in bad or any(b in lost for b in lp.bottom):
+                lost.update(lp.top)
+                unknown.add(lp.name)
+            else:
+                kept.layer.add().CopyFrom(lp)
+        why = f"data source unavailable ({err})"
+        net, err2 = _try_net(kept) if len(kept.layer) else (None, None)
+        if net is None and err2 is not None:
+            return None, unknown, f"cannot build the net for shapes: {err2}"
+        return net, unknown, f"shapes marked ? are unknown: {why}"
+
+
+def describe_prototxt(path, param, report, out):
+    """Print the layer table of a net prototxt: wiring, and from the built TEST net top shapes, parameter
+    shapes and counts."""
+    from ..graph import layer_included, make_state
+
+    net, unknown, note = build_for_shapes(path, param)
+    state = make_state(param, 1)
+    rows = [("name", "type", "bottoms", "tops", "top shapes", "params", "count", "quant")]
+    total = 0
+    for l in param.layer:
+        wiring = (l.name, l.type, ",".join(l.bottom) or "-", ",".join(l.top) or "-")
+        built = net.layer_dict.get(l.name) if net is not None else None
+        if not layer_included(l, state):
+            tops, pshapes, count = "(not TEST)", "-", "-"
+        elif built is None or l.name in unknown:
+            tops, pshapes, count = "?", "?", "?"
+        else:
+            tops = _fmt_shapes([net.blobs[t].shape for t in l.top])
+            pshapes = _fmt_shapes([b.shape for b in built.blobs]) if built.blobs else "-"
+            n = sum(int(b.count) for b in built.blobs)
+            total += n
+            count = str(n) if built.blobs else "-"
+        rows.append(wiring + (tops, pshapes, count, _quant(l) or "-"))
+    _header(param, report, out)
+    _table(rows, out)
+    out.append(f"total: {len(param.layer)} layers, {total} parameters (TEST phase"
+               + (", unknown layers not counted)" if unknown or net is None else ")"))
+    if note:
+        out.append(f"note: {note}")
+    _notes(report, out)
 
 
 def run(args) -> int:
@@ -86,7 +208,7 @@ def run(args) -> int:
     else:
         kind, msg, report = io.read_text_any(args.file)
         if kind == "net":
-            describe_net(msg, report, out)
+            describe_prototxt(args.file, msg, report, out)
         else:
             out.append(f"solver  dialect: {report.dialect}" + ("  (upgraded)" if report.upgraded else ""))
             out.append(text_format.MessageToString(msg).rstrip())

@@ -46,6 +46,10 @@ def optimize(model, weights, output_model, remove_bn=False, phase="TEST", form="
     d = os.path.dirname(proto_path)
     if d:
         os.makedirs(d, exist_ok=True)
+    if form == "bvlc":  # BVLC has no 5-blob BatchNorm: split into BatchNorm + Scale (jacinto.md §d.5)
+        from ..io_bn import jacinto_bn_to_bvlc
+        jacinto_bn_to_bvlc(new_model)
+        jacinto_bn_to_bvlc(new_weights)
     io.write_text(new_model, proto_path, "bvlc" if form == "bvlc" else "jacinto017")
     io.write_weights(new_weights, weights_path, form=form)
     glog.info(f"Optimized net: folded BatchNorm into {len(folded)} convolution(s); wrote {proto_path} and "

@@ -143,7 +143,10 @@ def run(args) -> int:
         solver.solve(args.snapshot or None)
         if bar is not None:
             bar.close()
-        glog.info(f"Optimization Done in {_hms(time.perf_counter() - t0)}", "caffe.cpp:250")
+        if args.flavor == "bvlc":
+            glog.info("Optimization Done.", "caffe.cpp:250")
+        else:
+            glog.info(f"Optimization Done in {_hms(time.perf_counter() - t0)}", "caffe.cpp:250")
     finally:
         handler.restore()
     return 0

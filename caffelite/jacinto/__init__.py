@@ -18,7 +18,8 @@ from .sparsity_stats import display_sparsity
 from .validate import check_quantization, check_sparsity_param
 
 __all__ = ["attach_from_proto", "attach_quantization", "QuantizationHook", "SparsityHook", "attach_sparsity",
-           "display_sparsity", "quantized_net_proto", "quant_ranges_option", "check_quantization", "check_sparsity_param"]
+           "display_sparsity", "quantized_net_proto", "quant_ranges_option", "check_quantization",
+           "check_sparsity_param"]
 
 
 def wants_quantization(net_param):

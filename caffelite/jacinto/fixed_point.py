@@ -48,28 +48,33 @@ def quantize(x, scale, offset=0.0, bitwidth=8, unsigned_quant=False, rounding=NE
         raise ValueError(f"ties must be one of {TIES}, not {ties!r}")
     dtype = x.dtype
     scale32 = np.float32(scale)
+    off = np.float64(np.float32(offset))
     inv = np.float64(np.float32(1.0) / scale32)  # jacinto: inverse computed once, in float32
-    y = x.astype(xp.float64) * np.float64(scale32) + np.float64(np.float32(offset))
+    y = x.astype(xp.float64)  # one float64 working array, updated in place (blobs can be large)
+    y *= np.float64(scale32)
+    y += off
     if rounding == STOCHASTIC:
         if uniform is None:
             uniform = _uniform(xp, x.shape)
         if ties == "even":  # GPU draws from (0, 1]
             uniform = 1.0 - uniform
-        y = xp.floor(y + uniform)
+        y += uniform
+        xp.floor(y, out=y)
     elif rounding == NEAREST:
         if ties == "even":
-            y = xp.rint(y)
+            xp.rint(y, out=y)
         else:
             y = round_half_away(y, xp)
     else:
         raise ValueError(f"unknown rounding scheme {rounding!r}")
     if clip:
         lo, hi = int_range(bitwidth, unsigned_quant)
-        y = xp.clip(y, lo, hi)  # integer bounds: clamping before or after rounding gives the same value
-    res = (y - np.float64(np.float32(offset))) * inv
+        xp.clip(y, lo, hi, out=y)  # integer bounds: clamping before or after rounding gives the same value
+    y -= off
+    y *= inv
     if out is None:
-        return res.astype(dtype)
-    out[...] = res
+        return y.astype(dtype)
+    out[...] = y
     return out
 
 
@@ -81,10 +86,11 @@ def _uniform(xp, shape):
 
 def round_half_away(y, xp=np):
     """Round half away from zero, exactly for float64 (no ``y + 0.5`` double rounding)."""
-    f = xp.floor(y)
-    frac = y - f  # exact for |y| < 2**52
-    up = (frac > 0.5) | ((frac == 0.5) & (y > 0))
-    return f + up.astype(f.dtype)
+    r = xp.rint(y)  # half to even: differs from half-away only on exact ties rounded toward zero
+    d = y - r       # exact
+    r += (d == 0.5) & (y > 0)
+    r -= (d == -0.5) & (y < 0)
+    return r
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -31,7 +31,12 @@ QUANTIZING_TYPES = ("Bias", "BatchNorm", "Concat", "Convolution", "Deconvolution
                     "Pooling", "PReLU", "ReLU", "Scale")
 
 
+#: data layers whose Forward calls Quantize (jacinto's prefetching data layers, CPU forward; §b.3)
+QUANTIZING_DATA_TYPES = ("Data", "ImageData", "ImageLabelData", "WindowData")
+
+
 def is_data_type(t):
+    """Any type whose lowercase name contains "data" gets flags (§b.3)."""
     return "data" in t.lower()
 
 
@@ -98,20 +103,39 @@ class QuantizationHook:
         self.infer_count = k + 1
 
     def _quantizes(self, t):
-        return t in QUANTIZING_TYPES or is_data_type(t)
+        return t in QUANTIZING_TYPES or t in QUANTIZING_DATA_TYPES
 
     # -- ranges ---------------------------------------------------------------------------------------
     def _init_ranges_from_params(self):
         """Ranges from the net's own (prototxt) quantization_param min/max (CopyQuantizationRangeInLayers)."""
-        for i, ly in enumerate(self.net.layers):
-            if not ly.param.HasField("quantization_param"):
+        self.set_ranges_from_layers([ly.param for ly in self.net.layers])
+
+    def set_ranges_from_layers(self, layer_params):
+        """Ranges from the qparam min/max of LayerParameters matched by name (a quantized caffemodel's layers,
+        say: jacinto itself reads them only from the target prototxt). Returns the number of layers used."""
+        index = {n: i for i, n in enumerate(self.graph.names)}
+        used = 0
+        for lp in layer_params:
+            i = index.get(lp.name)
+            if i is None or not lp.HasField("quantization_param"):
                 continue
-            qp = ly.param.quantization_param
+            qp = lp.quantization_param
             for arr, group in ((self.r_in[i], qp.qparam_in), (self.r_w[i], qp.qparam_w),
                                (self.r_out[i], qp.qparam_out)):
                 for j, q in enumerate(group):
                     if j < len(arr):
                         arr[j] = (q.min, q.max)
+            used += 1
+        return used
+
+    def load_ranges_from_caffemodel(self, path, freeze=True):
+        """Seed the ranges from a quantized caffemodel written by jacinto or caffelite (beyond jacinto)."""
+        from .. import io
+        n = self.set_ranges_from_layers(io.read_weights(str(path)).layer)
+        self.infer_count = max(self.infer_count, self.start)
+        if freeze:
+            self.freeze_ranges(True)
+        return n
 
     def update_ranges(self, k):
         """Running ranges from the blobs after forward ``k`` (§b.4): activations ×E, averaged; weights exact."""

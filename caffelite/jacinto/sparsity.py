@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import backend
 from .. import log as glog
+from ..errors import SolverError
 from . import sparsity_stats as st
 from . import threshold as th
 from .validate import check_sparsity_param
@@ -106,6 +107,9 @@ class SparsityHook:
         by_name = {ly.param.name: (i, ly) for i, ly in st.conv_layers(self.net)}
         self.masks = {}
         for name, m in state["masks"].items():
+            if name not in by_name:
+                raise SolverError(f"sparsity state: no Convolution layer '{name}' in net '{self.net.name}' "
+                                  "(the snapshot belongs to another net)")
             i, ly = by_name[name]
             w = ly.blobs[0].data
             xp = backend.get_array_module(w)
@@ -124,7 +128,8 @@ class SparsityHook:
     def apply_connectivity(self, net):
         """w *= mask for every Convolution weight blob (Net::ApplySparseModeConnectivity, §a.5)."""
         for i, m in self.masks.items():
-            net.layers[i].blobs[0].data *= m
+            w = net.layers[i].blobs[0].data  # the array itself: `blob.data *= m` would also copy via the setter
+            w *= m
 
     def threshold_net(self, net, it):
         """Solver::ThresholdNet at iteration counter ``it`` (§a.2): maybe threshold, then always mask."""
@@ -135,6 +140,8 @@ class SparsityHook:
         p = self.param
         if self.target > 0 and it >= p.sparsity_start_iter and it % p.sparsity_step_iter == 0:
             achieved = st.sparsity(net, self.masks)
+            if achieved < self.target and self.factor > self.target_max:
+                self.explain(net)  # the schedule gave up below the target: say why, once
             if self.factor <= self.target_max and achieved < self.target:
                 glog.info(f"Finding and applying sparsity: sparsity_target={glog.fmt(self.target)} "
                           f"sparsity_factor={glog.fmt(self.factor)} sparsity_achieved={glog.fmt(achieved)} "
@@ -170,9 +177,12 @@ class SparsityHook:
             return
         self.explained = True
         counts = st.zero_counts(net, self.masks)
-        glog.info(f"Sparsity target {glog.fmt(self.target)} not reached "
-                  f"(achieved {glog.fmt(st.totals(counts)[2])}, sparsity_factor {glog.fmt(self.factor)}):")
-        f = np.float32(self.factor - np.float32(self.param.sparsity_step_factor))  # the last factor applied
+        p = self.param
+        stopped = " (sparsity_factor passed its maximum min(target+0.15, 0.95): no more thresholding)" \
+            if self.factor > self.target_max else ""
+        glog.info(f"Sparsity target {glog.fmt(self.target)} not reached (achieved {glog.fmt(st.totals(counts)[2])}, "
+                  f"sparsity_factor {glog.fmt(self.factor)}){stopped}:")
+        f = np.float32(self.factor - np.float32(p.sparsity_step_factor))  # the last factor applied
         for _i, ly in sorted(st.count_candidates(net), key=lambda x: st.param_key(x[1])):
             z, n = counts[st.param_key(ly)]
             ni, no, g, kh, kw = st.layer_geometry(ly)
@@ -180,13 +190,19 @@ class SparsityHook:
             if not th.is_eligible(ni, no, g, kh, kw, self.version):
                 why = (f"not pruned: ineligible kernel (ni={ni} no={no} group={g} kernel={kh}x{kw}; jacinto prunes "
                        f"only convs with ni or no >= 32, group < no and kernels larger than 2x2)")
-            elif ratio + 1.0 / max(n, 1) < float(th.channel_fraction(ni, no, f)):
-                why = (f"cap reached: thresholds are capped at min({glog.fmt(self.param.sparsity_threshold_maxratio)}"
-                       f"*max|w|, {glog.fmt(self.param.sparsity_threshold_value_max)}) per output channel")
-            elif self.factor > self.target_max:
-                why = f"sparsity_factor exceeded its maximum {glog.fmt(self.target_max)}"
             else:
-                why = "training ended before the schedule reached the target"
+                fraction = th.channel_fraction(ni, no, f)
+                w = ly.blobs[0].data
+                xp = backend.get_array_module(w)
+                per_ch = backend.to_numpy(xp.count_nonzero(w.reshape(w.shape[0], -1) == 0, axis=1))
+                k = int(w.size // w.shape[0])
+                capped = int(np.count_nonzero(per_ch < th.max_allowed_count(k, fraction)))
+                if capped:
+                    why = (f"cap reached in {capped}/{w.shape[0]} output channels: thresholds are capped at "
+                           f"min({glog.fmt(p.sparsity_threshold_maxratio)}*max|w|, "
+                           f"{glog.fmt(p.sparsity_threshold_value_max)}) per channel")
+                else:
+                    why = f"reached its allowed fraction {glog.fmt(fraction)} (factor{'/2' if fraction < f else ''})"
             glog.info(f"  {st.param_key(ly)} ({ratio:.3g}): {why}")
 
 
@@ -195,5 +211,8 @@ def attach_sparsity(solver, version="0.16", threshold_mode="exact"):
     p = solver.param
     check_sparsity_param(p)
     if p.sparse_mode == SPARSE_NONE:
+        if p.sparsity_target > 0:
+            glog.warning(f"sparsity_target={glog.fmt(p.sparsity_target)} is ignored: sparse_mode is SPARSE_NONE "
+                         "(set sparse_mode: SPARSE_UPDATE to prune)")
         return None
     return SparsityHook(p, version, threshold_mode).attach(solver)

@@ -145,9 +145,8 @@ def apply_thresholds(w, thresholds):
     xp = backend.get_array_module(w)
     c = int(w.shape[0]) if w.ndim > 1 else 1
     t = xp.asarray(np.asarray(thresholds, np.float32))
-    flat = w.reshape(c, -1)
-    keep = xp.abs(flat) > t[:, None]
-    flat *= keep.astype(flat.dtype)
+    keep = xp.abs(w.reshape(c, -1)) > t[:, None]
+    w *= keep.reshape(w.shape).astype(w.dtype)  # in place on w itself (reshape may copy)
     return w
 
 

@@ -49,8 +49,8 @@ def is_quantizable_type(type_name):
 def check_quantization(net_param):
     """Validate ``quantize`` / ``net_quantization_param`` and every layer's ``quantization_param`` (§b.1).
 
-    Bitwidths must be within 2..32, range factors sensible, and a quantization_param may only sit on a layer
-    type that quantizes (it would otherwise be silently ignored, as in jacinto).
+    Bitwidths must be within 2..32, range factors sensible, and a quantization_param may only switch on
+    quantization on a layer type that quantizes (jacinto would silently ignore it).
     """
     if net_param.HasField("net_quantization_param") or net_param.quantize:
         q = net_param.net_quantization_param
@@ -70,11 +70,14 @@ def check_quantization(net_param):
     for lp in net_param.layer:
         if not lp.HasField("quantization_param"):
             continue
-        if not is_quantizable_type(lp.type):
+        qp = lp.quantization_param
+        groups = (qp.qparam_in, qp.qparam_w, qp.qparam_out)
+        # jacinto writes a quantization_param on every layer of a quantized net, with flags only on the types
+        # that quantize: only a flag on another type is an error
+        if not is_quantizable_type(lp.type) and any(q.quantize for g in groups for q in g):
             raise NetError(f"quantization_param is not allowed on a {lp.type} layer (quantizable types: "
                            f"{', '.join(QUANTIZABLE_TYPES)} and data layers)", lp.name, lp.type)
-        qp = lp.quantization_param
-        for group in ("qparam_in", "qparam_w", "qparam_out"):
-            for j, qq in enumerate(getattr(qp, group)):
+        for name, group in zip(("qparam_in", "qparam_w", "qparam_out"), groups, strict=True):
+            for j, qq in enumerate(group):
                 if qq.HasField("bitwidth"):
-                    _check_bits(qq.bitwidth, f"{group}[{j}].bitwidth", lp.name, lp.type)
+                    _check_bits(qq.bitwidth, f"{name}[{j}].bitwidth", lp.name, lp.type)

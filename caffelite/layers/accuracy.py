@@ -17,6 +17,8 @@ class AccuracyLayer(Layer):
     Caffe implements no backward, so no bottom may be forced to back-propagate.
     """
 
+    param_fields = {"accuracy_param": ("top_k", "axis", "ignore_label")}
+
     exact_num_bottom = 2
     min_num_top = 1
     max_num_top = 2

@@ -26,6 +26,7 @@ from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..layer import TEST, Layer, register
+from .eltwise import copy_into
 
 #: caffe-jacinto's floor on eps (jacinto.md §d.1; also cuDNN's CUDNN_BN_MIN_EPSILON)
 JACINTO_MIN_EPS = 1e-5
@@ -140,12 +141,16 @@ class BatchNormLayer(Layer):
 
     Attributes a Net or solver may set: ``semantics`` (``"bvlc"``/``"jacinto"``, before ``setup``) and
     ``solver_iter`` (the owning solver's iteration, read by the jacinto CUDNN running average, which
-    overwrites the statistics throughout iteration 0; a solver should set it before each iteration's forwards.
+    overwrites the statistics throughout iteration 0, §d.3; :meth:`Net.set_iteration` sets it, and a solver
+    calls that before each iteration's forwards, so ``iter_size > 1`` and resumed runs are right.
     While it is ``None`` the layer's own count of TRAIN forwards stands in: the first overwrites, later ones
-    blend). ``param_specs`` gives the forced ``(lr_mult, decay_mult)`` per
+    blend). ``needs_backward`` (set by the Net): in place in TEST, the input is copied for dγ only then. ``param_specs`` gives the forced ``(lr_mult, decay_mult)`` per
     blob (``decay_mult`` None = keep the prototxt's); ``setup`` also writes them into ``self.param.param``
     as Caffe does, so a saved model carries them.
     """
+
+    param_fields = {"batch_norm_param": ("use_global_stats", "moving_average_fraction", "eps", "scale_filler",
+                                        "bias_filler", "scale_bias", "engine")}
 
     exact_num_bottom = 1
     exact_num_top = 1
@@ -202,6 +207,7 @@ class BatchNormLayer(Layer):
             for spec, (lr, decay) in zip(self.param.param, self.param_specs, strict=False):
                 spec.lr_mult, spec.decay_mult = lr, decay
         self.param_propagate_down = [lr != 0 for lr, _ in self.param_specs]
+        self._x, self._xbuf = None, None
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -260,7 +266,14 @@ class BatchNormLayer(Layer):
             self.mean = self._vec(mean)
             self.inv_std = self._vec(1 / xp.sqrt(var + self.eps))
             self.xhat = None
-            self._x = None if top[0] is bottom[0] else x  # backward rebuilds x̂ from it (no copy)
+            # dγ needs x̂, rebuilt from the input in backward: the bottom itself, or (in place, where a later
+            # in-place layer such as ReLU may rewrite the top) a copy, kept only when backward will run
+            if top[0] is not bottom[0]:
+                self._x = x
+            elif self.scale_bias and self.needs_backward:
+                self._x = self._xbuf = copy_into(self._xbuf, x)
+            else:
+                self._x = None
             # written straight into the top: a few whole-array passes, no temporaries (the deploy hot path)
             xp.subtract(x, self.mean, out=y)
             xp.multiply(y, self.inv_std if gamma is None else self.inv_std * gamma, out=y)
@@ -273,22 +286,19 @@ class BatchNormLayer(Layer):
         self._update_running(mean, var)
         self.inv_std = self._vec(1 / xp.sqrt(var + self.eps))
         xhat *= self.inv_std
-        self.xhat = xhat  # kept: an in-place successor (ReLU) may rewrite the top before backward
+        # kept for backward (an in-place successor such as ReLU may rewrite the top before it)
+        self.xhat = xhat if self.needs_backward else None
         if gamma is None:
             y[...] = xhat
         else:
             xp.multiply(xhat, gamma, out=y)
             xp.add(y, self._vec(self.blobs[4].data), out=y)
 
-    def _global_xhat(self, top):
-        """x̂ under global statistics, rebuilt for dγ: from the bottom when it is untouched, else from the
-        top as (y − β)/γ (exact unless a later in-place layer rewrote the top; 0 where γ = 0)."""
-        xp = get_array_module(self.inv_std)
-        if self._x is not None:
-            return (self._x - self.mean) * self.inv_std
-        gamma = self._vec(self.blobs[3].data)
-        safe = xp.where(gamma == 0, xp.ones_like(gamma), gamma)
-        return xp.where(gamma == 0, 0, (self._view(top[0].data) - self._vec(self.blobs[4].data)) / safe)
+    def _global_xhat(self):
+        """x̂ under global statistics, rebuilt for dγ from the input kept by forward."""
+        if self._x is None:
+            raise self.error("backward after an in-place forward that kept no input (needs_backward was False)")
+        return (self._x - self.mean) * self.inv_std
 
     def backward(self, top, propagate_down, bottom):
         xp = get_array_module(top[0].diff)
@@ -297,7 +307,7 @@ class BatchNormLayer(Layer):
         scale = self.inv_std
         if self.scale_bias or not self.use_global:
             if xhat is None:
-                xhat = self._global_xhat(top)
+                xhat = self._global_xhat()
             dgamma = _chan_sum(dy * xhat)
             dbeta = _chan_sum(dy)
         if self.scale_bias:

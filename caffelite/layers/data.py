@@ -101,6 +101,9 @@ class ImageDataLayer(PrefetchingDataLayer):
             raise self.error("image_data_param.source is required")
         if p.short_side:
             raise self.unsupported("image_data_param.short_side", p.short_side)
+        if p.HasField("mean_file") or p.HasField("crop_size") or p.HasField("mirror") or p.HasField("scale"):
+            raise self.error("deprecated image_data_param transform fields: move scale/mean_file/crop_size/mirror "
+                             "to transform_param")
         if (p.new_height > 0) != (p.new_width > 0):
             raise self.error("new_height and new_width must be set together")
         tp = self.param.transform_param

@@ -58,6 +58,8 @@ def canonical_axis(layer, axis, num_axes):
 class EltwiseLayer(Layer):
     """Element-wise SUM (with ``coeff``), PROD (``stable_prod_grad``) or MAX of two or more bottoms."""
 
+    param_fields = {"eltwise_param": ("operation", "coeff", "stable_prod_grad")}
+
     min_num_bottom = 2
     exact_num_top = 1
     allows_in_place = False
@@ -170,6 +172,8 @@ class BiasLayer(Layer):
     lr_mult 0. The default filler is Caffe's: constant 0.
     """
 
+    param_fields = {"bias_param": ("axis", "num_axes", "filler")}
+
     min_num_bottom = 1
     max_num_bottom = 2
     exact_num_top = 1
@@ -218,6 +222,8 @@ class ScaleLayer(Layer):
     in forward because gamma's gradient needs it.
     """
 
+    param_fields = {"scale_param": ("axis", "num_axes", "filler", "bias_term", "bias_filler")}
+
     min_num_bottom = 1
     max_num_bottom = 2
     exact_num_top = 1
@@ -255,7 +261,10 @@ class ScaleLayer(Layer):
         outer, dim, inner = self._dims
         x = bottom[0].data
         xp = backend.get_array_module(x)
-        self._saved_x = copy_into(self._saved_x, x) if top[0] is bottom[0] else None
+        # in place, γ's gradient needs the input that the top overwrites: keep a copy, but only when
+        # backward will run (a deploy net skips it: a whole-tensor copy per Scale layer)
+        keep = top[0] is bottom[0] and self.needs_backward and (len(bottom) > 1 or param_propagate(self, 0))
+        self._saved_x = copy_into(self._saved_x, x) if keep else None
         s = self._scale(bottom).data.astype(x.dtype, copy=False).reshape(1, dim, 1)
         y = top[0].data
         xp.multiply(x.reshape(outer, dim, inner), s, out=y.reshape(outer, dim, inner))

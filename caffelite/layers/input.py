@@ -13,6 +13,8 @@ class InputLayer(Layer):
     re-shapes every layer downstream.
     """
 
+    param_fields = {"input_param": ("shape",)}
+
     exact_num_bottom = 0
     min_num_top = 1
 
@@ -36,6 +38,8 @@ class InputLayer(Layer):
 @register("Split")
 class SplitLayer(Layer):
     """Every top shares the bottom's data; backward sums the top diffs into the bottom diff."""
+
+    param_fields = {}
 
     exact_num_bottom = 1
     min_num_top = 1

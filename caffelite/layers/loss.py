@@ -20,6 +20,8 @@ FLT_MIN = float(np.finfo(np.float32).tiny)
 class LossLayer(Layer):
     """Caffe's ``LossLayer``: two bottoms (prediction, label/target), a scalar loss top, loss weight 1."""
 
+    param_fields = {"loss_param": ()}
+
     exact_num_bottom = 2
     exact_num_top = 1
     is_loss = True
@@ -79,6 +81,9 @@ class SoftmaxWithLossLayer(LossLayer):
     ``loss_param.label_weights`` (all 1 when absent; it weights the forward loss only, jacinto.md §f).
     An optional second top receives the softmax probabilities.
     """
+
+    param_fields = {"loss_param": ("ignore_label", "normalization", "normalize", "label_weights"),
+                    "softmax_param": ("axis", "engine")}
 
     exact_num_top = None
     min_num_top = 1
@@ -147,6 +152,8 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
     """Cross-entropy of ``sigmoid(x)`` against targets in [0, 1], in the overflow-free form
     ``−(x·(t − [x≥0]) − log(1 + exp(x − 2x·[x≥0])))``. Elements whose target equals ``ignore_label`` are
     skipped. Normalised by BATCH_SIZE unless ``normalization``/``normalize`` say otherwise (BVLC's default)."""
+
+    param_fields = {"loss_param": ("ignore_label", "normalization", "normalize")}
 
     def setup(self, bottom, top):
         self.normalization = self.read_normalization(self.param.loss_param.BATCH_SIZE)

@@ -24,6 +24,8 @@ _BNLL_THRESHOLD = 50.0
 class NeuronLayer(Layer):
     """Base of the element-wise layers: shape the top like the bottom, save the input when needed."""
 
+    param_fields = {}
+
     exact_num_bottom = 1
     exact_num_top = 1
     allows_in_place = True
@@ -39,7 +41,8 @@ class NeuronLayer(Layer):
         xp = backend.get_array_module(x)
         in_place = top[0] is bottom[0]
         saved = getattr(self, "_saved_x", None)
-        self._saved_x = copy_into(saved, x) if (in_place and self._input_needed()) else None
+        keep = in_place and self.needs_backward and self._input_needed()
+        self._saved_x = copy_into(saved, x) if keep else None
         top[0].data[...] = self.f(xp, x)
 
     def backward(self, top, propagate_down, bottom):
@@ -66,6 +69,8 @@ class NeuronLayer(Layer):
 @register("ReLU")
 class ReLULayer(NeuronLayer):
     """``y = max(x, 0) + negative_slope * min(x, 0)``."""
+
+    param_fields = {"relu_param": ("negative_slope", "engine")}
 
     def setup(self, bottom, top):
         self.slope = float(self.param.relu_param.negative_slope)
@@ -101,6 +106,8 @@ class ReLULayer(NeuronLayer):
 @register("PReLU")
 class PReLULayer(NeuronLayer):
     """ReLU with a learned negative slope per channel (axis 1) or one shared slope (``channel_shared``)."""
+
+    param_fields = {"prelu_param": ("filler", "channel_shared")}
 
     needs_input = True
 
@@ -152,6 +159,8 @@ class PReLULayer(NeuronLayer):
 class SigmoidLayer(NeuronLayer):
     """``y = 1 / (1 + exp(-x))``; backward from the output."""
 
+    param_fields = {"sigmoid_param": ("engine",)}
+
     def f(self, xp, x):
         # 0.5 * tanh(0.5 x) + 0.5 is the overflow-free form of the logistic function
         half = x.dtype.type(0.5)
@@ -165,6 +174,8 @@ class SigmoidLayer(NeuronLayer):
 class TanHLayer(NeuronLayer):
     """``y = tanh(x)``; backward from the output."""
 
+    param_fields = {"tanh_param": ("engine",)}
+
     def f(self, xp, x):
         return xp.tanh(x)
 
@@ -175,6 +186,8 @@ class TanHLayer(NeuronLayer):
 @register("ELU")
 class ELULayer(NeuronLayer):
     """``y = lambda * (x > 0 ? x : alpha * (exp(x) - 1))`` (caffe-jacinto adds ``lambda``, default 1)."""
+
+    param_fields = {"elu_param": ("alpha", "lambda")}
 
     def setup(self, bottom, top):
         p = self.param.elu_param
@@ -225,6 +238,8 @@ class BNLLLayer(NeuronLayer):
 class PowerLayer(NeuronLayer):
     """``y = (shift + scale * x) ** power``."""
 
+    param_fields = {"power_param": ("power", "scale", "shift")}
+
     needs_input = True
 
     def setup(self, bottom, top):
@@ -269,6 +284,8 @@ def _log_base(layer, base):
 class ExpLayer(NeuronLayer):
     """``y = base ** (shift + scale * x)`` (base e by default); backward from the output."""
 
+    param_fields = {"exp_param": ("base", "scale", "shift")}
+
     def setup(self, bottom, top):
         p = self.param.exp_param
         ln_base = _log_base(self, float(p.base))
@@ -287,6 +304,8 @@ class ExpLayer(NeuronLayer):
 @register("Log")
 class LogLayer(NeuronLayer):
     """``y = log_base(shift + scale * x)`` (natural log by default)."""
+
+    param_fields = {"log_param": ("base", "scale", "shift")}
 
     needs_input = True
 
@@ -310,6 +329,8 @@ class LogLayer(NeuronLayer):
 @register("Threshold")
 class ThresholdLayer(NeuronLayer):
     """``y = 1 if x > threshold else 0``. Caffe implements no backward."""
+
+    param_fields = {"threshold_param": ("threshold",)}
 
     def setup(self, bottom, top):
         self.threshold = float(self.param.threshold_param.threshold)
@@ -371,6 +392,8 @@ class DropoutLayer(NeuronLayer):
     The mask is drawn from :func:`caffelite.backend.rng` (or, when caffe-jacinto's
     ``dropout_param.random_seed`` is >= 0, from a generator of this layer seeded with it).
     """
+
+    param_fields = {"dropout_param": ("dropout_ratio", "engine", "random_seed")}
 
     def setup(self, bottom, top):
         p = self.param.dropout_param

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..layer import Layer, register
+from .eltwise import copy_into
 from .batch_norm import BatchNormLayer, convert_blobs, split_for_bvlc  # noqa: F401  (re-exported)
 
 
@@ -31,6 +32,8 @@ class LRNLayer(Layer):
     ``y = x · (1 + α/n² · Σ_{n×n window} x²)^-β``: ``k`` is not used and border windows still divide by n².
     """
 
+    param_fields = {"lrn_param": ("local_size", "alpha", "beta", "norm_region", "k", "engine")}
+
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -56,8 +59,8 @@ class LRNLayer(Layer):
         else:
             box = window_sum(window_sum(x * x, 2, self.size), 3, self.size)
             self.scale = 1 + (self.alpha / (self.size * self.size)) * box
-        # keep x when in place: backward needs it after top has overwritten it
-        self._x = x.copy() if top[0] is bottom[0] else None
+        # keep x when in place: backward needs it after top has overwritten it (only if backward will run)
+        self._x = copy_into(getattr(self, "_x", None), x) if top[0] is bottom[0] and self.needs_backward else None
         top[0].data[...] = x * self.scale ** -self.beta
 
     def backward(self, top, propagate_down, bottom):
@@ -83,6 +86,8 @@ class MVNLayer(Layer):
     ``y = (x − μ)`` or, with ``normalize_variance``, ``y = (x − μ) / (σ + eps)`` with σ the biased standard
     deviation: Caffe adds eps to the std, not to the variance.
     """
+
+    param_fields = {"mvn_param": ("normalize_variance", "across_channels", "eps")}
 
     exact_num_bottom = 1
     exact_num_top = 1

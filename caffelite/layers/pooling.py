@@ -9,7 +9,6 @@ converted layer. A second top is MAX's argmax mask (flat h*W + w per channel, as
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..layer import TRAIN, Layer, register
 from ..ops import pool as P
@@ -101,8 +100,8 @@ class PoolingLayer(Layer):
         if self.method == MAX:
             xp = bottom[0].xp
             if getattr(self, "_argmax", None) is None or self._argmax.shape != top[0].shape \
-                    or type(self._argmax) is not xp.ndarray:
-                self._argmax = xp.zeros(top[0].shape, dtype=np.int32)
+                    or type(self._argmax) is not xp.ndarray or self._argmax.dtype != P.argmax_dtype(self.kernel):
+                self._argmax = xp.zeros(top[0].shape, dtype=P.argmax_dtype(self.kernel))
 
     def forward(self, bottom, top):
         x = bottom[0].data

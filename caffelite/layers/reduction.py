@@ -17,6 +17,8 @@ SUM, ASUM, SUMSQ, MEAN = _R.SUM, _R.ASUM, _R.SUMSQ, _R.MEAN
 class ReductionLayer(Layer):
     """Reduce every axis from ``axis`` to the end: top shape is ``bottom.shape[:axis]``, times ``coeff``."""
 
+    param_fields = {"reduction_param": ("operation", "axis", "coeff")}
+
     exact_num_bottom = 1
     exact_num_top = 1
     allows_in_place = False
@@ -71,6 +73,8 @@ class ArgMaxLayer(Layer):
     ``out_max_val``. Without: each item is flattened and the top is N x (1 or 2) x top_k (x 1 ...), the
     second channel holding the values. Caffe implements no backward.
     """
+
+    param_fields = {"argmax_param": ("out_max_val", "top_k", "axis")}
 
     exact_num_bottom = 1
     exact_num_top = 1

@@ -36,6 +36,8 @@ def softmax(x, axis):
 class SoftmaxLayer(Layer):
     """``y = exp(x) / Σ_axis exp(x)`` along ``softmax_param.axis`` (default 1)."""
 
+    param_fields = {"softmax_param": ("engine", "axis")}
+
     exact_num_bottom = 1
     exact_num_top = 1
 

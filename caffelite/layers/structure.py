@@ -21,6 +21,8 @@ def _prod(dims) -> int:
 class ConcatLayer(Layer):
     """Concatenate the bottoms along ``concat_param.axis`` (legacy ``concat_dim``)."""
 
+    param_fields = {"concat_param": ("axis", "concat_dim")}
+
     min_num_bottom = 1
     exact_num_top = 1
     allows_in_place = False
@@ -66,6 +68,8 @@ class ConcatLayer(Layer):
 @register("Slice")
 class SliceLayer(Layer):
     """Split the bottom along ``slice_param.axis`` (legacy ``slice_dim``) at ``slice_point``s or equally."""
+
+    param_fields = {"slice_param": ("axis", "slice_point", "slice_dim")}
 
     exact_num_bottom = 1
     min_num_top = 1
@@ -121,6 +125,8 @@ class SliceLayer(Layer):
 @register("Crop")
 class CropLayer(Layer):
     """Crop bottom[0] to bottom[1]'s shape from ``axis`` on, at ``offset`` (none: 0; one: every axis)."""
+
+    param_fields = {"crop_param": ("axis", "offset")}
 
     exact_num_bottom = 2
     exact_num_top = 1
@@ -196,6 +202,8 @@ class _ViewLayer(Layer):
 class FlattenLayer(_ViewLayer):
     """Merge axes ``axis`` .. ``end_axis`` into one."""
 
+    param_fields = {"flatten_param": ("axis", "end_axis")}
+
     def top_shape(self, shape):
         p = self.param.flatten_param
         nd = len(shape)
@@ -209,6 +217,8 @@ class FlattenLayer(_ViewLayer):
 @register("Reshape")
 class ReshapeLayer(_ViewLayer):
     """Replace axes [axis, axis + num_axes) by ``reshape_param.shape`` (0 copies a dim, one -1 is inferred)."""
+
+    param_fields = {"reshape_param": ("shape", "axis", "num_axes")}
 
     def setup(self, bottom, top):
         p = self.param.reshape_param
@@ -253,6 +263,8 @@ class ReshapeLayer(_ViewLayer):
 class TileLayer(Layer):
     """Repeat the bottom ``tiles`` times along ``axis`` (whole blocks from that axis on)."""
 
+    param_fields = {"tile_param": ("axis", "tiles")}
+
     exact_num_bottom = 1
     exact_num_top = 1
     allows_in_place = False
@@ -286,6 +298,8 @@ class TileLayer(Layer):
 class SilenceLayer(Layer):
     """Swallow its bottoms (no top); backward writes zero diffs."""
 
+    param_fields = {}
+
     min_num_bottom = 1
     exact_num_top = 0
     allows_in_place = False
@@ -308,6 +322,8 @@ class FilterLayer(Layer):
 
     Caffe cannot backpropagate into the selector: force_backward skips it and asking for it is an error.
     """
+
+    param_fields = {}
 
     min_num_bottom = 2
     min_num_top = 1

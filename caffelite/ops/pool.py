@@ -39,8 +39,9 @@ def _tiles(k, s, p, h, w, ho, wo) -> bool:
 
 
 def max_pool_forward(x, k, s, p, ho, wo, out, argmax_out=None):
-    """MAX pooling of x (N, C, H, W) into ``out`` (N, C, ho, wo). When ``argmax_out`` (int32, same shape) is
-    given it receives each window's winning offset index i*kw + j (see :func:`offsets_to_mask`)."""
+    """MAX pooling of x (N, C, H, W) into ``out`` (N, C, ho, wo). When ``argmax_out`` (integer, same shape;
+    see :func:`argmax_dtype`) is given it receives each window's winning offset index i*kw + j (see
+    :func:`offsets_to_mask`)."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
     if _tiles(k, s, p, h, w, ho, wo) and (ho == 1 and wo == 1):
@@ -58,29 +59,36 @@ def max_pool_forward(x, k, s, p, ho, wo, out, argmax_out=None):
     # padding cells can never win: they hold -inf
     view = window_view(pad_into(x, p[0], p[1], hb, wb, fill=-np.inf, slot="pool_pad"), g, ho, wo)
     out[...] = view[:, :, 0, 0]
-    if argmax_out is None:
-        for i in range(k[0]):
-            for j in range(k[1]):
-                if i or j:
-                    xp.maximum(out, view[:, :, i, j], out=out)
-        return out
-    argmax_out[...] = 0
-    better = workspace("pool_mask", out.shape, np.bool_, xp)
     for i in range(k[0]):
         for j in range(k[1]):
             if i or j:
-                v = view[:, :, i, j]
-                xp.greater(v, out, out=better)  # strict: the first maximum (row-major) wins, as in Caffe
-                xp.copyto(out, v, where=better)
-                xp.copyto(argmax_out, i * k[1] + j, where=better)
+                xp.maximum(out, view[:, :, i, j], out=out)
+    if argmax_out is not None:
+        # the FIRST maximum in row-major window order wins (Caffe's strict '>'): mark offsets in reverse
+        # (arithmetic instead of a masked copy: ties are common after a ReLU and masked copies branch)
+        hit = workspace("pool_mask", out.shape, np.bool_, xp)
+        step = workspace("pool_step", out.shape, argmax_out.dtype, xp)
+        last = k[0] * k[1] - 1
+        argmax_out[...] = last
+        for o in range(last - 1, -1, -1):
+            xp.equal(view[:, :, o // k[1], o % k[1]], out, out=hit)
+            xp.subtract(argmax_out, o, out=step)       # >= 1: offsets only decrease in this loop
+            xp.multiply(step, hit.view(np.uint8), out=step)
+            xp.subtract(argmax_out, step, out=argmax_out)
     return out
+
+
+def argmax_dtype(k):
+    """The narrowest integer type for window offsets 0..k_h*k_w-1 (less memory traffic in backward)."""
+    return np.uint8 if k[0] * k[1] <= 255 else np.int32
 
 
 def offsets_to_mask(argmax, k, s, p, h, w):
     """Caffe's mask (flat index h*W + w of the winner in its channel) from window offset indices."""
     xp = get_array_module(argmax)
     ho, wo = argmax.shape[-2:]
-    i, j = argmax // k[1], argmax % k[1]
+    a = argmax.astype(np.int64)
+    i, j = a // k[1], a % k[1]
     ys = (xp.arange(ho) * s[0] - p[0]).reshape(ho, 1)
     xs = (xp.arange(wo) * s[1] - p[1]).reshape(1, wo)
     return (ys + i) * w + (xs + j)
@@ -104,12 +112,20 @@ def max_pool_backward(dy, argmax, k, s, p, h, w, dx):
     n, c, ho, wo = dy.shape
     if _tiles(k, s, p, h, w, ho, wo) and (ho == 1 and wo == 1):
         dx[...] = 0
-        pos = ((argmax // k[1]) * w + argmax % k[1]).reshape(-1)
+        a = argmax.astype(np.int64)
+        pos = ((a // k[1]) * w + a % k[1]).reshape(-1)
         dx.reshape(n * c, h * w)[xp.arange(n * c), pos] = dy.reshape(-1)
+        return dx
+    hit = workspace("pool_mask", dy.shape, np.bool_, xp)
+    if p[0] == 0 and p[1] == 0 and tuple(k) == tuple(s) and h == ho * k[0] and w == wo * k[1]:
+        # disjoint windows tiling the input: every input cell gets exactly one product, no accumulation
+        for i in range(k[0]):
+            for j in range(k[1]):
+                xp.equal(argmax, i * k[1] + j, out=hit)
+                xp.multiply(dy, hit, out=dx[:, :, i::s[0], j::s[1]])
         return dx
     buf = _scatter_target(dx, k, s, p, h, w, ho, wo, xp)
     tmp = workspace("pool_tmp", dy.shape, dy.dtype, xp)
-    hit = workspace("pool_mask", dy.shape, np.bool_, xp)
     ey, ex = s[0] * (ho - 1) + 1, s[1] * (wo - 1) + 1
     for i in range(k[0]):
         for j in range(k[1]):

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import backend
 from .. import log as glog
+from ..errors import DeviceError
 from ..solvers import netutil
 from .shard import shard_data_layers
 
@@ -50,6 +51,7 @@ class DataParallel:
         self.comm = comm
         self.rank, self.size = comm.rank, comm.size
         self._sparsity_seen = None
+        self._qhooks = []
 
     # -- wiring ---------------------------------------------------------------------------------------
     def attach(self, shard_data=True):
@@ -85,8 +87,8 @@ class DataParallel:
         arrays = list(arrays)
         try:
             return self.comm.broadcast(arrays, root=0)
-        except Exception as e:
-            raise type(e)(f"broadcasting '{name}' from the root failed: {e}") from e
+        except DeviceError as e:
+            raise DeviceError(f"broadcasting '{name}' from the root failed: {e}") from e
 
     def broadcast_parameters(self):
         """Root's learnable params, solver history and iteration on every replica (the start of a run)."""
@@ -96,14 +98,37 @@ class DataParallel:
         self.broadcast_state("parameters", arrays)
         s.iter = int(self.comm.broadcast_scalar(s.iter))
 
+    def check_identical(self):
+        """True when every replica holds the root's parameters bit for bit (a cheap end-of-run check).
+
+        Each replica compares float64 (sum, sum of squares, sum × index) of its params, and the sums of its
+        quantization ranges, with the root's."""
+        stats = []
+        for b in netutil.learnable_params(self.solver.net):
+            d = backend.to_numpy(b.data).astype(np.float64).ravel()
+            stats += [d.sum(), (d * d).sum(), (d * np.arange(d.size)).sum()]
+        for q in self._qhooks:  # quantization ranges are state that must agree too
+            stats += [float(a.sum()) for group in (q.r_in, q.r_out, q.r_w) for a in group]
+        mine = np.asarray(stats, dtype=np.float64)
+        root = self.comm.host_or_device_array(mine.copy())
+        self.comm.broadcast([root])
+        same = np.array_equal(backend.to_numpy(root), mine)
+        differs = self.comm.host_or_device_array(np.asarray([0.0 if same else 1.0]))
+        self.comm.allreduce_sum([differs])
+        return float(backend.to_numpy(differs)[0]) == 0.0
+
     def _reduce_gradients(self, solver, **_):
         self.comm.allreduce_mean([b.diff for b in netutil.learnable_params(solver.net)])
 
     def _after_update(self, solver, **_):
-        stats = _batchnorm_statistics(solver.net)
+        self.sync_statistics()
+        self._sync_sparsity(solver)
+
+    def sync_statistics(self):
+        """Average the BatchNorm running statistics over the replicas (each computed them on its own batch)."""
+        stats = _batchnorm_statistics(self.solver.net)
         if stats:
             self.comm.allreduce_mean(stats)
-        self._sync_sparsity(solver)
 
     def _sync_sparsity(self, solver):
         # jacinto's SparsityHook (caffelite/jacinto/sparsity.py) keeps .factor and .masks; share them when
@@ -129,6 +154,7 @@ class DataParallel:
             qhooks = [getattr(fn, "__self__", None) for fn in ends]
             qhooks = [q for q in qhooks if q is not None and hasattr(q, "r_in") and hasattr(q, "r_out")]
             for q in qhooks:
+                self._qhooks.append(q)
                 net.add_hook("forward_end", lambda _net, q=q: self._sync_ranges(q))
 
     def _sync_ranges(self, qhook):

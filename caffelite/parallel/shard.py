@@ -84,6 +84,8 @@ class InterleavedCursor:
         self.inner.set_state(st)
 
     def __getattr__(self, name):
+        if name == "inner":  # not set yet (copy/unpickle): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

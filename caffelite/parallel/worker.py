@@ -117,6 +117,10 @@ def run_replica(config, comm):
         solver.solve()
         glog.info(f"Optimization Done in {train_cmd._hms(time.perf_counter() - t0)}", "caffe.cpp:250")
         _log_performance(solver, comm, stamps, config)
+        replica.sync_statistics()  # Solve's closing display forward updated them once more, locally
+        if not replica.check_identical():
+            raise CaffeliteError("data-parallel replicas ended with different weights")
+        glog.info(f"All {comm.size} replicas hold identical weights", "parallel.cpp:260")
     finally:
         handler.restore()
         replica.detach()

@@ -22,9 +22,13 @@ class AdaGradSolver(Solver):
 
     def compute_update(self, i, g, hist, local_rate, momentum):
         xp = get_array_module(g)
-        h = hist[0]
-        h += g * g
-        g[...] = local_rate * (g / (xp.sqrt(h) + self.delta))
+        h, tmp = hist[0], self.scratch(g)
+        xp.multiply(g, g, out=tmp)
+        h += tmp
+        xp.sqrt(h, out=tmp)
+        tmp += self.delta
+        xp.divide(g, tmp, out=g)
+        g *= local_rate
 
 
 @register_solver("RMSProp", legacy=3)
@@ -39,11 +43,16 @@ class RMSPropSolver(Solver):
 
     def compute_update(self, i, g, hist, local_rate, momentum):
         xp = get_array_module(g)
-        h = hist[0]
+        h, tmp = hist[0], self.scratch(g)
         d = self.dtype.type(self.param.rms_decay)
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - d
         h *= d
-        h += (1 - d) * (g * g)
-        g[...] = local_rate * (g / (xp.sqrt(h) + self.delta))
+        h += tmp
+        xp.sqrt(h, out=tmp)
+        tmp += self.delta
+        xp.divide(g, tmp, out=g)
+        g *= local_rate
 
 
 @register_solver("AdaDelta", legacy=4)
@@ -55,11 +64,20 @@ class AdaDeltaSolver(Solver):
     def compute_update(self, i, g, hist, local_rate, momentum):
         xp = get_array_module(g)
         hg, hu = hist
+        tmp, tmp2 = self.scratch(g), self.scratch(g, 1)
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - momentum
         hg *= momentum
-        hg += (1 - momentum) * (g * g)
-        g *= xp.sqrt((hu + self.delta) / (hg + self.delta))
+        hg += tmp
+        xp.add(hu, self.delta, out=tmp)
+        xp.add(hg, self.delta, out=tmp2)
+        tmp /= tmp2
+        xp.sqrt(tmp, out=tmp)
+        g *= tmp
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - momentum
         hu *= momentum
-        hu += (1 - momentum) * (g * g)
+        hu += tmp
         g *= local_rate
 
 
@@ -77,8 +95,15 @@ class AdamSolver(Solver):
         t = self.iter + 1
         # Caffe computes the bias correction in float: sqrt(1 - b2^t) / (1 - b1^t).
         corr = self.dtype.type((1 - float(b2) ** t) ** 0.5 / (1 - float(b1) ** t))
+        tmp = self.scratch(g)
+        xp.multiply(g, 1 - b1, out=tmp)
         m *= b1
-        m += (1 - b1) * g
+        m += tmp
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
         v *= b2
-        v += (1 - b2) * (g * g)
-        g[...] = (local_rate * corr) * (m / (xp.sqrt(v) + self.delta))
+        v += tmp
+        xp.sqrt(v, out=tmp)
+        tmp += self.delta
+        xp.divide(m, tmp, out=g)
+        g *= local_rate * corr

@@ -16,6 +16,7 @@ snapshot sidecar so resume is exact (see snapshot.py).
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -66,7 +67,7 @@ class Solver:
 
     Parameters
     ----------
-    param : SolverParameter (caffe-jacinto 0.17 classes)
+    param : SolverParameter (caffe-jacinto 0.17 classes), or the path of a solver prototxt (as pycaffe)
     net, test_nets : optional pre-built nets (else built from the param's net fields)
     level, stages : the NetState level/stages (``caffe train --level --stage``)
     base_dir : directory against which relative net paths are tried when not found in the CWD
@@ -77,6 +78,10 @@ class Solver:
     history_factor = 1
 
     def __init__(self, param, net=None, test_nets=None, *, level=0, stages=(), base_dir=None, flavor="bvlc"):
+        if isinstance(param, (str, os.PathLike)):  # pycaffe: caffe.SGDSolver("solver.prototxt")
+            path = os.fspath(param)
+            param = netutil.read_solver_param(path)
+            base_dir = base_dir or os.path.dirname(os.path.abspath(path))
         self.param = param
         self.flavor = display_mod.check_flavor(flavor)
         self.check_param()
@@ -287,10 +292,10 @@ class Solver:
             g = blob.diff
             if p.iter_size > 1:
                 g *= f(1) / f(p.iter_size)
-            self.regularize(i, blob, g, wd)
             local_rate = f(rate) * f(self.lr_mults[i])
-            if p.larc:
+            if p.larc:  # ||g|| of the averaged gradient, before weight decay (§c.2)
                 local_rate = self._larc_rate(blob, g, rate, i)
+            self.regularize(i, blob, g, wd)
             self.compute_update(i, g, self.history[i], local_rate, momentum)
         netutil.update(self.net)
 
@@ -316,12 +321,27 @@ class Solver:
         if not local_decay:
             return
         kind = self.param.regularization_type
+        xp = blob.xp
+        tmp = self.scratch(g)
         if kind in ("L2", "L2_unitary"):
-            g += local_decay * blob.data
+            xp.multiply(blob.data, local_decay, out=tmp)
         elif kind == "L1":
-            g += local_decay * blob.xp.sign(blob.data)
+            xp.sign(blob.data, out=tmp)
+            tmp *= local_decay
         else:
             raise SolverError(f"Unknown regularization type: {kind}")
+        g += tmp
+
+    def scratch(self, like, k=0):
+        """A reusable temporary shaped like ``like`` (``k`` selects one of several), so updates of large blobs
+        allocate nothing per iteration."""
+        bufs = self.__dict__.setdefault("_scratch", {})
+        key = (k, like.dtype.str, type(like))
+        buf = bufs.get(key)
+        if buf is None or buf.size < like.size:
+            buf = backend.get_array_module(like).empty(like.size, dtype=like.dtype)
+            bufs[key] = buf
+        return buf[:like.size].reshape(like.shape)
 
     def _larc_rate(self, blob, g, rate, i):
         # §c.2 LARC: r = eta*||w||/||g|| (1 if a norm is 0); replaces lr_mult when lr_mult > 0.

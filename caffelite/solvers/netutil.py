@@ -22,6 +22,22 @@ def _resolve(path, base_dir):
     return alt if os.path.exists(alt) else path
 
 
+def read_solver_param(path):
+    """Read a solver prototxt (upgraded) and apply Caffe's snapshot_prefix default.
+
+    As BVLC's ``ReadSolverParamsFromTextFileOrDie``: an empty ``snapshot_prefix`` becomes the solver file's
+    path without its extension; a prefix that is a directory (ends in ``/``) gets the file's stem appended.
+    """
+    from .. import io
+    param = io.read_solver(path)
+    stem = os.path.splitext(path)[0]
+    if not param.snapshot_prefix:
+        param.snapshot_prefix = stem
+    elif param.snapshot_prefix.endswith(("/", os.sep)):
+        param.snapshot_prefix = param.snapshot_prefix + os.path.basename(stem)
+    return param
+
+
 def _read_net(path, base_dir):
     from .. import io
     return io.read_net(_resolve(path, base_dir))

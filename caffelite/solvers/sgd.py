@@ -8,6 +8,7 @@ the history in place. Arithmetic stays in the blobs' dtype (float32), in Caffe's
 
 from __future__ import annotations
 
+from ..backend import get_array_module
 from .base import Solver, register_solver
 
 
@@ -17,8 +18,9 @@ class SGDSolver(Solver):
 
     def compute_update(self, i, g, hist, local_rate, momentum):
         h = hist[0]
+        g *= local_rate  # g is overwritten below anyway: no temporary (same float32 products as rate*g)
         h *= momentum
-        h += local_rate * g
+        h += g
         g[...] = h
 
 
@@ -28,7 +30,12 @@ class NesterovSolver(Solver):
 
     def compute_update(self, i, g, hist, local_rate, momentum):
         h = hist[0]
-        prev = h.copy()
+        prev = self.scratch(h)
+        get_array_module(h).negative(h, out=prev)
+        prev *= momentum  # -m*h_old
+        g *= local_rate
         h *= momentum
-        h += local_rate * g
-        g[...] = (1 + momentum) * h - momentum * prev
+        h += g
+        g[...] = h
+        g *= 1 + momentum
+        g += prev

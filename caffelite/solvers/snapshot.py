@@ -90,13 +90,28 @@ def write_snapshot(solver, form=None):
     base = _prefix(solver)
     model = base + ".caffemodel"
     glog.info(f"Snapshotting to binary proto file {model}", "solver.cpp:464")
-    atomic_write(model, model_bytes(solver.net, form, bool(solver.param.snapshot_diff)))
+    os.makedirs(os.path.dirname(os.path.abspath(model)), exist_ok=True)  # a prefix like "snapshots/run1"
+    # streamed from the blobs (io.write_weights with arrays=): same bytes as model_bytes, no protobuf copy
+    solver.net.save(model, form, write_diff=bool(solver.param.snapshot_diff))
     state = base + ".solverstate"
     glog.info(f"Snapshotting solver state to binary proto file {state}", "sgd_solver.cpp:284")
     atomic_write(state, state_proto(solver, model, form).SerializeToString())
     write_sidecar(solver, state + SIDECAR_SUFFIX)
     solver._run_hooks("on_snapshot", path=model)
     return state
+
+
+def latest_snapshot(prefix):
+    """The ``<prefix>_iter_N.solverstate`` with the largest N whose caffemodel also exists, or None
+    (for resuming an interrupted run from its last snapshot)."""
+    import glob
+    import re
+    best, best_n = None, -1
+    for path in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
+        m = re.search(r"_iter_(\d+)\.solverstate$", path)
+        if m and int(m.group(1)) > best_n and os.path.exists(path[:-len(".solverstate")] + ".caffemodel"):
+            best, best_n = path, int(m.group(1))
+    return best
 
 
 # -- the sidecar ----------------------------------------------------------------------------------------

@@ -1,0 +1,448 @@
+"""NumPy ↔ CuPy parity (issue 7), and the CUDA kernel sources checked on the CPU.
+
+Two layers of checks:
+
+* ``pytest -m gpu`` (skipped without CuPy and a GPU): every named kernel, every layer fixture, every solver
+  trajectory and the jsegnet21v2 TRAIN step on CuPy against the CPU results, float32, rtol 1e-4.
+* Always (needs a C++ compiler): each kernel's CUDA source string is compiled as plain C++ with a tiny
+  emulation of ElementwiseKernel/RawKernel (one thread per element; one thread per block) and run through
+  the very same dispatch code with NumPy standing in for CuPy. That checks every index computation, bound
+  and rounding rule of the kernels against the NumPy reference on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+from caffelite import backend, kernels
+from caffelite.kernels import batchnorm as kbn
+from caffelite.kernels import im2col as kim
+from caffelite.kernels import pool as kpool
+from caffelite.kernels import quantize as kq
+from caffelite.kernels import softmax_loss as ksl
+from caffelite.ops.im2col import ConvGeometry
+from caffelite.ops.pool import pooled_size
+
+CXX = shutil.which("g++") or shutil.which("c++")
+_C_TYPES = {"int32": "int", "int64": "long long", "float64": "double", "float32": "float", "bool": "bool"}
+_T = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_BUILD = os.path.join(tempfile.gettempdir(), f"caffelite_kernel_emulation_{os.getuid()}")
+_PRELUDE = """
+#include <cmath>
+#include <algorithm>
+using std::min; using std::max; using std::log; using std::rint; using std::round; using std::fmin; using std::fmax;
+"""
+
+
+def _compile(source):
+    os.makedirs(_BUILD, exist_ok=True)
+    tag = hashlib.sha1(source.encode()).hexdigest()[:16]
+    lib = os.path.join(_BUILD, f"k_{tag}.so")
+    if not os.path.exists(lib):
+        src = os.path.join(_BUILD, f"k_{tag}.cpp")
+        with open(src, "w") as f:
+            f.write(source)
+        tmp = lib + f".{os.getpid()}.tmp"
+        res = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-o", tmp, src], capture_output=True, text=True)
+        assert res.returncode == 0, f"the kernel source does not compile as C++:\n{res.stderr}"
+        os.replace(tmp, lib)
+    return ctypes.CDLL(lib)
+
+
+def _params(spec):
+    out = []
+    for p in (s.strip() for s in spec.split(",") if s.strip()):
+        words = p.split()
+        raw = words[0] == "raw"
+        out.append((raw, words[-2], words[-1]))
+    return out
+
+
+class EmulatedElementwise:
+    """cupy.ElementwiseKernel's contract on the CPU: the body runs once per index ``i`` of the output size."""
+
+    def __init__(self, in_params, out_params, body, name=None):
+        self.params = _params(in_params) + _params(out_params)
+        self.body = body
+
+    def __call__(self, *args):
+        assert len(args) == len(self.params), "argument count"
+        t = next(_T[np.dtype(a.dtype)] for (raw, ty, _), a in zip(self.params, args, strict=True)
+                 if ty == "T" and isinstance(a, np.ndarray))
+        size = next(a.size for (raw, _, _), a in zip(self.params, args, strict=True)
+                    if not raw and isinstance(a, np.ndarray))
+        decl, per_i, ptrs, keep = [], [], [], []
+        for k, ((raw, ty, name), a) in enumerate(zip(self.params, args, strict=True)):
+            cty = t if ty == "T" else _C_TYPES[ty]
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous and a.dtype == np.dtype({"float": np.float32, "double": np.float64}.get(
+                    cty, {"int": np.int32, "long long": np.int64, "bool": np.bool_}.get(cty))), (name, a.dtype)
+                if raw:
+                    decl.append(f"{cty}* {name} = ({cty}*)a[{k}];")
+                else:
+                    decl.append(f"{cty}* {name}__p = ({cty}*)a[{k}];")
+                    per_i.append(f"{cty}& {name} = {name}__p[i];")
+                ptrs.append(a.ctypes.data)
+            else:
+                buf = np.asarray([a], dtype={"int": np.int32, "long long": np.int64, "double": np.float64,
+                                             "float": np.float32, "bool": np.bool_}[cty])
+                keep.append(buf)
+                decl.append(f"const {cty} {name} = *({cty}*)a[{k}];")
+                ptrs.append(buf.ctypes.data)
+        src = (_PRELUDE + f"typedef {t} T;\n" + 'extern "C" void run(long long n, void** a) {\n' + "\n".join(decl) +
+               "\nfor (long long i = 0; i < n; ++i) {\n" + "\n".join(per_i) + "\n" + self.body + "\n}\n}\n")
+        lib = _compile(src)
+        arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        lib.run(ctypes.c_longlong(size), arr)
+
+
+class EmulatedRaw:
+    """cupy.RawKernel on the CPU with one thread per block (blockIdx set per block, threadIdx 0)."""
+
+    def __init__(self, code, name, **_):
+        prelude = _PRELUDE + """
+#define __global__
+#define __shared__ static
+struct Dim3 { unsigned x, y, z; };
+static Dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1};
+static inline void __syncthreads() {}
+extern "C" void set_block(unsigned b) { blockIdx.x = b; }
+"""
+        self.lib = _compile(prelude + code)
+        self.fn = getattr(self.lib, name)
+
+    def __call__(self, grid, block, args):
+        cargs = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                cargs.append(ctypes.c_void_p(a.ctypes.data))
+            elif isinstance(a, np.int32):
+                cargs.append(ctypes.c_int(int(a)))
+            elif isinstance(a, np.int64):
+                cargs.append(ctypes.c_longlong(int(a)))
+            else:
+                cargs.append(ctypes.c_double(float(a)))
+        for b in range(int(np.prod(grid))):
+            self.lib.set_block(ctypes.c_uint(b))
+            self.fn(*cargs)
+
+
+def _emulated_kernel(name, kind, *args, key=None, **kwargs):
+    return EmulatedElementwise(*args, **kwargs) if kind == "elementwise" else EmulatedRaw(*args, **kwargs)
+
+
+@pytest.fixture
+def emulate(monkeypatch):
+    """Route the kernel modules' GPU branch to the C++ emulation, with NumPy standing in for CuPy."""
+    if CXX is None:
+        pytest.skip("no C++ compiler to emulate the CUDA kernels")
+    for mod in (kim, kpool, kbn, ksl, kq):
+        monkeypatch.setattr(mod, "on_gpu", lambda *a: True)
+        monkeypatch.setattr(mod, "kernel", _emulated_kernel)
+        monkeypatch.setattr(mod, "cupy_module", lambda: np)
+    yield
+
+
+GEOMS = [ConvGeometry(3, 3, 1, 1, 1, 1), ConvGeometry(3, 2, 2, 1, 0, 1), ConvGeometry(3, 3, 2, 2, 2, 2, 2, 2),
+         ConvGeometry(1, 1), ConvGeometry(4, 4, 2, 2, 1, 1), ConvGeometry(2, 3, 3, 2, 1, 0, 1, 2)]
+
+
+def _rand(shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("g", GEOMS, ids=str)
+def test_im2col_col2im_kernel_source(g, emulate):
+    x = _rand((2, 3, 7, 6))
+    got = kim.im2col(x, g)
+    cols = _rand(got.shape, 1)
+    got_img = kim.col2im(cols, g, 7, 6)
+    from caffelite.ops.im2col import col2im as ref_col2im
+    from caffelite.ops.im2col import im2col as ref_im2col
+    want = ref_im2col(x, g).copy()
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got_img, ref_col2im(cols, g, 7, 6), rtol=1e-6, atol=1e-6)
+
+
+POOLS = [((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 0)), ((3, 3), (2, 2), (0, 0)),
+         ((7, 7), (1, 1), (0, 0))]
+
+
+@pytest.mark.parametrize("k,s,p", POOLS)
+def test_max_pool_kernel_source(k, s, p, emulate):
+    from caffelite.ops import pool as ref
+    x = _rand((2, 3, 7, 7))
+    x[0, 0, :2, :2] = 5.0  # ties: the first maximum (row-major) must win
+    ho, wo = pooled_size(7, k[0], s[0], p[0]), pooled_size(7, k[1], s[1], p[1])
+    out, arg = np.empty((2, 3, ho, wo), np.float32), np.empty((2, 3, ho, wo), np.int32)
+    kpool.max_pool_forward(x, k, s, p, ho, wo, out, arg)
+    rout, rarg = np.empty_like(out), np.empty_like(arg)
+    ref.max_pool_forward(x, k, s, p, ho, wo, rout, rarg)
+    np.testing.assert_array_equal(out, rout)
+    np.testing.assert_array_equal(arg, rarg)
+    dy = _rand(out.shape, 2)
+    dx, rdx = np.empty_like(x), np.empty_like(x)
+    kpool.max_pool_backward(dy, arg, k, s, p, 7, 7, dx)
+    ref.max_pool_backward(dy, rarg, k, s, p, 7, 7, rdx)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bn_stats_kernel_source(dtype, emulate):
+    x = (_rand((3, 4, 25), 3, dtype) * 2 + 7).astype(dtype)
+    mean, var = kbn.channel_stats(x)
+    want_mean = x.astype(np.float64).mean(axis=(0, 2))
+    want_var = x.astype(np.float64).var(axis=(0, 2))
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-6)
+    np.testing.assert_allclose(var, want_var, rtol=1e-5)
+    assert mean.dtype == dtype and var.dtype == dtype
+
+
+def test_bn_stats_reference_matches_the_layer_formula():
+    x = _rand((2, 3, 10), 4) + 1
+    mean, var = kbn.channel_stats(x)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-6)
+    np.testing.assert_allclose(var, x.var(axis=(0, 2)), rtol=1e-5)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(x.dtype)
+
+
+@pytest.mark.parametrize("ignore,weights", [(None, None), (255, None), (1, [1.0, 2.0, 0.5, 3.0])])
+def test_softmax_loss_kernel_source(ignore, weights, emulate, monkeypatch):
+    prob = _softmax(_rand((2, 4, 6), 5))
+    prob[0, 2, 0] = 0.0  # clamped at FLT_MIN
+    label = np.random.default_rng(6).integers(0, 4, (2, 6)).astype(np.float32)
+    label[0, 0] = 2
+    if ignore == 255:
+        label[1, :3] = 255
+    loss, valid = ksl.softmax_loss_forward(prob, label, ignore, weights)
+    dx = ksl.softmax_loss_backward(prob, label, 0.25, ignore)
+    monkeypatch.setattr(ksl, "on_gpu", lambda *a: False)
+    rloss, rvalid = ksl.softmax_loss_forward(prob, label, ignore, weights)
+    rdx = ksl.softmax_loss_backward(prob, label, 0.25, ignore)
+    np.testing.assert_allclose(loss, rloss, rtol=1e-6)
+    np.testing.assert_array_equal(valid, rvalid)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-6, atol=1e-7)
+    assert float(rloss[0, 0]) == pytest.approx(-np.log(np.finfo(np.float32).tiny) * (weights[2] if weights else 1),
+                                               rel=1e-5)
+
+
+@pytest.mark.parametrize("ties", ["even", "away"])
+@pytest.mark.parametrize("unsigned,offset", [(False, 0.0), (True, 3.0)])
+def test_fixed_point_kernel_source(ties, unsigned, offset, emulate, monkeypatch):
+    x = np.concatenate([_rand(200, 7) * 3, np.asarray([0.5, -0.5, 1.5, -2.5, 100.0, -100.0], np.float32) / 4])
+    got = kq.quantize(x, 4.0, offset, 8, unsigned, True, ties)
+    monkeypatch.setattr(kq, "on_gpu", lambda *a: False)
+    want = kq.quantize(x, 4.0, offset, 8, unsigned, True, ties)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_every_kernel_has_an_emulated_test():
+    assert set(kernels.KERNELS) == {"im2col", "col2im", "max_pool_fwd", "max_pool_bwd", "bn_stats",
+                                    "softmax_loss_fwd", "softmax_loss_bwd", "fixed_point"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# On a GPU (pytest -m gpu): the real kernels, every layer fixture, every solver trajectory, jsegnet21v2 TRAIN
+
+RTOL = 1e-4  # issue 7: float32, rtol 1e-4
+
+
+def _close(got, want, rtol=RTOL, what=""):
+    got, want = backend.to_numpy(got), np.asarray(want)
+    atol = rtol * max(float(np.abs(want).max()) if want.size else 0.0, 1e-6)
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=rtol, atol=atol, err_msg=what)
+
+
+@pytest.fixture
+def gpu():
+    """GPU mode for the test, CPU mode again after it."""
+    backend.set_mode_gpu()
+    try:
+        yield backend.cupy_module()
+    finally:
+        backend.set_mode_cpu()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("g", GEOMS, ids=str)
+def test_im2col_col2im_on_gpu(g, gpu):
+    x = _rand((2, 3, 7, 6))
+    cols = kim.im2col(gpu.asarray(x), g)
+    _close(cols, kim.im2col(x, g), what="im2col")
+    dc = _rand(cols.shape, 1)
+    _close(kim.col2im(gpu.asarray(dc), g, 7, 6), kim.col2im(dc, g, 7, 6), what="col2im")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,s,p", POOLS)
+def test_max_pool_on_gpu(k, s, p, gpu):
+    x = _rand((2, 3, 7, 7))
+    ho, wo = pooled_size(7, k[0], s[0], p[0]), pooled_size(7, k[1], s[1], p[1])
+    out, arg = np.empty((2, 3, ho, wo), np.float32), np.empty((2, 3, ho, wo), np.int32)
+    kpool.max_pool_forward(x, k, s, p, ho, wo, out, arg)
+    gout, garg = gpu.empty(out.shape, np.float32), gpu.empty(arg.shape, np.int32)
+    kpool.max_pool_forward(gpu.asarray(x), k, s, p, ho, wo, gout, garg)
+    _close(gout, out, what="max")
+    np.testing.assert_array_equal(backend.to_numpy(garg), arg)
+    dy = _rand(out.shape, 2)
+    dx, gdx = np.empty_like(x), gpu.empty(x.shape, np.float32)
+    kpool.max_pool_backward(dy, arg, k, s, p, 7, 7, dx)
+    kpool.max_pool_backward(gpu.asarray(dy), garg, k, s, p, 7, 7, gdx)
+    _close(gdx, dx, what="max backward")
+
+
+@pytest.mark.gpu
+def test_bn_stats_softmax_loss_and_quantizer_on_gpu(gpu):
+    x = _rand((4, 8, 50), 3) * 3 + 2
+    m, v = kbn.channel_stats(gpu.asarray(x))
+    rm, rv = kbn.channel_stats(x)
+    _close(m, rm, what="mean")
+    _close(v, rv, what="var")
+    prob = _softmax(_rand((2, 5, 30), 4))
+    label = np.random.default_rng(5).integers(0, 5, (2, 30)).astype(np.float32)
+    label[0, :4] = 255
+    loss, valid = ksl.softmax_loss_forward(gpu.asarray(prob), gpu.asarray(label), 255, [1, 2, 3, 4, 5])
+    rloss, rvalid = ksl.softmax_loss_forward(prob, label, 255, [1, 2, 3, 4, 5])
+    _close(loss, rloss, what="loss")
+    np.testing.assert_array_equal(backend.to_numpy(valid), rvalid)
+    _close(ksl.softmax_loss_backward(gpu.asarray(prob), gpu.asarray(label), 0.5, 255),
+           ksl.softmax_loss_backward(prob, label, 0.5, 255), what="dx")
+    q = _rand(1000, 6) * 4
+    for ties in ("even", "away"):
+        np.testing.assert_array_equal(backend.to_numpy(kq.quantize(gpu.asarray(q), 8.0, ties=ties)),
+                                      kq.quantize(q, 8.0, ties=ties))
+    assert {name for name, _ in kernels.compiled()} >= set(kernels.KERNELS)
+
+
+def _layer_cases():
+    from layer_case import case_names
+    try:
+        return case_names()
+    except OSError:  # pragma: no cover
+        return []
+
+
+def _run_layer_case_on(name, xp_mode):
+    """The fixture's net (Input layers + the layer) forward/backward in ``xp_mode`` ("cpu" or "gpu"), as
+    test_layer_fixtures runs it; host copies of every recorded output."""
+    import caffelite
+    import layer_case
+    d, meta, io = layer_case.load_case(name)
+    (backend.set_mode_gpu if xp_mode == "gpu" else backend.set_mode_cpu)()
+    xp = backend.current_xp()
+    try:
+        backend.set_random_seed(1701)
+        phase = caffelite.TRAIN if meta.get("phase") == "TRAIN" else caffelite.TEST
+        weights = os.path.join(d, "weights.caffemodel")
+        net = caffelite.Net(os.path.join(d, "net.prototxt"), phase,
+                            weights=weights if os.path.exists(weights) else None)
+        for key, val in io.items():
+            if key.startswith("bottom/"):
+                blob = net.blobs[key.split("/", 1)[1]]
+                blob.reshape(*val.shape)
+                blob.data[...] = xp.asarray(val.astype(np.float32))
+        net.forward()
+        out = {}
+        for key in io:
+            kind, rest = key.split("/", 1)
+            if kind == "top":
+                out[key] = backend.to_numpy(net.blobs[rest].data).copy()
+            elif kind == "param_after":
+                lname, i = rest.rsplit("/", 1)
+                out[key] = backend.to_numpy(net.params[lname][int(i)].data).copy()
+        if meta.get("backward", False) or any(k.startswith("top_diff/") for k in io):
+            for key, val in io.items():
+                if key.startswith("top_diff/"):
+                    net.blobs[key.split("/", 1)[1]].diff[...] = xp.asarray(val.astype(np.float32))
+            net.backward()
+            for key in io:
+                kind, rest = key.split("/", 1)
+                if kind == "bottom_diff":
+                    out[key] = backend.to_numpy(net.blobs[rest].diff).copy()
+                elif kind == "param_diff":
+                    lname, i = rest.rsplit("/", 1)
+                    out[key] = backend.to_numpy(net.params[lname][int(i)].diff).copy()
+        return out
+    finally:
+        backend.set_mode_cpu()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", _layer_cases())
+def test_every_layer_fixture_on_gpu(name):
+    cpu = _run_layer_case_on(name, "cpu")
+    gpu_out = _run_layer_case_on(name, "gpu")
+    assert cpu.keys() == gpu_out.keys()
+    for key, want in cpu.items():
+        _close(gpu_out[key], want, what=f"{name}: {key}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", __import__("solver_fixture").CASES)
+def test_every_solver_trajectory_on_gpu(case):
+    from solver_fixture import TrajectoryNet, solver_param, trajectory
+    from caffelite.solvers import get_solver
+
+    def run(mode):
+        (backend.set_mode_gpu if mode == "gpu" else backend.set_mode_cpu)()
+        try:
+            net = TrajectoryNet(case)
+            solver = get_solver(solver_param(case), net=net, test_nets=[])
+            traj, out = trajectory(case), []
+            xp = backend.current_xp()
+            for k in range(1, 13):
+                for (key, _, _), b in zip(net.layout, net.learnable_params, strict=True):
+                    b.data[...] = xp.asarray(traj[f"param/{key}"][k - 1])
+                    b.diff[...] = xp.asarray(traj[f"grad/{key}"][k - 1])
+                solver.iter = k - 1
+                solver.apply_update()
+                out.append([backend.to_numpy(b.data).copy() for b in net.learnable_params])
+            return out
+        finally:
+            backend.set_mode_cpu()
+
+    for k, (g, c) in enumerate(zip(run("gpu"), run("cpu"), strict=True)):
+        for j, (a, b) in enumerate(zip(g, c, strict=True)):
+            _close(a, b, what=f"{case}: update {k + 1}, param {j}")
+
+
+@pytest.mark.gpu
+def test_jsegnet21v2_train_step_on_gpu():
+    import caffelite
+    from conftest import FIXTURES
+    d = os.path.join(FIXTURES, "nets", "jsegnet21v2_train")
+    weights = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy", "weights.caffemodel.xz")
+    inp = np.load(os.path.join(d, "input.npz"))
+
+    def run(mode):
+        (backend.set_mode_gpu if mode == "gpu" else backend.set_mode_cpu)()
+        try:
+            net = caffelite.Net(os.path.join(d, "train.prototxt"), weights, caffelite.TRAIN)
+            xp = backend.current_xp()
+            net.blobs["data"].data[...] = xp.asarray(inp["data"])
+            net.blobs["label"].data[...] = xp.asarray(inp["label"])
+            net.clear_param_diffs()
+            loss = float(net.forward_backward())
+            diffs = {f"{n}/{i}": backend.to_numpy(b.diff).copy() for n, bl in net.params.items()
+                     for i, b in enumerate(bl)}
+            return loss, diffs
+        finally:
+            backend.set_mode_cpu()
+
+    gloss, gdiffs = run("gpu")
+    closs, cdiffs = run("cpu")
+    assert gloss == pytest.approx(closs, rel=RTOL)
+    for key, want in cdiffs.items():
+        _close(gdiffs[key], want, what=key)
