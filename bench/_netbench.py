@@ -136,10 +136,12 @@ def report(title, ours, peer_runs, ours_mem, peer_mem):
             if best is None or m < best:
                 best_name, best = name, m
             best_min = min(times) if best_min is None else min(best_min, min(times))
+        # paired: each of our runs against the peer's runs right after it (same machine conditions)
+        paired = statistics.median(o / min(peer_runs[k][r] for k in peer_runs) for r, o in enumerate(ours))
         out.update(peer_median_s=best, peer_min_s=best_min, peer_layout=best_name, peer_peak_mem_mb=peer_mem,
-                   time_ratio=med / best, time_ratio_min=low / best_min,
+                   time_ratio=med / best, time_ratio_min=low / best_min, time_ratio_paired=paired,
                    mem_ratio=ours_mem / peer_mem if peer_mem else None)
         print(f"  ratio caffelite/torch: time {med / best:.2f}x (medians; torch {best_name}), "
-              f"{low / best_min:.2f}x (minima); peak memory {ours_mem:.0f}/{peer_mem:.0f} MB = "
-              f"{out['mem_ratio']:.2f}x")
+              f"{low / best_min:.2f}x (minima), {paired:.2f}x (median of run-by-run pairs); "
+              f"peak memory {ours_mem:.0f}/{peer_mem:.0f} MB = {out['mem_ratio']:.2f}x")
     return out

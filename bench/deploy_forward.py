@@ -18,7 +18,10 @@ import os
 import sys
 import time
 
-import numpy as np
+if __name__ == "__main__" and "--threads" in sys.argv:  # must be set before NumPy loads OpenBLAS
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _netbench as nb  # noqa: E402
@@ -84,6 +87,8 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--peer", choices=["torch"], default=None)
     ap.add_argument("--peer-python", default=None)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="threads for both sides (OpenBLAS for caffelite, torch.set_num_threads for the peer)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json", default=None, help="also write the summary here")
     a = ap.parse_args(argv)
@@ -96,7 +101,7 @@ def main(argv=None):
         peer_py = nb.find_peer_python(a.peer_python)
         if peer_py is None:
             print("peer: no interpreter with torch found (use --peer-python); running caffelite only")
-    peer = nb.Peer(peer_py, nb.spec_from_net(net, "forward", a.runs)) if peer_py else None
+    peer = nb.Peer(peer_py, nb.spec_from_net(net, "forward", a.runs, a.threads)) if peer_py else None
     try:
         ours, peer_runs = nb.interleaved(lambda: time_runs(net, 1)[0], peer, a.runs)
         peak = max(nb.rss_mb(), nb.max_rss_mb()) - base

@@ -48,6 +48,13 @@ def cupy_submodule(name: str):
         raise DeviceError(f"cupy.{name} is not available: {e}") from None
 
 
+def device_count() -> int:
+    """Number of CUDA devices CuPy sees (0 without CuPy or a GPU)."""
+    if not cupy_available():
+        return 0
+    return int(_cupy.cuda.runtime.getDeviceCount())
+
+
 def mode() -> str:
     """The current mode, ``"CPU"`` or ``"GPU"``."""
     return _state["mode"]

@@ -36,6 +36,18 @@ class Blob:
     def num_axes(self) -> int:
         return len(self._shape)
 
+    def _legacy(self, index) -> int:
+        # Caffe's LegacyShape: the 4-D view of a blob of at most 4 axes, missing axes are 1
+        if len(self._shape) > 4:
+            raise ValueError(f"num/channels/height/width need a blob of at most 4 axes, shape is {self._shape}")
+        return self._shape[index] if index < len(self._shape) else 1
+
+    # pycaffe's legacy accessors, so scripts written for caffe keep working
+    num = property(lambda self: self._legacy(0), doc="Axis 0 (pycaffe's ``num``).")
+    channels = property(lambda self: self._legacy(1), doc="Axis 1 (pycaffe's ``channels``).")
+    height = property(lambda self: self._legacy(2), doc="Axis 2 (pycaffe's ``height``).")
+    width = property(lambda self: self._legacy(3), doc="Axis 3 (pycaffe's ``width``).")
+
     def reshape(self, *shape) -> None:
         """Change the shape; arrays are reallocated (zeros) only when the shape changes."""
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
@@ -49,7 +61,7 @@ class Blob:
         self._data = self.xp.zeros(shape, dtype=self.dtype)
         self._diff = None  # allocated on first use: inference never needs diffs
 
-    def reshape_like(self, other: "Blob") -> None:
+    def reshape_like(self, other: Blob) -> None:
         self.reshape(other.shape)
 
     # -- arrays ------------------------------------------------------------------------------------
@@ -87,12 +99,12 @@ class Blob:
         """Replace the diff array object itself (no copy)."""
         self._diff = arr
 
-    def share_data(self, other: "Blob") -> None:
+    def share_data(self, other: Blob) -> None:
         """Make this blob's data the very array of ``other`` (Caffe's ShareData)."""
         self._shape = other.shape
         self._data = other._data
 
-    def share_diff(self, other: "Blob") -> None:
+    def share_diff(self, other: Blob) -> None:
         """Make this blob's diff the very array of ``other`` (Caffe's ShareDiff)."""
         self._diff = other.diff
 

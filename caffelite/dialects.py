@@ -110,6 +110,20 @@ def guess_jacinto_version(raw: bytes) -> str:
 
 
 # ----------------------------------------------------------------------------------------- BVLC -> 0.17
+def _rewire(cls, msg, clear=()):
+    """``msg`` read again as ``cls`` (another dialect's class) through the wire, fields ``clear`` left out.
+
+    Fields ``cls`` does not declare stay as its unknown fields, so nothing is lost by the change of class.
+    """
+    if clear:
+        head = type(msg)()
+        head.CopyFrom(msg)
+        for name in clear:
+            head.ClearField(name)
+        msg = head
+    return cls.FromString(msg.SerializePartialToString())
+
+
 def _bvlc_layer_extras(bl):
     """Names of BVLC-only options set in BVLC LayerParameter ``bl`` (no jacinto field carries them)."""
     out = []
@@ -126,21 +140,15 @@ def _bvlc_layer_extras(bl):
 
 def bvlc_layer_to_jacinto(bl, report: NetReport | None = None):
     """Convert one BVLC LayerParameter to a caffe-jacinto 0.17 LayerParameter (see module docstring)."""
-    rec = None
-    if bl.HasField("recurrent_param"):
-        rec = bl.recurrent_param.SerializePartialToString()
-        bl = type(bl).FromString(bl.SerializePartialToString())
-        bl.ClearField("recurrent_param")
-    jl = caffe_pb2.LayerParameter.FromString(bl.SerializePartialToString())
+    # recurrent_param is 146 in BVLC, 151 in jacinto (146 is a jacinto enum there): carried over by hand
+    rec = bl.recurrent_param.SerializePartialToString() if bl.HasField("recurrent_param") else None
+    jl = _rewire(caffe_pb2.LayerParameter, bl, ("recurrent_param",) if rec is not None else ())
     if rec is not None:
         jl.recurrent_param.MergeFromString(rec)
     if report is not None:
         fields = _bvlc_layer_extras(bl)
         if fields:
-            extra = type(bl)()
-            extra.CopyFrom(bl)
-            extra.ClearField("blobs")
-            report.extras[bl.name] = extra
+            report.extras[bl.name] = _rewire(type(bl), bl, ("blobs", "recurrent_param"))
             for f in fields:
                 report.drop(f"layer '{bl.name}' ({bl.type}): {f}")
     return jl
@@ -148,10 +156,7 @@ def bvlc_layer_to_jacinto(bl, report: NetReport | None = None):
 
 def bvlc_net_to_jacinto(bnet, report: NetReport | None = None):
     """Convert a BVLC NetParameter to caffe-jacinto 0.17 (layer by layer, blobs carried as bytes)."""
-    head = type(bnet)()
-    head.CopyFrom(bnet)
-    head.ClearField("layer")
-    jnet = caffe_pb2.NetParameter.FromString(head.SerializePartialToString())
+    jnet = _rewire(caffe_pb2.NetParameter, bnet, ("layer",))
     for bl in bnet.layer:
         jnet.layer.append(bvlc_layer_to_jacinto(bl, report))
     return jnet
@@ -168,10 +173,7 @@ def detect_bvlc_in_jacinto_net(jnet, report: NetReport):
         if not unknown_numbers(jl) and not (jl.HasField("pooling_param") and unknown_numbers(jl.pooling_param)) \
                 and not (jl.HasField("infogain_loss_param") and unknown_numbers(jl.infogain_loss_param)):
             continue
-        head = caffe_pb2.LayerParameter()
-        head.CopyFrom(jl)
-        head.ClearField("blobs")
-        bl = bvlc.LayerParameter.FromString(head.SerializePartialToString())
+        bl = _rewire(bvlc.LayerParameter, jl, ("blobs",))
         if bl.HasField("recurrent_param"):
             blobs = list(jl.blobs)
             new = bvlc_layer_to_jacinto(bl, None)
@@ -303,10 +305,8 @@ def _clear_jacinto_only(msg, report, where):
 
 def _layer_to_bvlc(jl, report):
     bl_cls = dialect("bvlc").LayerParameter
-    src = caffe_pb2.LayerParameter()
-    src.CopyFrom(jl)
-    rec = src.recurrent_param.SerializePartialToString() if src.HasField("recurrent_param") else None
-    src.ClearField("recurrent_param")
+    rec = jl.recurrent_param.SerializePartialToString() if jl.HasField("recurrent_param") else None
+    src = _rewire(caffe_pb2.LayerParameter, jl, ("recurrent_param",))  # a copy, without 151
     _clear_jacinto_only(src, report, f"layer '{jl.name}' ({jl.type}): ")
     bl = bl_cls.FromString(src.SerializePartialToString())
     bl.DiscardUnknownFields()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from .errors import NetError
+from .errors import NetError, UnsupportedError
+from .proto import caffe_pb2
 
 log = logging.getLogger("caffelite")
 
@@ -186,3 +187,50 @@ def prune_backward(layer_need, bottom_need, top_ids, bottom_ids, loss_tops):
                 bottom_need[i][j] = False
             if not bottom_need[i][j]:
                 skip.add(b)
+
+
+def force_backward(layers, layer_need, bottom_need):
+    """``force_backward: true``: every layer that has a backward runs it, into every bottom it allows
+    (not labels), with every param diff. Two deliberate differences from Caffe, which ORs the flags and then
+    aborts in Backward: a layer without backward (Threshold, ArgMax, Accuracy) is left alone, and an
+    explicit ``propagate_down`` still decides for its bottom."""
+    for li, layer in enumerate(layers):
+        if not layer.has_backward():
+            continue
+        layer_need[li] = True
+        explicit = layer.param.propagate_down
+        for j in range(len(bottom_need[li])):
+            bottom_need[li][j] = bool(explicit[j]) if len(explicit) else (
+                bottom_need[li][j] or layer.allow_force_backward(j))
+        layer.param_propagate_down = [True] * len(layer.blobs)
+
+
+def layers_without_backward(layers, layer_need, bottom_need, bottom_ids):
+    """{layer index: NetError} for the layers without backward that a loss still needs a gradient through
+    (something learnable lies below them): Caffe aborts in Backward; the Net builds (forward-only use is
+    fine) and raises that error in backward. Such layers that need nothing are marked as skipping backward."""
+    errors = {}
+    for li, layer in enumerate(layers):
+        if layer.has_backward():
+            continue
+        wanted = [b for b, nb in zip(bottom_ids[li], bottom_need[li], strict=True) if nb]
+        if wanted:
+            errors[li] = layer.error(f"cannot back-propagate to bottom '{wanted[0]}': the layer has no backward "
+                                     f"(nor has it in Caffe); set propagate_down: false on that bottom")
+        layer_need[li] = bool(wanted)
+    return errors
+
+
+#: NVCaffe's per-layer precision fields; caffelite computes in the net's dtype (float32, or float64 for checks)
+_MATH_FIELDS = ("forward_type", "backward_type", "forward_math", "backward_math")
+
+
+def check_math_types(lp, prefix=""):
+    """An NVCaffe layer (or net: ``prefix="default_"``) asking for FLOAT16/INT math cannot be honoured: say
+    so instead of computing in float."""
+    for f in (prefix + f for f in _MATH_FIELDS):
+        v = getattr(lp, f)
+        if lp.HasField(f) and v not in (caffe_pb2.FLOAT, caffe_pb2.DOUBLE):
+            name = caffe_pb2.Type.values_by_number[v].name
+            where = (lp.name, lp.type) if not prefix else (None, None)
+            raise UnsupportedError(f"option {f} = {name} is not supported (caffelite computes in float32)", *where)

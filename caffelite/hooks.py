@@ -43,3 +43,54 @@ class HookSet:
 
     def __bool__(self) -> bool:
         return any(getattr(self, e) for e in EVENTS)
+
+
+def _mean_abs(a) -> float:
+    from .backend import get_array_module
+    return float(get_array_module(a).abs(a).sum()) / max(int(a.size), 1)
+
+
+def _param_display_name(layer, k) -> str:
+    specs = layer.param.param
+    return specs[k].name if k < len(specs) and specs[k].name else str(k)
+
+
+def add_debug_info_hooks(net) -> None:
+    """Caffe's ``debug_info: true``: after each layer's forward, log the mean absolute value of each top and
+    param; after its backward, of each bottom diff and param diff it computed (Caffe's Forward/
+    BackwardDebugInfo wording, values as C++ streams print them)."""
+    import logging
+    log = logging.getLogger("caffelite")
+
+    def forward(net, i, layer, bottom, top):
+        name = net._layer_names[i]
+        for blob_name, t in zip(net._top_ids[i], top, strict=True):
+            log.info(f"    [Forward] Layer {name}, top blob {blob_name} data: {_mean_abs(t.data):g}")
+        for k, b in enumerate(layer.blobs):
+            log.info(f"    [Forward] Layer {name}, param blob {_param_display_name(layer, k)} data: "
+                     f"{_mean_abs(b.data):g}")
+
+    def backward(net, i, layer, bottom, top):
+        name = net._layer_names[i]
+        for j, (blob_name, b) in enumerate(zip(net._bottom_ids[i], bottom, strict=True)):
+            if net._bottom_need_backward[i][j]:
+                log.info(f"    [Backward] Layer {name}, bottom blob {blob_name} diff: {_mean_abs(b.diff):g}")
+        for k, b in enumerate(layer.blobs):
+            if k < len(layer.param_propagate_down) and layer.param_propagate_down[k]:
+                log.info(f"    [Backward] Layer {name}, param blob {k} diff: {_mean_abs(b.diff):g}")
+
+    def backward_end(net):
+        # Caffe's Net::Backward: norms over the learnable params, at ERROR level as Caffe logs them
+        from .backend import get_array_module
+        sums = [0.0, 0.0, 0.0, 0.0]
+        for p in net.learnable_params:
+            for k, a in enumerate((p.data, p.diff)):
+                xp = get_array_module(a)
+                sums[k] += float(xp.abs(a).sum())
+                sums[k + 2] += float((a * a).sum())
+        log.error(f"    [Backward] All net params (data, diff): L1 norm = ({sums[0]:g}, {sums[1]:g}); "
+                  f"L2 norm = ({sums[2] ** 0.5:g}, {sums[3] ** 0.5:g})")
+
+    net.add_hook("after_forward", forward)
+    net.add_hook("after_backward", backward)
+    net.add_hook("backward_end", backward_end)

@@ -7,7 +7,8 @@ Public API (all return caffe-jacinto 0.17 messages, :mod:`caffelite.proto`'s ``c
 - :func:`read_solver`: a solver prototxt (``solver_type`` upgraded);
 - :func:`read_weights`: a binary ``.caffemodel`` (``.xz`` accepted), upgraded like upgrade_net_proto_binary;
 - :func:`load_weights`: the same, streaming blob values into numpy arrays (use this for big files: about 1x
-  the file in memory; the returned message keeps blob shapes only);
+  the file in memory; the returned message keeps blob shapes only); ``lazy=True`` leaves the values in the
+  file until each is read into its destination (what ``Net.copy_from`` does: nothing held twice);
 - :func:`write_weights` (jacinto raw FLOAT form by default, or BVLC packed form; ``arrays=`` streams a Net's
   values without copying them into protobuf), :func:`write_text` (``dialect_name="bvlc"`` for BVLC text);
 - :func:`read_binaryproto` / :func:`write_binaryproto`, :func:`read_solverstate` / :func:`write_solverstate`;
@@ -46,9 +47,17 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------ text
+#: fields of dialects we do not read whose number collides with one we do (anchors-ecosystem.md §3)
+_FOREIGN_FIELDS = {"label_smoothing": "NVCaffe's LossParameter field 4 (caffe-jacinto's field 4 is label_weights); "
+                                      "label smoothing is not supported"}
+
+
 def _text_error(e: text_format.ParseError, source):
     # ParseError's text is "line:col : 'the line': reason"; we put line/col in our own prefix
     msg = re.sub(r"^\d+:\d+ : ", "", str(e))
+    for name, hint in _FOREIGN_FIELDS.items():
+        if f'no field named "{name}"' in msg:
+            msg += f" ({name} is {hint})"
     return FileFormatError(source, msg, e.GetLine(), e.GetColumn())
 
 
@@ -180,13 +189,20 @@ def write_text(msg, path, dialect_name: str = "jacinto017") -> None:
     atomic_write(path, text_format.MessageToString(msg).encode("utf-8"))
 
 
-def read_binaryproto(path):
-    """Read a ``.binaryproto`` BlobProto (e.g. a mean file) as a float32 array of its declared shape."""
+def _read_message(path, cls, what):
+    """``(path, message)``: a whole binary file parsed as ``cls``; an empty file or one with fields ``cls``
+    does not declare (another kind of file) is refused."""
     path = os.fspath(path)
     data = read_bytes(path)
-    blob = _parse_binary(caffe_pb2.BlobProto, data, path, "binaryproto (BlobProto)")
-    if not data or unknown_numbers(blob):
-        raise FileFormatError(path, "not a binaryproto (BlobProto)")
+    msg = _parse_binary(cls, data, path, what)
+    if not data or unknown_numbers(msg):
+        raise FileFormatError(path, f"not a {what}")
+    return path, msg
+
+
+def read_binaryproto(path):
+    """Read a ``.binaryproto`` BlobProto (e.g. a mean file) as a float32 array of its declared shape."""
+    path, blob = _read_message(path, caffe_pb2.BlobProto, "binaryproto (BlobProto)")
     check_blob(blob, path)
     return blob_to_array(blob, where=path)
 
@@ -205,11 +221,7 @@ def write_binaryproto(arr, path, form: str = "bvlc", legacy_4d: bool = False) ->
 
 def read_solverstate(path):
     """Read a ``.solverstate`` (SolverState: iter, learned_net, history blobs, current_step)."""
-    path = os.fspath(path)
-    data = read_bytes(path)
-    state = _parse_binary(caffe_pb2.SolverState, data, path, "solverstate (SolverState)")
-    if not data or unknown_numbers(state):
-        raise FileFormatError(path, "not a solverstate (SolverState)")
+    path, state = _read_message(path, caffe_pb2.SolverState, "solverstate (SolverState)")
     check_strings(state, path)
     for i, b in enumerate(state.history):
         check_blob(b, f"{path}: history blob {i}")

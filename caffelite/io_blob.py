@@ -21,6 +21,11 @@ RAW_DTYPES = {0: np.dtype("<f8"), 1: np.dtype("<f4"), 2: np.dtype("<f2")}
 MAX_ELEMENTS = 1 << 34
 
 
+def has_field(blob, name) -> bool:
+    """``blob.HasField(name)``, False for a field its dialect's BlobProto lacks (BVLC has no ``raw_data``)."""
+    return name in blob.DESCRIPTOR.fields_by_name and blob.HasField(name)
+
+
 def blob_shape(blob, where=None) -> tuple[int, ...]:
     """The declared shape of a BlobProto (legacy 4-D dims if any is present, else ``shape.dim``)."""
     if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width"):
@@ -55,7 +60,7 @@ def check_blob(blob, where=None) -> int:
             if n != count:
                 raise FileFormatError(where, f"blob declares {count} elements but {name} has {n}")
             return count
-    if blob.HasField("raw_data"):
+    if has_field(blob, "raw_data"):
         dt = RAW_DTYPES.get(blob.raw_data_type)
         if dt is None:
             raise FileFormatError(where, f"unsupported raw_data_type {blob.raw_data_type}")
@@ -79,7 +84,7 @@ def _values(blob, count, where):
         if n != count:
             raise FileFormatError(where, f"blob declares {count} elements but data has {n}")
         return np.asarray(blob.data, dtype=np.float32)
-    if blob.HasField("raw_data"):
+    if has_field(blob, "raw_data"):
         dt = RAW_DTYPES.get(blob.raw_data_type)
         if dt is None:
             name = caffe_pb2.Type.values_by_number.get(blob.raw_data_type)
@@ -121,7 +126,7 @@ def blob_diff_to_array(blob, where=None) -> np.ndarray | None:
         vals = np.asarray(blob.double_diff, dtype=np.float64)
     elif len(blob.diff):
         vals = np.asarray(blob.diff, dtype=np.float32)
-    elif blob.HasField("raw_diff"):
+    elif has_field(blob, "raw_diff"):
         dt = RAW_DTYPES.get(blob.raw_diff_type)
         if dt is None:
             raise FileFormatError(where, f"unsupported raw_diff_type {blob.raw_diff_type}")
@@ -133,22 +138,26 @@ def blob_diff_to_array(blob, where=None) -> np.ndarray | None:
     return vals.astype(np.float32).reshape(blob_shape(blob, where))
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """Encode a non-negative int as a protobuf varint."""
     out = bytearray()
-    while True:
-        b = n & 0x7F
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
         n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    out.append(n)
+    return bytes(out)
+
+
+def payload_chunks(field_number: int, arr) -> list:
+    """Wire chunks of a length-delimited field holding ``arr``'s bytes (a packed repeated field or raw
+    bytes): tag, length, and a view of the array's memory (nothing copied)."""
+    mv = memoryview(np.ascontiguousarray(arr)).cast("B")
+    return [varint(field_number << 3 | 2), varint(mv.nbytes), mv]
 
 
 def packed_floats_field(field_number: int, arr: np.ndarray) -> list:
     """Wire chunks of a packed repeated float field holding ``arr`` (little-endian float32)."""
-    payload = np.ascontiguousarray(arr, dtype="<f4").reshape(-1)
-    return [_varint(field_number << 3 | 2), _varint(payload.nbytes), memoryview(payload).cast("B")]
+    return payload_chunks(field_number, np.ascontiguousarray(arr, dtype="<f4").reshape(-1))
 
 
 def array_to_blob(arr, form: str = "jacinto", diff=None, pb=caffe_pb2):
@@ -182,11 +191,11 @@ def array_to_blob(arr, form: str = "jacinto", diff=None, pb=caffe_pb2):
 def convert_blob_form(blob, form: str, where=None):
     """Rewrite a BlobProto in place to ``form`` ("jacinto" raw FLOAT or "bvlc" packed data), keeping its
     declared shape fields (legacy 4-D dims stay, as BVLC's upgrade_net_proto_binary keeps them)."""
-    if form == "jacinto" and blob.HasField("raw_data") and blob.raw_data_type == caffe_pb2.FLOAT \
+    if form == "jacinto" and has_field(blob, "raw_data") and blob.raw_data_type == caffe_pb2.FLOAT \
             and not len(blob.data) and not len(blob.double_data):
         return blob
-    if form == "bvlc" and not blob.HasField("raw_data") and not len(blob.double_data) \
-            and not blob.HasField("raw_diff") and not len(blob.double_diff):
+    if form == "bvlc" and not has_field(blob, "raw_data") and not len(blob.double_data) \
+            and not has_field(blob, "raw_diff") and not len(blob.double_diff):
         return blob
     vals = blob_to_array(blob, where=where).reshape(-1)
     d = blob_diff_to_array(blob, where=where)

@@ -13,23 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import FileFormatError
-from .io_blob import RAW_DTYPES, check_shape
+from .io_blob import RAW_DTYPES, check_shape, has_field, payload_chunks, varint
 from .proto import caffe_pb2
 
 #: BlobProto payload fields: number -> (name, kind); kind "f4"/"f8" packed floats, "raw" bytes
 PAYLOAD = {5: ("data", "f4"), 6: ("diff", "f4"), 8: ("double_data", "f8"), 9: ("double_diff", "f8"),
            12: ("raw_data", "raw"), 13: ("raw_diff", "raw")}
 _NAMES = {v[0]: k for k, v in PAYLOAD.items()}
-
-
-def varint(n: int) -> bytes:
-    """Encode a non-negative int as a protobuf varint."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def tag(number: int, wire: int) -> bytes:
@@ -68,17 +58,12 @@ def _unknown_bytes(msg) -> list:
     return out
 
 
-def _payload_chunks(number, arr):
-    mv = memoryview(np.ascontiguousarray(arr)).cast("B")
-    return [tag(number, 2), varint(mv.nbytes), mv]
-
-
 def encode_blob(blob, form=None) -> list:
     """Wire chunks of a BlobProto. ``form``: None keeps its encoding, "jacinto" writes raw FLOAT, "bvlc"
     writes packed ``data``/``diff`` (double_data kept as is, as BVLC writes doubles)."""
     from .io_blob import blob_diff_to_array, blob_to_array
 
-    has_raw = blob.HasField("raw_data") or blob.HasField("raw_diff")
+    has_raw = has_field(blob, "raw_data") or has_field(blob, "raw_diff")  # BVLC's BlobProto has no raw_*
     has_dbl = bool(len(blob.double_data) or len(blob.double_diff))
     convert = (form == "jacinto" and (len(blob.data) or has_dbl or len(blob.diff)
                                       or (has_raw and blob.raw_data_type != caffe_pb2.FLOAT))) \
@@ -89,21 +74,21 @@ def encode_blob(blob, form=None) -> list:
         d = blob_diff_to_array(blob)
         if form == "jacinto":
             fields.append((10, [tag(10, 0), varint(caffe_pb2.FLOAT)]))
-            fields.append((12, _payload_chunks(12, vals.astype("<f4", copy=False))))
+            fields.append((12, payload_chunks(12, vals.astype("<f4", copy=False))))
             if d is not None:
                 fields.append((11, [tag(11, 0), varint(caffe_pb2.FLOAT)]))
-                fields.append((13, _payload_chunks(13, d.reshape(-1).astype("<f4", copy=False))))
+                fields.append((13, payload_chunks(13, d.reshape(-1).astype("<f4", copy=False))))
         else:
-            fields.append((5, _payload_chunks(5, vals.astype("<f4", copy=False))))
+            fields.append((5, payload_chunks(5, vals.astype("<f4", copy=False))))
             if d is not None:
-                fields.append((6, _payload_chunks(6, d.reshape(-1).astype("<f4", copy=False))))
+                fields.append((6, payload_chunks(6, d.reshape(-1).astype("<f4", copy=False))))
     for fd, val in blob.ListFields():
         if fd.number in PAYLOAD:
             if convert:
                 continue
             kind = PAYLOAD[fd.number][1]
             arr = np.frombuffer(val, np.uint8) if kind == "raw" else np.asarray(val, dtype="<" + kind)
-            fields.append((fd.number, _payload_chunks(fd.number, arr)))
+            fields.append((fd.number, payload_chunks(fd.number, arr)))
         elif convert and fd.number in (10, 11):
             continue
         else:
@@ -126,11 +111,11 @@ def encode_array_blob(arr, form="jacinto") -> list:
     shape.shape.dim.extend(int(d) for d in a.shape)
     shape = shape.SerializePartialToString()
     if form == "bvlc":  # data 5, diff 6, shape 7
-        return _payload_chunks(5, a.reshape(-1)) + ([] if d is None else _payload_chunks(6, d)) + [shape]
+        return payload_chunks(5, a.reshape(-1)) + ([] if d is None else payload_chunks(6, d)) + [shape]
     # shape 7, raw_data_type 10, raw_diff_type 11, raw_data 12, raw_diff 13
     float_type = varint(caffe_pb2.FLOAT)
     return [shape, tag(10, 0), float_type] + ([] if d is None else [tag(11, 0), float_type]) \
-        + _payload_chunks(12, a.reshape(-1)) + ([] if d is None else _payload_chunks(13, d))
+        + payload_chunks(12, a.reshape(-1)) + ([] if d is None else payload_chunks(13, d))
 
 
 def encode_layer(layer, form=None, blobs_field="blobs", arrays=None) -> list:

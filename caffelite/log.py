@@ -49,13 +49,30 @@ def get_logger() -> logging.Logger:
     return lg
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (test captures and progress bars replace it)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+    def isatty(self):
+        return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+STDERR = _Stderr()
+
+
 def setup_logging(stream=None, level=logging.INFO) -> logging.Logger:
-    """(Re)configure caffelite's logger to write glog-format lines to ``stream`` (default stderr)."""
+    """(Re)configure caffelite's logger to write glog-format lines to ``stream`` (default: the current
+    ``sys.stderr`` at each line)."""
     lg = logging.getLogger(LOGGER_NAME)
     for h in list(lg.handlers):
         if getattr(h, "_caffelite", False):
             lg.removeHandler(h)
-    h = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    h = logging.StreamHandler(stream if stream is not None else STDERR)
     h._caffelite = True
     h.setFormatter(GlogFormatter())
     lg.addHandler(h)

@@ -7,7 +7,9 @@ in the date: ``I20261125``). What we read:
   ``a/b ep, `` forms) → train loss (the smoothed value Caffe displays);
 * ``Train net output #k: name = v`` → train outputs of that iteration;
 * ``Iteration N, lr = X[, m = M[, wd = W, gs = G]]`` → learning rate (and momentum etc.);
-* ``Iteration N, Testing net (#k)`` followed by ``Test net output #j: name = v`` → one test row per block.
+* ``Iteration N, Testing net (#k)`` followed by ``Test net output #j: name = v`` → one test row per block;
+* ``caffe test`` logs (the reference ``test``/``test_quantize`` run.logs): ``Batch i, name = v`` → one row per
+  batch, and the closing ``Loss: L`` + ``name = mean[ (* w = l loss)]`` lines → the final averages.
 
 Everything else (layer setup, sparsity, quantization, multi-GPU chatter) is ignored. Timestamps become
 seconds since the first line, as BVLC's ``tools/extra/parse_log.py`` does.
@@ -25,6 +27,9 @@ _TRAIN_LOSS = re.compile(r"^Iteration (\d+)(?: \([^)]*\))?,? (?:[\d.]+/[\d.]+ ?e
 _LR = re.compile(r"^Iteration (\d+), lr = " + _NUM + r"(?:, m = " + _NUM + r")?(?:, wd = " + _NUM + r")?")
 _TESTING = re.compile(r"^(?:\[MultiGPU\] )?Iteration (\d+), Testing net \(#(\d+)\)")
 _OUTPUT = re.compile(r"^\s*(Train|Test) net output #(\d+): (.+?) = " + _NUM)
+_BATCH = re.compile(r"^Batch (\d+), (.+?) = " + _NUM + "$")
+_FINAL_LOSS = re.compile(r"^Loss: " + _NUM + "$")
+_FINAL = re.compile(r"^(\S[^=]*?) = " + _NUM + r"(?: \(\* .* loss\))?$")
 
 
 def _seconds(m, state):
@@ -57,19 +62,44 @@ def parse_log(lines):
     Each row is a dict: ``NumIters``, ``Seconds``, ``LearningRate`` then the outputs by name (train rows also
     ``loss`` from the ``Iteration N ..., loss =`` line under the key ``smoothed_loss``; test rows ``TestNet``).
     """
+    parsed = parse_log_all(lines)
+    return parsed["train"], parsed["test"]
+
+
+def parse_log_all(lines):
+    """Everything :func:`parse_log` reads plus a ``caffe test`` log's batches: a dict with ``train`` and
+    ``test`` rows (as :func:`parse_log`), ``batches`` (``Batch``, ``Seconds`` and the outputs of each scored
+    batch) and ``final`` (``{"Loss": L, output: mean}`` of the closing lines, empty when absent)."""
     if isinstance(lines, str):
         lines = lines.splitlines()
     state = {}
-    train, test = {}, []
+    train, test, batches, final = {}, [], {}, {}
     lr = math.nan
     cur_iter = None
     test_row = None
+    in_final = False
     for raw in lines:
         m = _PREFIX.match(raw.rstrip("\n"))
         if not m:
             continue
         msg = m.group(7)
         secs = _seconds(m, state)
+        if in_final:
+            mm = _FINAL.match(msg)
+            if mm:
+                final[mm.group(1)] = _float(mm.group(2))
+                continue
+            in_final = False
+        mm = _BATCH.match(msg)
+        if mm:
+            b = int(mm.group(1))
+            batches.setdefault(b, {"Batch": b, "Seconds": secs})[mm.group(2)] = _float(mm.group(3))
+            continue
+        mm = _FINAL_LOSS.match(msg)
+        if mm and batches:
+            final = {"Loss": _float(mm.group(1))}
+            in_final = True
+            continue
         mm = _TESTING.match(msg)
         if mm:
             test_row = {"NumIters": int(mm.group(1)), "Seconds": secs, "LearningRate": lr,
@@ -109,13 +139,13 @@ def parse_log(lines):
         if math.isnan(r["LearningRate"]):
             r["LearningRate"] = last
         last = r["LearningRate"]
-    return rows, test
+    return {"train": rows, "test": test, "batches": [batches[k] for k in sorted(batches)], "final": final}
 
 
-def parse_log_file(path):
-    """``parse_log`` of a file (any encoding errors replaced)."""
+def parse_log_file(path, everything=False):
+    """``parse_log`` of a file (any encoding errors replaced); ``everything=True``: ``parse_log_all``'s dict."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        return parse_log(f)
+        return parse_log_all(f) if everything else parse_log(f)
 
 
 def columns(rows):

@@ -3,8 +3,10 @@
 Construction follows Caffe's ``Net::Init``: filter by phase/level/stages (:func:`graph.filter_net`),
 insert Split layers (:func:`graph.insert_splits`), create each layer from the registry, connect bottoms
 and tops (in-place tops reuse the bottom's Blob), set up and reshape, record loss weights, share params by
-``ParamSpec.name``, and work out which layers and bottoms need backward. Weight files are read through
-:mod:`caffelite.io`; copying by layer name lives in :mod:`caffelite.netweights`.
+``ParamSpec.name``, and work out which layers and bottoms need backward (:func:`graph.prune_backward`;
+each layer learns it as ``layer.needs_backward``). Weight files are read through :mod:`caffelite.io`;
+copying by layer name lives in :mod:`caffelite.netweights`. ``debug_info`` logs as Caffe's does
+(:func:`hooks.add_debug_info_hooks`); a solver tells the net its iteration with :meth:`Net.set_iteration`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import numpy as np
 
 from . import backend, graph
 from .blob import Blob
-from .errors import CaffeliteError, NetError, UnsupportedError
-from .hooks import HookSet
+from .errors import CaffeliteError, NetError
+from .hooks import HookSet, add_debug_info_hooks
 from .layer import TEST, TRAIN, create_layer
-from .proto import caffe_pb2
 from .netweights import append_params, copy_from, load_net_param, save_net, to_proto
 
 log = logging.getLogger("caffelite")
@@ -45,19 +46,6 @@ def _named(layer, fn, bottom, top):
     except (ValueError, IndexError, TypeError, ZeroDivisionError) as e:
         shapes = ", ".join(str(list(b.shape)) for b in bottom)
         raise layer.error(f"{type(e).__name__}: {e} (bottom shapes {shapes})") from e
-
-
-#: NVCaffe's per-layer precision fields; caffelite computes in the net's dtype (float32, or float64 for checks)
-_MATH_FIELDS = ("forward_type", "backward_type", "forward_math", "backward_math")
-
-
-def _check_math_types(lp):
-    """An NVCaffe layer asking for FLOAT16/INT math cannot be honoured: say so instead of computing in float."""
-    for f in _MATH_FIELDS:
-        v = getattr(lp, f)
-        if lp.HasField(f) and v not in (caffe_pb2.FLOAT, caffe_pb2.DOUBLE):
-            raise UnsupportedError(f"option {f} = {caffe_pb2.Type.values_by_number[v].name} is not supported (caffelite "
-                                   f"computes in float32)", lp.name, lp.type)
 
 
 class Net:
@@ -86,6 +74,12 @@ class Net:
         self.loss = 0.0
         self.iter = None  # the owning solver's iteration (set_iteration)
         self._build(param, extras, phase, level, stages)
+        if any(len(layer.param.blobs) for layer in self.layers):
+            # blobs inside the net definition (a NetParameter read from a caffemodel, say) initialise the
+            # layers, as in Caffe's Layer constructor; then dropped so the net does not hold them twice
+            self.copy_from(self._param)
+            for lp in (*self._param.layer, *(layer.param for layer in self.layers)):
+                del lp.blobs[:]
         if weights is not None:
             self.copy_from(weights)
 
@@ -104,6 +98,7 @@ class Net:
         memory = 0
         self.name = self._param.name
         self.force_backward = bool(self._param.force_backward)
+        graph.check_math_types(self._param, prefix="default_")
         self.layers, self._layer_names = [], []
         self.blobs = collections.OrderedDict()
         self._bottom_vecs, self._top_vecs = [], []
@@ -121,7 +116,7 @@ class Net:
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
                 raise NetError("propagate_down param must be specified either 0 or bottom_size times",
                                lp.name, lp.type)
-            _check_math_types(lp)
+            graph.check_math_types(lp)
             if verbose:
                 _info(f"Creating layer {lp.name}", "layer_factory.hpp:77")
                 _info(f"Creating Layer {lp.name}", "net.cpp:86")
@@ -187,6 +182,8 @@ class Net:
                 _info(f"Memory required for data: {memory}", "net.cpp:139")
         self._analyse_backward()
         append_params(self)
+        if self._param.debug_info:
+            add_debug_info_hooks(self)
         self.outputs = sorted(available)  # Caffe keeps them in a std::set: sorted by name
         self.inputs = list(self._input_names)
         self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers, strict=True))
@@ -238,31 +235,11 @@ class Net:
                 _info(f"{self._layer_names[li]} {'needs' if need else 'does not need'} backward computation.",
                       "net.cpp:200" if need else "net.cpp:202")
         if self.force_backward:
-            for li, layer in enumerate(self.layers):
-                if not layer.has_backward():
-                    continue  # Threshold, ArgMax, Accuracy...: nothing to force (Caffe would abort)
-                self._layer_need_backward[li] = True
-                explicit = layer.param.propagate_down
-                for j, bname in enumerate(self._bottom_ids[li]):
-                    # an explicit propagate_down wins over force_backward (Caffe ORs it away)
-                    nb = bool(explicit[j]) if len(explicit) else (
-                        self._bottom_need_backward[li][j] or layer.allow_force_backward(j))
-                    self._bottom_need_backward[li][j] = nb
-                    self._blob_need_backward[bname] = self._blob_need_backward[bname] or nb
-                layer.param_propagate_down = [True] * len(layer.blobs)
-        self._no_backward = {}
-        for li, layer in enumerate(self.layers):
-            if not layer.has_backward():
-                wanted = [b for b, nb in zip(self._bottom_ids[li], self._bottom_need_backward[li], strict=True)
-                          if nb]
-                if wanted:
-                    # a loss depends on this layer and something learnable lies below it: Caffe aborts in
-                    # Backward; we build (forward-only use is fine) and raise a clear error in backward()
-                    self._no_backward[li] = layer.error(
-                        f"cannot back-propagate to bottom '{wanted[0]}': the layer has no backward (nor has it "
-                        f"in Caffe); set propagate_down: false on that bottom")
-                self._layer_need_backward[li] = bool(wanted)
-            layer.needs_backward = self._layer_need_backward[li]
+            graph.force_backward(self.layers, self._layer_need_backward, self._bottom_need_backward)
+        self._no_backward = graph.layers_without_backward(self.layers, self._layer_need_backward,
+                                                          self._bottom_need_backward, self._bottom_ids)
+        for layer, need in zip(self.layers, self._layer_need_backward, strict=True):
+            layer.needs_backward = need
 
     # ------------------------------------------------------------------------------------------------
     # running

@@ -234,11 +234,6 @@ def copy_trained_layers(net, param, path=None, dialect_name=None, arrays=None):
     return matched
 
 
-def _array_to_blob(arr, form):
-    from .io_blob import array_to_blob
-    return array_to_blob(arr, form=form)
-
-
 def _skeleton(net):
     """The net's NetParameter (layers as built, Split layers included) without blob values."""
     out = caffe_pb2.NetParameter()
@@ -253,23 +248,13 @@ def _skeleton(net):
 
 def to_proto(net, form="jacinto", write_diff=False):
     """The net's NetParameter (layers as built, Split layers included) with every layer's blobs."""
+    from .io_blob import array_to_blob
     out = _skeleton(net)
     for lp, layer in zip(out.layer, net.layers, strict=True):
         for b in layer.blobs:
-            bp = _array_to_blob(backend.to_numpy(b.data).astype(np.float32), form)
-            if write_diff:
-                _set_diff(bp, backend.to_numpy(b.diff), form)
-            lp.blobs.add().CopyFrom(bp)
+            diff = backend.to_numpy(b.diff) if write_diff else None
+            lp.blobs.add().CopyFrom(array_to_blob(backend.to_numpy(b.data), form, diff=diff))
     return out
-
-
-def _set_diff(bp, diff, form):
-    d = np.ascontiguousarray(diff, dtype="<f4")
-    if form == "jacinto":
-        bp.raw_diff_type = caffe_pb2.FLOAT
-        bp.raw_diff = d.tobytes()
-    else:
-        bp.diff.extend(d.reshape(-1).tolist())
 
 
 class _HostBlobs(dict):

@@ -64,8 +64,7 @@ def run_case(name, dtype=np.float32):
         blob.data[...] = arr
         bottoms.append(blob)
     top_names = list(lp.top)
-    in_place = [t in bottom_names for t in top_names]
-    tops = [bottoms[bottom_names.index(t)] if ip else Blob((), dtype) for t, ip in zip(top_names, in_place)]
+    tops = [bottoms[bottom_names.index(t)] if t in bottom_names else Blob((), dtype) for t in top_names]
     layer.check_blob_counts(bottoms, tops)
     layer.setup(bottoms, tops)
     for i, blob in enumerate(layer.blobs):
@@ -75,13 +74,13 @@ def run_case(name, dtype=np.float32):
     layer.reshape(bottoms, tops)
     layer.forward(bottoms, tops)
     ours = {}
-    for t, blob in zip(top_names, tops):
+    for t, blob in zip(top_names, tops, strict=True):
         ours[f"top/{t}"] = np.array(blob.data)
     for i, blob in enumerate(layer.blobs):
         ours[f"param_after/{lp.name}/{i}"] = np.array(blob.data)
     if not meta.get("backward", False):
         return meta, io, ours
-    for t, blob in zip(top_names, tops):
+    for t, blob in zip(top_names, tops, strict=True):
         key = f"top_diff/{t}"
         if key in io:
             blob.diff[...] = io[key].astype(dtype)
@@ -92,7 +91,7 @@ def run_case(name, dtype=np.float32):
     wanted = set(meta.get("bottom_diffs", []))
     propagate = [b in wanted for b in bottom_names]
     layer.backward(tops, propagate, bottoms)
-    for b, blob, p in zip(bottom_names, bottoms, propagate):
+    for b, blob, p in zip(bottom_names, bottoms, propagate, strict=True):
         if p:
             ours[f"bottom_diff/{b}"] = np.array(blob.diff)
     for i, blob in enumerate(layer.blobs):
@@ -105,9 +104,9 @@ def tolerance(meta, kind):
     return tol.get("rtol", 1e-5 if kind == "forward" else 1e-4), tol.get("atol", 1e-6 if kind == "forward" else 1e-5)
 
 
-def assert_case_matches(name):
-    """Compare every recorded top, bottom diff, param diff and param_after of case ``name``."""
-    meta, io, ours = run_case(name)
+def compare_with_caffe(name, meta, io, ours):
+    """Assert that ``ours`` matches every recorded top, bottom diff, param diff (and param_after where the
+    case records it) of Caffe's ``io`` within the case's tolerances."""
     checked = 0
     for key, want in io.items():
         kind = key.split("/")[0]
@@ -118,7 +117,12 @@ def assert_case_matches(name):
         assert key in ours, f"{name}: we produced no {key}"
         got = ours[key]
         rtol, atol = tolerance(meta, "forward" if kind in ("top", "param_after") else "backward")
-        assert got.shape == want.shape or got.size == want.size, f"{name}: {key} shape {got.shape} != {want.shape}"
+        assert got.size == want.size, f"{name}: {key} shape {got.shape} != {want.shape}"
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=rtol, atol=atol, err_msg=f"{name}: {key}")
         checked += 1
     assert checked > 0
+
+
+def assert_case_matches(name):
+    """Run case ``name`` on its layer alone and compare with Caffe (:func:`compare_with_caffe`)."""
+    compare_with_caffe(name, *run_case(name))

@@ -8,6 +8,7 @@ step at a time against ``trajectory.npz`` without a real Net or the Data layer.
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 from google.protobuf import text_format
@@ -23,6 +24,18 @@ CASES = sorted(d for d in os.listdir(SOLVERS) if not d.startswith("_") and d != 
 
 def case_dir(case):
     return os.path.join(SOLVERS, case)
+
+
+def copy_case(tmp_path, case, files=("solver.prototxt", "train_val.prototxt", "init.caffemodel")):
+    """Copy ``files`` of a case into ``tmp_path/<case>`` (and the shared ``_data`` LMDBs beside it, since the
+    prototxts name ``../_data/...``); training writes its snapshots there. Returns the folder."""
+    if not (tmp_path / "_data").exists():
+        shutil.copytree(os.path.join(SOLVERS, "_data"), tmp_path / "_data")
+    d = tmp_path / case
+    d.mkdir()
+    for f in files:
+        shutil.copy(os.path.join(case_dir(case), f), d / f)
+    return d
 
 
 def solver_param(case):

@@ -129,3 +129,11 @@ def test_validator_catches_size_mismatch(tmp_path):
         w.put("0000000000", array_to_datum(np.zeros((1, 4, 6), np.uint8)).SerializeToString())
     with pytest.raises(DatasetError, match="record 0000000000 is 4x6 but the image record"):
         validate_segmentation_lmdbs(tmp_path / "i", tmp_path / "l")
+
+
+def test_string_keys_in_a_label_dict():
+    """jacinto's scripts pass the table as text ('{"7": "1", ...}' via exec); string keys and values work here."""
+    got = map_labels(np.array([[7, 26], [24, 3]], np.uint8), {"7": "1", "26": "4", "24": "2", "3": "255"})
+    np.testing.assert_array_equal(got, [[1, 4], [2, 255]])
+    with pytest.raises(DatasetError, match="label id 8 is not in the label table"):
+        map_labels(np.array([8], np.uint8), {"7": "1"}, source="x.png")

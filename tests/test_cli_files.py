@@ -189,3 +189,12 @@ def test_info_caffemodel_zero_fraction_and_quantization(tmp_path, capsys):
     expect = (w == 0).sum() / w.size
     assert f"{expect:.3f}" in row.split() and "w:8b/7f" in row and "out:8b/3fu" in row
     assert "zero fraction" in out.splitlines()[-1]
+
+
+def test_info_prototxt_that_cannot_be_built_still_shows_wiring(tmp_path, capsys):
+    p = tmp_path / "broken.prototxt"
+    p.write_text('name: "b"\nlayer { name: "relu" type: "ReLU" bottom: "nowhere" top: "r" }\n')
+    rc, out, _ = run(capsys, "info", p)
+    assert rc == 0
+    assert [l.split()[:4] for l in out.splitlines() if l.startswith("relu ")] == [["relu", "ReLU", "nowhere", "r"]]
+    assert "note: cannot build the net for shapes" in out and "nowhere" in out

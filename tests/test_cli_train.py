@@ -21,17 +21,11 @@ from caffelite.errors import SolverError
 from caffelite.io_blob import blob_to_array
 from caffelite.proto import caffe_pb2
 
-from solver_fixture import CASES, SOLVERS, case_dir, trajectory
+from solver_fixture import CASES, SOLVERS, case_dir, copy_case, trajectory
 
 
 def _workdir(tmp_path, case, files=("solver.prototxt", "train_val.prototxt", "init.caffemodel")):
-    if not (tmp_path / "_data").exists():
-        shutil.copytree(os.path.join(SOLVERS, "_data"), tmp_path / "_data")
-    d = tmp_path / case
-    d.mkdir()
-    for f in files:
-        shutil.copy(os.path.join(case_dir(case), f), d / f)
-    return d
+    return copy_case(tmp_path, case, files)
 
 
 def _solver(d, weights="init.caffemodel"):
@@ -112,17 +106,32 @@ def test_cli_log_lines_match_caffe(tmp_path, monkeypatch, capfd, case):
             assert (d / f"snapshot_iter_{k}.{ext}").exists()
 
 
-def test_our_bvlc_snapshots_match_caffe_field_by_field(tmp_path, monkeypatch):
-    d = _workdir(tmp_path, "sgd_step")
+@pytest.mark.parametrize("case", CASES)
+def test_our_bvlc_snapshots_match_caffe_field_by_field(tmp_path, monkeypatch, case):
+    d = _workdir(tmp_path, case)
     monkeypatch.chdir(d)
+    from caffelite.proto import dialect
+    bv = dialect("bvlc")
+    # ours reads theirs: Caffe's state (and the caffemodel it names, found beside it) restores exactly
+    r = _solver(d, weights=None)
+    assert not (d / "snapshot_iter_6.caffemodel").exists()  # Caffe resolves learned_net in the CWD first
+    r.restore(os.path.join(case_dir(case), "snapshot_iter_6.solverstate"))
+    st = bv.SolverState.FromString(open(os.path.join(case_dir(case), "snapshot_iter_6.solverstate"), "rb").read())
+    assert r.iter == 6 and r.schedule.current_step == st.current_step
+    for j, blob in enumerate(st.history):
+        assert np.array_equal(r.history[j % len(r.history)][j // len(r.history)].ravel(), np.array(blob.data,
+                                                                                                   np.float32))
+    want = {lp.name: [np.array(b.data, np.float32) for b in lp.blobs] for lp in bv.NetParameter.FromString(
+        open(os.path.join(case_dir(case), "snapshot_iter_6.caffemodel"), "rb").read()).layer}
+    for name, blob in zip(r.net.learnable_param_names, r.net.learnable_params, strict=True):
+        layer, i = name.rsplit("/", 1)
+        assert np.array_equal(blob.data.ravel(), want[layer][int(i)]), name
     s = _solver(d)
     s.snapshot_form = "bvlc"
     s.solve()
-    from caffelite.proto import dialect
-    bv = dialect("bvlc")
     for k in (6, 12):
         ours = bv.NetParameter.FromString((d / f"snapshot_iter_{k}.caffemodel").read_bytes())
-        theirs = bv.NetParameter.FromString(open(os.path.join(case_dir("sgd_step"),
+        theirs = bv.NetParameter.FromString(open(os.path.join(case_dir(case),
                                                               f"snapshot_iter_{k}.caffemodel"), "rb").read())
         assert ours.name == theirs.name
         assert [(l.name, l.type) for l in ours.layer] == [(l.name, l.type) for l in theirs.layer]
@@ -131,15 +140,18 @@ def test_our_bvlc_snapshots_match_caffe_field_by_field(tmp_path, monkeypatch):
             for bo, bt in zip(lo.blobs, lt.blobs, strict=True):
                 assert list(bo.shape.dim) == list(bt.shape.dim)
                 assert len(bo.data) == len(bt.data) == int(np.prod(bt.shape.dim))  # BVLC packed data
-                assert _close(np.array(bo.data), np.array(bt.data), 1e-4, 1e-5), lo.name
+                assert _close(np.array(bo.data), np.array(bt.data), 1e-4 * k, 1e-5 * k), lo.name
         so = bv.SolverState.FromString((d / f"snapshot_iter_{k}.solverstate").read_bytes())
-        st = bv.SolverState.FromString(open(os.path.join(case_dir("sgd_step"), f"snapshot_iter_{k}.solverstate"),
+        st = bv.SolverState.FromString(open(os.path.join(case_dir(case), f"snapshot_iter_{k}.solverstate"),
                                             "rb").read())
         assert (so.iter, so.learned_net, so.current_step) == (st.iter, st.learned_net, st.current_step)
         assert len(so.history) == len(st.history)
-        for ho, ht in zip(so.history, st.history, strict=True):
+        n = len(s.history)
+        for j, (ho, ht) in enumerate(zip(so.history, st.history, strict=True)):
             assert list(ho.shape.dim) == list(ht.shape.dim)
-            assert _close(np.array(ho.data), np.array(ht.data), 1e-4, 1e-4)
+            if s.lr_mults[j % n] == 0 and s.type != "SGD":
+                continue  # Caffe's adaptive histories of BatchNorm statistics hold float noise (test_solvers)
+            assert _close(np.array(ho.data), np.array(ht.data), 1e-4 * k, 1e-4 * k), (case, k, j)
 
 
 def test_resume_from_caffe_solverstate_reproduces_caffe_resume(tmp_path, monkeypatch):

@@ -55,9 +55,17 @@ def _read_weights(path):
             io.blob_to_array(b)
 
 
+def _load_lazy(path):
+    _, _, arrays = io.load_weights(path, lazy=True)  # what Net.copy_from uses
+    for blobs in arrays.values():
+        for b in blobs:
+            if hasattr(b, "read"):
+                b.read()
+
+
 def _read_all(kind, path):
     if kind == "weights":
-        for reader in (_read_weights, io.load_weights):  # the protobuf route and the streaming scanner
+        for reader in (_read_weights, io.load_weights, _load_lazy):  # protobuf route, streaming, Net's route
             try:
                 reader(path)
             except CaffeliteError:

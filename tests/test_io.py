@@ -377,3 +377,16 @@ def test_error_from_dialect_that_got_furthest(tmp_path):
     with pytest.raises(FileFormatError, match="typo_field") as e:
         io.read_net(p)
     assert e.value.line == 8
+
+
+def test_nvcaffe_label_smoothing_collision_is_named(tmp_path):
+    # LossParameter field 4 is NVCaffe's label_smoothing but caffe-jacinto's label_weights: refuse, and say so
+    p = tmp_path / "ls.prototxt"
+    p.write_text('name: "x"\nlayer {\n  name: "loss"\n  type: "SoftmaxWithLoss"\n  loss_param {\n'
+                 '    label_smoothing: 0.1\n  }\n}\n')
+    with pytest.raises(FileFormatError, match=r"ls\.prototxt:6:5: .*label_weights") as e:
+        io.read_net(p)
+    assert "\n" not in str(e.value)
+    p.write_text('name: "x"\nlayer {\n  name: "loss"\n  type: "SoftmaxWithLoss"\n  loss_param {\n'
+                 '    label_weights: 0.5\n    label_weights: 2\n  }\n}\n')
+    assert list(io.read_net(p).layer[0].loss_param.label_weights) == [0.5, 2.0]

@@ -89,6 +89,54 @@ def test_optimize_writes_bvlc(tmp_path):
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
 
 
+def test_optimize_bvlc_bn_scale_net(tmp_path):
+    """A net trained by BVLC Caffe (solvers/sgd_step fixture): conv without bias -> BVLC BatchNorm (statistics
+    times a scale factor) -> Scale with bias -> ReLU -> pool -> InnerProduct, on the fixture's test images."""
+    from caffelite import io
+    from caffelite.cli import main
+    from caffelite.layer import TEST
+    from caffelite.net import Net
+    case = os.path.join(FIXTURES, "solvers", "sgd_step")
+    p = io.read_net(os.path.join(case, "train_val.prototxt"))
+    keep = [lp for lp in p.layer if lp.type not in ("Data", "SoftmaxWithLoss", "Accuracy")]
+    del p.layer[:]
+    inp = p.layer.add(name="data", type="Input", top=["data"])
+    inp.input_param.shape.add(dim=[20, 3, 16, 16])
+    p.layer.extend(keep)
+    mp = str(tmp_path / "deploy.prototxt")
+    io.write_text(p, mp)
+    wp = os.path.join(case, "snapshot_iter_12.caffemodel")
+    x = np.load(os.path.join(FIXTURES, "solvers", "_data", "data.npz"))["test/data"].astype(np.float32) / 256
+
+    def run(model, weights):
+        net = Net(model, weights, TEST)
+        net.forward(data=x)
+        return net, net.blobs["ip1"].data.copy()
+
+    net0, ref = run(mp, wp)
+    assert float(np.abs(net0.layer_dict["conv1/bn"].blobs[2].data).max()) != 1  # a real BVLC scale factor
+    out = str(tmp_path / "folded.caffemodel")
+    assert main(["optimize", "--model", mp, "--weights", wp, "--output_model", out, "--remove_bn"]) == 0
+    net1, got = run(str(tmp_path / "folded.prototxt"), out)
+    assert [ly.param.type for ly in net1.layers] == ["Input", "Convolution", "ReLU", "Pooling", "InnerProduct"]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert not np.array_equal(got, np.zeros_like(got))
+
+
+@pytest.mark.parametrize("what", ["model", "weights"])
+def test_optimize_bad_input(tmp_path, what, capsys):
+    from caffelite.cli import main
+    mp, wp = _model(tmp_path, jacinto_bn=False)
+    missing = str(tmp_path / "missing")
+    argv = ["optimize", "--model", missing if what == "model" else mp, "--weights",
+            missing if what == "weights" else wp, "--output_model", str(tmp_path / "o")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "error" in ln.lower()]
+    assert len(err) == 1 and "missing" in err[0]  # one clear line, no traceback
+    assert not os.path.exists(tmp_path / "o.caffemodel")
+
+
 def test_output_paths():
     from caffelite.commands.optimize import output_paths
     assert output_paths("a/b.caffemodel") == ("a/b.prototxt", "a/b.caffemodel")

@@ -32,14 +32,23 @@ def _reference(x, scale, offset, bw, unsigned, rounding, clip, ties, u=None):
     return np.array(out, np.float64).astype(np.float32).reshape(np.shape(x))
 
 
-@pytest.mark.parametrize("unsigned", [False, True])
+KINDS = {"signed": (-3.0, 3.5, False, False), "unsigned": (0.0, 3.5, True, False),
+         "offset": (-3.0, 3.5, False, True)}  # (min, max, unsigned_data, apply_offset)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("power2", [False, True])
 @pytest.mark.parametrize("ties", ["even", "away"])
 @pytest.mark.parametrize("bw", [2, 8, 12, 16])
-def test_nearest_matches_reference(unsigned, ties, bw):
-    rng = np.random.default_rng(bw * 7 + unsigned)
+def test_nearest_matches_reference(kind, power2, ties, bw):
+    lo, hi, unsigned, offset = KINDS[kind]
+    rng = np.random.default_rng(bw * 7 + len(kind) + power2)
     x = (rng.standard_normal(1500) * 3).astype(np.float32)
-    lo, hi = -3.0, 3.5
-    q = fp.estimate(lo, hi, bw, unsigned_data=unsigned, apply_offset=unsigned)
+    if unsigned:
+        x = np.abs(x)
+    q = fp.estimate(lo, hi, bw, power2=power2, unsigned_data=unsigned, apply_offset=offset)
+    if power2:
+        assert math.log2(q.scale_target) == round(math.log2(q.scale_target))
     # exact ties: values that land on k + 0.5 after scaling
     x[:50] = ((np.arange(50) - 25 + 0.5) / np.float32(q.scale_target)).astype(np.float32)
     got = fp.quantize(x, q.scale_target, q.offset, bw, q.unsigned_quant, fp.NEAREST, True, ties)
@@ -48,13 +57,17 @@ def test_nearest_matches_reference(unsigned, ties, bw):
     assert got.dtype == np.float32
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("power2", [False, True])
 @pytest.mark.parametrize("ties", ["even", "away"])
-def test_stochastic_matches_reference(ties):
+def test_stochastic_matches_reference(kind, power2, ties):
+    lo, hi, unsigned, offset = KINDS[kind]
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((10, 30)) * 2).astype(np.float32)
     u = rng.random(x.shape)
-    got = fp.quantize(x, 20.0, 3.0, 8, False, fp.STOCHASTIC, True, ties, uniform=u)
-    ref = _reference(x, 20.0, 3.0, 8, False, fp.STOCHASTIC, True, ties, u=u)
+    q = fp.estimate(lo, hi, 8, power2=power2, unsigned_data=unsigned, apply_offset=offset)
+    got = fp.quantize(x, q.scale_target, q.offset, 8, q.unsigned_quant, fp.STOCHASTIC, True, ties, uniform=u)
+    ref = _reference(x, q.scale_target, q.offset, 8, q.unsigned_quant, fp.STOCHASTIC, True, ties, u=u)
     np.testing.assert_array_equal(got, ref)
 
 

@@ -1,7 +1,6 @@
 """Sparsity and quantization inside the real solver: a sparse run with the reference log's shape, resume
 exactness through the snapshot sidecar, and a quantized TRAIN net."""
 
-import logging
 import os
 import re
 
@@ -11,6 +10,8 @@ from google.protobuf import text_format
 
 from caffelite.jacinto import sparsity_stats
 from caffelite.proto import caffe_pb2
+
+from test_jacinto_sparsity import capture_log
 
 NET = """
 name: "tiny_sparse"
@@ -29,7 +30,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "conv3" bottom: "target" top:
 """
 
 
-def _solver(tmp_path, max_iter=40, quantize=False, **kw):
+def _solver(tmp_path, max_iter=40, quantize=False, version=None, **kw):
     from caffelite import jacinto
     from caffelite.solvers import get_solver  # noqa: F401
     from caffelite.solvers import solver_class
@@ -45,28 +46,14 @@ def _solver(tmp_path, max_iter=40, quantize=False, **kw):
     for k, v in kw.items():
         setattr(sp, k, v)
     solver = solver_class(sp)(sp)
-    hooks = jacinto.attach_from_proto(solver.net, solver)
+    hooks = jacinto.attach_from_proto(solver.net, solver, version=version)
     return solver, hooks
 
 
 @pytest.fixture
 def records():
-    class H(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.msgs = []
-
-        def emit(self, record):
-            self.msgs.append(record.getMessage())
-
-    h = H()
-    lg = logging.getLogger("caffelite")
-    old = lg.level
-    lg.addHandler(h)
-    lg.setLevel(logging.INFO)
-    yield h.msgs
-    lg.removeHandler(h)
-    lg.setLevel(old)
+    with capture_log() as msgs:
+        yield msgs
 
 
 def _conv_weights(solver):
@@ -82,9 +69,15 @@ def _heavy_tailed(solver, seed=3):
 
 
 def test_sparse_run_shape(tmp_path, records):
-    solver, hooks = _solver(tmp_path)
+    """The shape of REF:sparse/run.log, made by caffe-jacinto 0.16 (so 0.16 ordering, explicitly)."""
+    solver, hooks = _solver(tmp_path, version="0.16", display=5)
+    assert hooks.sparsity.version == "0.16"
     _heavy_tailed(solver)
     solver.solve()
+    # 0.16: "iter=10" follows exactly 10 updates, so it is logged before the "Iteration 10 (...)" display line
+    # (as in the reference log: "Finding ... iter=1000" precedes "Iteration 1000 (")
+    find10 = next(i for i, m in enumerate(records) if m.startswith("Finding") and m.endswith("iter=10"))
+    assert find10 < next(i for i, m in enumerate(records) if m.startswith("Iteration 10 ("))
     finds = [m for m in records if m.startswith("Finding and applying sparsity")]
     assert len(finds) >= 3
     pat = re.compile(r"sparsity_factor=(\S+) sparsity_achieved=(\S+) iter=(\d+)")
@@ -108,6 +101,15 @@ def test_sparse_run_shape(tmp_path, records):
     # masks hold through the SGD updates (SPARSE_UPDATE)
     for i, m in hooks.sparsity.masks.items():
         assert np.all(solver.net.layers[i].blobs[0].data[m == 0] == 0)
+
+
+def test_017_is_the_default_and_thresholds_after_the_display(tmp_path, records):
+    solver, hooks = _solver(tmp_path, max_iter=11, display=5)
+    assert hooks.sparsity.version == "0.17"
+    _heavy_tailed(solver)
+    solver.solve()
+    find10 = next(i for i, m in enumerate(records) if m.startswith("Finding") and m.endswith("iter=10"))
+    assert find10 > next(i for i, m in enumerate(records) if m.startswith("Iteration 10 ("))
 
 
 def test_sparse_resume_is_exact(tmp_path, records):
@@ -135,3 +137,21 @@ def test_quantized_train_net_runs(tmp_path, records):
     qp = solver.net.layer_dict["relu1"].param.quantization_param
     assert qp.qparam_out[0].quantize and qp.rounding_scheme == 1  # STOCHASTIC in TRAIN (§b.4)
     assert any(m.startswith("Enabling quantization at output of: ReLU relu1") for m in records)
+
+
+def test_quantized_sparse_resume_is_exact(tmp_path, records):
+    """Quantization in TRAIN (stochastic rounding, ranges, scale_applied state) and sparsity together: a run
+    resumed from the iteration-20 snapshot ends with the same weights and quantization parameters."""
+    os.makedirs(tmp_path / "a", exist_ok=True)
+    full, fh = _solver(tmp_path / "a", max_iter=26, quantize=True)
+    full.solve()
+    state = str(tmp_path / "a" / "snap_iter_20.solverstate")
+    os.makedirs(tmp_path / "b", exist_ok=True)
+    resumed, hooks = _solver(tmp_path / "b", max_iter=26, quantize=True)
+    resumed.solve(resume_file=state)
+    assert hooks.quantization[0].infer_count == fh.quantization[0].infer_count
+    for n, w in _conv_weights(full).items():
+        np.testing.assert_array_equal(_conv_weights(resumed)[n], w, err_msg=n)
+    for name in ("conv1", "relu1", "conv3"):
+        qp = resumed.net.layer_dict[name].param.quantization_param
+        assert qp == full.net.layer_dict[name].param.quantization_param, name

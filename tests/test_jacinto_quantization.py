@@ -1,6 +1,7 @@
 """Quantization hook (§b.1-§b.7) on the real jsegnet21v2 deploy net of the fixtures (BVLC BN+Scale form)."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -167,7 +168,7 @@ def test_written_into_caffemodel_and_read_back(tmp_path):
     assert h3.r_out[i][0][1] == np.float32(r0[1])
 
 
-def test_display_quantization_format(caplog):
+def test_display_quantization_format():
     def edit(p):
         p.net_quantization_param.display_quantization = 1
     net, hook = _net(edit=edit)
@@ -246,3 +247,126 @@ def test_quantization_param_on_wrong_layer():
     lp.quantization_param.qparam_out[0].bitwidth = 64
     with pytest.raises(NetError, match=r"qparam_out\[0\]\.bitwidth: bitwidth 64 is outside 2..32"):
         check_quantization(p)
+
+
+def test_017_defaults():
+    """Every net_quantization_param / quantization_param default of caffe-jacinto 0.17 (§b.1)."""
+    q = caffe_pb2.NetParameter().net_quantization_param
+    assert (q.quantize_weights, q.quantize_activations) == (True, True)
+    assert (q.bitwidth_weights, q.bitwidth_activations, q.bitwidth_bias) == (12, 8, 16)
+    assert (q.power2_scale_weights, q.power2_scale_activations) == (False, False)
+    assert (q.apply_offset_weights, q.apply_offset_activations) == (True, False)
+    assert (q.precision, q.rounding_scheme) == (1, 0)  # DYNAMIC_FIXED_POINT, NEAREST
+    assert (q.display_quantization, q.update_quantization_param, q.quantization_start) == (2000, True, 1)
+    assert np.float32(q.range_update_factor) == np.float32(0.01)
+    assert np.float32(q.range_expansion_factor) == np.float32(1.25) and list(q.ignored_layer_names) == []
+    lq = caffe_pb2.LayerParameter().quantization_param
+    assert (lq.precision, lq.rounding_scheme, lq.power2_scale_weights, lq.power2_scale_activations) == (1, 0, 0, 0)
+    assert lq.quantized_infer_count == 0
+    qq = lq.qparam_out.add()
+    assert (qq.quantize, qq.bitwidth, qq.fracbits, qq.unsigned_data, qq.unsigned_quant) == (False, 8, 0, False, False)
+    assert (qq.scale_target, qq.scale_applied, qq.shiftbits, qq.offset, qq.min, qq.max) == (1, 1, 0, 0, 0, 0)
+    assert not caffe_pb2.NetParameter().quantize
+
+
+def test_display_header_and_period():
+    """``Quantizing the net: <name> Test`` + the dump every display_quantization forwards from start (§b.2)."""
+    from test_jacinto_sparsity import capture_log
+
+    def edit(p):
+        p.net_quantization_param.display_quantization = 2
+    net, hook = _net(edit=edit, size=(32, 64))
+    with capture_log() as msgs:
+        for k in range(5):
+            net.forward(data=_input(size=(32, 64), seed=k))
+    heads = [m for m in msgs if m.startswith("Quantizing the net:")]
+    assert heads == [f"Quantizing the net: {net.name} Test"] * 2  # k = 2 and 4 (k = 0 is before start)
+    dump = msgs[msgs.index(heads[0]) + 1:]
+    line = next(m for m in dump if m.startswith(" Q output:") and "Name:pool1 " in m)
+    assert re.fullmatch(r" Q output:\d+ Name:pool1 bitwidth:8 fracbits:0 scale:\S+ offset:0 unsigned_data:1 "
+                        r"min:\S+ max:\S+ scale_applied:\S+ scale_target:\S+", line)
+
+
+SMALL = """
+name: "small"
+quantize: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.5 }
+                      bias_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "r1" }
+layer { name: "conv2" type: "Convolution" bottom: "r1" top: "conv2"
+  convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+"""
+
+
+def test_small_net_hand_values():
+    """Every §b.4 formula by hand on a 3-layer net: weight and bias formats, running activation range, the
+    conv-output scale_applied chain, merged conv1 output (ReLU follows), and the weights quantized once."""
+    from google.protobuf import text_format
+
+    from caffelite import backend, jacinto
+    from caffelite.net import Net
+    backend.set_random_seed(3)
+    net = Net(text_format.Parse(SMALL, caffe_pb2.NetParameter()), TEST)
+    hook = jacinto.attach_quantization(net)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((2, 3, 6, 6)).astype(np.float32) for _ in range(3)]
+    w1 = net.layer_dict["conv1"].blobs[0].data.copy()
+    b1 = net.layer_dict["conv1"].blobs[1].data.copy()
+    net.forward(data=xs[0])
+    r0 = float(net.blobs["r1"].data.max())
+    net.forward(data=xs[1])
+    f32 = np.float32
+    qp1 = net.layer_dict["conv1"].param.quantization_param
+    qw, qb = qp1.qparam_w
+    # 12-bit asymmetric weights from the exact min/max, 16-bit asymmetric bias
+    assert (qw.quantize, qw.bitwidth, qw.unsigned_quant) == (True, 12, True)
+    assert qw.min == f32(w1.min()) and qw.max == f32(w1.max())
+    assert qw.scale_target == f32(f32(4095) / f32(f32(w1.max()) - f32(w1.min())))
+    assert qw.offset == pytest.approx(-float(w1.min()) * qw.scale_target, rel=1e-6)
+    assert (qb.bitwidth, qb.min, qb.max) == (16, f32(b1.min()), f32(b1.max()))
+    # the weights were quantized once, at forward k == start == 1: integers on the 12-bit grid
+    w = net.layer_dict["conv1"].blobs[0].data.astype(np.float64) * f32(qw.scale_target) + f32(qw.offset)
+    assert np.allclose(w, np.round(w), atol=2e-3) and not np.array_equal(net.layer_dict["conv1"].blobs[0].data, w1)
+    assert qp1.quantized_infer_count == 0
+    # conv1 -> ReLU: merged, not quantized; the ReLU output is 8-bit unsigned with 255 / (1.25 * max of forward 0)
+    assert not qp1.qparam_out[0].quantize
+    qr = net.layer_dict["relu1"].param.quantization_param.qparam_out[0]
+    assert qr.quantize and qr.unsigned_data and qr.max == f32(f32(1.25) * f32(r0))
+    assert qr.scale_target == pytest.approx(255 / (1.25 * r0), rel=1e-6)
+    # scale_applied chain (§b.4): conv output sa = max(input sa) * weight scale; conv2's input comes from the
+    # quantized ReLU, so its sa is the ReLU's scale
+    assert qp1.qparam_out[0].scale_applied == f32(f32(1.0) * f32(qw.scale_target))
+    qp2 = net.layer_dict["conv2"].param.quantization_param
+    assert qp2.qparam_in[0].scale_applied == f32(qr.scale_target)
+    # conv2 ends the net (no merging consumer): its signed output is quantized, 127/max|x|, and a quantized
+    # output's scale_applied becomes its scale_target
+    q2 = qp2.qparam_out[0]
+    assert q2.quantize and not q2.unsigned_quant and q2.scale_applied == q2.scale_target
+    assert q2.scale_target == pytest.approx(127 / max(abs(q2.min), abs(q2.max)), rel=1e-6)
+    y = net.blobs["conv2"].data.astype(np.float64) * f32(q2.scale_target)
+    assert np.allclose(y, np.round(y), atol=1e-3)
+    # running range after forward 1: 0.99 * r(forward 0) + 0.01 * 1.25 * max(forward 1)
+    i = net._layer_names.index("relu1")
+    r1 = float(hook.r_out[i][0][1])
+    net.forward(data=xs[2])
+    assert hook.r_out[i][0][1] == pytest.approx(0.99 * r1 + 0.01 * 1.25 * float(net.blobs["r1"].data.max()), rel=1e-6)
+    assert qp1.quantized_infer_count == 1
+
+
+def test_016_display_lines():
+    from google.protobuf import text_format
+
+    from caffelite import backend, jacinto
+    from caffelite.net import Net
+    backend.set_random_seed(3)
+    net = Net(text_format.Parse(SMALL, caffe_pb2.NetParameter()), TEST)
+    hook = jacinto.attach_quantization(net, version="0.16")
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        net.forward(data=rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    lines = hook.display_lines()
+    assert any(re.fullmatch(r" Q weights:1 Name:conv1 bitwidth:12 fracbits:0 scale:\S+ offset:\S+ unsigned_data:0 "
+                            r"min:\S+ max:\S+", ln) for ln in lines), lines
+    assert not any("scale_applied" in ln or " Q bias:" in ln for ln in lines)

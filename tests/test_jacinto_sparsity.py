@@ -5,6 +5,7 @@ These run the hook on a minimal stand-in for Net/Solver (layers with ``param`` a
 runs it inside the real solver.
 """
 
+import contextlib
 import logging
 import re
 
@@ -32,6 +33,7 @@ class FakeLayer:
 class FakeNet:
     def __init__(self, layers):
         self.layers = layers
+        self._param = caffe_pb2.NetParameter()  # no quantize: attach_from_proto installs no quantization
 
 
 class FakeSolver:
@@ -113,44 +115,43 @@ def test_log_format_matches_reference():
     assert st.format_sparsity(counts, connectivity=True)[0].startswith("Num Params(2), ConnectivitySparsity")
 
 
-@pytest.fixture
-def caplog():
-    """Records of the 'caffelite' logger (it does not propagate to the root logger pytest watches)."""
+@contextlib.contextmanager
+def capture_log():
+    """The messages logged by the 'caffelite' logger at INFO and above meanwhile (it does not propagate to the
+    root logger pytest's caplog watches). Shared by the jacinto test modules."""
 
     class Handler(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.records = []
-
         def emit(self, record):
-            self.records.append(record)
+            msgs.append(record.getMessage())
 
-        def at_level(self, *a, **k):
-            import contextlib
-            return contextlib.nullcontext()
-
-    h = Handler()
-    lg = logging.getLogger("caffelite")
+    msgs, h, lg = [], Handler(logging.INFO), logging.getLogger("caffelite")
     old = lg.level
     lg.addHandler(h)
     lg.setLevel(logging.INFO)
-    yield h
-    lg.removeHandler(h)
-    lg.setLevel(old)
+    try:
+        yield msgs
+    finally:
+        lg.removeHandler(h)
+        lg.setLevel(old)
 
 
-def _run(version, caplog, iters=60, seed=0, **kw):
+@pytest.fixture
+def records():
+    with capture_log() as msgs:
+        yield msgs
+
+
+def _run(version, iters=60, seed=0, **kw):
     net = make_net(seed)
     solver = FakeSolver(solver_param(**kw), net)
     hook = sp.attach_sparsity(solver, version=version)
-    with caplog.at_level(logging.INFO, logger="caffelite"):
-        solver.step(iters, np.random.default_rng(seed + 1))
+    solver.step(iters, np.random.default_rng(seed + 1))
     return net, solver, hook
 
 
-def test_schedule_shape_like_reference(caplog):
-    net, solver, hook = _run("0.16", caplog)
-    msgs = [r.getMessage() for r in caplog.records]
+def test_schedule_shape_like_reference(records):
+    net, solver, hook = _run("0.16")
+    msgs = records
     finds = [m for m in msgs if m.startswith("Finding and applying sparsity")]
     pat = re.compile(r"sparsity_target=0\.8 sparsity_factor=(\S+) sparsity_achieved=(\S+) iter=(\d+)$")
     parsed = [pat.search(m).groups() for m in finds]
@@ -177,17 +178,17 @@ def test_schedule_shape_like_reference(caplog):
     assert np.count_nonzero(net.layers[3].blobs[0].data == 0) > 0
 
 
-def test_017_ordering(caplog):
-    net, _, _ = _run("0.17", caplog, iters=12)
+def test_017_ordering(records):
+    net, _, _ = _run("0.17", iters=12)
     assert np.count_nonzero(net.layers[4].blobs[0].data == 0) == 0  # 0.17: 1x1 convs are never pruned
-    msgs = [r.getMessage() for r in caplog.records]
+    msgs = records
     finds = [m for m in msgs if m.startswith("Finding and applying sparsity")]
     assert [m.rsplit("iter=", 1)[1] for m in finds] == ["5", "10"]
     # 0.17 logs the per-layer geometry lines (verbose), 0.16's reference build did not
     assert any(m == "conv1x1 ni=64 no=64" for m in msgs)
 
 
-def test_016_counts_updates_before_thresholding(caplog):
+def test_016_counts_updates_before_thresholding(records):
     # 0.16: "iter=5" after exactly 5 updates; 0.17 "iter=5" after 6 (§a.2)
     # 0.16 with sparsity_itr_increment_bfr_applying: false increments after, like 0.17
     for version, flag, expect_iter in (("0.16", True, 4), ("0.17", True, 5), ("0.16", False, 5)):
@@ -201,11 +202,12 @@ def test_016_counts_updates_before_thresholding(caplog):
         assert first == expect_iter, version
 
 
-def test_resume_is_exact(caplog):
-    full_net, full_solver, _ = _run("0.16", caplog, iters=40)
+@pytest.mark.parametrize("version", ["0.16", "0.17"])
+def test_resume_is_exact(records, version):
+    full_net, full_solver, _ = _run(version, iters=40)
     net = make_net()
     solver = FakeSolver(solver_param(), net)
-    hook = sp.attach_sparsity(solver)
+    hook = sp.attach_sparsity(solver, version=version)
     rng = np.random.default_rng(1)
     solver.step(17, rng)
     state = hook.get_state()
@@ -217,7 +219,7 @@ def test_resume_is_exact(caplog):
             b.data = w
     solver2 = FakeSolver(solver_param(), net2)
     solver2.iter = 17
-    hook2 = sp.attach_sparsity(solver2)
+    hook2 = sp.attach_sparsity(solver2, version=version)
     solver2.providers["jacinto_sparsity"][1](state)
     assert hook2.factor == hook.factor
     solver2.step(40 - 17, rng)
@@ -226,10 +228,10 @@ def test_resume_is_exact(caplog):
             np.testing.assert_array_equal(x.data, y.data)
 
 
-def test_not_reached_explanation(caplog):
+def test_not_reached_explanation(records):
     # the cap (0.2*max|w| per channel) prevents 0.9: one line per layer says why
-    _run("0.17", caplog, iters=60, sparsity_target=0.9, sparsity_step_factor=0.1)
-    msgs = [r.getMessage() for r in caplog.records]
+    _run("0.17", iters=60, sparsity_target=0.9, sparsity_step_factor=0.1)
+    msgs = records
     assert any(m.startswith("Sparsity target 0.9 not reached") for m in msgs)
     assert any(m.startswith("  conv1x1_param_0 (0): not pruned: ineligible kernel") for m in msgs)
     assert any("conv2_param_0" in m and "cap reached" in m for m in msgs)
@@ -274,3 +276,66 @@ def test_reference_jsegnet21v2_counting():
     assert th.channel_fraction(*geo["conv1a"][:2], f) == np.float32(0.3)
     assert th.channel_fraction(*geo["ctx_final"][:2], f) == np.float32(0.3)
     assert th.channel_fraction(*geo["res5a_branch2b"][:2], f) == f
+
+
+class EndEventSolver(FakeSolver):
+    """A solver offering the ``on_solve_end`` event (fired once after the training loop, as Solver.solve)."""
+
+    def __init__(self, param, net):
+        super().__init__(param, net)
+        self.hooks["on_solve_end"] = []
+
+    def solve(self, rng):
+        self.step(self.param.max_iter - self.iter, rng)
+        for fn in self.hooks["on_solve_end"]:
+            fn(self)
+
+
+@pytest.mark.parametrize("with_event", [False, True])
+def test_end_of_training(records, with_event):
+    net = make_net()
+    cls = EndEventSolver if with_event else FakeSolver
+    solver = cls(solver_param(max_iter=12), net)
+    hook = sp.attach_sparsity(solver)
+    assert hook.end_event == with_event
+    rng = np.random.default_rng(0)
+    if with_event:
+        solver.solve(rng)
+    else:
+        solver.step(12, rng)
+    msgs = records
+    assert msgs.count("Sparsity after training:") == 1
+    # the closing display follows the last "Sparsity after update" (iter 10 of 12 with display_sparsity 5)
+    assert max(i for i, m in enumerate(msgs) if m == "Sparsity after update:") < msgs.index("Sparsity after training:")
+    # the final ThresholdNet ran at iter=max_iter: 0.17 thresholds at 5 and 10 only (12 is not a multiple)
+    assert [m.rsplit("iter=", 1)[1] for m in msgs if m.startswith("Finding")] == ["5", "10"]
+
+
+def test_version_selection(monkeypatch):
+    from types import SimpleNamespace
+
+    from caffelite import jacinto
+    from caffelite.errors import CaffeliteError
+    monkeypatch.delenv(jacinto.ENV_VERSION, raising=False)
+    assert jacinto.resolve_version() == "0.17" == sp.DEFAULT_VERSION
+    jac16 = SimpleNamespace(flavor="jacinto016")
+    assert jacinto.resolve_version(None, jac16) == "0.16"
+    assert jacinto.resolve_version("0.17", jac16) == "0.17"
+    monkeypatch.setenv(jacinto.ENV_VERSION, "0.16")
+    assert jacinto.resolve_version() == "0.16" and jacinto.resolve_version("0.17") == "0.17"
+    monkeypatch.setenv(jacinto.ENV_VERSION, "0.18")
+    with pytest.raises(CaffeliteError, match="0.16, 0.17"):
+        jacinto.resolve_version()
+    monkeypatch.delenv(jacinto.ENV_VERSION)
+    net = make_net()
+    solver = FakeSolver(solver_param(), net)
+    solver.flavor = "jacinto016"
+    assert jacinto.attach_from_proto(None, solver).sparsity.version == "0.16"
+    solver2 = FakeSolver(solver_param(), make_net())
+    assert jacinto.attach_from_proto(None, solver2).sparsity.version == "0.17"
+    assert jacinto.attach_from_proto(None, solver2, version="0.17", sparsity_version="0.16").sparsity.version == "0.16"
+    import argparse
+    parser = argparse.ArgumentParser()
+    jacinto.add_version_argument(parser)
+    assert parser.parse_args(["--jacinto_version", "0.16"]).jacinto_version == "0.16"
+    assert parser.parse_args([]).jacinto_version is None

@@ -20,7 +20,7 @@ import caffelite
 from caffelite.layer import registered_types
 from caffelite.proto import dialect
 
-from layer_case import LAYERS, case_names, load_case, tolerance
+from layer_case import LAYERS, case_names, compare_with_caffe, load_case
 
 
 def _layer_types(path):
@@ -40,46 +40,33 @@ def run_through_net(name, dtype=np.float32):
     net = caffelite.Net(proto, phase, weights=weights if os.path.exists(weights) else None, dtype=dtype)
     feeds = {k.split("/", 1)[1]: v for k, v in io.items() if k.startswith("bottom/")}
     net.forward(**feeds)
-    ours = {}
-    for key in io:
-        kind, rest = key.split("/", 1)
-        if kind == "top":
-            ours[key] = np.array(net.blobs[rest].data)
-        elif kind == "param_after":
-            lname, i = rest.rsplit("/", 1)
-            ours[key] = np.array(net.params[lname][int(i)].data)
+    ours = _collect(net, io, "top", "param_after", "data")
     if meta.get("backward", False) or any(k.startswith("top_diff/") for k in io):
         for key, val in io.items():
             if key.startswith("top_diff/"):
                 net.blobs[key.split("/", 1)[1]].diff[...] = val
         net.backward()
-        for key in io:
-            kind, rest = key.split("/", 1)
-            if kind == "bottom_diff":
-                ours[key] = np.array(net.blobs[rest].diff)
-            elif kind == "param_diff":
-                lname, i = rest.rsplit("/", 1)
-                ours[key] = np.array(net.params[lname][int(i)].diff)
+        ours.update(_collect(net, io, "bottom_diff", "param_diff", "diff"))
     return meta, io, ours
+
+
+def _collect(net, io, blob_kind, param_kind, attr):
+    """Our arrays (``attr`` = data or diff) for the io keys ``<blob_kind>/<blob>`` and
+    ``<param_kind>/<layer>/<index>``."""
+    ours = {}
+    for key in io:
+        kind, rest = key.split("/", 1)
+        if kind == blob_kind:
+            ours[key] = np.array(getattr(net.blobs[rest], attr))
+        elif kind == param_kind:
+            lname, i = rest.rsplit("/", 1)
+            ours[key] = np.array(getattr(net.params[lname][int(i)], attr))
+    return ours
 
 
 @pytest.mark.parametrize("name", case_names())
 def test_layer_case_through_net(name):
-    meta, io, ours = run_through_net(name)
-    checked = 0
-    for key, want in io.items():
-        kind = key.split("/", 1)[0]
-        if kind in ("bottom", "param", "top_diff"):
-            continue
-        if kind == "param_after" and not meta.get("param_after"):
-            continue
-        assert key in ours, f"{name}: the net produced no {key}"
-        got = ours[key]
-        rtol, atol = tolerance(meta, "forward" if kind in ("top", "param_after") else "backward")
-        assert got.size == want.size, f"{name}: {key} shape {got.shape} != {want.shape}"
-        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=rtol, atol=atol, err_msg=f"{name}: {key}")
-        checked += 1
-    assert checked > 0
+    compare_with_caffe(name, *run_through_net(name))
 
 
 def test_every_case_is_collected():

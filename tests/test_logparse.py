@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import shutil
 
 import pytest
 
@@ -14,7 +13,7 @@ from caffelite import log as glog
 from caffelite.logparse import parse_log, parse_log_file
 
 from conftest import FIXTURES, REFERENCE
-from solver_fixture import SOLVERS, case_dir
+from solver_fixture import case_dir, copy_case
 
 REF_LOGS = sorted(
     os.path.join(REFERENCE, "cityscapes5_jsegnet21v2", stage, "run.log.txt")
@@ -57,12 +56,7 @@ def test_reference_jacinto_logs(path):
 
 
 def test_caffelite_log_parses_like_caffes(tmp_path, monkeypatch, capfd):
-    shutil.copytree(os.path.join(SOLVERS, "_data"), tmp_path / "_data")
-    d = tmp_path / "sgd_step"
-    d.mkdir()
-    for f in ("solver.prototxt", "train_val.prototxt", "init.caffemodel"):
-        shutil.copy(os.path.join(case_dir("sgd_step"), f), d / f)
-    monkeypatch.chdir(d)
+    monkeypatch.chdir(copy_case(tmp_path, "sgd_step"))
     glog.setup_logging()
     assert cli.main(["train", "--solver", "solver.prototxt", "--weights", "init.caffemodel"]) == 0
     ours_train, ours_test = parse_log(capfd.readouterr().err)
@@ -90,7 +84,7 @@ def test_parse_log_command_rejects_non_logs(tmp_path, capsys):
     p = tmp_path / "notes.txt"
     p.write_text("hello\n")
     assert cli.main(["parse-log", str(p), str(tmp_path)]) == 2
-    assert "no training or test lines" in capsys.readouterr().err
+    assert "no training, test or batch lines" in capsys.readouterr().err
 
 
 def test_plot_without_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys):
@@ -141,3 +135,78 @@ def test_glog_line_format():
     assert parse_log(lines)[0][0]["smoothed_loss"] == 1.85316
     assert [glog.fmt(v) for v in (2.0832e-08, 0.02, 35.42749, 12, float("nan"))] == \
         ["2.0832e-08", "0.02", "35.4275", "12", "nan"]
+
+
+REF_TEST_LOGS = sorted(os.path.join(REFERENCE, "cityscapes5_jsegnet21v2", stage, "run.log.txt")
+                       for stage in ("test", "test_quantize"))
+
+
+def test_caffe_test_log_batches_and_final_match_meta():
+    from caffelite.logparse import parse_log_all
+    meta = json.load(open(os.path.join(FIXTURES, "logs", "meta.json")))["test_log_parsed"]
+    d = parse_log_all(open(os.path.join(FIXTURES, "logs", "caffe_test.log")).read())
+    assert d["train"] == [] and d["test"] == []
+    assert [(r["Batch"], k, r[k]) for r in d["batches"] for k in r if k not in ("Batch", "Seconds")] == \
+        [tuple(b) for b in meta["batches"]]
+    assert d["final"] == {"Loss": meta["loss"], **meta["final"]}
+
+
+@pytest.mark.parametrize("path", REF_TEST_LOGS, ids=lambda p: p.split(os.sep)[-2])
+def test_reference_caffe_test_logs(path, tmp_path):
+    """The reference `caffe test` run.logs (NVCaffe 0.16): 50 batches, then the averages (before the sparsity
+    block); parse-log writes them as <log>.batches with a closing mean row."""
+    text = open(path, encoding="utf-8", errors="replace").read()
+    from caffelite.logparse import parse_log_all
+    d = parse_log_all(text)
+    assert [r["Batch"] for r in d["batches"]] == list(range(50))
+    assert set(d["final"]) == {"Loss", "accuracy/top1", "accuracy/top5", "loss"}
+    mean_top1 = sum(r["accuracy/top1"] for r in d["batches"]) / 50
+    assert d["final"]["accuracy/top1"] == pytest.approx(mean_top1, rel=1e-5)
+    assert cli.main(["parse-log", path, str(tmp_path)]) == 0
+    rows = (tmp_path / "run.log.txt.batches").read_text().splitlines()
+    assert rows[0] == "Batch,Seconds,accuracy/top1,accuracy/top5,loss,Loss" and len(rows) == 1 + 50 + 1
+    assert rows[-1].startswith("mean,,") and not (tmp_path / "run.log.txt.train").exists()
+
+
+def test_jacinto_017_lines_and_caffelite_017_flavor(tmp_path, monkeypatch, capfd):
+    """caffe-jacinto 0.17's forms (jacinto.md §i): epoch counter, `m/wd/gs` rate line, `Initial Test` banners,
+    `[MultiGPU]` prefix; and caffelite's own --flavor jacinto log reads back the same way."""
+    text = "\n".join([
+        "I1003 06:19:42.162161 13372 solver.cpp:264] Initial Test started...",
+        "I1003 06:19:42.162161 13372 solver.cpp:347] [MultiGPU] Iteration 0, Testing net (#0)",
+        "I1003 06:19:43.162161 13372 solver.cpp:414]     Test net output #0: accuracy = 0.5",
+        "I1003 06:19:43.162161 13372 solver.cpp:268] Initial Test completed in 1.2s",
+        "I1003 06:19:44.162161 13372 solver.cpp:319] Iteration 0 (0.44 s), loss = 2.5",
+        "I1003 06:19:44.162161 13372 solver.cpp:258]     Train net output #0: loss = 2.5 (* 1 = 2.5 loss)",
+        "I1003 06:19:44.162161 13372 sgd_solver.cpp:136] Iteration 0, lr = 0.01, m = 0.9, wd = 1e-05, gs = 1.00",
+        "I1003 06:20:44.162161 13372 solver.cpp:314] Iteration 100 (5.35804 iter/s, 18.2903s/98 iter), "
+        "0.3/2.1ep, loss = 0.289444",
+    ])
+    train, test = parse_log(text)
+    assert [(r["NumIters"], r["smoothed_loss"]) for r in train] == [(0, 2.5), (100, 0.289444)]
+    assert train[0]["weight_decay"] == 1e-05 and train[0]["momentum"] == 0.9 and train[0]["loss"] == 2.5
+    assert [(r["NumIters"], r["accuracy"]) for r in test] == [(0, 0.5)]
+    monkeypatch.chdir(copy_case(tmp_path, "sgd_step"))
+    glog.setup_logging()
+    assert cli.main(["train", "--solver", "solver.prototxt", "--flavor", "jacinto"]) == 0
+    err = capfd.readouterr().err
+    assert "Initial Test started..." in err and ", wd = 0.0005, gs = 1.00" in err
+    train, test = parse_log(err)
+    assert [r["NumIters"] for r in test] == [0, 6, 12] and len(train) == 13
+    assert all(r["weight_decay"] == pytest.approx(0.0005) for r in train if "weight_decay" in r)
+
+
+def test_plot_of_caffe_test_logs(tmp_path):
+    from caffelite.commands.plot import panels
+    from caffelite.logparse import parse_log_all
+    parsed = []
+    for p in REF_TEST_LOGS:
+        d = parse_log_all(open(p, encoding="utf-8", errors="replace").read())
+        parsed.append((p.split(os.sep)[-2], d["train"], d["test"], d["batches"]))
+    data = panels(parsed)
+    assert set(data) == {"batch accuracy/top1", "batch accuracy/top5", "batch loss"}
+    assert [len(xs) for _, xs, _ in data["batch loss"]] == [50, 50]
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "t.png"
+    assert cli.main(["plot", *REF_TEST_LOGS, *REF_LOGS, "-o", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -4,6 +4,7 @@ options a layer does not read raising instead of being silently ignored."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -29,6 +30,18 @@ def bn_net(in_place_bn=True, relu=True, force=True, phase=caffelite.TEST):
         text += layer("relu", "ReLU", [top], [top])
     text += ip("ip", top, 2) + layer("loss", "EuclideanLoss", ["ip", "t"])
     return make(text, phase, dtype=np.float64)
+
+
+@contextlib.contextmanager
+def captured(caplog, level):
+    """caplog for the caffelite logger even after log.setup_logging turned its propagation off."""
+    lg = logging.getLogger("caffelite")
+    lg.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(level, logger="caffelite"):
+            yield
+    finally:
+        lg.removeHandler(caplog.handler)
 
 
 def feed(net, seed=0):
@@ -200,7 +213,7 @@ def test_option_the_layer_does_not_read_raises(text, field):
 
 def test_option_at_its_default_and_foreign_params(caplog):
     create_layer(lp('name: "n" type: "EuclideanLoss" bottom: "a" bottom: "b" top: "l" loss_param { normalize: false }'))
-    with caplog.at_level(logging.WARNING, logger="caffelite"):
+    with captured(caplog, logging.WARNING):
         create_layer(lp('name: "r" type: "ReLU" bottom: "a" top: "a" convolution_param { num_output: 3 }'))
     assert "convolution_param" in caplog.text and "r" in caplog.text
 
@@ -209,6 +222,26 @@ def test_float16_math_is_unsupported():
     with pytest.raises(UnsupportedError, match=r"forward_type = FLOAT16"):
         make(inp("data", 2, 3) + layer("r", "ReLU", ["data"], ["r"], "forward_type: FLOAT16"))
     make(inp("data", 2, 3) + layer("r", "ReLU", ["data"], ["r"], "forward_type: FLOAT forward_math: FLOAT"))
+    with pytest.raises(UnsupportedError, match=r"default_backward_math = FLOAT16"):
+        make("default_backward_math: FLOAT16\n" + inp("data", 2, 3))
+
+
+def test_debug_info_logs_mean_abs_values(caplog):
+    text = "debug_info: true\n" + inp("data", 2, 3) + inp("t", 2, 2) + ip("a", "data", 2) \
+        + layer("loss", "EuclideanLoss", ["a", "t"])
+    net = make(text, caffelite.TRAIN)
+    feed(net)
+    with captured(caplog, logging.INFO):
+        net.forward_backward()
+    a = net.blobs["a"].data
+    assert f"    [Forward] Layer a, top blob a data: {np.abs(a).mean():g}" in caplog.text
+    assert f"    [Forward] Layer a, param blob 0 data: {np.abs(net.params['a'][0].data).mean():g}" in caplog.text
+    assert f"    [Backward] Layer loss, bottom blob a diff: {np.abs(net.blobs['a'].diff).mean():g}" in caplog.text
+    assert "    [Backward] Layer a, param blob 1 diff: " in caplog.text
+    assert "bottom blob data diff" not in caplog.text  # the Input needs no diff
+    ps = net.learnable_params
+    l1 = sum(np.abs(p.data).sum() for p in ps)
+    assert f"    [Backward] All net params (data, diff): L1 norm = ({l1:g}, " in caplog.text
 
 
 MINE = {"Input", "Split", "ReLU", "PReLU", "Sigmoid", "TanH", "ELU", "AbsVal", "BNLL", "Power", "Exp", "Log",
@@ -227,3 +260,58 @@ def test_param_fields_declared_and_real():
         for msg, names in (fields or {}).items():
             desc = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name[msg].message_type
             assert set(names) <= set(desc.fields_by_name), (t, msg, set(names) - set(desc.fields_by_name))
+
+
+def test_blobs_inside_the_net_definition_initialise_the_layers():
+    """A NetParameter carrying blobs (e.g. a caffemodel's) initialises the layers, as Caffe's Layer does."""
+    caffelite.set_random_seed(1)
+    src = make(inp("data", 2, 3) + ip("a", "data", 4) + layer("r", "ReLU", ["a"], ["a"]))
+    with_blobs = src.to_proto()
+    caffelite.set_random_seed(2)
+    net = caffelite.Net(with_blobs, caffelite.TEST)
+    for k in range(2):
+        np.testing.assert_array_equal(net.params["a"][k].data, src.params["a"][k].data)
+    assert not len(net.layers[1].param.blobs) and not len(net._param.layer[1].blobs)  # not held twice
+    assert len(net.to_proto().layer[1].blobs) == 2
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    np.testing.assert_array_equal(net.forward(data=x)["a"], src.forward(data=x)["a"])
+
+
+def test_pycaffe_legacy_blob_accessors():
+    net = make(inp("data", 2, 3, 5, 7) + ip("a", "data", 4))
+    d, a = net.blobs["data"], net.blobs["a"]
+    assert (d.num, d.channels, d.height, d.width) == (2, 3, 5, 7)
+    assert (a.num, a.channels, a.height, a.width) == (2, 4, 1, 1)  # Caffe's LegacyShape pads with 1
+    d.reshape(4, 3, 5, 7)
+    net.reshape()
+    assert (d.num, a.num) == (4, 4) and d.count == 420
+
+
+def test_solver_iteration_reaches_batchnorm_with_iter_size():
+    """End to end: the solver tells the net its iteration, so with iter_size 2 both forwards of iteration 0
+    overwrite the jacinto running statistics and those of iteration 1 blend (§d.3)."""
+    from caffelite.solvers import get_solver
+    net = bn_net(force=False, phase=caffelite.TRAIN)
+    xs = [np.random.default_rng(k).standard_normal((2, 3, 4, 4)) * (k + 1) for k in range(4)]
+    fed = []
+
+    def next_batch(n):
+        n.blobs["data"].data[...] = xs[len(fed)]
+        fed.append(len(fed))
+
+    net.add_hook("forward_start", next_batch)
+    sp = text_format.Parse('type: "SGD" base_lr: 0 lr_policy: "fixed" iter_size: 2 max_iter: 2 display: 0 '
+                           'snapshot: 0', caffe_pb2.SolverParameter())
+    solver = get_solver(sp, net=net)
+    bn = net.layer_dict["bn"]
+    m = xs[0].size / 3
+    solver.step(1)
+    mean, var = batch_stats(xs[1])
+    np.testing.assert_allclose(bn.blobs[0].data, mean, rtol=1e-12)
+    np.testing.assert_allclose(bn.blobs[1].data, var * m / (m - 1), rtol=1e-12)
+    solver.step(1)
+    maf = float(np.float32(0.9))
+    for x in xs[2:]:
+        mean = maf * mean + (1 - maf) * batch_stats(x)[0]
+    np.testing.assert_allclose(bn.blobs[0].data, mean, rtol=1e-12)
+    assert fed == [0, 1, 2, 3]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -96,3 +97,58 @@ def test_reference_runs_at_two_resolutions(path):
             assert out["argMaxOut"].shape == (1, 1) + net.blobs["data"].shape[2:]
         if "imagenet" in path and "prob" in out:
             assert out["prob"].shape[:2] == (1, 1000)
+
+
+def _edited_deploy(tmp_path):
+    """The real deploy.prototxt with its input_shape edited from 1x3x512x1024 to 1x3x1024x2048, as a file."""
+    src = os.path.join(REFERENCE, "cityscapes5_jsegnet21v2", "test", "deploy.prototxt")
+    edited, n = re.subn(r"dim:\s*512\s+dim:\s*1024", "dim: 1024\n  dim: 2048", open(src).read(), count=1)
+    assert n == 1
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(edited)
+    caffelite.set_random_seed(3)
+    return caffelite.Net(str(path), caffelite.TEST)
+
+
+def test_edited_deploy_input_shape_reshapes_the_whole_net(tmp_path):
+    """Editing ``input_shape`` to 1x3x1024x2048 just works: every blob follows the input (build only)."""
+    net = _edited_deploy(tmp_path)
+    assert net.blobs["data"].shape == (1, 3, 1024, 2048)
+    assert net.blobs[net.top_names["conv1a"][0]].shape[2:] == (512, 1024)  # stride 2
+    assert net.blobs[net.bottom_names["argMaxOut"][0]].shape == (1, 8, 1024, 2048)  # 8 channels, upsampled x8
+    assert net.blobs["argMaxOut"].shape == (1, 1, 1024, 2048)
+
+
+@pytest.mark.slow  # one full-resolution forward: ~10 s on an idle 2-core machine, more under load
+def test_edited_deploy_input_shape_runs_at_full_cityscapes_resolution(tmp_path):
+    net = _edited_deploy(tmp_path)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, 1024, 2048)).astype(np.float32)
+    out = net.forward(data=x)["argMaxOut"]
+    assert out.shape == (1, 1, 1024, 2048)
+    scores = net.blobs[net.bottom_names["argMaxOut"][0]].data
+    assert np.isfinite(scores).all()
+    assert set(np.unique(out).tolist()) <= set(range(8))
+
+
+TRAIN_FILES = [f for f in FILES if f.endswith("train.prototxt")]
+
+
+@pytest.mark.parametrize("path", TRAIN_FILES, ids=[os.path.relpath(f, REFERENCE) for f in TRAIN_FILES])
+def test_reference_train_nets_run_forward_backward(path, request):
+    """Each stage's train.prototxt runs a TRAIN forward/backward at a changed resolution, and with --runslow at
+    its own crop size too (its test.prototxt already runs there, in TEST)."""
+    sizes = _sizes(path)
+    if not request.config.getoption("--runslow"):
+        sizes = sizes[1:]
+    for size in sizes:
+        param = with_inputs(path, size)
+        _require(param)
+        caffelite.set_random_seed(2)
+        net = caffelite.Net(param, caffelite.TRAIN)
+        net.blobs["data"].data[...] = np.random.default_rng(1).uniform(0, 255, net.blobs["data"].shape)
+        for name in net.inputs[1:]:
+            net.blobs[name].data[...] = 0
+        loss = net.forward_backward()
+        assert np.isfinite(loss) and loss > 0, size
+        diffs = [p.diff for p in net.learnable_params]
+        assert all(np.isfinite(d).all() for d in diffs) and sum(bool(d.any()) for d in diffs) > len(diffs) // 2

@@ -30,15 +30,12 @@ def run(args) -> int:
         net, report = io.read_weights_ex(args.input)
         if to == "bvlc":
             report.dropped.clear()  # BVLC-only fields kept as unknown fields come back in BVLC form
-        for l in net.layer:
-            for i, b in enumerate(l.blobs):
-                convert_blob_form(b, to, where=f"{args.input}: layer '{l.name}' blob {i}")
-        out = io.convert_net(net, to, report)
-        if to == "jacinto":  # BatchNorm merging writes fresh blobs; make sure all are in the target form
-            for l in out.layer:
-                for b in l.blobs:
-                    convert_blob_form(b, to)
-        io.atomic_write(args.output, out.SerializePartialToString())
+        if to == "bvlc":  # before the change of class: BVLC's BlobProto has no raw_data to convert from
+            for l in net.layer:
+                for i, b in enumerate(l.blobs):
+                    convert_blob_form(b, to, where=f"{args.input}: layer '{l.name}' blob {i}")
+        # to jacinto, blobs are re-encoded while streaming out (no converted copy of the values in memory)
+        io.write_weights(io.convert_net(net, to, report), args.output, form="jacinto" if to == "jacinto" else None)
     elif kind == "binaryproto":
         report = NetReport("jacinto017", args.input)
         io.write_binaryproto(io.read_binaryproto(args.input), args.output, form=to)

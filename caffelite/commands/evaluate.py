@@ -1,5 +1,7 @@
-"""Pixel accuracy and mean IoU of a segmentation net over image/label lists (caffe-jacinto's convention
-and the nanmean convention), a per-class IoU table and an optional confusion-matrix PNG.
+"""Pixel accuracy, mean IoU (jacinto and nanmean conventions) and per-class IoU over image/label lists.
+
+The running scores are printed about 20 times, then jacinto's ``Final:`` line (§g.4), the nanmean line and a
+per-class IoU table; ``--confusion-png`` also draws the confusion matrix (``plot`` extra, matplotlib).
 
 Example: ``caffelite eval --model deploy.prototxt --weights W --images val-image-list.txt
 --labels val-label-list.txt --num-classes 5``

@@ -55,8 +55,11 @@ def _notes(report, out):
         out.append(f"note: {d} (no caffe-jacinto field)")
 
 
-def describe_net(net, report, out):
+def describe_net(net, report, out, arrays=None):
     """Print the layer table of a caffemodel's ``net`` (blob shapes, counts, zeros) to ``out`` (a list).
+
+    ``arrays``: {layer name: [arrays or LazyBlobs]} holding the values when ``net``'s blobs keep only their
+    shapes (``io.load_weights(lazy=True)``: one blob in memory at a time, whatever the file's size).
 
     ``zeros`` is the fraction of exact zeros in the layer's weights (its first blob, as caffe-jacinto's
     DisplaySparsity counts, jacinto.md §a.4); the total line also gives the zero fraction of all parameters.
@@ -67,9 +70,11 @@ def describe_net(net, report, out):
     total = zeros_all = weights = zeros_w = 0
     for l in net.layer:
         shapes, count, zw = [], 0, None
+        vals = arrays.get(l.name) if arrays is not None else None
         for i, b in enumerate(l.blobs):
             shapes.append(blob_shape(b))
-            a = blob_to_array(b, where=f"layer '{l.name}' blob {i}")
+            a = vals[i] if vals is not None else blob_to_array(b, where=f"layer '{l.name}' blob {i}")
+            a = a.read() if hasattr(a, "read") else a
             z = int(a.size - np.count_nonzero(a))
             count += a.size
             zeros_all += z
@@ -192,8 +197,8 @@ def run(args) -> int:
     kind = io.file_kind(args.file)
     out = []
     if kind == "weights":
-        net, report = io.read_weights_ex(args.file)
-        describe_net(net, report, out)
+        net, report, arrays = io.load_weights(args.file, lazy=True)
+        describe_net(net, report, out, arrays)
     elif kind == "binaryproto":
         a = io.read_binaryproto(args.file)
         out.append(f"binaryproto: shape {list(a.shape)}, {a.size} values")

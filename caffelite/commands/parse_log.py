@@ -1,7 +1,9 @@
 """Turn a Caffe/NVCaffe/caffe-jacinto/caffelite training log into train and test CSV tables.
 
 ``caffelite parse-log LOG [OUTPUT_DIR]`` writes ``<log name>.train`` and ``<log name>.test`` (the names BVLC's
-``tools/extra/parse_log.py`` uses) into OUTPUT_DIR (default: the current directory); ``-`` prints both.
+``tools/extra/parse_log.py`` uses) into OUTPUT_DIR (default: the current directory); ``-`` prints both. A
+``caffe test`` log (per-batch ``Batch i, name = v`` lines) gives ``<log name>.batches`` instead: one row per
+batch, then a row ``Batch = mean`` with the final averages the log reports.
 """
 
 from __future__ import annotations
@@ -19,20 +21,35 @@ def add_arguments(p):
     p.add_argument("--verbose", action="store_true", help="print a summary")
 
 
+def tables(parsed):
+    """``[(suffix, rows)]`` to write for a :func:`caffelite.logparse.parse_log_all` result."""
+    out = []
+    if parsed["train"] or parsed["test"]:
+        out += [(".train", parsed["train"]), (".test", parsed["test"])]
+    if parsed["batches"]:
+        rows = list(parsed["batches"])
+        if parsed["final"]:
+            rows.append({"Batch": "mean", **parsed["final"]})
+        out.append((".batches", rows))
+    return out
+
+
 def run(args) -> int:
     from ..logparse import parse_log_file, to_csv
 
-    train, test = parse_log_file(args.logfile_path)
-    if not train and not test:
-        raise CaffeliteError(f"{args.logfile_path}: no training or test lines found (is it a Caffe training log?)")
+    parsed = parse_log_file(args.logfile_path, everything=True)
+    out = tables(parsed)
+    if not out:
+        raise CaffeliteError(f"{args.logfile_path}: no training, test or batch lines found (is it a Caffe log?)")
     if args.output_dir == "-":
-        sys.stdout.write("# train\n" + to_csv(train, args.delimiter) + "# test\n" + to_csv(test, args.delimiter))
+        for suffix, rows in out:
+            sys.stdout.write(f"# {suffix[1:]}\n" + to_csv(rows, args.delimiter))
         return 0
     os.makedirs(args.output_dir, exist_ok=True)
     base = os.path.join(args.output_dir, os.path.basename(args.logfile_path))
-    for suffix, rows in ((".train", train), (".test", test)):
+    for suffix, rows in out:
         with open(base + suffix, "w") as f:
             f.write(to_csv(rows, args.delimiter))
-    if args.verbose:
-        print(f"{len(train)} train rows -> {base}.train; {len(test)} test rows -> {base}.test")
+        if args.verbose:
+            print(f"{len(rows)} rows -> {base}{suffix}")
     return 0

@@ -1,7 +1,8 @@
 """Plot training curves from one or more logs: ``caffelite plot LOG... -o curves.png``.
 
 Panels: train loss, learning rate, and one per test output, against iterations; several logs are overlaid
-(legend = file name). Reads the same logs as ``parse-log``. Needs matplotlib (``pip install caffelite[plot]``).
+(legend = file name). A ``caffe test`` log adds one panel per output against the batch index. Reads the same
+logs as ``parse-log``. Needs matplotlib (``pip install caffelite[plot]``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,17 @@ def _import_pyplot():
 
 
 def panels(parsed):
-    """{panel title: [(label, xs, ys)]} for parsed logs ``[(label, train_rows, test_rows)]``."""
+    """{panel title: [(label, xs, ys)]} for parsed logs ``[(label, train_rows, test_rows[, batch_rows])]``.
+
+    Batch panels (``caffe test`` logs) are titled ``batch <output>``; their x axis is the batch index."""
     out = {"train loss": [], "learning rate": []}
-    for label, train, test in parsed:
+    for label, train, test, *more in parsed:
+        for r in (more[0] if more else []):
+            for k, v in r.items():
+                if k not in ("Batch", "Seconds"):
+                    xs, ys = out.setdefault(f"batch {k}", {}).setdefault(label, ([], []))
+                    xs.append(r["Batch"])
+                    ys.append(v)
         pts = [(r["NumIters"], r.get("smoothed_loss", r.get("loss"))) for r in train]
         pts = [(x, y) for x, y in pts if y is not None and not math.isnan(y)]
         out["train loss"].append((label, [x for x, _ in pts], [y for _, y in pts]))
@@ -49,6 +58,11 @@ def panels(parsed):
                 title = f"test {name}" + (f" (#{n})" if len(nets) > 1 else "")
                 rows = [r for r in test if r["TestNet"] == n and name in r]
                 out.setdefault(title, []).append((label, [r["NumIters"] for r in rows], [r[name] for r in rows]))
+    for title, series in out.items():
+        if isinstance(series, dict):
+            out[title] = [(label, xs, ys) for label, (xs, ys) in series.items()]
+    if not any(xs for _, xs, _ in out["train loss"] + out["learning rate"]):
+        del out["train loss"], out["learning rate"]  # only `caffe test` logs: no training curves to show
     return out
 
 
@@ -58,15 +72,15 @@ def run(args) -> int:
     parsed = []
     names = [os.path.basename(p) for p in args.logs]
     for path, name in zip(args.logs, names, strict=True):
-        train, test = parse_log_file(path)
-        if not train and not test:
-            raise CaffeliteError(f"{path}: no training or test lines found (is it a Caffe training log?)")
+        d = parse_log_file(path, everything=True)
+        if not (d["train"] or d["test"] or d["batches"]):
+            raise CaffeliteError(f"{path}: no training, test or batch lines found (is it a Caffe log?)")
         if names.count(name) > 1:  # e.g. several stages' run.log.txt: label them by their folder
             name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), name)
-        parsed.append((name, train, test))
+        parsed.append((name, d["train"], d["test"], d["batches"]))
     plt = _import_pyplot()
     data = panels(parsed)
-    colour = {label: f"C{i % 10}" for i, (label, _, _) in enumerate(parsed)}  # one colour per log everywhere
+    colour = {p[0]: f"C{i % 10}" for i, p in enumerate(parsed)}  # one colour per log everywhere
     n = len(data)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
@@ -76,7 +90,7 @@ def run(args) -> int:
             if xs:
                 ax.plot(xs, ys, label=label, linewidth=1, color=colour[label])
         ax.set_title(title)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("batch" if title.startswith("batch ") else "iteration")
         if title == "train loss" and args.logy:
             ax.set_yscale("log")
         if len(parsed) > 1:

@@ -2,77 +2,111 @@
 
 Logs ``Batch <i>, <output> = <v>`` for every output value of every batch, then ``Loss: <mean loss>`` and
 ``<output> = <mean>`` (with `` (* w = w·mean loss)`` for loss outputs), in Caffe's format.
+
+caffe-jacinto's flags (jacinto.md §i): ``--optimize_net`` folds BatchNorm/Scale into the convolutions before
+scoring (§b.8, the same folding as ``caffelite optimize``); ``--output_model PREFIX`` writes the scored net as
+``PREFIX.prototxt`` + ``PREFIX.caffemodel`` (folded when optimized, with the quantization parameters when the
+net quantizes, as jacinto writes them); ``--display_sparsity`` logs the weights' sparsity after scoring.
+Beyond jacinto: ``--quant-ranges freeze|save FILE|load FILE`` (see ``caffelite test --help``).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import log as glog
 from ..errors import CaffeliteError
-from .train import attach_jacinto, parse_gpus, select_device
+from .caffe_flags import add_bool_flag, add_net_flags, add_quant_ranges, apply_quant_ranges, build_net, \
+    progress_bar, stages
+from ..solvers.display import loss_msg
+from .train import attach_jacinto
 
 
 def add_arguments(p):
-    p.add_argument("--model", default="", help="the net definition prototxt")
-    p.add_argument("--weights", default="", help="the trained weights (caffemodel; comma-separated for several)")
-    p.add_argument("--iterations", type=int, default=50, help="number of batches to score (default 50)")
-    p.add_argument("--phase", default="TEST", type=str.upper, choices=("TRAIN", "TEST"),
-                   help="net phase (default TEST)")
-    p.add_argument("--gpu", default="", help="GPU id to use; CPU when empty")
-    p.add_argument("--level", type=int, default=0, help="the NetState level")
-    p.add_argument("--stage", default="", help="NetState stages, comma-separated")
-    p.add_argument("--display_sparsity", action="store_true",
-                   help="log the weights' sparsity in caffe-jacinto's format after scoring")
+    add_net_flags(p, phase="TEST", weights_help="the trained weights (caffemodel; comma-separated for several)",
+                  iterations_help="number of batches to score")
+    add_bool_flag(p, "display_sparsity", "log the weights' sparsity in caffe-jacinto's format after scoring")
+    add_bool_flag(p, "optimize_net", "fold BatchNorm/Scale into the preceding convolutions before scoring "
+                                     "(caffe-jacinto's flag; outputs equal within float32 rounding)")
+    p.add_argument("--output_model", "--output", dest="output_model", default="",
+                   help="after scoring, write the net as PREFIX.prototxt and PREFIX.caffemodel (caffe-jacinto)")
+    add_quant_ranges(p)
 
 
 def score(net, iterations):
     """Caffe's ``test()`` loop: returns (mean loss, [(output name, mean, loss weight)])."""
     from ..solvers import netutil
     glog.info(f"Running for {iterations} iterations.", "caffe.cpp:281")
-    scores, names, weights, loss = None, [], [], 0.0
-    for i in range(iterations):
-        iter_loss = float(netutil.forward(net))
-        loss += iter_loss
-        res = netutil.output_scores(net)
-        vals = np.array([v for _, v, _ in res], dtype=np.float32)
-        for name, v, _ in res:
-            glog.info(f"Batch {i}, {name} = {glog.fmt(v)}", "caffe.cpp:304")
-        if scores is None:
-            scores, names, weights = vals, [r[0] for r in res], [r[2] for r in res]
-        else:
-            scores = scores + vals
-    loss /= max(iterations, 1)
+    acc = netutil.ScoreSum()
+    with progress_bar(iterations, unit="batch") as bar:
+        for i in range(iterations):
+            for name, v, _ in acc.add(net):
+                glog.info(f"Batch {i}, {name} = {glog.fmt(v)}", "caffe.cpp:304")
+            if bar is not None:
+                bar.update(1)
+    loss = acc.loss / max(iterations, 1)
     glog.info(f"Loss: {glog.fmt(loss)}", "caffe.cpp:309")
-    out = []
-    for j, (name, w) in enumerate(zip(names, weights, strict=True)):
-        mean = float(scores[j] / np.float32(iterations))
-        msg = f" (* {glog.fmt(w)} = {glog.fmt(np.float32(w) * np.float32(mean))} loss)" if w else ""
-        glog.info(f"{name} = {glog.fmt(mean)}{msg}", "caffe.cpp:321")
-        out.append((name, mean, w))
-    return loss, out
+    means = acc.means()
+    for name, mean, w in means:
+        glog.info(f"{name} = {glog.fmt(mean)}{loss_msg(w, mean)}", "caffe.cpp:321")
+    return loss, means
+
+
+def close_net(net):
+    """Stop the background readers of ``net``'s data layers."""
+    for layer in net.layers:
+        if hasattr(layer, "close"):
+            layer.close()
+
+
+def optimize_net(net, model_param, phase, level, stages):
+    """caffe-jacinto's ``--optimize_net``: a new Net with BatchNorm/Scale folded into the convolutions
+    (jacinto.md §b.8); returns ``(net, model_param)`` of the folded net."""
+    from ..jacinto.bn_fold import fold_batchnorm
+    from ..net import Net
+    new_model, new_weights, folded = fold_batchnorm(net, model_param)
+    glog.info(f"Optimizing net: folded BatchNorm into {len(folded)} convolution(s)", "caffe.cpp:298")
+    close_net(net)
+    folded_net = Net(new_model, phase, level=level, stages=stages)
+    folded_net.copy_from(new_weights)
+    return folded_net, new_model
+
+
+def write_model(net, model_param, prefix):
+    """``--output_model``: ``PREFIX.prototxt`` (no blobs) and ``PREFIX.caffemodel`` (quantization params too)."""
+    from .. import io
+    from ..jacinto import quantized_net_proto
+    from ..proto import caffe_pb2
+    from .optimize import output_paths
+    proto_path, weights_path = output_paths(prefix)
+    text = caffe_pb2.NetParameter()
+    text.CopyFrom(model_param)
+    for lp in text.layer:
+        del lp.blobs[:]
+    io.write_text(text, proto_path, "jacinto017")
+    io.write_weights(quantized_net_proto(net), weights_path, form="jacinto")
+    glog.info(f"Wrote {proto_path} and {weights_path}", "caffe.cpp:347")
 
 
 def run(args) -> int:
-    from ..net import Net
-
     if not args.model:
         raise CaffeliteError("Need a model definition to score.")
     if not args.weights:
         raise CaffeliteError("Need model weights to score.")
-    if args.iterations <= 0:
-        raise CaffeliteError("--iterations must be positive")
-    select_device(parse_gpus(args.gpu), command="test")
-    phase = 0 if args.phase == "TRAIN" else 1
-    stages = [s for s in args.stage.split(",") if s]
-    net = Net(args.model, phase, level=args.level, stages=stages)
-    for w in [w for w in args.weights.split(",") if w]:
-        net.copy_from(w)
-    attach_jacinto(net)
-    score(net, args.iterations)
-    if args.display_sparsity:
-        from ..jacinto import display_sparsity
-        glog.info("=========================", "caffe.cpp:326")
-        glog.info("Sparsity of the test net:", "caffe.cpp:327")
-        display_sparsity(net)
+    net, model_param = build_net(args, "test", "score")
+    if args.optimize_net:
+        net, model_param = optimize_net(net, model_param, net.phase, args.level, stages(args.stage))
+    try:
+        hooks = attach_jacinto(net)
+        finish_ranges = apply_quant_ranges(hooks, args.quant_ranges)
+        score(net, args.iterations)
+        finish_ranges()
+        if args.display_sparsity:
+            from ..jacinto import display_sparsity
+            glog.info("=========================", "caffe.cpp:326")
+            glog.info("Sparsity of the test net:", "caffe.cpp:327")
+            display_sparsity(net)
+            glog.info("=========================", "caffe.cpp:343")
+        if args.output_model:
+            write_model(net, model_param, args.output_model)
+    finally:
+        close_net(net)
     return 0

@@ -9,31 +9,44 @@ from __future__ import annotations
 import time
 
 from .. import log as glog
-from ..errors import CaffeliteError
-from .train import parse_gpus, select_device
+from .caffe_flags import add_net_flags, build_net
 
 
 def add_arguments(p):
-    p.add_argument("--model", default="", help="the net definition prototxt")
-    p.add_argument("--weights", default="", help="optional weights (caffemodel)")
-    p.add_argument("--iterations", type=int, default=50, help="number of timed iterations (default 50)")
-    p.add_argument("--phase", default="TRAIN", type=str.upper, choices=("TRAIN", "TEST"),
-                   help="net phase (default TRAIN)")
-    p.add_argument("--gpu", default="", help="GPU id to use; CPU when empty")
-    p.add_argument("--level", type=int, default=0, help="the NetState level")
-    p.add_argument("--stage", default="", help="NetState stages, comma-separated")
+    add_net_flags(p, phase="TRAIN", weights_help="optional weights (caffemodel)",
+                  iterations_help="number of timed iterations")
+
+
+def _gpu():
+    from .. import backend
+    return backend.mode() == backend.GPU
 
 
 def _sync():
-    from .. import backend
-    if backend.mode() == backend.GPU:  # pragma: no cover - GPU only
+    if _gpu():  # pragma: no cover - GPU only
+        from .. import backend
         backend.current_xp().cuda.Device().synchronize()
+
+
+class _Clock:
+    """Caffe's Timer resolution: on the CPU whole microseconds (per-layer and pass times) and whole
+    milliseconds (iteration and total times, ``Timer::MilliSeconds``); on a GPU fractional milliseconds."""
+
+    def __init__(self):
+        self.exact = _gpu()
+
+    def us(self, seconds):
+        return seconds * 1e6 if self.exact else float(int(seconds * 1e6))
+
+    def ms(self, seconds):
+        return seconds * 1e3 if self.exact else float(int(seconds * 1e3))
 
 
 def benchmark(net, iterations):
     """Time ``iterations`` forward-backward passes per layer; returns (fwd ms per layer, bwd ms per layer)."""
     n = len(net.layers)
-    fwd, bwd = [0.0] * n, [0.0] * n
+    clock = _Clock()
+    fwd, bwd = [0.0] * n, [0.0] * n  # microseconds
     t = {}
 
     def start(_net, i, *_):
@@ -42,11 +55,11 @@ def benchmark(net, iterations):
 
     def stop_fwd(_net, i, *_):
         _sync()
-        fwd[i] += time.perf_counter() - t[i]
+        fwd[i] += clock.us(time.perf_counter() - t[i])
 
     def stop_bwd(_net, i, *_):
         _sync()
-        bwd[i] += time.perf_counter() - t[i]
+        bwd[i] += clock.us(time.perf_counter() - t[i])
 
     glog.info("Performing Forward", "caffe.cpp:351")
     net.forward()
@@ -61,49 +74,38 @@ def benchmark(net, iterations):
         glog.info("*** Benchmark begins ***", "caffe.cpp:365")
         glog.info(f"Testing for {iterations} iterations.", "caffe.cpp:366")
         total0 = time.perf_counter()
-        fsum = bsum = 0.0
+        fsum = bsum = 0.0  # microseconds
         for j in range(iterations):
             it0 = time.perf_counter()
-            f0 = time.perf_counter()
             net.forward()
             _sync()
-            fsum += time.perf_counter() - f0
-            b0 = time.perf_counter()
+            f1 = time.perf_counter()
             net.backward()
             _sync()
-            bsum += time.perf_counter() - b0
-            glog.info(f"Iteration: {j + 1} forward-backward time: {glog.fmt((time.perf_counter() - it0) * 1e3)} ms.",
+            b1 = time.perf_counter()
+            fsum += clock.us(f1 - it0)
+            bsum += clock.us(b1 - f1)
+            glog.info(f"Iteration: {j + 1} forward-backward time: {glog.fmt(clock.ms(b1 - it0))} ms.",
                       "caffe.cpp:394")
-        total = time.perf_counter() - total0
+        total = clock.ms(time.perf_counter() - total0)
     finally:
         for ev, fn in hooks:
             net.remove_hook(ev, fn)
     glog.info("Average time per layer: ", "caffe.cpp:397")
-    fwd_ms = [f * 1e3 / iterations for f in fwd]
-    bwd_ms = [b * 1e3 / iterations for b in bwd]
+    fwd_ms = [f / 1e3 / iterations for f in fwd]
+    bwd_ms = [b / 1e3 / iterations for b in bwd]
     for layer, f, b in zip(net.layers, fwd_ms, bwd_ms, strict=True):
         glog.info(f"{layer.name:>10}\tforward: {glog.fmt(f)} ms.", "caffe.cpp:400")
         glog.info(f"{layer.name:>10}\tbackward: {glog.fmt(b)} ms.", "caffe.cpp:403")
-    glog.info(f"Average Forward pass: {glog.fmt(fsum * 1e3 / iterations)} ms.", "caffe.cpp:408")
-    glog.info(f"Average Backward pass: {glog.fmt(bsum * 1e3 / iterations)} ms.", "caffe.cpp:410")
-    glog.info(f"Average Forward-Backward: {glog.fmt(total * 1e3 / iterations)} ms.", "caffe.cpp:412")
-    glog.info(f"Total Time: {glog.fmt(total * 1e3)} ms.", "caffe.cpp:414")
+    glog.info(f"Average Forward pass: {glog.fmt(fsum / 1e3 / iterations)} ms.", "caffe.cpp:408")
+    glog.info(f"Average Backward pass: {glog.fmt(bsum / 1e3 / iterations)} ms.", "caffe.cpp:410")
+    glog.info(f"Average Forward-Backward: {glog.fmt(total / iterations)} ms.", "caffe.cpp:412")
+    glog.info(f"Total Time: {glog.fmt(total)} ms.", "caffe.cpp:414")
     glog.info("*** Benchmark ends ***", "caffe.cpp:415")
     return fwd_ms, bwd_ms
 
 
 def run(args) -> int:
-    from ..net import Net
-
-    if not args.model:
-        raise CaffeliteError("Need a model definition to time.")
-    if args.iterations <= 0:
-        raise CaffeliteError("--iterations must be positive")
-    select_device(parse_gpus(args.gpu), command="time")
-    phase = 0 if args.phase == "TRAIN" else 1
-    stages = [s for s in args.stage.split(",") if s]
-    net = Net(args.model, phase, level=args.level, stages=stages)
-    if args.weights:
-        net.copy_from(args.weights)
+    net, _ = build_net(args, "time", "time")
     benchmark(net, args.iterations)
     return 0

@@ -2,18 +2,26 @@
 
 Flags are Caffe's (every gflags spelling: ``-solver x``, ``--solver=x``, ``--solver x``). ``--weights`` and
 ``--snapshot`` together is an error, as in Caffe. SIGINT and SIGHUP do what ``--sigint_effect`` (default stop)
-and ``--sighup_effect`` (default snapshot) say, after the current iteration.
+and ``--sighup_effect`` (default snapshot) say, after the current iteration. ``--level``/``--stage`` go into the
+solver's ``train_state`` (as BVLC's and caffe-jacinto's tool do; test nets keep their own ``test_state``).
+``--gpu 0,1`` / ``--gpu all`` train data-parallel, one process per device (:func:`caffelite.parallel.launch`).
+
+The test at iteration 0: BVLC runs it unless the solver says ``test_initialization: false`` (its default is
+true); caffe-jacinto 0.16/0.17 declare the field (0.17 with default false) but never read it and always run
+the initial test, with one batch (jacinto.md §c.3). ``--flavor bvlc`` (default) follows BVLC, so an explicit
+``test_initialization: false`` skips it and an unset field (whatever the schema's default) runs it;
+``--flavor jacinto``/``jacinto016`` always run the one-batch initial test, as the reference logs show.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 
 from .. import log as glog
 from ..errors import CaffeliteError, DeviceError, SolverError
+from .caffe_flags import add_quant_ranges, apply_quant_ranges, progress_bar, stages
 
 EFFECTS = ("stop", "snapshot", "none")
 
@@ -24,16 +32,19 @@ def add_arguments(p):
                    help="pretrained weights to fine-tune from (comma-separated caffemodels, applied in turn)")
     p.add_argument("--snapshot", default="", help="a .solverstate to resume training from")
     p.add_argument("--gpu", default="", help="GPU ids to use ('0', '0,1' or 'all'); CPU when empty")
-    p.add_argument("--level", type=int, default=0, help="the NetState level")
-    p.add_argument("--stage", default="", help="NetState stages, comma-separated")
+    p.add_argument("--level", type=int, default=0, help="the train net's NetState level")
+    p.add_argument("--stage", default="", help="the train net's NetState stages, comma-separated")
     p.add_argument("--sigint_effect", default="stop", choices=EFFECTS, help="what SIGINT does (default stop)")
     p.add_argument("--sighup_effect", default="snapshot", choices=EFFECTS,
                    help="what SIGHUP does (default snapshot)")
     p.add_argument("--flavor", default="bvlc", choices=("bvlc", "jacinto", "jacinto016"),
-                   help="log lines and initial test as BVLC Caffe (default), caffe-jacinto 0.17 or 0.16 print them")
+                   help="log lines and initial test as BVLC Caffe (default; iteration-0 test unless "
+                        "test_initialization: false), caffe-jacinto 0.17 or 0.16 (always a one-batch "
+                        "initial test, jacinto.md §c.3)")
     p.add_argument("--snapshot_format", dest="snapshot_form", default="", choices=("", "jacinto", "bvlc"),
                    help="blob encoding of snapshots (default: jacinto, or bvlc when the solver sets "
                         "store_blobs_in_old_format)")
+    add_quant_ranges(p)
 
 
 def parse_gpus(spec):
@@ -46,8 +57,7 @@ def parse_gpus(spec):
         if not backend.cupy_available():
             raise DeviceError("--gpu all: no CUDA GPU is available (CuPy missing or no device); "
                                       "train on the CPU by leaving out --gpu")
-        import cupy  # noqa: F401  (only reached when backend found it)
-        return list(range(cupy.cuda.runtime.getDeviceCount()))
+        return list(range(backend.device_count()))
     try:
         return [int(t) for t in spec.replace(",", " ").split()]
     except ValueError:
@@ -55,7 +65,9 @@ def parse_gpus(spec):
 
 
 def select_device(gpus, solver_param=None, command="train"):
-    """Set CPU or GPU mode as ``caffe`` does (``--gpu`` first, then an explicit ``solver_mode: GPU``)."""
+    """Set CPU or GPU mode as ``caffe`` does (``--gpu`` first, then an explicit ``solver_mode: GPU``).
+
+    Single-device commands (test, time) use the first of several ids, as caffe-jacinto does (§i)."""
     from .. import backend
     if not gpus and solver_param is not None and solver_param.HasField("solver_mode") \
             and solver_param.solver_mode == 1:
@@ -69,12 +81,15 @@ def select_device(gpus, solver_param=None, command="train"):
         backend.set_mode_cpu()
         return []
     if len(gpus) > 1:
-        raise CaffeliteError(f"{command}: multi-GPU training (--gpu {','.join(map(str, gpus))}) is not available "
-                             "in this build; use one device")
+        if command == "train":  # run() hands several devices to the launcher before getting here
+            raise CaffeliteError("train: several GPUs are trained by caffelite.parallel.launch")
+        for g in reversed(gpus[1:]):
+            glog.info(f"Not using GPU #{g} for single-GPU function", "caffe.cpp:269")
     backend.set_device(gpus[0])
     backend.set_mode_gpu()  # DeviceError (one clear line) without CuPy or a device
-    glog.info(f"Using GPUs {gpus[0]}", "caffe.cpp:206")
-    return gpus
+    glog.info(f"Use GPU with device ID {gpus[0]}" if command != "train" else f"Using GPUs {gpus[0]}",
+              "caffe.cpp:281" if command != "train" else "caffe.cpp:206")
+    return gpus[:1]
 
 
 class SignalHandler:
@@ -111,10 +126,6 @@ class SignalHandler:
         return self.effects.get(s, "none")
 
 
-def _stages(text):
-    return [s for s in (text or "").split(",") if s]
-
-
 def run(args) -> int:
     from ..solvers import get_solver, read_solver_param
 
@@ -124,31 +135,52 @@ def run(args) -> int:
         raise SolverError("Give a snapshot to resume training or weights to finetune but not both.")
     param = read_solver_param(args.solver)
     param.train_state.level = args.level
-    for s in _stages(args.stage):
+    for s in stages(args.stage):
         param.train_state.stage.append(s)
-    select_device(parse_gpus(args.gpu), param)
+    gpus = parse_gpus(args.gpu)
+    if len(gpus) > 1:
+        return _train_parallel(args, gpus)
+    select_device(gpus, param)
     handler = SignalHandler(args.sigint_effect, args.sighup_effect).install()
     try:
         solver = get_solver(param, flavor=args.flavor)
         solver.requested_action = handler
         solver.snapshot_form = args.snapshot_form or None
-        attach_jacinto(solver.net, solver)
+        hooks = attach_jacinto(solver.net, solver)
+        finish_ranges = apply_quant_ranges(hooks, args.quant_ranges)
         if args.snapshot:
             glog.info(f"Resuming from {args.snapshot}", "caffe.cpp:252")
         elif args.weights:
             copy_weights(solver, args.weights)
-        bar = _progress(solver)
         glog.info("Starting Optimization", "caffe.cpp:239")
         t0 = time.perf_counter()
-        solver.solve(args.snapshot or None)
-        if bar is not None:
-            bar.close()
+        with progress_bar(param.max_iter, unit="iter") as bar:
+            if bar is not None:
+                solver.add_hook("on_restore", lambda s, **_: bar.update(s.iter - bar.n))
+                solver.add_hook("after_update", lambda s, **_: bar.update(1))
+            solver.solve(args.snapshot or None)
+        finish_ranges()
         if args.flavor == "bvlc":
             glog.info("Optimization Done.", "caffe.cpp:250")
         else:
             glog.info(f"Optimization Done in {_hms(time.perf_counter() - t0)}", "caffe.cpp:250")
     finally:
         handler.restore()
+    return 0
+
+
+def _train_parallel(args, gpus):
+    """``--gpu 0,1`` / ``--gpu all``: one replica process per device (caffelite.parallel), root logs/snapshots."""
+    if args.quant_ranges is not None:
+        raise CaffeliteError("--quant-ranges is not supported with several GPUs; train on one device")
+    from ..parallel import launch
+    rc = launch(args.solver, gpus, weights=args.weights or None, snapshot=args.snapshot or None,
+                backend="nccl", level=args.level, stages=stages(args.stage), flavor=args.flavor,
+                snapshot_format=args.snapshot_form or None, sigint_effect=args.sigint_effect,
+                sighup_effect=args.sighup_effect)
+    if rc:
+        raise CaffeliteError(f"data-parallel training on GPUs {','.join(map(str, gpus))} failed "
+                             f"(exit status {rc}; see the replicas' messages above)")
     return 0
 
 
@@ -170,19 +202,6 @@ def copy_weights(solver, weights):
         solver.net.copy_from(w)
         for t in solver.test_nets:
             t.copy_from(w)
-
-
-def _progress(solver):
-    """A tqdm bar on a terminal only (logs stay plain when redirected)."""
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    bar = tqdm(total=solver.param.max_iter, initial=solver.iter, unit="it", leave=False, file=sys.stderr)
-    solver.add_hook("after_update", lambda s, **_: bar.update(1))
-    return bar
 
 
 def _hms(seconds):

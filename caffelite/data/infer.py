@@ -32,11 +32,12 @@ class InputError(CaffeliteError, ValueError):
     """An input that cannot be segmented (unknown kind, wrong size, missing optional dependency)."""
 
 
-def _imageio():
+def _imageio(path):
     try:
         import imageio.v2 as iio
     except ImportError:
-        raise InputError("video input/output needs the 'video' extra: pip install 'caffelite[video]'") from None
+        raise InputError(f"{path}: video input/output needs the 'video' extra (imageio, imageio-ffmpeg): "
+                         "pip install 'caffelite[video]'") from None
     return iio
 
 
@@ -56,12 +57,12 @@ def collect_inputs(inputs) -> list[tuple[str, str]]:
         elif not os.path.exists(inp):
             raise InputError(f"{inp}: no such file or folder")
         elif ext in VIDEO_EXTS:
-            _imageio()
+            _imageio(inp)
             items.append(("video", inp))
         elif ext in IMAGE_EXTS:
             items.append(("image", inp))
         elif ext in (".txt", ".lst", ".list"):
-            items += [("image", p.split()[0]) for p, _ in read_image_list(inp, with_labels=False)]
+            items += collect_inputs([p.split()[0] for p, _ in read_image_list(inp, with_labels=False)])
         else:
             raise InputError(f"{inp}: not an image, folder, list file or video")
     return items
@@ -171,7 +172,7 @@ def run_inference(seg: Segmenter, inputs, out_dir, blend=True, palette=PALETTE_5
 
 
 def _infer_video(seg: Segmenter, path, dst, palette):
-    iio = _imageio()
+    iio = _imageio(path)
     reader = iio.get_reader(path)
     fps = math.ceil(reader.get_meta_data().get("fps", 25))
     writer = iio.get_writer(dst, fps=fps)

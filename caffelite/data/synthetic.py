@@ -6,7 +6,10 @@ Each scene has sky (23), buildings (11) with windows, vegetation (21), terrain (
 marks, sidewalks (8), poles (17) carrying traffic signs (20) and lights (19), cars (26), trucks (27),
 persons (24), riders (25) on bicycles (33), sometimes the ego-vehicle hood (1) and a rectification border
 (2, ignored). Colours, layout, sizes (in perspective), textures, lighting, a shadow and sensor noise vary, and
-vehicle and sidewalk colours overlap the road's, so the task is learnable but not trivial.
+vehicle and sidewalk colours overlap the road's, so the task is learnable but not trivial. Persons and
+signs/lights are sized for a stride-8 net at the quick run's 256x128 (typically 10-20 px wide, rarely under
+6), and signs/lights have saturated sign colours or lit lamps on dark housings, so shape and colour set them
+apart from the background they stand against.
 
 Every image is a pure function of ``(seed, split, index)``; drawing is vectorised over bounding boxes.
 """
@@ -94,12 +97,12 @@ def _person(cv, rng, yb, xc, hgt, rider=False):
     skin = _rand_color(rng, (200, 160, 130), 40)
     cloth = _rand_color(rng, rng.uniform(20, 230, 3), 20)
     lab = 25 if rider else 24
-    w = hgt * 0.28
+    w = hgt * rng.uniform(0.3, 0.36)
     if rider:  # a bicycle under the rider
         r = hgt * 0.22
         for wx in (xc - hgt * 0.3, xc + hgt * 0.3):
-            cv.ellipse(yb - r, wx, r, r, 33, (25, 25, 25), 0.02, inner=0.55)
-        cv.rect(yb - r * 1.3, yb - r * 1.0, xc - hgt * 0.3, xc + hgt * 0.3, 33, _rand_color(rng, (150, 40, 40), 80))
+            cv.ellipse(yb - r, wx, r, r, 33, (25, 25, 25), 0.02, inner=0.3)
+        cv.rect(yb - r * 1.4, yb - r * 0.9, xc - hgt * 0.3, xc + hgt * 0.3, 33, _rand_color(rng, (150, 40, 40), 80))
         yb = yb - r * 1.2
         hgt = hgt * 0.75
     if not rider:
@@ -108,27 +111,39 @@ def _person(cv, rng, yb, xc, hgt, rider=False):
     cv.ellipse(yb - hgt * 0.9, xc, hgt * 0.09, hgt * 0.075, lab, skin)
 
 
-def _pole_sign(cv, rng, yb, x, hgt):
-    pw = max(1.0, hgt * 0.03)
+def _pole_sign(cv, rng, yb, x, hgt, s):
+    """A grey pole of height ``hgt`` standing at (yb, x) carrying a sign or a traffic light of size ``s``."""
+    pw = max(1.0, hgt * 0.025)
     cv.rect(yb - hgt, yb, x - pw, x + pw, 17, _rand_color(rng, (110, 110, 110), 30))
     top = yb - hgt
-    s = hgt * rng.uniform(0.18, 0.28)
-    kind = rng.integers(4)
-    if kind == 3:  # traffic light: dark box with one lit lamp
-        cv.rect(top - s * 1.6, top + s * 0.4, x - s * 0.45, x + s * 0.45, 19, (30, 30, 25))
+    kind = rng.integers(5)
+    if kind >= 3:  # traffic light: dark housing (sometimes on a yellow backplate), one lit lamp of three
+        if rng.random() < 0.4:
+            cv.rect(top - s * 1.75, top + s * 0.55, x - s * 0.6, x + s * 0.6, 19, _rand_color(rng, (225, 180, 40), 20))
+        cv.rect(top - s * 1.6, top + s * 0.4, x - s * 0.45, x + s * 0.45, 19, _rand_color(rng, (30, 30, 25), 10))
         lit = rng.integers(3)
-        for k, col in enumerate([(230, 40, 30), (240, 190, 30), (40, 220, 90)]):
-            c = col if k == lit else (60, 60, 55)
-            cv.ellipse(top - s * 1.3 + k * s * 0.6, x, s * 0.22, s * 0.22, 19, c, 0.02)
+        for k, col in enumerate([(235, 40, 30), (245, 190, 30), (40, 225, 90)]):
+            c = col if k == lit else (70, 70, 60)
+            cv.ellipse(top - s * 1.3 + k * s * 0.6, x, s * 0.24, s * 0.24, 19, c, 0.02)
     elif kind == 0:  # round prohibition sign: red ring, white disc
-        cv.ellipse(top - s * 0.5, x, s * 0.6, s * 0.6, 20, (200, 30, 30))
-        cv.ellipse(top - s * 0.5, x, s * 0.42, s * 0.42, 20, (235, 235, 235))
-    elif kind == 1:  # blue mandatory sign
-        cv.ellipse(top - s * 0.5, x, s * 0.6, s * 0.6, 20, (30, 70, 190))
-    else:  # yellow triangle (warning) sign
+        cv.ellipse(top - s * 0.5, x, s * 0.6, s * 0.6, 20, _rand_color(rng, (205, 30, 30), 15))
+        cv.ellipse(top - s * 0.5, x, s * 0.4, s * 0.4, 20, _rand_color(rng, (235, 235, 235), 10))
+    elif kind == 1:  # blue mandatory sign (round) or direction sign (square) with a white mark
+        col = _rand_color(rng, (30, 70, 190), 15)
+        if rng.random() < 0.5:
+            cv.ellipse(top - s * 0.5, x, s * 0.6, s * 0.6, 20, col)
+        else:
+            cv.rect(top - s * 1.1, top + s * 0.1, x - s * 0.6, x + s * 0.6, 20, col)
+        cv.rect(top - s * 0.6, top - s * 0.4, x - s * 0.35, x + s * 0.35, 20, (235, 235, 235), 0.02)
+    else:  # warning sign: white triangle with a red (or yellow) border
         cy = top - s * 0.5
-        cv.paint(cy - s * 0.6, cy + s * 0.6, x - s * 0.7, x + s * 0.7,
-                 lambda yy, xx: np.abs(xx - x) <= (yy - (cy - s * 0.6)) * 0.6, 20, (240, 200, 40))
+        for k, (frac, col) in enumerate(((1.0, (200, 30, 30) if rng.random() < 0.7 else (240, 200, 40)),
+                                         (0.62, (240, 240, 235)))):
+            r = s * 0.7 * frac
+
+            def tri(yy, xx, r=r, cy=cy):
+                return (np.abs(xx - x) <= (yy - (cy - r)) * 0.6) & (yy <= cy + r * 0.75)
+            cv.paint(cy - r, cy + r, x - r, x + r, tri, 20, _rand_color(rng, col, 10) if k == 0 else col)
 
 
 def render_scene(width: int, height: int, rng: np.random.Generator):
@@ -179,14 +194,16 @@ def render_scene(width: int, height: int, rng: np.random.Generator):
         xm = vx + ((xl + xr) / 2 - vx) * f
         return (np.abs(xx - xm) <= 0.006 * w * f + 0.5) & ((np.sqrt(np.maximum(f, 0)) % period) < period * 0.5)
     cv.paint(hy, h, 0, w, marks, 7, _rand_color(rng, (220, 220, 210), 15), 0.05)
-    # objects, far to near so that near ones occlude
+    # objects, far to near so that near ones occlude. Persons and signs are kept at distances where they are
+    # several output cells of a stride-8 segmentation net wide even at 256x128 (persons ~7-22 px wide,
+    # signs ~10-30 px): smaller ones would be noise in the labels rather than something to learn.
     objs = []
-    for _ in range(rng.integers(2, 7)):
-        objs.append(("veh", rng.uniform(0.08, 1.0)))
-    for _ in range(rng.integers(2, 7)):
-        objs.append(("person", rng.uniform(0.15, 1.0)))
+    for _ in range(rng.integers(2, 6)):
+        objs.append(("veh", rng.uniform(0.1, 1.0)))
+    for _ in range(rng.integers(2, 6)):
+        objs.append(("person", rng.uniform(0.45, 1.0)))
     for _ in range(rng.integers(2, 5)):
-        objs.append(("pole", rng.uniform(0.1, 0.9)))
+        objs.append(("pole", rng.uniform(0.3, 0.95)))
     objs.sort(key=lambda o: o[1])
     for kind, f in objs:
         yb = hy + f * (h - hy)
@@ -195,15 +212,15 @@ def render_scene(width: int, height: int, rng: np.random.Generator):
             wid = w * 0.3 * f * rng.uniform(0.8, 1.2)
             xc = rng.uniform(left + wid / 2, max(left + wid / 2 + 1, right - wid / 2))
             _vehicle(cv, rng, yb, xc, wid, rng.random() < 0.25)
+            continue
+        side = rng.choice([-1, 1])
+        edge = left if side < 0 else right
+        # on the kerb beside the road, kept in the frame (a person may be crossing where the road is wide)
+        xc = float(np.clip(edge + side * w * 0.06 * f * rng.uniform(0.3, 2.0), w * 0.03, w * 0.97))
+        if kind == "pole":
+            _pole_sign(cv, rng, yb, xc, h * 0.65 * f * rng.uniform(0.85, 1.15), h * 0.2 * f * rng.uniform(0.85, 1.2))
         else:
-            side = rng.choice([-1, 1])
-            edge = left if side < 0 else right
-            xc = edge + side * w * 0.06 * f * rng.uniform(0.3, 2.0)
-            hgt = h * 0.45 * f * rng.uniform(0.8, 1.2)
-            if kind == "pole":
-                _pole_sign(cv, rng, yb, xc, hgt * 1.4)
-            else:
-                _person(cv, rng, yb, xc, hgt, rider=rng.random() < 0.3)
+            _person(cv, rng, yb, xc, h * 0.6 * f * rng.uniform(0.85, 1.15), rider=rng.random() < 0.3)
     if rng.random() < 0.3:  # ego-vehicle hood
         cv.ellipse(h * 1.15, w / 2, h * 0.22, w * 0.6, 1, _rand_color(rng, (40, 40, 45), 20))
     if rng.random() < 0.2:  # rectification border (ignored in training)

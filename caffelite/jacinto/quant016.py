@@ -17,6 +17,7 @@ from .. import backend
 from .. import log as glog
 from . import fixed_point as fp
 from .qgraph import CONV_LIKE
+from .qparams import QPARAM_FIELDS_016, format_qparams, write_qparams
 from .quantization import QuantizationHook
 
 START_AND_END = ("Convolution", "InnerProduct", "Eltwise", "ReLU")
@@ -78,12 +79,12 @@ class Quantization016Hook(QuantizationHook):
             qp.quantized_infer_count = k - self.start
             if qp.qparam_w:
                 mn, mx = self.r_w1[i]
-                _write016(qp.qparam_w[0], fp.estimate_016(mn, mx, q.bitwidth_weights, self.power2, mn >= 0,
-                                                          q.apply_offset_weights))
+                write_qparams(qp.qparam_w[0], fp.estimate_016(mn, mx, q.bitwidth_weights, self.power2, mn >= 0,
+                                                          q.apply_offset_weights), QPARAM_FIELDS_016)
             mn, mx = self.r_out1[i]
             for qo in qp.qparam_out:
-                _write016(qo, fp.estimate_016(mn, mx, q.bitwidth_activations, self.power2, mn >= 0,
-                                              q.apply_offset_activations))
+                write_qparams(qo, fp.estimate_016(mn, mx, q.bitwidth_activations, self.power2, mn >= 0,
+                                              q.apply_offset_activations), QPARAM_FIELDS_016)
 
     def quantize_layer(self, i, layer, bottom, top):
         """0.16 Quantize: weights blob 0 (every call, clipped) and flagged outputs."""
@@ -94,7 +95,7 @@ class Quantization016Hook(QuantizationHook):
             return
         r = qp.rounding_scheme
         if qp.qparam_w and qp.qparam_w[0].quantize and layer.blobs:
-            self._apply(layer.blobs[0].data, qp.qparam_w[0], r, True)
+            self._apply_weights(layer.blobs[0].data, qp.qparam_w[0], r, True)
         for j, qo in enumerate(qp.qparam_out):
             if qo.quantize and j < len(top):
                 self._apply(top[j].data, qo, r, True)
@@ -119,6 +120,9 @@ class Quantization016Hook(QuantizationHook):
                 new = np.array([backend.to_numpy(w.min()), backend.to_numpy(w.max())], np.float32) * e
                 self.r_w1[i] = (f32(1) - beta) * self.r_w1[i].astype(f32) + beta * new
         super().update_ranges(k)  # keep the per-blob tables too (saved/loaded with the ranges API)
+
+    def range_tables(self):
+        return [*super().range_tables(), self.r_out1, self.r_w1]
 
     def ranges(self):
         r = super().ranges()
@@ -146,19 +150,5 @@ class Quantization016Hook(QuantizationHook):
                                  (" Q output:", qp.qparam_out[:1])):
                 for q in group:
                     if q.quantize:
-                        out.append(f"{label}{i} Name:{ly.param.name} bitwidth:{q.bitwidth} fracbits:{q.fracbits} "
-                                   f"scale:{glog.fmt(q.scale_target)} offset:{glog.fmt(q.offset)} "
-                                   f"unsigned_data:{int(q.unsigned_data)} min:{glog.fmt(q.min)} "
-                                   f"max:{glog.fmt(q.max)}")
+                        out.append(f"{label}{i} Name:{ly.param.name} {format_qparams(q, '0.16')}")
         return out
-
-
-def _write016(msg, v):
-    msg.bitwidth = v.bitwidth
-    msg.unsigned_data = v.unsigned_data
-    msg.unsigned_quant = v.unsigned_quant
-    msg.min = v.min
-    msg.max = v.max
-    msg.fracbits = v.fracbits
-    msg.scale_target = v.scale_target
-    msg.offset = v.offset

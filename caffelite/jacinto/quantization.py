@@ -8,13 +8,13 @@ every ``display_quantization`` forwards the parameters are logged (§b.7). Forwa
 the first forward equals the float forward.
 
 The runtime QuantizationParameter lives in ``layer.param.quantization_param``, so ``net.to_proto()`` writes it
-into the caffemodel as jacinto does. Beyond jacinto: :meth:`QuantizationHook.freeze_ranges`,
-:meth:`save_ranges` and :meth:`load_ranges` make evaluation independent of image order.
+into the caffemodel as jacinto does. Beyond jacinto (qstate.py): ``freeze_ranges``, ``save_ranges`` and
+``load_ranges`` make evaluation independent of image order; ``get_state``/``set_state`` make a resumed run
+exact; in a data-parallel run the root's ranges (and randomly rounded weights) are broadcast.
 """
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from .. import log as glog
 from ..layer import TRAIN
 from . import fixed_point as fp
 from .qgraph import CONV_LIKE, LayerGraph
+from .qparams import format_qparams, write_qparams
+from .qstate import RangeState
 from .validate import QUANTIZABLE_TYPES, check_quantization
 
 DFP = 1
@@ -40,7 +42,7 @@ def is_data_type(t):
     return "data" in t.lower()
 
 
-class QuantizationHook:
+class QuantizationHook(RangeState):
     """Quantization state of one Net: the counter, the running ranges and the per-layer parameters.
 
     ``ties``: NEAREST tie-breaking ("even" = jacinto's GPU kernel, "away" = its CPU code); see fixed_point.
@@ -67,6 +69,7 @@ class QuantizationHook:
         self.r_w = [np.zeros((len(ly.blobs), 2)) for ly in net.layers]
         self._init_ranges_from_params()
         self.flags_on = [False] * n
+        self._touched = []  # param arrays quantized with random rounding in the current forward
 
     # -- wiring ---------------------------------------------------------------------------------------
     def attach(self):
@@ -95,8 +98,10 @@ class QuantizationHook:
         k = self.infer_count
         if self.qnet.update_quantization_param and not self.frozen:
             self.update_ranges(k)
+            self.share_ranges()
             if self.freeze_at is not None and k + 1 >= self.freeze_at:
                 self.frozen = True
+        self.share_weights()
         d = self.qnet.display_quantization
         if k >= self.start and d > 0 and k % d == 0:
             self.display(k)
@@ -109,33 +114,6 @@ class QuantizationHook:
     def _init_ranges_from_params(self):
         """Ranges from the net's own (prototxt) quantization_param min/max (CopyQuantizationRangeInLayers)."""
         self.set_ranges_from_layers([ly.param for ly in self.net.layers])
-
-    def set_ranges_from_layers(self, layer_params):
-        """Ranges from the qparam min/max of LayerParameters matched by name (a quantized caffemodel's layers,
-        say: jacinto itself reads them only from the target prototxt). Returns the number of layers used."""
-        index = {n: i for i, n in enumerate(self.graph.names)}
-        used = 0
-        for lp in layer_params:
-            i = index.get(lp.name)
-            if i is None or not lp.HasField("quantization_param"):
-                continue
-            qp = lp.quantization_param
-            for arr, group in ((self.r_in[i], qp.qparam_in), (self.r_w[i], qp.qparam_w),
-                               (self.r_out[i], qp.qparam_out)):
-                for j, q in enumerate(group):
-                    if j < len(arr):
-                        arr[j] = (q.min, q.max)
-            used += 1
-        return used
-
-    def load_ranges_from_caffemodel(self, path, freeze=True):
-        """Seed the ranges from a quantized caffemodel written by jacinto or caffelite (beyond jacinto)."""
-        from .. import io
-        n = self.set_ranges_from_layers(io.read_weights(str(path)).layer)
-        self.infer_count = max(self.infer_count, self.start)
-        if freeze:
-            self.freeze_ranges(True)
-        return n
 
     def update_ranges(self, k):
         """Running ranges from the blobs after forward ``k`` (§b.4): activations ×E, averaged; weights exact."""
@@ -163,48 +141,6 @@ class QuantizationHook:
                 self.r_out[i][j] = blend(self.r_out[i][j], minmax(t) * e)
             for j, w in enumerate(self.net.layers[i].blobs):
                 self.r_w[i][j] = minmax(w)
-
-    def freeze_ranges(self, frozen=True, after=None):
-        """Stop (or resume) updating the running ranges, now or ``after`` that many forwards have measured them.
-
-        Frozen ranges make every later batch quantize with the same parameters, whatever the image order.
-        """
-        if after is not None:
-            self.freeze_at = int(after)
-            self.frozen = self.infer_count >= self.freeze_at
-        else:
-            self.freeze_at = None
-            self.frozen = bool(frozen)
-
-    def ranges(self):
-        """``{layer name: {"in": [[min, max]...], "w": [...], "out": [...]}}``."""
-        return {self.graph.names[i]: {"in": self.r_in[i].tolist(), "w": self.r_w[i].tolist(),
-                                      "out": self.r_out[i].tolist()} for i in range(len(self.net.layers))}
-
-    def set_ranges(self, ranges):
-        """Load :meth:`ranges` output (layers absent from it keep their values)."""
-        for i, name in enumerate(self.graph.names):
-            r = ranges.get(name)
-            if r is None:
-                continue
-            for key, arr in (("in", self.r_in[i]), ("w", self.r_w[i]), ("out", self.r_out[i])):
-                vals = np.asarray(r.get(key, []), np.float64).reshape(-1, 2)
-                if len(vals) == len(arr):
-                    arr[...] = vals
-
-    def save_ranges(self, path):
-        """Write the running ranges (and the forward counter) as JSON."""
-        with open(path, "w") as f:
-            json.dump({"infer_count": self.infer_count, "ranges": self.ranges()}, f, indent=1)
-
-    def load_ranges(self, path, freeze=True):
-        """Read :meth:`save_ranges` output; by default freeze them and skip the measuring forwards."""
-        with open(path) as f:
-            data = json.load(f)
-        self.set_ranges(data["ranges"])
-        self.infer_count = max(self.infer_count, int(data.get("infer_count", self.start)))
-        if freeze:
-            self.freeze_ranges(True)
 
     # -- flags and parameters -------------------------------------------------------------------------
     def _qp(self, i):
@@ -257,7 +193,7 @@ class QuantizationHook:
             for b, qw in enumerate(qp.qparam_w):
                 bw = q.bitwidth_bias if (t == "BatchNorm" or b > 0) else q.bitwidth_weights
                 mn, mx = self.r_w[i][b]
-                _write(qw, fp.estimate(mn, mx, bw, q.power2_scale_weights, mn >= 0, q.apply_offset_weights,
+                write_qparams(qw, fp.estimate(mn, mx, bw, q.power2_scale_weights, mn >= 0, q.apply_offset_weights,
                                        qw.scale_applied))
             for j, qi in enumerate(qp.qparam_in):
                 src = self.graph.writer[i][j]
@@ -266,7 +202,7 @@ class QuantizationHook:
                     if src[1] < len(so) and so[src[1]].HasField("scale_applied"):
                         qi.scale_applied = so[src[1]].scale_applied
                 mn, mx = self.r_in[i][j]
-                _write(qi, fp.estimate(mn, mx, q.bitwidth_activations, q.power2_scale_activations, mn >= 0,
+                write_qparams(qi, fp.estimate(mn, mx, q.bitwidth_activations, q.power2_scale_activations, mn >= 0,
                                        q.apply_offset_activations, qi.scale_applied))
                 if qi.quantize:
                     qi.scale_applied = qi.scale_target
@@ -278,7 +214,7 @@ class QuantizationHook:
                 if conv:
                     qo.scale_applied = sa
                 mn, mx = self.r_out[i][j]
-                _write(qo, fp.estimate(mn, mx, q.bitwidth_activations, q.power2_scale_activations, mn >= 0,
+                write_qparams(qo, fp.estimate(mn, mx, q.bitwidth_activations, q.power2_scale_activations, mn >= 0,
                                        q.apply_offset_activations, qo.scale_applied))
                 if conv and j > 0:
                     qo.scale_target = float(np.float32(qp.qparam_out[0].scale_target)
@@ -290,6 +226,12 @@ class QuantizationHook:
     def _apply(self, arr, qq, rounding, clip):
         fp.quantize(arr, qq.scale_target, qq.offset, qq.bitwidth, qq.unsigned_quant, rounding, clip,
                     self.ties, out=arr)
+
+    def _apply_weights(self, arr, qq, rounding, clip):
+        """Quantize a param blob in place; remember it when the rounding was random (see share_weights)."""
+        self._apply(arr, qq, rounding, clip)
+        if rounding == fp.STOCHASTIC:
+            self._touched.append(arr)
 
     def quantize_layer(self, i, layer, bottom, top):
         """Quantize (§b.5) at the end of layer ``i``'s forward: flagged inputs, weights once, outputs."""
@@ -305,7 +247,7 @@ class QuantizationHook:
         if qp.quantized_infer_count == 0:
             for b, qw in enumerate(qp.qparam_w):
                 if qw.quantize and b < len(layer.blobs):
-                    self._apply(layer.blobs[b].data, qw, r, b == 0)  # biases are not clipped
+                    self._apply_weights(layer.blobs[b].data, qw, r, b == 0)  # biases are not clipped
         for j, qo in enumerate(qp.qparam_out):
             if qo.quantize and j < len(top):
                 self._apply(top[j].data, qo, r, True)
@@ -327,65 +269,7 @@ class QuantizationHook:
             groups = [(" Q weights:", qp.qparam_w[:1]), (" Q bias:", qp.qparam_w[1:2]),
                       (" Q input :", qp.qparam_in), (" Q output:", qp.qparam_out[:1])]
             for label, group in groups:
-                fields = [_fields(q) for q in group if q.quantize]
+                fields = [format_qparams(q) for q in group if q.quantize]
                 if fields:
                     out.append(f"{label}{i} Name:{ly.param.name} " + " ".join(fields))
         return out
-
-
-def _fields(q):
-    g = glog.fmt
-    return (f"bitwidth:{q.bitwidth} fracbits:{q.fracbits} scale:{g(q.scale_target)} offset:{g(q.offset)} "
-            f"unsigned_data:{int(q.unsigned_data)} min:{g(q.min)} max:{g(q.max)} scale_applied:{g(q.scale_applied)} "
-            f"scale_target:{g(q.scale_target)}")
-
-
-def _write(msg, v):
-    """Copy Estimate's values into a QParams message (the ``quantize`` flag is left alone)."""
-    msg.bitwidth = v.bitwidth
-    msg.unsigned_data = v.unsigned_data
-    msg.unsigned_quant = v.unsigned_quant
-    msg.min = v.min
-    msg.max = v.max
-    msg.fracbits = v.fracbits
-    msg.scale_target = v.scale_target
-    msg.scale_applied = v.scale_applied
-    msg.shiftbits = v.shiftbits
-    msg.offset = v.offset
-
-
-def quantized_net_proto(net):
-    """``net.to_proto()`` with jacinto's quantized-model name suffix (§h) when the net quantizes."""
-    p = net.to_proto()
-    if net._param.quantize and not p.name.endswith("___QUANTIZED__SEE_END_OFTHE_FILE"):
-        p.name = f"{p.name}___QUANTIZED__SEE_END_OFTHE_FILE"
-    return p
-
-
-def quant_ranges_option(hooks, mode, path=None, calibration=None):
-    """The ``--quant-ranges freeze|save FILE|load FILE`` option on a list of quantization hooks.
-
-    * ``freeze``: measure the ranges on the first ``calibration`` forwards (default: quantization_start, i.e.
-      only the float forward 0), then keep them fixed;
-    * ``load FILE``: use the ranges of a :meth:`QuantizationHook.save_ranges` file, frozen;
-    * ``save FILE``: nothing now; call the returned function after the run to write the final ranges.
-
-    Returns a callable to run after scoring (writes the file for ``save``; no-op otherwise). With several
-    nets, ``FILE`` gets ``.<k>`` appended for net k > 0.
-    """
-    if mode not in ("freeze", "save", "load"):
-        raise ValueError(f"--quant-ranges: unknown mode {mode!r} (freeze, save FILE or load FILE)")
-    if mode != "freeze" and not path:
-        raise ValueError(f"--quant-ranges {mode}: a FILE is required")
-    names = [path if k == 0 else f"{path}.{k}" for k in range(len(hooks))] if path else [None] * len(hooks)
-    for h, name in zip(hooks, names, strict=True):
-        if mode == "freeze":
-            h.freeze_ranges(after=calibration if calibration is not None else max(h.start, 1))
-        elif mode == "load":
-            h.load_ranges(name)
-
-    def finish():
-        if mode == "save":
-            for h, name in zip(hooks, names, strict=True):
-                h.save_ranges(name)
-    return finish

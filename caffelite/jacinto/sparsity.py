@@ -6,10 +6,19 @@ channel thresholding every ``sparsity_step_iter`` iterations while the mask spar
 factor growing by ``sparsity_step_factor`` each time, and the weights re-masked after every update
 (SPARSE_UPDATE, §a.5). Log lines are jacinto's.
 
-Iteration ordering (§a.2): ``version="0.16"`` (what produced the reference logs: the iteration counter is
-incremented before ThresholdNet, so "iter=1000" follows exactly 1000 updates) or ``"0.17"``.
+Iteration ordering and eligibility (§a.2, §a.3): ``version="0.17"`` (the default, the project's dialect:
+thresholding after the display block, before the counter is incremented; 1x1/2x2 and depthwise convs are never
+pruned) or ``"0.16"`` (what produced the reference logs: the counter is incremented first, so "iter=1000"
+follows exactly 1000 updates; no kernel-size rule, and the search runs silently).
 Beyond jacinto: the masks and the factor go into the snapshot sidecar (``solver.add_state_provider``), so a
-resumed run continues exactly; and when the target is not reached, one line per layer says why.
+resumed run continues exactly; when the target is not reached, one line per layer says why; and in a
+data-parallel run the root's factor, masks and thresholded weights are broadcast to every replica each time
+the schedule may threshold (``caffelite.parallel.broadcast_state``; a no-op on one device), where jacinto
+pruned the root's copy only (§a.5).
+
+End of training (§a.2 step 3): the final ThresholdNet + ``Sparsity after training:`` run on the solver's
+``on_solve_end`` event when it has one (called by ``Solver.solve`` after the training loop, before the closing
+forward), else after the update of iteration ``max_iter - 1``.
 """
 
 from __future__ import annotations
@@ -24,17 +33,21 @@ from . import threshold as th
 from .validate import check_sparsity_param
 
 SPARSE_NONE, SPARSE_UPDATE = 0, 1
+#: the caffe-jacinto behaviours caffelite reproduces; "0.17" is the default (the project's dialect)
 VERSIONS = ("0.16", "0.17")
+DEFAULT_VERSION = "0.17"
+#: the solver event fired once after the training loop, when the solver offers it
+END_EVENT = "on_solve_end"
 
 
 class SparsityHook:
     """The sparsity state of one training run (root solver): masks, factor, schedule.
 
-    ``version``: iteration ordering and eligibility rule, "0.16" (default: the reference logs) or "0.17".
+    ``version``: iteration ordering and eligibility rule, "0.17" (default) or "0.16" (the reference logs).
     ``threshold_mode``: "exact" (jacinto's grid thresholds) or "direct" (no grid, see threshold.py).
     """
 
-    def __init__(self, solver_param, version="0.16", threshold_mode="exact"):
+    def __init__(self, solver_param, version=DEFAULT_VERSION, threshold_mode="exact"):
         if version not in VERSIONS:
             raise ValueError(f"sparsity version must be one of {VERSIONS}, not {version!r}")
         check_sparsity_param(solver_param)
@@ -50,6 +63,7 @@ class SparsityHook:
         self.masks = None  # {layer index: 0/1 array of the weight dtype}
         self.net = None
         self.explained = False
+        self.end_event = False  # True when the solver calls _on_solve_end (else the end is detected by iteration)
 
     # -- wiring ---------------------------------------------------------------------------------------
     def attach(self, solver):
@@ -57,6 +71,10 @@ class SparsityHook:
         self.net = solver.net
         solver.add_hook("on_start", self._on_start)
         solver.add_hook("after_update", self._after_update)
+        hooks = getattr(solver, "hooks", None)
+        if isinstance(hooks, dict) and END_EVENT in hooks:
+            solver.add_hook(END_EVENT, self._on_solve_end)
+            self.end_event = True
         solver.add_state_provider("jacinto_sparsity", self.get_state, self.set_state)
         return self
 
@@ -81,13 +99,24 @@ class SparsityHook:
         if d > 0 and it % d == 0:
             glog.info("Sparsity after update:", "solver.cpp:352")
             st.display_sparsity(net)
-        if solver.iter + 1 == self.param.max_iter:  # the end of Solve (§a.2 step 3)
-            self.threshold_net(net, solver.iter + 1)
-            if d > 0:
-                glog.info("Sparsity after training:", "solver.cpp:376")
-                st.display_sparsity(net)
-            if st.sparsity(net, self.masks) < self.target:
-                self.explain(net)
+        if not self.end_event and solver.iter + 1 == self.param.max_iter:  # no end event: the last update
+            self.finish(net, solver.iter + 1)
+
+    def _on_solve_end(self, solver, **_):
+        if self.enabled:
+            self.finish(solver.net, solver.iter)
+
+    def finish(self, net, it):
+        """The end of Solve (§a.2 step 3): ThresholdNet once more, ``Sparsity after training:``, and why the
+        target was missed, if it was (beyond jacinto)."""
+        if self.masks is None:
+            self.store_connectivity(net)
+        self.threshold_net(net, it)
+        if self.param.display_sparsity > 0:
+            glog.info("Sparsity after training:", "solver.cpp:376")
+            st.display_sparsity(net)
+        if st.sparsity(net, self.masks) < self.target:
+            self.explain(net)
 
     # -- state ----------------------------------------------------------------------------------------
     def get_state(self):
@@ -149,7 +178,23 @@ class SparsityHook:
                 self.find_and_apply(net, self.factor)
                 self.store_connectivity(net)
                 self.factor = np.float32(self.factor + np.float32(p.sparsity_step_factor))
+            self.share(net)  # at every iteration that may threshold: the same on every replica, no deadlock
         self.apply_connectivity(net)
+
+    def share(self, net):
+        """Broadcast the root's factor, masks and Convolution weights to every replica of a data-parallel run
+        (issue 5: identical masks everywhere); does nothing on one device."""
+        from .. import parallel
+        if parallel.current() is None or not self.masks:
+            return
+        order = sorted(self.masks)
+        w0 = net.layers[order[0]].blobs[0].data
+        xp = backend.get_array_module(w0)
+        factor = xp.asarray([self.factor], dtype=w0.dtype)  # in the weights' array module (NCCL: device)
+        masks = [self.masks[i] for i in order]
+        weights = [net.layers[i].blobs[0].data for i in order]
+        parallel.broadcast_state("sparsity masks", [factor, *masks, *weights])
+        self.factor = np.float32(backend.to_numpy(factor)[0])
 
     def find_and_apply(self, net, factor):
         """Net::FindAndApplyChannelThresholdNet (§a.3) over every eligible Convolution."""
@@ -206,7 +251,7 @@ class SparsityHook:
             glog.info(f"  {st.param_key(ly)} ({ratio:.3g}): {why}")
 
 
-def attach_sparsity(solver, version="0.16", threshold_mode="exact"):
+def attach_sparsity(solver, version=DEFAULT_VERSION, threshold_mode="exact"):
     """Create a :class:`SparsityHook` for ``solver.param`` and attach it; None if ``sparse_mode`` is SPARSE_NONE."""
     p = solver.param
     check_sparsity_param(p)

@@ -144,9 +144,10 @@ class BatchNormLayer(Layer):
     overwrites the statistics throughout iteration 0, §d.3; :meth:`Net.set_iteration` sets it, and a solver
     calls that before each iteration's forwards, so ``iter_size > 1`` and resumed runs are right.
     While it is ``None`` the layer's own count of TRAIN forwards stands in: the first overwrites, later ones
-    blend). ``needs_backward`` (set by the Net): in place in TEST, the input is copied for dγ only then. ``param_specs`` gives the forced ``(lr_mult, decay_mult)`` per
-    blob (``decay_mult`` None = keep the prototxt's); ``setup`` also writes them into ``self.param.param``
-    as Caffe does, so a saved model carries them.
+    blend). ``needs_backward`` (set by the Net): in place in TEST, the input is copied for dγ only then.
+    ``param_specs`` gives the forced ``(lr_mult, decay_mult)`` per blob (``decay_mult`` None = keep the
+    prototxt's); ``setup`` also writes them into ``self.param.param`` as Caffe does, so a saved model
+    carries them.
     """
 
     param_fields = {"batch_norm_param": ("use_global_stats", "moving_average_fraction", "eps", "scale_filler",

@@ -42,81 +42,14 @@ def _transform_records(layer, transformer, source, indices, draws):
     return transformer.apply_batch(arrays, draws, out, names=names), np.asarray(labels, dtype=np.float32)
 
 
-@register("Data")
-class DataLayer(PrefetchingDataLayer):
-    """Caffe's Data layer: Datum records from an LMDB; top 0 = transformed data, top 1 = labels [N]."""
+class _CursorDataLayer(PrefetchingDataLayer):
+    """What the three readers share: ``self.cursor`` over ``self.source`` records, ``batch_size`` items a batch,
+    the transformer's random draws planned in order, ``threads`` from the layer's parameter message."""
 
-    min_num_top = 1
-    max_num_top = 2
-
-    def _open(self):
-        p = self.param.data_param
-        if not p.source:
-            raise self.error("data_param.source is required")
-        if not p.batch_size:
-            raise self.error("data_param.batch_size must be positive")
-        _check_backend(self, p.backend, p.source)
-        if p.HasField("mean_file") or p.HasField("crop_size") or p.HasField("mirror") or p.HasField("scale"):
-            raise self.error("deprecated data_param transform fields: move scale/mean_file/crop_size/mirror "
-                             "to transform_param (caffelite upgrade does this)")
-        tp = self.param.transform_param
-        self.transformer = DataTransformer(tp, self.phase, self.error)
-        self.batch_size = int(p.batch_size)
-        self._seed_rng(tp.random_seed)
-        self.source = LMDBSource(p.source, tp.force_color or p.force_encoded_color, tp.force_gray)
-        start = int(self.rng.integers(p.rand_skip)) if p.rand_skip else 0
-        # NVCaffe shuffles only cached TRAIN data (§e.3); otherwise records come in key order
-        shuffle = p.shuffle and p.cache and self.phase == 0
-        shuffle_rng = np.random.default_rng(int(self.rng.integers(0, 2**63))) if shuffle else None
-        self.cursor = Cursor(len(self.source), shuffle_rng, start=start)
-        if p.prefetch:
-            self.prefetch_depth = int(p.prefetch)
+    _param_field = ""  # the LayerParameter field holding ``threads``
 
     def _workers(self):
-        return _auto_threads(self.param.data_param.threads)
-
-    def _plan_task(self):
-        return self.cursor.take(self.batch_size), self.transformer.draws(self.batch_size, self.rng)
-
-    def _work(self, task):
-        data, labels = _transform_records(self, self.transformer, self.source, *task)
-        return (data, labels)
-
-    def _state(self):
-        return {"cursor": self.cursor.state()}
-
-    def _restore(self, st):
-        self.cursor.set_state(st["cursor"])
-
-
-@register("ImageData")
-class ImageDataLayer(PrefetchingDataLayer):
-    """Caffe's ImageData layer: ``<path> <label>`` lines, optional resize, shuffle per epoch."""
-
-    exact_num_top = 2
-
-    def _open(self):
-        p = self.param.image_data_param
-        if not p.source:
-            raise self.error("image_data_param.source is required")
-        if p.short_side:
-            raise self.unsupported("image_data_param.short_side", p.short_side)
-        if p.HasField("mean_file") or p.HasField("crop_size") or p.HasField("mirror") or p.HasField("scale"):
-            raise self.error("deprecated image_data_param transform fields: move scale/mean_file/crop_size/mirror "
-                             "to transform_param")
-        if (p.new_height > 0) != (p.new_width > 0):
-            raise self.error("new_height and new_width must be set together")
-        tp = self.param.transform_param
-        self.transformer = DataTransformer(tp, self.phase, self.error)
-        self.batch_size = int(p.batch_size)
-        self._seed_rng(tp.random_seed)
-        self.source = ListSource(p.source, p.root_folder, p.new_height, p.new_width, p.is_color)
-        shuffle_rng = np.random.default_rng(int(self.rng.integers(0, 2**63))) if p.shuffle else None
-        start = int(self.rng.integers(p.rand_skip)) if p.rand_skip else 0
-        self.cursor = Cursor(len(self.source), shuffle_rng, start)
-
-    def _workers(self):
-        return _auto_threads(self.param.image_data_param.threads)
+        return _auto_threads(getattr(self.param, self._param_field).threads)
 
     def _plan_task(self):
         return self.cursor.take(self.batch_size), self.transformer.draws(self.batch_size, self.rng)
@@ -130,25 +63,90 @@ class ImageDataLayer(PrefetchingDataLayer):
     def _restore(self, st):
         self.cursor.set_state(st["cursor"])
 
+    def _open_common(self, p):
+        """Checks and set-up shared by Data and ImageData (``p``: their parameter message); returns the
+        transform_param."""
+        if not p.source:
+            raise self.error(f"{self._param_field}.source is required")
+        if not p.batch_size:
+            raise self.error(f"{self._param_field}.batch_size must be positive")
+        if p.HasField("mean_file") or p.HasField("crop_size") or p.HasField("mirror") or p.HasField("scale"):
+            raise self.error(f"deprecated {self._param_field} transform fields: move scale/mean_file/crop_size/"
+                             "mirror to transform_param (caffelite upgrade does this)")
+        tp = self.param.transform_param
+        self.transformer = DataTransformer(tp, self.phase, self.error)
+        self.batch_size = int(p.batch_size)
+        self._seed_rng(tp.random_seed)
+        return tp
+
+
+@register("Data")
+class DataLayer(_CursorDataLayer):
+    """Caffe's Data layer: Datum records from an LMDB; top 0 = transformed data, top 1 = labels [N]."""
+
+    min_num_top = 1
+    max_num_top = 2
+    _param_field = "data_param"
+
+    def _open(self):
+        p = self.param.data_param
+        tp = self._open_common(p)
+        _check_backend(self, p.backend, p.source)
+        self.source = LMDBSource(p.source, tp.force_color or p.force_encoded_color, tp.force_gray)
+        start = int(self.rng.integers(p.rand_skip)) if p.rand_skip else 0
+        # NVCaffe shuffles only cached TRAIN data (§e.3); otherwise records come in key order
+        shuffle = p.shuffle and p.cache and self.phase == 0
+        shuffle_rng = np.random.default_rng(int(self.rng.integers(0, 2**63))) if shuffle else None
+        self.cursor = Cursor(len(self.source), shuffle_rng, start=start)
+        if p.prefetch:
+            self.prefetch_depth = int(p.prefetch)
+
+
+@register("ImageData")
+class ImageDataLayer(_CursorDataLayer):
+    """Caffe's ImageData layer: ``<path> <label>`` lines, optional resize, shuffle per epoch."""
+
+    exact_num_top = 2
+    _param_field = "image_data_param"
+
+    def _open(self):
+        p = self.param.image_data_param
+        if p.short_side:
+            raise self.unsupported("image_data_param.short_side", p.short_side)
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise self.error("new_height and new_width must be set together")
+        self._open_common(p)
+        self.source = ListSource(p.source, p.root_folder, p.new_height, p.new_width, p.is_color)
+        shuffle_rng = np.random.default_rng(int(self.rng.integers(0, 2**63))) if p.shuffle else None
+        start = int(self.rng.integers(p.rand_skip)) if p.rand_skip else 0
+        self.cursor = Cursor(len(self.source), shuffle_rng, start)
+
 
 @register("ImageLabelData")
-class ImageLabelDataLayer(PrefetchingDataLayer):
+class ImageLabelDataLayer(_CursorDataLayer):
     """caffe-jacinto's ImageLabelData (§e.1): image and label LMDBs read in lock-step, record i with
     record i, the same crop and mirror for both. Tops: data [N,C,h,w], label [N,1,h,w].
 
     Quirks kept from 0.17: ``shuffle`` has no effect (order comes from the LMDB creation shuffle); the label
-    gets the image's scale but a zero mean. Fields of 0.15/0.16's list-based layer are rejected.
+    gets the image's scale but a zero mean; ``mirror: true`` flips at random in the TEST phase too (Caffe's
+    DataTransformer draws the mirror coin in both phases, only the crop is centred in TEST, §e.2), so a test
+    net that should not flip must say ``mirror: false``, as jacinto's generated test.prototxt does. Fields of
+    0.15/0.16's list-based layer are rejected.
     """
 
     exact_num_top = 2
-    _UNUSED = ("scale_prob", "scale_min", "scale_max", "data_dir", "label_slice", "image_dir", "label_dir",
-               "image_dir2", "image_list_path2", "size_min", "size_max", "check_image_files")
+    _param_field = "image_label_data_param"
+    #: fields 0.17 ignores (§e.1): they belonged to 0.15/0.16's list-based ImageLabelListData; rejected rather
+    #: than ignored so that a net written for that layer does not silently train differently
+    _UNUSED = ("rand_skip", "scale_prob", "scale_min", "scale_max", "data_dir", "label_slice", "image_dir",
+               "label_dir", "padding", "image_dir2", "image_list_path2", "size_min", "size_max", "check_image_files")
 
     def _open(self):
         p = self.param.image_label_data_param
         for f in self._UNUSED:
             if p.HasField(f):
-                raise self.unsupported(f"image_label_data_param.{f} (0.16 ImageLabelListData only)")
+                raise self.unsupported(f"image_label_data_param.{f} (0.16 ImageLabelListData only; "
+                                       "0.17's ImageLabelData ignores it)")
         if not p.image_list_path or not p.label_list_path:
             raise self.error("image_label_data_param needs image_list_path and label_list_path")
         _check_backend(self, p.backend, p.image_list_path)
@@ -165,14 +163,7 @@ class ImageLabelDataLayer(PrefetchingDataLayer):
         if len(self.images) != len(self.labels):
             raise NetError(f"image LMDB {self.images.path} has {len(self.images)} records but label LMDB "
                            f"{self.labels.path} has {len(self.labels)}", self.name, self.param.type)
-        start = int(self.rng.integers(p.rand_skip)) if p.rand_skip else 0
-        self.cursor = Cursor(len(self.images), start=start)
-
-    def _workers(self):
-        return _auto_threads(self.param.image_label_data_param.threads)
-
-    def _plan_task(self):
-        return self.cursor.take(self.batch_size), self.transformer.draws(self.batch_size, self.rng)
+        self.cursor = Cursor(len(self.images))  # both readers start at the first key (§e.1)
 
     def _work(self, task):
         indices, draws = task
@@ -191,12 +182,6 @@ class ImageLabelDataLayer(PrefetchingDataLayer):
         label = tl.apply_batch(labs, draws, self.buffer((n,) + tl.output_shape(labs[0].shape)),
                                names=[self.labels.name(i) for i in indices])
         return (data, label)
-
-    def _state(self):
-        return {"cursor": self.cursor.state()}
-
-    def _restore(self, st):
-        self.cursor.set_state(st["cursor"])
 
 
 @register("DummyData")

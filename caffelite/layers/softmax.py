@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..layer import Layer, register
+from .eltwise import canonical_axis
 
-
-def canonical_axis(layer, axis, num_axes):
-    """Caffe's ``CanonicalAxisIndex``: a negative axis counts from the end; out of range is an error."""
-    if not -num_axes <= axis < num_axes:
-        raise layer.error(f"axis {axis} out of range for a {num_axes}-D blob")
-    return axis + num_axes if axis < 0 else axis
+__all__ = ["SoftmaxLayer", "canonical_axis", "softmax", "split_axis"]
 
 
 def split_axis(shape, axis):

@@ -59,7 +59,10 @@ _WORK: dict = {}
 
 
 def workspace(slot: str, shape, dtype, xp):
-    """A scratch array of ``shape`` (contents undefined) from the shared buffer ``slot``."""
+    """A scratch array of ``shape`` (contents undefined) from the shared buffer ``slot``.
+
+    Valid until the next request of the same slot; not thread-safe (layers run one at a time).
+    """
     dtype = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64))
     key = (slot, xp.__name__, dtype.str)

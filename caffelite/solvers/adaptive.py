@@ -12,6 +12,25 @@ from ..errors import SolverError
 from .base import Solver, register_solver
 
 
+def _running_mean(xp, h, x, decay, tmp, square=True):
+    """``h = decay*h + (1-decay)*x²`` (or ``*x`` with ``square=False``) in place, Caffe's order of operations."""
+    if square:
+        xp.multiply(x, x, out=tmp)
+        tmp *= 1 - decay
+    else:
+        xp.multiply(x, 1 - decay, out=tmp)
+    h *= decay
+    h += tmp
+
+
+def _divide_by_root(xp, g, h, tmp, delta, local_rate):
+    """``g = local_rate * g / (sqrt(h) + delta)`` in place (``tmp`` is scratch), Caffe's order of operations."""
+    xp.sqrt(h, out=tmp)
+    tmp += delta
+    xp.divide(g, tmp, out=g)
+    g *= local_rate
+
+
 @register_solver("AdaGrad", legacy=2)
 class AdaGradSolver(Solver):
     """AdaGrad: ``H += g²; update = rate * g / (sqrt(H) + delta)``."""
@@ -25,10 +44,7 @@ class AdaGradSolver(Solver):
         h, tmp = hist[0], self.scratch(g)
         xp.multiply(g, g, out=tmp)
         h += tmp
-        xp.sqrt(h, out=tmp)
-        tmp += self.delta
-        xp.divide(g, tmp, out=g)
-        g *= local_rate
+        _divide_by_root(xp, g, h, tmp, self.delta, local_rate)
 
 
 @register_solver("RMSProp", legacy=3)
@@ -44,15 +60,8 @@ class RMSPropSolver(Solver):
     def compute_update(self, i, g, hist, local_rate, momentum):
         xp = get_array_module(g)
         h, tmp = hist[0], self.scratch(g)
-        d = self.dtype.type(self.param.rms_decay)
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - d
-        h *= d
-        h += tmp
-        xp.sqrt(h, out=tmp)
-        tmp += self.delta
-        xp.divide(g, tmp, out=g)
-        g *= local_rate
+        _running_mean(xp, h, g, self.dtype.type(self.param.rms_decay), tmp)
+        _divide_by_root(xp, g, h, tmp, self.delta, local_rate)
 
 
 @register_solver("AdaDelta", legacy=4)
@@ -65,19 +74,13 @@ class AdaDeltaSolver(Solver):
         xp = get_array_module(g)
         hg, hu = hist
         tmp, tmp2 = self.scratch(g), self.scratch(g, 1)
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - momentum
-        hg *= momentum
-        hg += tmp
+        _running_mean(xp, hg, g, momentum, tmp)
         xp.add(hu, self.delta, out=tmp)
         xp.add(hg, self.delta, out=tmp2)
         tmp /= tmp2
         xp.sqrt(tmp, out=tmp)
         g *= tmp
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - momentum
-        hu *= momentum
-        hu += tmp
+        _running_mean(xp, hu, g, momentum, tmp)
         g *= local_rate
 
 
@@ -96,13 +99,8 @@ class AdamSolver(Solver):
         # Caffe computes the bias correction in float: sqrt(1 - b2^t) / (1 - b1^t).
         corr = self.dtype.type((1 - float(b2) ** t) ** 0.5 / (1 - float(b1) ** t))
         tmp = self.scratch(g)
-        xp.multiply(g, 1 - b1, out=tmp)
-        m *= b1
-        m += tmp
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - b2
-        v *= b2
-        v += tmp
+        _running_mean(xp, m, g, b1, tmp, square=False)
+        _running_mean(xp, v, g, b2, tmp)
         xp.sqrt(v, out=tmp)
         tmp += self.delta
         xp.divide(m, tmp, out=g)

@@ -84,6 +84,7 @@ class Solver:
             base_dir = base_dir or os.path.dirname(os.path.abspath(path))
         self.param = param
         self.flavor = display_mod.check_flavor(flavor)
+        netutil.check_solver_fields(param)
         self.check_param()
         if param.random_seed >= 0:  # Caffe seeds before building the nets (fillers draw from it)
             backend.set_random_seed(param.random_seed)
@@ -148,8 +149,9 @@ class Solver:
             netutil.set_solver_iter(self.net, self.iter)
             display = display_mod.should_display(self, self.iter - start_iter, self.iter == stop_iter - 1)
             loss = 0.0
-            for _ in range(max(p.iter_size, 1)):
-                loss += float(netutil.forward_backward(self.net))
+            with np.errstate(all="ignore"):  # overflow is reported once, by _non_finite, not as warnings
+                for _ in range(max(p.iter_size, 1)):
+                    loss += float(netutil.forward_backward(self.net))
             loss = float(np.float32(loss / max(p.iter_size, 1)))
             self.last_loss = loss
             if not math.isfinite(loss):
@@ -252,27 +254,19 @@ class Solver:
         n = p.test_iter[k] if k < len(p.test_iter) else 0
         if iters is not None:
             n = iters
-        scores, names, weights, loss = None, [], [], 0.0
+        acc = netutil.ScoreSum()
         for _ in range(n):
             action = self.requested_action() if self.requested_action else NONE
             if action == STOP:
                 self.requested_early_exit = True
-                break
-            iter_loss = netutil.forward(tnet)
-            res = netutil.output_scores(tnet)
-            vals = np.array([v for _, v, _ in res], dtype=np.float32)
-            if scores is None:
-                scores, names, weights = vals, [r[0] for r in res], [r[2] for r in res]
-            else:
-                scores = scores + vals
-            loss += float(iter_loss)
-        out = {}
-        if p.test_compute_loss and n:
-            glog.info(f"Test loss: {glog.fmt(loss / n)}", "solver.cpp:398")
-        if scores is None:
-            return out
-        means = [(name, float(scores[j] / np.float32(n)), w) for j, (name, w) in enumerate(zip(names, weights,
-                                                                                               strict=True))]
+                glog.info("Test interrupted.", "solver.cpp:392")  # Caffe logs no scores then
+                return {}
+            acc.add(tnet)
+        if p.test_compute_loss and acc.n:
+            glog.info(f"Test loss: {glog.fmt(acc.loss / acc.n)}", "solver.cpp:398")
+        means = acc.means()
+        if not means:
+            return {}
         display_mod.log_outputs(means, "Test")
         return {name: m for name, m, _ in means}
 
@@ -363,8 +357,17 @@ class Solver:
 
     # -- snapshots (snapshot.py does the files) -------------------------------------------------------
     def snapshot(self, form=None):
-        """Write ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate`` (+ sidecar); returns the state path."""
+        """Write ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate`` (+ sidecar); returns the state path.
+
+        Weights holding a NaN or inf are never written: the run stops with :class:`NonFiniteLossError` and
+        the previous snapshot stays the last one."""
         from . import snapshot as snap
+        bad = netutil.first_non_finite_param(self.net)
+        if bad is not None:
+            kept = f"; the last good snapshot is {self.last_snapshot}" if self.last_snapshot else ""
+            glog.error(f"Iteration {self.iter}: param '{bad}' is not finite; not snapshotting", "solver.cpp:458")
+            raise NonFiniteLossError(f"training stopped at iteration {self.iter}: the update made param '{bad}' "
+                                     f"non-finite (snapshot not written){kept}")
         path = snap.write_snapshot(self, form=form or self.snapshot_form)
         self.last_snapshot = path
         return path

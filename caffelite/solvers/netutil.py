@@ -9,6 +9,8 @@ from __future__ import annotations
 import inspect
 import os
 
+import numpy as np
+
 from ..errors import SolverError
 
 TRAIN, TEST = 0, 1
@@ -36,6 +38,25 @@ def read_solver_param(path):
     elif param.snapshot_prefix.endswith(("/", os.sep)):
         param.snapshot_prefix = param.snapshot_prefix + os.path.basename(stem)
     return param
+
+
+def check_solver_fields(sp):
+    """Refuse the SolverParameter options caffelite does not implement, naming the field (never a silent
+    default); warn about the ones that only change diagnostics."""
+    from .. import log as glog
+    from ..proto import caffe_pb2
+    if sp.HasField("solver_data_type") and sp.solver_data_type != caffe_pb2.FLOAT:
+        name = caffe_pb2.Type.values_by_number[sp.solver_data_type].name
+        raise SolverError(f"solver_data_type: {name} is not supported (caffelite keeps weights and solver history "
+                          "in float32)")
+    if sp.test_and_snapshot_last_epochs > 0:
+        raise SolverError("test_and_snapshot_last_epochs (caffe-jacinto's scored snapshots over the last epochs) "
+                          "is not supported")
+    if sp.eval_type != "classification":
+        raise SolverError(f"eval_type: '{sp.eval_type}' is not supported (only 'classification': each test net's "
+                          "outputs are averaged over test_iter batches)")
+    if sp.debug_info:
+        glog.warning("debug_info: true is ignored (caffelite does not log per-blob norms)", "solver.cpp:60")
 
 
 def _read_net(path, base_dir):
@@ -171,6 +192,33 @@ def forward(net):
     return loss
 
 
+class ScoreSum:
+    """Caffe's test-score accumulation: one forward per :meth:`add`, float32 sums of every output value, the
+    summed loss; :meth:`means` gives ``[(output name, mean, loss weight)]`` over the batches added."""
+
+    def __init__(self):
+        self.sums, self.names, self.weights, self.loss, self.n = None, [], [], 0.0, 0
+
+    def add(self, net):
+        """Forward ``net`` once and add its outputs; returns them as :func:`output_scores` does."""
+        self.loss += float(forward(net))
+        res = output_scores(net)
+        vals = np.array([v for _, v, _ in res], dtype=np.float32)
+        if self.sums is None:
+            self.sums, self.names, self.weights = vals, [r[0] for r in res], [r[2] for r in res]
+        else:
+            self.sums = self.sums + vals
+        self.n += 1
+        return res
+
+    def means(self):
+        if self.sums is None:
+            return []
+        n = np.float32(self.n)
+        return [(name, float(self.sums[j] / n), w) for j, (name, w) in enumerate(zip(self.names, self.weights,
+                                                                                        strict=True))]
+
+
 def _loss_weight(net, name):
     lw = getattr(net, "blob_loss_weights", None)
     if lw is None:
@@ -213,17 +261,73 @@ def net_name(net):
     return getattr(net, "name", "") or ""
 
 
-def first_non_finite(net):
-    """(layer name, top name) of the first layer, in order, whose top holds a NaN or inf; else (None, None)."""
+def _finite(arr):
     from ..backend import get_array_module
+    xp = get_array_module(arr)
+    return bool(xp.all(xp.isfinite(arr)))
+
+
+def _replay_start(net):
+    """Index of the first layer with bottoms, when replaying from there recomputes the same values (no later
+    layer writes in place into a top of the source layers before it); else None."""
+    layers = getattr(net, "layers", None)
+    bottoms, tops = getattr(net, "_bottom_ids", None), getattr(net, "_top_ids", None)
+    if not layers or bottoms is None or tops is None:
+        return None
+    start = next((i for i, b in enumerate(bottoms) if b), None)
+    if start is None:
+        return None
+    sources = {t for i in range(start) for t in tops[i]}
+    if any(set(bottoms[i]) & set(tops[i]) & sources for i in range(start, len(layers))):
+        return None
+    return start
+
+
+def first_non_finite(net):
+    """(layer name, top name) of the first layer, in order, whose output held a NaN or inf; else (None, None).
+
+    In-place layers overwrite their bottom, so the blobs after a forward only show where a value ended up.
+    When it is safe (see :func:`_replay_start`), the forward is replayed from the first layer after the data
+    sources, checking each layer's tops as it runs; the run is stopping anyway, so the replay's side effects
+    (BatchNorm statistics) do not matter."""
+    names = list(getattr(net, "top_names", None) or {})
+    start = _replay_start(net)
+    if start is not None and hasattr(net, "add_hook"):
+        found = []
+
+        def check(_net, i, layer, bottom, top):
+            if not found:
+                for j, t in enumerate(top):
+                    if not _finite(t.data):
+                        found.append((names[i], net._top_ids[i][j]))
+                        break
+
+        net.add_hook("after_forward", check)
+        try:
+            with np.errstate(all="ignore"):
+                net.forward(start=start)
+        except Exception:  # noqa: BLE001 - a diagnosis must never hide the original error
+            pass
+        finally:
+            net.remove_hook("after_forward", check)
+        if found:
+            return found[0]
     tops = getattr(net, "top_names", None) or {}
-    for layer_name, names in tops.items():
-        for t in names:
-            d = net.blobs[t].data
-            xp = get_array_module(d)
-            if not bool(xp.all(xp.isfinite(d))):
+    for layer_name, tnames in tops.items():
+        for t in tnames:
+            if not _finite(net.blobs[t].data):
                 return layer_name, t
     return None, None
+
+
+def first_non_finite_param(net):
+    """``"layer/i"`` of the first learnable param holding a NaN or inf, else None."""
+    params = learnable_params(net)
+    names = list(getattr(net, "learnable_param_names", None) or [str(i) for i in range(len(params))])
+    for name, blob in zip(names, params, strict=False):
+        if not _finite(blob.data):
+            return name
+    return None
 
 
 def data_layers_with_state(net):
