@@ -29,6 +29,9 @@ def add_arguments(p):
     p.add_argument("--output_model", "--output", dest="output_model", default="",
                    help="after scoring, write the net as PREFIX.prototxt and PREFIX.caffemodel (caffe-jacinto)")
     add_quant_ranges(p)
+    from .. import jacinto
+
+    jacinto.add_version_argument(p)
 
 
 def score(net, iterations):
@@ -95,7 +98,7 @@ def run(args) -> int:
     if args.optimize_net:
         net, model_param = optimize_net(net, model_param, net.phase, args.level, stages(args.stage))
     try:
-        hooks = attach_jacinto(net)
+        hooks = attach_jacinto(net, None, getattr(args, "jacinto_version", None))
         finish_ranges = apply_quant_ranges(hooks, args.quant_ranges)
         score(net, args.iterations)
         finish_ranges()

@@ -45,6 +45,9 @@ def add_arguments(p):
                    help="blob encoding of snapshots (default: jacinto, or bvlc when the solver sets "
                         "store_blobs_in_old_format)")
     add_quant_ranges(p)
+    from .. import jacinto
+
+    jacinto.add_version_argument(p)
 
 
 def parse_gpus(spec):
@@ -146,7 +149,7 @@ def run(args) -> int:
         solver = get_solver(param, flavor=args.flavor)
         solver.requested_action = handler
         solver.snapshot_form = args.snapshot_form or None
-        hooks = attach_jacinto(solver.net, solver)
+        hooks = attach_jacinto(solver.net, solver, getattr(args, "jacinto_version", None))
         finish_ranges = apply_quant_ranges(hooks, args.quant_ranges)
         if args.snapshot:
             glog.info(f"Resuming from {args.snapshot}", "caffe.cpp:252")
@@ -173,7 +176,11 @@ def _train_parallel(args, gpus):
     """``--gpu 0,1`` / ``--gpu all``: one replica process per device (caffelite.parallel), root logs/snapshots."""
     if args.quant_ranges is not None:
         raise CaffeliteError("--quant-ranges is not supported with several GPUs; train on one device")
+    from .. import jacinto
     from ..parallel import launch
+
+    if getattr(args, "jacinto_version", None):  # the replicas attach the hooks without arguments
+        os.environ[jacinto.ENV_VERSION] = args.jacinto_version
     rc = launch(args.solver, gpus, weights=args.weights or None, snapshot=args.snapshot or None,
                 backend="nccl", level=args.level, stages=stages(args.stage), flavor=args.flavor,
                 snapshot_format=args.snapshot_form or None, sigint_effect=args.sigint_effect,
@@ -184,13 +191,14 @@ def _train_parallel(args, gpus):
     return 0
 
 
-def attach_jacinto(net, solver=None):
-    """Install caffe-jacinto's sparsity/quantization hooks when the prototxts ask for them (issue 5)."""
-    try:
-        from .. import jacinto
-    except ImportError:  # pragma: no cover - the jacinto package is optional while it is being written
-        return None
-    return jacinto.attach_from_proto(net, solver)
+def attach_jacinto(net, solver=None, version=None):
+    """Install caffe-jacinto's sparsity/quantization hooks when the prototxts ask for them (issue 5).
+
+    ``version`` ("0.16"/"0.17", from ``--jacinto_version``) picks jacinto's behaviour; None lets the
+    environment / solver flavor decide (see :func:`caffelite.jacinto.attach_from_proto`)."""
+    from .. import jacinto
+
+    return jacinto.attach_from_proto(net, solver, version=version)
 
 
 def copy_weights(solver, weights):

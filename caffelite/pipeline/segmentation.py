@@ -81,16 +81,28 @@ def latest_snapshot(stage_dir: str, ext: str):
     return best
 
 
-def zero_weight_fraction(weights_path: str, deploy_path: str) -> float:
-    """Fraction of exactly-zero convolution weights (the sparsity the seed's table reports)."""
+def zero_weight_fraction(weights_path: str, deploy_path: str, version: str = "0.17") -> float:
+    """Fraction of exactly-zero weights over the Convolution layers jacinto prunes (§a.3 eligibility).
+
+    That is the population the sparsity target applies to; the 1x1, depthwise and tiny convolutions that
+    jacinto never thresholds are left out.
+    """
     from .. import io as cio
+    from ..jacinto.sparsity_stats import kernel_hw
+    from ..jacinto.threshold import is_eligible
 
     net = cio.read_net(deploy_path)
-    conv = {lay.name for lay in net.layer if lay.type == "Convolution"}
+    conv = {lay.name: lay for lay in net.layer if lay.type == "Convolution"}
     zeros = total = 0
     for lay in cio.read_weights(weights_path).layer:
         if lay.name in conv and len(lay.blobs):
             w = cio.blob_to_array(lay.blobs[0])
+            cp = conv[lay.name].convolution_param
+            g = int(cp.group)
+            no, ni = int(w.shape[0]), int(w.shape[1]) * g if w.ndim > 1 else int(w.size)
+            kh, kw = kernel_hw(cp)
+            if not is_eligible(ni, no, g, kh, kw, version):
+                continue
             zeros += int(np.count_nonzero(w == 0))
             total += w.size
     return zeros / max(total, 1)

@@ -31,7 +31,7 @@ from .lr_policy import LRSchedule
 _SOLVERS: dict[str, type] = {}
 _LEGACY: dict[int, str] = {}
 
-HOOK_EVENTS = ("on_start", "on_gradients_ready", "after_update", "on_snapshot", "on_restore")
+HOOK_EVENTS = ("on_start", "on_gradients_ready", "after_update", "on_snapshot", "on_restore", "on_solve_end")
 NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
 
 
@@ -192,6 +192,7 @@ class Solver:
             self.restore(resume_file)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
+        self._run_hooks("on_solve_end")
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
         if self.requested_early_exit:
