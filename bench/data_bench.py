@@ -14,9 +14,10 @@
 
 Run it on a quiet machine (``uptime``): other jobs' load halves both rates on a 2-core box.
 
-Measured on the 2-core dev box (load ~2.4): data 510 images/s synchronous, 630 with 2 worker threads; the
-train step 0.85 s for 2 images (2.3 images/s); ratio ~270x; fed by the real layer, the net waited 2 ms per
-step (0.3%). Under heavy load from other jobs (load 7): data 180-270 images/s, step 9.3 s, ratio ~1200x.
+Measured on the 2-core dev box, quiet (load 0.2): data 466 images/s synchronous, 714 with 2 worker threads;
+the train step 0.86 s for 2 images (2.3 images/s); ratio ~310x; fed by the real layer, the net waited 3 ms
+per step (0.3%). At load 2.4: 510 / 630 images/s, step 0.85 s, ratio ~270x. Under heavy load from other
+jobs (load 7): data 180-270 images/s, step 9.3 s.
 """
 
 from __future__ import annotations
