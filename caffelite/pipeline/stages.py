@@ -50,6 +50,11 @@ class StageConfig:
     display_sparsity: int = 1000
     random_seed: int = 33
     gpus: str | None = None
+    #: NVCaffe warm-up of the initial stage (§c.1); 0 = none (the seed starts from ImageNet weights instead)
+    rampup_interval: int = 0
+    rampup_lr: float = 0.0
+    #: sparsity_threshold_maxratio of the sparse stage (§a.3 cap, jacinto default 0.2); None = leave unset
+    sparsity_threshold_maxratio: float | None = None
 
     @property
     def test_iter(self) -> int:
@@ -110,7 +115,12 @@ def solver_for(stage: str, cfg: StageConfig) -> caffe_pb2.SolverParameter:
     if stage in ("sparse", "test", "test_quantize"):
         s.display_sparsity = cfg.display_sparsity
         s.sparse_mode = caffe_pb2.SPARSE_UPDATE
+    if stage == "initial" and cfg.rampup_interval:
+        s.rampup_interval = cfg.rampup_interval
+        s.rampup_lr = cfg.rampup_lr
     if stage == "sparse":
+        if cfg.sparsity_threshold_maxratio is not None:
+            s.sparsity_threshold_maxratio = cfg.sparsity_threshold_maxratio
         s.sparsity_target = cfg.sparsity_target
         s.sparsity_step_factor = cfg.sparsity_step_factor
         s.sparsity_step_iter = cfg.sparsity_step_iter
