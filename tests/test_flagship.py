@@ -1,0 +1,70 @@
+"""The flagship flow end to end at toy scale: data → lists → LMDBs → five stages → table; resume after a cut."""
+
+import argparse
+import json
+import os
+
+import pytest
+
+from caffelite.commands import flagship
+from caffelite.pipeline import segmentation as seg
+
+
+def _cfg(out, extra=()):
+    ap = argparse.ArgumentParser()
+    flagship.add_arguments(ap)
+    args = ap.parse_args(["--quick", "--out", str(out), "--iters", "6,4,8", "--synthetic-train", "8",
+                          "--synthetic-val", "3", "--synthetic-size", "96x64", "--crop", "64",
+                          "--deploy-size", "96x64", "--batch-size", "2", "--test-batch-size", "3", *extra])
+    cfg = seg.config_from_args(args)
+    cfg.stage.snapshot = 2
+    cfg.stage.display = 2
+    cfg.stage.sparsity_start_iter = 2
+    cfg.stage.sparsity_step_iter = 2
+    cfg.overlays = 1
+    return cfg
+
+
+def test_flagship_runs_every_stage_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    results = seg.run_pipeline(_cfg(out))
+    assert list(results) == ["initial", "l1reg", "sparse", "test", "test_quantize"]
+    for r in results.values():
+        assert 0.0 <= r["mean_iou"] <= 1.0 and 0.0 <= r["pixel_accuracy"] <= 1.0
+    assert results["initial"]["zero_weights"] == 0.0
+    assert results["sparse"]["zero_weights"] > 0.3  # thresholding ran (factor starts at 0.5)
+    table = (out / "results.md").read_text()
+    assert "| Sparse + quantized (8-bit) inference |" in table and "Overall impact" in table
+    assert os.listdir(out / "overlays" / "initial" / "overlay")
+    for stage in seg.STAGES:
+        assert (out / "stages" / stage / "run.log.txt").exists()
+    test_log = (out / "stages" / "test_quantize" / "run.log.txt").read_text()
+    assert "Quantiz" in test_log  # the quantized test net really quantized
+
+    # Cut the sparse stage back to its iteration-4 snapshot, as if it had been interrupted: re-running resumes
+    # from that snapshot (not from iteration 0) and the later stages are redone.
+    sparse = out / "stages" / "sparse"
+    for name in os.listdir(sparse):
+        if "_iter_6." in name or "_iter_8." in name:
+            os.remove(sparse / name)
+    res = json.loads((out / "results.json").read_text())
+    for k in ("sparse", "test", "test_quantize"):
+        res.pop(k)
+    (out / "results.json").write_text(json.dumps(res))
+    capsys.readouterr()
+    again = seg.run_pipeline(_cfg(out))
+    printed = capsys.readouterr().out
+    assert "[sparse] resuming from cityscapes5_jsegnet21v2_iter_4.solverstate" in printed
+    assert "[initial] resuming" not in printed and again["initial"] == results["initial"]
+    assert set(again) == set(results)
+    log = (sparse / "run.log.txt").read_text()
+    assert "Restoring previous solver status from cityscapes5_jsegnet21v2_iter_4.solverstate" in log
+
+
+def test_missing_gtfine_is_one_clear_error(tmp_path):
+    root = tmp_path / "cs"
+    (root / "leftImg8bit" / "train").mkdir(parents=True)
+    cfg = _cfg(tmp_path / "run", ["--dataset-root", str(root)])
+    with pytest.raises(Exception) as e:
+        seg.prepare_data(cfg)
+    assert "gtFine" in str(e.value)
