@@ -14,7 +14,7 @@ def _cfg(out, extra=()):
     ap = argparse.ArgumentParser()
     flagship.add_arguments(ap)
     args = ap.parse_args(["--quick", "--out", str(out), "--iters", "6,4,8", "--synthetic-train", "8",
-                          "--synthetic-val", "3", "--synthetic-size", "96x64", "--crop", "64",
+                          "--synthetic-val", "6", "--synthetic-size", "96x64", "--crop", "64",
                           "--deploy-size", "96x64", "--batch-size", "2", "--test-batch-size", "3", *extra])
     cfg = seg.config_from_args(args)
     cfg.stage.snapshot = 2
@@ -39,7 +39,7 @@ def test_flagship_runs_every_stage_and_resumes(tmp_path, capsys):
     for stage in seg.STAGES:
         assert (out / "stages" / stage / "run.log.txt").exists()
     test_log = (out / "stages" / "test_quantize" / "run.log.txt").read_text()
-    assert "Quantiz" in test_log  # the quantized test net really quantized
+    assert "Enabling quantization" in test_log  # quantization starts at the 2nd test batch (§b.2)
 
     # Cut the sparse stage back to its iteration-4 snapshot, as if it had been interrupted: re-running resumes
     # from that snapshot (not from iteration 0) and the later stages are redone.

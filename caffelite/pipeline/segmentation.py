@@ -211,18 +211,21 @@ def prepare_data(cfg: RunConfig) -> dict:
 
 
 def _train_stage(stage, stage_dir, init_weights, cfg: RunConfig):
+    """Train ``stage`` to its max_iter (resuming from its newest snapshot); return the final caffemodel."""
     final_iter = cfg.stage.iters[stage]
     it, state = latest_snapshot(stage_dir, "solverstate")
-    args = ["train", "--solver", "solver.prototxt"]
-    if state:
-        print(f"[{stage}] resuming from {os.path.basename(state)}", flush=True)
-        args += ["--snapshot", os.path.basename(state)]
-    elif init_weights:
-        args += ["--weights", os.path.abspath(init_weights)]
-    if cfg.stage.gpus:
-        args += ["--gpu", cfg.stage.gpus]
     if it < final_iter:
+        args = ["train", "--solver", "solver.prototxt"]
+        if state:
+            print(f"[{stage}] resuming from {os.path.basename(state)}", flush=True)
+            args += ["--snapshot", os.path.basename(state)]
+        elif init_weights:
+            args += ["--weights", os.path.abspath(init_weights)]
+        if cfg.stage.gpus:
+            args += ["--gpu", cfg.stage.gpus]
         _caffelite(args + cfg.extra_train_args, os.path.join(stage_dir, "run.log.txt"), stage_dir, _echo_train)
+    else:
+        print(f"[{stage}] already trained ({final_iter} iterations)", flush=True)
     it, weights = latest_snapshot(stage_dir, "caffemodel")
     if it != final_iter:
         raise RuntimeError(f"[{stage}] expected {PREFIX}_iter_{final_iter}.caffemodel in {stage_dir}")
