@@ -145,3 +145,37 @@ def report(title, ours, peer_runs, ours_mem, peer_mem):
               f"{low / best_min:.2f}x (minima), {paired:.2f}x (median of run-by-run pairs); "
               f"peak memory {ours_mem:.0f}/{peer_mem:.0f} MB = {out['mem_ratio']:.2f}x")
     return out
+
+
+def add_common_args(ap):
+    """The options deploy_forward.py and train_step.py share: the peer, threads, profile and JSON output."""
+    ap.add_argument("--peer", choices=["torch"], default=None)
+    ap.add_argument("--peer-python", default=None)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="threads for both sides (OpenBLAS for caffelite, torch.set_num_threads for the peer)")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the summary here")
+
+
+def run_and_report(a, net, mode, run_ours, base_mem, title):
+    """Time ``run_ours`` ``a.runs`` times, interleaved with the peer when ``a.peer`` asks for one, and print
+    :func:`report`; ``base_mem`` is the RSS before the net was built. Returns the summary dict."""
+    peer_py = find_peer_python(a.peer_python) if a.peer else None
+    if a.peer and peer_py is None:
+        print("peer: no interpreter with torch found (use --peer-python); running caffelite only")
+    peer = Peer(peer_py, spec_from_net(net, mode, a.runs, a.threads)) if peer_py else None
+    try:
+        ours, peer_runs = interleaved(run_ours, peer, a.runs)
+        peak = max(rss_mb(), max_rss_mb()) - base_mem
+        peer_mem = peer.peak_mem() if peer else 0.0
+    finally:
+        if peer:
+            peer.close()
+    return report(title, ours, peer_runs, peak, peer_mem)
+
+
+def write_json(path, summary):
+    """Write ``summary`` to ``path`` (nothing when ``path`` is None)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=1)

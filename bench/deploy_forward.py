@@ -13,7 +13,6 @@ two rounds so both see the same machine conditions, and the caffelite/peer ratio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -85,37 +84,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="1,3,512,1024")
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--peer", choices=["torch"], default=None)
-    ap.add_argument("--peer-python", default=None)
-    ap.add_argument("--threads", type=int, default=2,
-                    help="threads for both sides (OpenBLAS for caffelite, torch.set_num_threads for the peer)")
-    ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--json", default=None, help="also write the summary here")
+    nb.add_common_args(ap)
     a = ap.parse_args(argv)
     shape = tuple(int(s) for s in a.shape.split(","))
     base = nb.rss_mb()
     net = build(shape)
     net.forward()  # warm-up (allocates the workspaces)
-    peer_py = None
-    if a.peer:
-        peer_py = nb.find_peer_python(a.peer_python)
-        if peer_py is None:
-            print("peer: no interpreter with torch found (use --peer-python); running caffelite only")
-    peer = nb.Peer(peer_py, nb.spec_from_net(net, "forward", a.runs, a.threads)) if peer_py else None
-    try:
-        ours, peer_runs = nb.interleaved(lambda: time_runs(net, 1)[0], peer, a.runs)
-        peak = max(nb.rss_mb(), nb.max_rss_mb()) - base
-        peer_mem = peer.peak_mem() if peer else 0.0
-    finally:
-        if peer:
-            peer.close()
-    summary = nb.report(f"jsegnet21v2 deploy forward, input {'x'.join(map(str, shape))}, CPU", ours, peer_runs,
-                        peak, peer_mem)
+    title = f"jsegnet21v2 deploy forward, input {'x'.join(map(str, shape))}, CPU"
+    summary = nb.run_and_report(a, net, "forward", lambda: time_runs(net, 1)[0], base, title)
     if a.profile:
         profile(net, 3)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(summary, f, indent=1)
+    nb.write_json(a.json, summary)
     return 0
 
 

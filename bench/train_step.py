@@ -14,7 +14,6 @@ caffelite/peer ratios. ``--profile`` adds a per-layer forward/backward table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -121,37 +120,19 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--crop", type=int, default=640)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--peer", choices=["torch"], default=None)
-    ap.add_argument("--peer-python", default=None)
-    ap.add_argument("--threads", type=int, default=2,
-                    help="threads for both sides (OpenBLAS for caffelite, torch.set_num_threads for the peer)")
-    ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--json", default=None, help="also write the summary here")
+    nb.add_common_args(ap)
     a = ap.parse_args(argv)
     base = nb.rss_mb()
     net, solver = build(a.batch, a.crop)
     step_once(solver)  # warm-up: allocates diffs, history and workspaces
-    peer_py = nb.find_peer_python(a.peer_python) if a.peer else None
-    if a.peer and peer_py is None:
-        print("peer: no interpreter with torch found (use --peer-python); running caffelite only")
-    peer = nb.Peer(peer_py, nb.spec_from_net(net, "train", a.runs, a.threads)) if peer_py else None
-    try:
-        ours, peer_runs = nb.interleaved(lambda: step_once(solver), peer, a.runs)
-        peak = max(nb.rss_mb(), nb.max_rss_mb()) - base
-        peer_mem = peer.peak_mem() if peer else 0.0
-    finally:
-        if peer:
-            peer.close()
-    summary = nb.report(f"jsegnet21v2 training step (forward+backward+SGD), batch {a.batch}x3x{a.crop}x{a.crop}, "
-                        f"CPU", ours, peer_runs, peak, peer_mem)
+    title = f"jsegnet21v2 training step (forward+backward+SGD), batch {a.batch}x3x{a.crop}x{a.crop}, CPU"
+    summary = nb.run_and_report(a, net, "train", lambda: step_once(solver), base, title)
     med = summary["caffelite_median_s"]
     print(f"  caffelite per image: {med / a.batch:.3f} s; loss after the runs = {float(net.loss):.4f}")
     summary["caffelite_per_image_s"] = med / a.batch
     if a.profile:
         profile(net, 2)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(summary, f, indent=1)
+    nb.write_json(a.json, summary)
     return 0
 
 

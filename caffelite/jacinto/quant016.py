@@ -140,15 +140,10 @@ class Quantization016Hook(QuantizationHook):
             if "w016" in r:
                 self.r_w1[i] = r["w016"]
 
-    def display_lines(self):
+    def _display_layer(self, i, name, qp):
+        # 0.16 prints no bias group and one line per quantized param
         out = []
-        for i, ly in enumerate(self.net.layers):
-            if not ly.param.HasField("quantization_param"):
-                continue
-            qp = ly.param.quantization_param
-            for label, group in ((" Q weights:", qp.qparam_w[:1]), (" Q input :", qp.qparam_in),
-                                 (" Q output:", qp.qparam_out[:1])):
-                for q in group:
-                    if q.quantize:
-                        out.append(f"{label}{i} Name:{ly.param.name} {format_qparams(q, '0.16')}")
+        for label, group in ((" Q weights:", qp.qparam_w[:1]), (" Q input :", qp.qparam_in),
+                             (" Q output:", qp.qparam_out[:1])):
+            out.extend(f"{label}{i} Name:{name} {format_qparams(q, '0.16')}" for q in group if q.quantize)
         return out

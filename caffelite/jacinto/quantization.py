@@ -261,15 +261,20 @@ class QuantizationHook(RangeState):
             glog.info(line, "net.cpp:2060")
 
     def display_lines(self):
+        """The lines :meth:`display` logs: :meth:`_display_layer`'s lines for every layer with quantization_param."""
         out = []
         for i, ly in enumerate(self.net.layers):
-            if not ly.param.HasField("quantization_param"):
-                continue
-            qp = ly.param.quantization_param
-            groups = [(" Q weights:", qp.qparam_w[:1]), (" Q bias:", qp.qparam_w[1:2]),
-                      (" Q input :", qp.qparam_in), (" Q output:", qp.qparam_out[:1])]
-            for label, group in groups:
-                fields = [format_qparams(q) for q in group if q.quantize]
-                if fields:
-                    out.append(f"{label}{i} Name:{ly.param.name} " + " ".join(fields))
+            if ly.param.HasField("quantization_param"):
+                out.extend(self._display_layer(i, ly.param.name, ly.param.quantization_param))
+        return out
+
+    def _display_layer(self, i, name, qp):
+        """One line per labelled group, all of the group's quantized params on it."""
+        groups = [(" Q weights:", qp.qparam_w[:1]), (" Q bias:", qp.qparam_w[1:2]),
+                  (" Q input :", qp.qparam_in), (" Q output:", qp.qparam_out[:1])]
+        out = []
+        for label, group in groups:
+            fields = [format_qparams(q) for q in group if q.quantize]
+            if fields:
+                out.append(f"{label}{i} Name:{name} " + " ".join(fields))
         return out

@@ -159,6 +159,21 @@ def _param_shape(layer, bottom0, axis, num_axes):
     return tuple(shape[axis:axis + num_axes])
 
 
+def _operand(layer, bottom):
+    """Bias/Scale's second operand: ``bottom[1]`` when given, else the layer's learned blob 0."""
+    return bottom[1] if len(bottom) > 1 else layer.blobs[0]
+
+
+def _operand_backward(layer, bottom, propagate_down, grad):
+    """Store the operand's gradient ``grad()`` (computed only when needed): assigned to ``bottom[1].diff``,
+    or accumulated into the learned blob 0's diff."""
+    if len(bottom) > 1:
+        if propagate_down[1]:
+            bottom[1].diff[...] = grad().reshape(bottom[1].shape)
+    elif param_propagate(layer, 0):
+        layer.blobs[0].diff[...] += grad().reshape(layer.blobs[0].shape)
+
+
 def _reduce_to(g, outer, dim, inner):
     """Sum a (outer*dim*inner) array over outer and inner: the operand's gradient, shape (dim,)."""
     return g.reshape(outer, dim, inner).sum(axis=(0, 2))
@@ -185,11 +200,8 @@ class BiasLayer(Layer):
             shape = _param_shape(self, bottom[0], self.axis, int(p.num_axes))
             self.blobs = [filled_param_blob(shape, p.filler if p.HasField("filler") else None, 0.0, bottom[0])]
 
-    def _operand(self, bottom):
-        return bottom[1] if len(bottom) > 1 else self.blobs[0]
-
     def reshape(self, bottom, top):
-        b = self._operand(bottom)
+        b = _operand(self, bottom)
         self._dims = _broadcast_dims(self, bottom[0], b.shape, self.axis)
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
@@ -198,20 +210,14 @@ class BiasLayer(Layer):
         outer, dim, inner = self._dims
         x = bottom[0].data
         xp = backend.get_array_module(x)
-        b = self._operand(bottom).data.astype(x.dtype, copy=False).reshape(1, dim, 1)
+        b = _operand(self, bottom).data.astype(x.dtype, copy=False).reshape(1, dim, 1)
         xp.add(x.reshape(outer, dim, inner), b, out=top[0].data.reshape(outer, dim, inner))
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff
         if propagate_down[0] and top[0] is not bottom[0]:
             bottom[0].diff[...] = dy
-        g = None
-        if len(bottom) > 1 and propagate_down[1]:
-            g = _reduce_to(dy, *self._dims)
-            bottom[1].diff[...] = g.reshape(bottom[1].shape)
-        elif len(bottom) == 1 and param_propagate(self, 0):
-            g = _reduce_to(dy, *self._dims)
-            self.blobs[0].diff[...] += g.reshape(self.blobs[0].shape)
+        _operand_backward(self, bottom, propagate_down, lambda: _reduce_to(dy, *self._dims))
 
 
 @register("Scale")
@@ -247,11 +253,8 @@ class ScaleLayer(Layer):
                                                 0.0, bottom[0]))
         self._saved_x = None
 
-    def _scale(self, bottom):
-        return bottom[1] if len(bottom) > 1 else self.blobs[0]
-
     def reshape(self, bottom, top):
-        self._dims = _broadcast_dims(self, bottom[0], self._scale(bottom).shape, self.axis)
+        self._dims = _broadcast_dims(self, bottom[0], _operand(self, bottom).shape, self.axis)
         if self.bias_term:
             self._bias_dims = _broadcast_dims(self, bottom[0], self.blobs[-1].shape, self.axis)
         if top[0] is not bottom[0]:
@@ -265,7 +268,7 @@ class ScaleLayer(Layer):
         # backward will run (a deploy net skips it: a whole-tensor copy per Scale layer)
         keep = top[0] is bottom[0] and self.needs_backward and (len(bottom) > 1 or param_propagate(self, 0))
         self._saved_x = copy_into(self._saved_x, x) if keep else None
-        s = self._scale(bottom).data.astype(x.dtype, copy=False).reshape(1, dim, 1)
+        s = _operand(self, bottom).data.astype(x.dtype, copy=False).reshape(1, dim, 1)
         y = top[0].data
         xp.multiply(x.reshape(outer, dim, inner), s, out=y.reshape(outer, dim, inner))
         if self.bias_term:
@@ -279,14 +282,8 @@ class ScaleLayer(Layer):
         if self.bias_term and param_propagate(self, nb - 1):
             g = _reduce_to(dy, *self._bias_dims)
             self.blobs[-1].diff[...] += g.reshape(self.blobs[-1].shape)
-        two = len(bottom) > 1
-        if (two and propagate_down[1]) or (not two and param_propagate(self, 0)):
-            x = self._saved_x if self._saved_x is not None else bottom[0].data
-            g = _reduce_to(dy * x, outer, dim, inner)
-            if two:
-                bottom[1].diff[...] = g.reshape(bottom[1].shape)
-            else:
-                self.blobs[0].diff[...] += g.reshape(self.blobs[0].shape)
+        x = self._saved_x if self._saved_x is not None else bottom[0].data
+        _operand_backward(self, bottom, propagate_down, lambda: _reduce_to(dy * x, outer, dim, inner))
         if propagate_down[0]:
-            s = self._scale(bottom).data.astype(dy.dtype, copy=False).reshape(1, dim, 1)
+            s = _operand(self, bottom).data.astype(dy.dtype, copy=False).reshape(1, dim, 1)
             bottom[0].diff[...] = (dy.reshape(outer, dim, inner) * s).reshape(dy.shape)

@@ -17,6 +17,29 @@ def _prod(dims) -> int:
     return int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
 
 
+def _legacy_axis(layer, p, legacy):
+    """``p.axis``, or the legacy field ``legacy`` (concat_dim / slice_dim) when set; not both."""
+    if p.HasField("axis") and p.HasField(legacy):
+        raise layer.error(f"Either axis or {legacy} should be specified; not both.")
+    return int(getattr(p, legacy)) if p.HasField(legacy) else int(p.axis)
+
+
+def _concat_into(arrays, axis, out):
+    """Concatenate ``arrays`` along ``axis`` into ``out`` (Concat forward, Slice backward)."""
+    if len(arrays) == 1:
+        out[...] = arrays[0]
+        return
+    backend.get_array_module(out).concatenate(arrays, axis=axis, out=out)
+
+
+def _pieces(x, axis, sizes):
+    """The consecutive views of ``x`` along ``axis`` of the given ``sizes`` (Slice forward, Concat backward)."""
+    start = 0
+    for n in sizes:
+        yield x[(slice(None),) * axis + (slice(start, start + n),)]
+        start += n
+
+
 @register("Concat")
 class ConcatLayer(Layer):
     """Concatenate the bottoms along ``concat_param.axis`` (legacy ``concat_dim``)."""
@@ -28,10 +51,7 @@ class ConcatLayer(Layer):
     allows_in_place = False
 
     def setup(self, bottom, top):
-        p = self.param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise self.error("Either axis or concat_dim should be specified; not both.")
-        self._axis_param = int(p.concat_dim) if p.HasField("concat_dim") else int(p.axis)
+        self._axis_param = _legacy_axis(self, self.param.concat_param, "concat_dim")
 
     def reshape(self, bottom, top):
         nd = len(bottom[0].shape)
@@ -48,21 +68,13 @@ class ConcatLayer(Layer):
         top[0].reshape(shape)
 
     def forward(self, bottom, top):
-        xp = backend.get_array_module(bottom[0].data)
-        if len(bottom) == 1:
-            top[0].data[...] = bottom[0].data
-            return
-        xp.concatenate([b.data for b in bottom], axis=self.axis, out=top[0].data)
+        _concat_into([b.data for b in bottom], self.axis, top[0].data)
 
     def backward(self, top, propagate_down, bottom):
-        dy = top[0].diff
-        start = 0
-        for b, p in zip(bottom, propagate_down, strict=True):
-            n = b.shape[self.axis]
+        pieces = _pieces(top[0].diff, self.axis, [b.shape[self.axis] for b in bottom])
+        for b, p, piece in zip(bottom, propagate_down, pieces, strict=True):
             if p:
-                idx = (slice(None),) * self.axis + (slice(start, start + n),)
-                b.diff[...] = dy[idx]
-            start += n
+                b.diff[...] = piece
 
 
 @register("Slice")
@@ -77,9 +89,7 @@ class SliceLayer(Layer):
 
     def setup(self, bottom, top):
         p = self.param.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            raise self.error("Either axis or slice_dim should be specified; not both.")
-        self._axis_param = int(p.slice_dim) if p.HasField("slice_dim") else int(p.axis)
+        self._axis_param = _legacy_axis(self, p, "slice_dim")
         self.points = [int(s) for s in p.slice_point]
 
     def reshape(self, bottom, top):
@@ -106,20 +116,12 @@ class SliceLayer(Layer):
             t.reshape(s)
 
     def forward(self, bottom, top):
-        x = bottom[0].data
-        start = 0
-        for t, n in zip(top, self.sizes, strict=True):
-            t.data[...] = x[(slice(None),) * self.axis + (slice(start, start + n),)]
-            start += n
+        for t, piece in zip(top, _pieces(bottom[0].data, self.axis, self.sizes), strict=True):
+            t.data[...] = piece
 
     def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        xp = backend.get_array_module(top[0].diff)
-        if len(top) == 1:
-            bottom[0].diff[...] = top[0].diff
-            return
-        xp.concatenate([t.diff for t in top], axis=self.axis, out=bottom[0].diff)
+        if propagate_down[0]:
+            _concat_into([t.diff for t in top], self.axis, bottom[0].diff)
 
 
 @register("Crop")

@@ -131,6 +131,12 @@ def _dw_weight_grad(x, dy, g: ConvGeometry, dwk):
 CHUNK_BYTES = 8 << 20
 
 
+def _pointwise_weight_grad(xp, a, b, dw):
+    """1x1 weight gradient: ``dw += sum over the batch of a @ bᵀ`` (a, b: (N, G, ·, L) matrices)."""
+    gw = xp.matmul(a, b.transpose(0, 1, 3, 2))
+    dw += (gw.sum(axis=0) if a.shape[0] > 1 else gw[0]).reshape(dw.shape)
+
+
 def _row_chunks(ho: int, row_bytes: int):
     rows = max(1, min(ho, CHUNK_BYTES // max(row_bytes, 1)))
     return [(y0, min(ho, y0 + rows)) for y0 in range(0, ho, rows)]
@@ -234,8 +240,7 @@ def conv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=No
     if g.is_pointwise:
         xm = x.reshape(n, group, kg, L)
         if dw is not None:
-            gw = xp.matmul(dym, xm.transpose(0, 1, 3, 2))
-            dw += (gw.sum(axis=0) if n > 1 else gw[0]).reshape(w.shape)
+            _pointwise_weight_grad(xp, dym, xm, dw)
         if dx is not None:
             xp.matmul(wm.transpose(0, 2, 1), dym, out=dx.reshape(n, group, kg, L))
         return
@@ -312,8 +317,7 @@ def deconv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=
     if g.is_pointwise:
         dcols = dy.reshape(n, group, kg, L)
         if dw is not None:
-            gw = xp.matmul(xm, dcols.transpose(0, 1, 3, 2))
-            dw += (gw.sum(axis=0) if n > 1 else gw[0]).reshape(w.shape)
+            _pointwise_weight_grad(xp, xm, dcols, dw)
         if dx is not None:
             xp.matmul(wm, dcols, out=dx.reshape(n, group, cg, L))
         return

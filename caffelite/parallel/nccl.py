@@ -73,33 +73,31 @@ class NcclCommunicator(Communicator):
     def _stream(self):
         return self._cp.cuda.get_current_stream().ptr
 
-    def allreduce_sum(self, arrays):
-        """Sum every array over the replicas in place, one grouped NCCL call."""
+    def _grouped(self, arrays, call):
+        """Run ``call(a, dtype, stream)`` for every array inside one NCCL group; returns the arrays."""
         arrays = self._device_arrays(list(arrays))
         if self.size == 1 or not arrays:
             return arrays
-        stream, nccl = self._stream(), self._nccl
-        nccl.groupStart()
+        stream = self._stream()
+        self._nccl.groupStart()
         try:
             for a in arrays:
-                self.comm.allReduce(a.data.ptr, a.data.ptr, a.size, self._dtype(a), nccl.NCCL_SUM, stream)
+                call(a, self._dtype(a), stream)
         finally:
-            nccl.groupEnd()
+            self._nccl.groupEnd()
         return arrays
+
+    def allreduce_sum(self, arrays):
+        """Sum every array over the replicas in place, one grouped NCCL call."""
+        op = self._nccl.NCCL_SUM
+        return self._grouped(arrays, lambda a, dt, stream: self.comm.allReduce(
+            a.data.ptr, a.data.ptr, a.size, dt, op, stream))
 
     def broadcast(self, arrays, root=0):
         """Rank ``root``'s values in every array, in place, one grouped NCCL call."""
-        arrays = self._device_arrays(list(arrays))
-        if self.size == 1 or not arrays:
-            return arrays
-        stream, nccl = self._stream(), self._nccl
-        nccl.groupStart()
-        try:
-            for a in arrays:
-                self.comm.bcast(a.data.ptr, a.size, self._dtype(a), int(root), stream)
-        finally:
-            nccl.groupEnd()
-        return arrays
+        root = int(root)
+        return self._grouped(arrays, lambda a, dt, stream: self.comm.bcast(
+            a.data.ptr, a.size, dt, root, stream))
 
     def host_or_device_array(self, host):
         return self._cp.asarray(np.ascontiguousarray(host))

@@ -23,11 +23,12 @@ def _running_mean(xp, h, x, decay, tmp, square=True):
     h += tmp
 
 
-def _divide_by_root(xp, g, h, tmp, delta, local_rate):
-    """``g = local_rate * g / (sqrt(h) + delta)`` in place (``tmp`` is scratch), Caffe's order of operations."""
+def _divide_by_root(xp, g, h, tmp, delta, local_rate, num=None):
+    """``g = local_rate * num / (sqrt(h) + delta)`` in place (``num`` defaults to ``g``; ``tmp`` is scratch),
+    Caffe's order of operations."""
     xp.sqrt(h, out=tmp)
     tmp += delta
-    xp.divide(g, tmp, out=g)
+    xp.divide(g if num is None else num, tmp, out=g)
     g *= local_rate
 
 
@@ -101,7 +102,4 @@ class AdamSolver(Solver):
         tmp = self.scratch(g)
         _running_mean(xp, m, g, b1, tmp, square=False)
         _running_mean(xp, v, g, b2, tmp)
-        xp.sqrt(v, out=tmp)
-        tmp += self.delta
-        xp.divide(m, tmp, out=g)
-        g *= local_rate * corr
+        _divide_by_root(xp, g, v, tmp, self.delta, local_rate * corr, num=m)
