@@ -84,8 +84,19 @@ def check_spatial_input(layer, cp, bottom_shape):
                                 "only 2 spatial axes")
 
 
+#: geometry fields shared by Convolution, Deconvolution and Im2col, plus the choices of implementation that
+#: cannot change the result (engine, N-d im2col, cuDNN algorithm search/override), accepted as other layers
+#: accept ``engine``
+GEOMETRY_FIELDS = ("kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w", "pad", "pad_h",
+                   "pad_w", "dilation", "axis", "engine", "force_nd_im2col", "cudnn_convolution_algo_seeker",
+                   "conv_algos_override")
+
+
 class _ConvBase(Layer):
     """Shared setup/reshape of Convolution and Deconvolution."""
+
+    param_fields = {"convolution_param": GEOMETRY_FIELDS + ("num_output", "bias_term", "group", "weight_filler",
+                                                            "bias_filler")}
 
     exact_num_bottom = None
     min_num_bottom = 1

@@ -20,6 +20,16 @@ from ..layer import Layer, register
 
 LMDB = 1
 
+#: transform_param fields the DataTransformer reads (the random-resize ones it refuses with its own message);
+#: ``use_gpu_transform``/``display`` (where the transform runs, debug display) and the interpolation choice of
+#: the random resize (itself refused) cannot change the result. Refused here: the stretch factors,
+#: ``allow_upscale``, ``forward_packing`` and ``num_labels``, which caffelite does not implement
+_TRANSFORM_FIELDS = ("scale", "mirror", "crop_size", "crop_h", "crop_w", "mean_file", "mean_value", "force_color",
+                     "force_gray", "random_seed", "use_gpu_transform", "display", "interpolation_algo_down",
+                     "interpolation_algo_up", "img_rand_resize_lower", "img_rand_resize_upper",
+                     "rand_resize_ratio_lower", "rand_resize_ratio_upper", "resize_param", "noise_param",
+                     "distort_param", "expand_param", "emit_constraint")
+
 
 def _check_backend(layer, backend, source):
     """Only LMDB is implemented; accept a LEVELDB-declared source that is in fact an LMDB directory."""
@@ -87,6 +97,12 @@ class DataLayer(_CursorDataLayer):
     min_num_top = 1
     max_num_top = 2
     _param_field = "data_param"
+    #: every DataParameter field is read (the deprecated scale/mean_file/crop_size/mirror to refuse them with
+    #: a hint) except parser_threads, a thread count that cannot change the result (§e.3)
+    param_fields = {"data_param": ("source", "batch_size", "rand_skip", "backend", "scale", "mean_file",
+                                   "crop_size", "mirror", "force_encoded_color", "prefetch", "threads",
+                                   "parser_threads", "cache", "shuffle"),
+                    "transform_param": _TRANSFORM_FIELDS}
 
     def _open(self):
         p = self.param.data_param
@@ -108,6 +124,12 @@ class ImageDataLayer(_CursorDataLayer):
 
     exact_num_top = 2
     _param_field = "image_data_param"
+    #: all read (deprecated transform fields and short_side to refuse them) except ``cache``, an in-memory
+    #: cache of the decoded images that cannot change the result
+    param_fields = {"image_data_param": ("source", "batch_size", "rand_skip", "shuffle", "new_height", "new_width",
+                                         "is_color", "scale", "mean_file", "crop_size", "mirror", "root_folder",
+                                         "short_side", "threads", "cache"),
+                    "transform_param": _TRANSFORM_FIELDS}
 
     def _open(self):
         p = self.param.image_data_param
@@ -140,6 +162,10 @@ class ImageLabelDataLayer(_CursorDataLayer):
     #: than ignored so that a net written for that layer does not silently train differently
     _UNUSED = ("rand_skip", "scale_prob", "scale_min", "scale_max", "data_dir", "label_slice", "image_dir",
                "label_dir", "padding", "image_dir2", "image_list_path2", "size_min", "size_max", "check_image_files")
+    #: the read fields plus _UNUSED, which :meth:`_open` refuses with a message naming the 0.16 layer
+    param_fields = {"image_label_data_param": ("image_list_path", "label_list_path", "batch_size", "shuffle",
+                                               "threads", "backend") + _UNUSED,
+                    "transform_param": _TRANSFORM_FIELDS}
 
     def _open(self):
         p = self.param.image_label_data_param
@@ -190,6 +216,7 @@ class DummyDataLayer(Layer):
 
     exact_num_bottom = 0
     min_num_top = 1
+    param_fields = {"dummy_data_param": ("data_filler", "shape", "num", "channels", "height", "width")}
 
     def setup(self, bottom, top):
         p = self.param.dummy_data_param

@@ -18,6 +18,7 @@ class EmbedLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
     allows_in_place = False
+    param_fields = {"embed_param": ("num_output", "input_dim", "bias_term", "weight_filler", "bias_filler")}
 
     def setup(self, bottom, top):
         ep = self.param.embed_param

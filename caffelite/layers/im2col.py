@@ -1,14 +1,15 @@
 """Im2col: the column matrix of a convolution as a layer (BVLC semantics).
 
-Reads ``convolution_param``'s kernel/stride/pad/dilation (group, num_output and fillers are ignored, as
-in Caffe). Top: (N, C*kh*kw, Ho, Wo), channel order (c, kh, kw). Backward is col2im (a sum of overlaps).
+Reads ``convolution_param``'s kernel/stride/pad/dilation (group, num_output, bias_term and fillers, which
+Caffe ignores, are refused rather than ignored).
+Top: (N, C*kh*kw, Ho, Wo), channel order (c, kh, kw). Backward is col2im (a sum of overlaps).
 """
 
 from __future__ import annotations
 
 from ..layer import Layer, register
 from ..ops import col2im, im2col
-from .conv import check_spatial_input, conv_geometry
+from .conv import GEOMETRY_FIELDS, check_spatial_input, conv_geometry
 
 
 @register("Im2col")
@@ -18,6 +19,9 @@ class Im2colLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
     allows_in_place = False
+    #: Caffe's Im2col reads only the geometry: num_output, group, bias_term or fillers set on it would be
+    #: silently ignored, so they are refused
+    param_fields = {"convolution_param": GEOMETRY_FIELDS}
 
     def setup(self, bottom, top):
         cp = self.param.convolution_param

@@ -17,6 +17,8 @@ class InnerProductLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
     allows_in_place = False
+    param_fields = {"inner_product_param": ("num_output", "bias_term", "weight_filler", "bias_filler", "axis",
+                                            "transpose")}
 
     def _axis(self, shape):
         axis = self.param.inner_product_param.axis

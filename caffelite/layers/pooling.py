@@ -33,6 +33,10 @@ class PoolingLayer(Layer):
     exact_num_bottom = 1
     min_num_top = 1
     allows_in_place = False
+    #: ``torch_pooling`` (0.17 proto field, unused by caffe-jacinto's code, jacinto.md §f) is not declared:
+    #: ``torch_pooling: true`` asks for a behaviour neither caffe-jacinto nor caffelite implements, so it is refused
+    param_fields = {"pooling_param": ("pool", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h",
+                                      "stride_w", "pad", "pad_h", "pad_w", "global_pooling", "engine")}
 
     @property
     def max_num_top(self):
