@@ -239,6 +239,11 @@ def _skeleton(net):
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net._param)
     del out.layer[:]
+    # caffe-jacinto 0.17's file format (spec §h): a net with `quantize: true` is saved under the name
+    # "<name>___QUANTIZED__SEE_END_OFTHE_FILE" (quantize and net_quantization_param are kept by the copy).
+    suffix = "___QUANTIZED__SEE_END_OFTHE_FILE"
+    if out.quantize and not out.name.endswith(suffix):
+        out.name += suffix
     for layer in net.layers:
         lp = out.layer.add()
         lp.CopyFrom(layer.param)

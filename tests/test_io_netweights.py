@@ -110,3 +110,24 @@ print((mem('VmHWM') - base) / {size})
     except subprocess.CalledProcessError as e:  # no clear_refs (not Linux): nothing to measure
         pytest.skip(f"cannot measure peak memory here: {e.stderr.strip().splitlines()[-1]}")
     assert ratio < 0.25, f"copy_from used {ratio:.2f}x the file on top of the net"
+
+
+def test_quantizing_net_is_saved_under_jacintos_quantized_name(tmp_path):
+    """caffe-jacinto 0.17 (spec §h) names a quantizing net's caffemodel "<name>___QUANTIZED__SEE_END_OFTHE_FILE"."""
+    import caffelite
+    from caffelite import io as cio
+
+    text = ('name: "qnet"\nquantize: true\nlayer { name: "data" type: "Input" top: "data" '
+            'input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }\n'
+            'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    proto = tmp_path / "q.prototxt"
+    proto.write_text(text)
+    net = caffelite.Net(str(proto), caffelite.TEST)
+    net.save(str(tmp_path / "q.caffemodel"))
+    saved = cio.read_weights(str(tmp_path / "q.caffemodel"))
+    assert saved.name == "qnet___QUANTIZED__SEE_END_OFTHE_FILE" and saved.quantize
+    plain = tmp_path / "p.prototxt"
+    plain.write_text(text.replace("quantize: true\n", ""))
+    caffelite.Net(str(plain), caffelite.TEST).save(str(tmp_path / "p.caffemodel"))
+    assert cio.read_weights(str(tmp_path / "p.caffemodel")).name == "qnet"
