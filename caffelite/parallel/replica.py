@@ -50,8 +50,6 @@ class DataParallel:
         self.solver = solver
         self.comm = comm
         self.rank, self.size = comm.rank, comm.size
-        self._sparsity_seen = None
-        self._qhooks = []
 
     # -- wiring ---------------------------------------------------------------------------------------
     def attach(self, shard_data=True):
@@ -70,7 +68,6 @@ class DataParallel:
         s.requested_action = lambda: self._shared_action(inner)
         if not self.comm.is_root:
             s.snapshot = _no_snapshot
-        self._attach_quantization()
         return self
 
     def detach(self):
@@ -107,8 +104,10 @@ class DataParallel:
         for b in netutil.learnable_params(self.solver.net):
             d = backend.to_numpy(b.data).astype(np.float64).ravel()
             stats += [d.sum(), (d * d).sum(), (d * np.arange(d.size)).sum()]
-        for q in self._qhooks:  # quantization ranges are state that must agree too
-            stats += [float(a.sum()) for group in (q.r_in, q.r_out, q.r_w) for a in group]
+        # Hook state (sparsity masks and factor, quantization ranges...) must agree too: every numeric value
+        # of the solver's snapshot state providers is summed into the comparison.
+        for name in sorted(self.solver.state_providers):
+            stats += _numeric_sums(self.solver.state_providers[name][0]())
         mine = np.asarray(stats, dtype=np.float64)
         root = self.comm.host_or_device_array(mine.copy())
         self.comm.broadcast([root])
@@ -121,55 +120,15 @@ class DataParallel:
         self.comm.allreduce_mean([b.diff for b in netutil.learnable_params(solver.net)])
 
     def _after_update(self, solver, **_):
+        # Sparsity masks and quantization ranges are shared by the jacinto hooks themselves through
+        # broadcast_state (decided once on the root); only BatchNorm statistics need averaging here.
         self.sync_statistics()
-        self._sync_sparsity(solver)
 
     def sync_statistics(self):
         """Average the BatchNorm running statistics over the replicas (each computed them on its own batch)."""
         stats = _batchnorm_statistics(self.solver.net)
         if stats:
             self.comm.allreduce_mean(stats)
-
-    def _sync_sparsity(self, solver):
-        # jacinto's SparsityHook (caffelite/jacinto/sparsity.py) keeps .factor and .masks; share them when
-        # they change: the root's thresholding decision wins, and the masked weights follow it.
-        hook = _find_sparsity_hook(solver)
-        if hook is None or hook.masks is None:
-            return
-        seen = (float(hook.factor), id(hook.masks), len(hook.masks))
-        changed = self.comm.broadcast_scalar(float(seen != self._sparsity_seen))
-        if not changed:
-            return
-        order = sorted(hook.masks)
-        hook.factor = np.float32(self.comm.broadcast_scalar(float(hook.factor)))
-        masks = [hook.masks[i] for i in order]
-        weights = [solver.net.layers[i].blobs[0].data for i in order]
-        self.broadcast_state("sparsity masks", masks + weights)
-        self._sparsity_seen = (float(hook.factor), id(hook.masks), len(hook.masks))
-
-    def _attach_quantization(self):
-        for net in [self.solver.net, *self.solver.test_nets]:
-            hooks = getattr(net, "hooks", None)
-            ends = list(getattr(hooks, "forward_end", []) or [])
-            qhooks = [getattr(fn, "__self__", None) for fn in ends]
-            qhooks = [q for q in qhooks if q is not None and hasattr(q, "r_in") and hasattr(q, "r_out")]
-            for q in qhooks:
-                self._qhooks.append(q)
-                net.add_hook("forward_end", lambda _net, q=q: self._sync_ranges(q))
-
-    def _sync_ranges(self, qhook):
-        # QuantizationHook ranges are float64 host arrays [n, 2] per layer (jacinto/quantization.py).
-        arrays = [a for group in (qhook.r_in, qhook.r_out, qhook.r_w) for a in group if a.size]
-        if not arrays:
-            return
-        flat = np.concatenate([a.ravel() for a in arrays])
-        buf = self.comm.host_or_device_array(flat)
-        self.broadcast_state("quantization ranges", [buf])
-        flat = backend.to_numpy(buf)
-        off = 0
-        for a in arrays:
-            a[...] = flat[off:off + a.size].reshape(a.shape)
-            off += a.size
 
     def _shared_action(self, inner):
         # A signal reaches every process of the group, but not necessarily in the same iteration: the
@@ -231,9 +190,14 @@ def _batchnorm_statistics(net):
     return out
 
 
-def _find_sparsity_hook(solver):
-    for fn in solver.hooks.get("after_update", []):
-        owner = getattr(fn, "__self__", None)
-        if owner is not None and hasattr(owner, "masks") and hasattr(owner, "factor"):
-            return owner
-    return None
+def _numeric_sums(state):
+    """Float sums of every number/array inside ``state`` (nested dicts, lists, arrays), in a fixed order."""
+    if isinstance(state, dict):
+        return [v for k in sorted(state, key=str) for v in _numeric_sums(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [v for item in state for v in _numeric_sums(item)]
+    if isinstance(state, (bool, int, float, np.number, np.ndarray)) or hasattr(state, "__array__"):
+        arr = backend.to_numpy(state)
+        if arr.dtype.kind in "biuf":
+            return [float(arr.astype(np.float64).sum())]
+    return []
