@@ -106,8 +106,23 @@ def test_cli_log_lines_match_caffe(tmp_path, monkeypatch, capfd, case):
             assert (d / f"snapshot_iter_{k}.{ext}").exists()
 
 
+@pytest.fixture
+def numpy_conv_path():
+    """The NumPy convolution path (im2col + BLAS, Caffe's summation order) instead of the compiled kernels.
+
+    The field-by-field snapshot check holds 12 iterations to 1e-4*k. The compiled kernels sum in another order
+    (equal to the NumPy path to ~1e-6 per call, tests/test_native_conv.py), and on the nesterov case that
+    rounding flips one max-pooling choice at iteration 11, which moves conv1's momentum by ~3e-3 of its
+    largest value: a legitimate float divergence, not an error. So this check runs on the path that sums
+    as Caffe does; the trajectory checks above run on the default path.
+    """
+    from caffelite.ops import native
+    with native.enabled(False):
+        yield
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_our_bvlc_snapshots_match_caffe_field_by_field(tmp_path, monkeypatch, case):
+def test_our_bvlc_snapshots_match_caffe_field_by_field(tmp_path, monkeypatch, case, numpy_conv_path):
     d = _workdir(tmp_path, case)
     monkeypatch.chdir(d)
     from caffelite.proto import dialect

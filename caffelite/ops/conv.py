@@ -23,6 +23,7 @@ for a gradient that is not wanted.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import native
 from .depthwise import _dw_correlate, _dw_scatter, _dw_weight_grad
 from .depthwise import is_depthwise as _is_depthwise
 from .im2col import ConvGeometry, pad_into, window_view, workspace
@@ -128,6 +129,8 @@ def conv_forward(x, w, b, g: ConvGeometry, group: int, out):
         wm = w.reshape(group, mg, kg)
         if g.is_pointwise:
             xp.matmul(wm, x.reshape(n, group, kg, ho * wo), out=out.reshape(n, group, mg, ho * wo))
+        elif _native_ok(g, x, w, out):
+            return native.conv_forward(x, w, b, g, group, out)
         else:
             view = _padded_view(x, g, ho, wo)
             for i in range(n):
@@ -159,8 +162,19 @@ def conv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=No
         if dx is not None:
             xp.matmul(wm.transpose(0, 2, 1), dym, out=dx.reshape(n, group, kg, L))
         return
-    view = _padded_view(x, g, ho, wo) if dw is not None else None
+    if dw is not None and _native_ok(g, x, dy, dw) and native.weight_grad_supported(g, cout, group):
+        native.conv_weight_grad(x, dy, g, group, dw)
+        dw = None
     corr = dx is not None and DX_BY_CORRELATION and _dx_correlation_ok(g)
+    if corr and _native_ok(g, dy, w, dx):
+        g2 = ConvGeometry(g.kh, g.kw, 1, 1, g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw, g.dh, g.dw)
+        cg = cin // group
+        wf = w.reshape(group, mg, cg, g.kh, g.kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
+        native.conv_forward(dy, wf.reshape(cin, mg, g.kh, g.kw), None, g2, group, dx)
+        dx, corr = None, False
+    if dw is None and dx is None:
+        return
+    view = _padded_view(x, g, ho, wo) if dw is not None else None
     if corr:
         # stride 1: dx is the correlation of dy with the flipped, channel-transposed kernel padded by
         # d(k-1) - p, i.e. the forward GEMM path (no col2im read-modify-write passes)
@@ -180,6 +194,11 @@ def conv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=No
             dx[i] = buf[:, g.ph:g.ph + h, g.pw:g.pw + wd]
         if corr:
             _gemm_forward(xp, dview[i], wf, g2, h, wd, dx[i].reshape(group, cg, h * wd))
+
+
+def _native_ok(g: ConvGeometry, *arrays) -> bool:
+    """Whether the compiled direct kernels take this call (float32 NumPy, contiguous outputs)."""
+    return native.usable(*arrays) and native.supports(g) and arrays[-1].flags.c_contiguous
 
 
 #: compute stride-1 data gradients as a correlation (see conv_backward); a switch for benchmarking

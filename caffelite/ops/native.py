@@ -1,0 +1,237 @@
+"""The optional compiled convolution kernels (``caffelite/_native/cconv.c``), called through ctypes.
+
+The shared library is built by ``pip install`` when a C compiler is present (an optional extension: without
+one the install still succeeds and everything runs on the NumPy path). ``CAFFELITE_NATIVE=0`` turns it off;
+``CAFFELITE_NATIVE_ISA=generic|avx2|avx512`` forces an instruction set (tests use it to check each one).
+``CAFFELITE_NUM_THREADS`` sets the thread count (default: ``OMP_NUM_THREADS``, else the usable cores).
+
+What runs here (float32 NumPy arrays only; :mod:`caffelite.ops.conv` decides when and falls back otherwise):
+- :func:`conv_forward`: a direct convolution for any kernel, stride, pad, dilation and group count (depthwise
+  and 1x1 stay on their own paths). Also used for stride-1 data gradients (a correlation with the flipped
+  kernel).
+- :func:`conv_weight_grad`: the weight gradient of a kernel 3 wide.
+
+ctypes releases the GIL during a call, so the task range is split over a small thread pool. Each output
+value is computed by one task in a fixed order: results do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .im2col import ConvGeometry, pad_into, workspace
+
+_MAX_KW = 32
+_ISAS = ("generic", "avx2", "avx512")
+
+
+class _Geom(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in
+                ("N", "C", "Hp", "S", "Wq", "Cout", "G", "Cg", "Mg", "nmb", "kh", "kw", "sh", "dh", "Ho", "Wo",
+                 "rg", "bg")]
+    _fields_ += [("tap_off", ctypes.c_long * _MAX_KW)]
+
+
+class _Lib:
+    """The loaded library, the chosen instruction set and the thread pool."""
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        if lib.cl_geom_size() != ctypes.sizeof(_Geom):
+            raise ImportError(f"{path}: geometry struct size mismatch (rebuild caffelite)")
+        ptr, lng = ctypes.c_void_p, ctypes.c_long
+        lib.cl_conv_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, lng, lng]
+        lib.cl_conv_dw3.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, lng, lng]
+        self.lib = lib
+        self.mb = lib.cl_tile_channels()
+        mask = lib.cl_isa_mask()
+        self.supported = [name for k, name in enumerate(_ISAS) if mask >> k & 1]
+        forced = os.environ.get("CAFFELITE_NATIVE_ISA")
+        if forced:
+            if forced not in self.supported:
+                raise ImportError(f"CAFFELITE_NATIVE_ISA={forced}: this CPU supports {', '.join(self.supported)}")
+            self.isa = forced
+        else:
+            self.isa = self.supported[-1]
+        self.threads = _thread_count()
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def run(self, fn, args, ntasks: int):
+        """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), split into one contiguous range per thread."""
+        isa = _ISAS.index(self.isa)
+        parts = min(self.threads, ntasks)
+        if parts <= 1 or self.pool is None:
+            rc = [fn(isa, *args, 0, ntasks)]
+        else:
+            bounds = [ntasks * k // parts for k in range(parts + 1)]
+            futs = [self.pool.submit(fn, isa, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
+            rc = [f.result() for f in futs]
+        if any(rc):
+            raise RuntimeError(f"native convolution kernel failed (codes {rc})")
+
+
+def _thread_count() -> int:
+    for var in ("CAFFELITE_NUM_THREADS", "OMP_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _load():
+    if os.environ.get("CAFFELITE_NATIVE", "1").strip().lower() in ("0", "no", "off", "false"):
+        return None
+    spec = importlib.util.find_spec("caffelite._native._cconv")
+    if spec is None or not spec.origin:
+        return None
+    return _Lib(spec.origin)
+
+
+_LIB = _load()
+
+
+_ENABLED = True
+
+
+def available() -> bool:
+    """Whether the compiled kernels are built and loaded (``CAFFELITE_NATIVE=0`` unloads them)."""
+    return _LIB is not None
+
+
+@contextlib.contextmanager
+def enabled(flag: bool):
+    """Within the block, use the compiled kernels (True, when available) or the NumPy path only (False)."""
+    global _ENABLED
+    old, _ENABLED = _ENABLED, bool(flag)
+    try:
+        yield
+    finally:
+        _ENABLED = old
+
+
+def info() -> str:
+    """One line for logs and benchmarks: instruction set and thread count, or why the kernels are off."""
+    if _LIB is None:
+        return "native conv kernels: off (not built, or CAFFELITE_NATIVE=0)"
+    return f"native conv kernels: {_LIB.isa} ({', '.join(_LIB.supported)} supported), {_LIB.threads} threads"
+
+
+def usable(*arrays) -> bool:
+    """The kernels take float32 NumPy arrays only."""
+    return _LIB is not None and _ENABLED and all(isinstance(a, np.ndarray) and a.dtype == np.float32
+                                                 for a in arrays)
+
+
+def _ptr(a) -> int:
+    return a.ctypes.data
+
+
+def _phase_split(x, g: ConvGeometry, ho: int, wo: int, slot: str):
+    """Pad ``x`` and, for a column stride S > 1, split its columns into S phases so that every kernel tap
+    reads contiguous pixels: returns (buffer (N, C, Hp, S, Wq), Hp, Wq)."""
+    n, c, h, w = x.shape
+    hb, wb = g.padded_extent(h, w, ho, wo)
+    s = g.sw
+    wb = -(-wb // s) * s
+    xpad = pad_into(np.ascontiguousarray(x), g.ph, g.pw, hb, wb, slot=slot)
+    wq = wb // s
+    if s == 1:
+        return np.ascontiguousarray(xpad), hb, wq
+    buf = workspace(slot + "_ph", (n, c, hb, s, wq), x.dtype, np)
+    buf[...] = xpad.reshape(n, c, hb, wq, s).transpose(0, 1, 2, 4, 3)
+    return buf, hb, wq
+
+
+def _geom(x_shape, hp: int, wq: int, cout: int, group: int, g: ConvGeometry, ho: int, wo: int, mb: int) -> _Geom:
+    n, c = x_shape[:2]
+    mg = cout // group
+    p = _Geom(N=n, C=c, Hp=hp, S=g.sw, Wq=wq, Cout=cout, G=group, Cg=c // group, Mg=mg, nmb=-(-mg // mb),
+              kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo)
+    for j in range(g.kw):
+        p.tap_off[j] = (j * g.dw) % g.sw * wq + (j * g.dw) // g.sw
+    return p
+
+
+def _pack(w, group: int, mb: int):
+    """(Cout, Cg, kh, kw) -> (G, nmb, Cg, kh, kw, MB), zero-filled past each group's channel count."""
+    cout, cg, kh, kw = w.shape
+    mg = cout // group
+    nmb = -(-mg // mb)
+    wg = w.reshape(group, mg, cg, kh, kw)
+    if nmb * mb != mg:
+        full = np.zeros((group, nmb * mb, cg, kh, kw), np.float32)
+        full[:, :mg] = wg
+        wg = full
+    return np.ascontiguousarray(wg.reshape(group, nmb, mb, cg, kh, kw).transpose(0, 1, 3, 4, 5, 2))
+
+
+#: cache budget of one forward chunk: its packed weights and the input rows it reads (about half of a
+#: 1-2 MB L2, so both stay resident while the chunk's (block, row) pairs are computed)
+CHUNK_WEIGHT_BYTES = 256 << 10
+CHUNK_INPUT_BYTES = 384 << 10
+
+
+def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
+    """Choose rows and channel blocks per forward chunk (p.rg, p.bg); returns the number of chunks."""
+    nblk = p.G * p.nmb
+    p.bg = max(1, min(nblk, CHUNK_WEIGHT_BYTES // (p.Cg * p.kh * p.kw * mb * 4)))
+    row_bytes = p.Cg * p.S * p.Wq * 4
+    rows_in = max(1, CHUNK_INPUT_BYTES // row_bytes)
+    p.rg = max(1, min(p.Ho, (rows_in - (p.kh - 1) * p.dh) // p.sh))
+    # enough chunks that the threads finish together
+    while n * -(-p.Ho // p.rg) * -(-nblk // p.bg) < 4 * threads and (p.rg > 1 or p.bg > 1):
+        if p.rg >= p.bg:
+            p.rg = -(-p.rg // 2)
+        else:
+            p.bg = -(-p.bg // 2)
+    return n * -(-p.Ho // p.rg) * -(-nblk // p.bg)
+
+
+def supports(g: ConvGeometry) -> bool:
+    """Geometries the forward kernel takes."""
+    return g.kw <= _MAX_KW
+
+
+#: the weight-gradient kernel is used up to this many output channels per group: there im2col + BLAS runs
+#: GEMMs with few rows far below peak; above it BLAS wins (measured on jsegnet21v2's layers, AVX-512)
+DW_MAX_CHANNELS_PER_GROUP = 32
+
+
+def weight_grad_supported(g: ConvGeometry, cout: int, group: int) -> bool:
+    """Whether :func:`conv_weight_grad` takes (and wins on) this layer."""
+    return g.kw == 3 and cout // group <= DW_MAX_CHANNELS_PER_GROUP
+
+
+def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_native"):
+    """Convolution forward into ``out`` (N, Cout, Ho, Wo), C-contiguous float32; ``b`` (Cout,) or None."""
+    lib = _LIB
+    n, cout, ho, wo = out.shape
+    xs, hp, wq = _phase_split(x, g, ho, wo, slot)
+    p = _geom(x.shape, hp, wq, cout, group, g, ho, wo, lib.mb)
+    wpk = _pack(w, group, lib.mb)
+    ntasks = _chunking(p, n, lib.threads, lib.mb)
+    bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
+    lib.run(lib.lib.cl_conv_fwd, (_ptr(xs), _ptr(wpk), None if bias is None else _ptr(bias), _ptr(out),
+                                  ctypes.byref(p)), ntasks)
+    return out
+
+
+def conv_weight_grad(x, dy, g: ConvGeometry, group: int, dw):
+    """``dw`` (Cout, Cg, kh, 3), C-contiguous float32, += the weight gradient of a convolution (kw == 3)."""
+    lib = _LIB
+    n, cout, ho, wo = dy.shape
+    xs, hp, wq = _phase_split(x, g, ho, wo, "pad_native_dw")
+    p = _geom(x.shape, hp, wq, cout, group, g, ho, wo, lib.mb)
+    dyc = np.ascontiguousarray(dy)
+    blk = lib.lib.cl_dw_block(_ISAS.index(lib.isa))
+    lib.run(lib.lib.cl_conv_dw3, (_ptr(xs), _ptr(dyc), _ptr(dw), ctypes.byref(p)),
+            group * -(-(cout // group) // blk) * p.Cg)

@@ -1,0 +1,159 @@
+"""The optional compiled convolution kernels (caffelite/_native) against the NumPy reference path.
+
+Every instruction set the CPU supports is checked (portable, AVX2, AVX-512), over strides, pads, dilations,
+groups, channel counts that do not fill a tile, row widths that leave vector and scalar tails, and batches.
+The suite installs with the extension built (``pip install -e .`` compiles it), so a missing build fails
+here instead of silently testing nothing; ``CAFFELITE_NATIVE=0`` is the one documented way to turn it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import pytest
+
+from caffelite.ops import conv as K
+from caffelite.ops import native
+from caffelite.ops.im2col import ConvGeometry
+
+pytestmark = pytest.mark.skipif(os.environ.get("CAFFELITE_NATIVE", "1") == "0",
+                                reason="compiled kernels turned off with CAFFELITE_NATIVE=0")
+
+
+def test_extension_is_built_and_loaded():
+    assert native.available(), native.info()
+    assert "generic" in native._LIB.supported
+
+
+ISAS = native._LIB.supported if native.available() else []
+
+
+@contextlib.contextmanager
+def isa(name, threads=None):
+    lib = native._LIB
+    old = lib.isa, lib.threads
+    lib.isa = name
+    if threads is not None:
+        lib.threads = threads
+    try:
+        yield
+    finally:
+        lib.isa, lib.threads = old
+
+
+# (N, Cin, H, W, Cout, group, k, stride, pad, dilation)
+CASES = [
+    (1, 3, 37, 70, 32, 1, 5, 2, 2, 1),      # conv1a-like: stride 2, 5x5, odd sizes
+    (2, 8, 19, 53, 8, 4, 3, 1, 1, 1),       # 2 channels per group, N=2, tails
+    (1, 32, 16, 96, 32, 4, 3, 1, 1, 1),     # jsegnet conv1b shape family
+    (1, 16, 9, 40, 24, 2, 3, 1, 2, 2),      # dilation 2, Mg=12 (a partial tile of channels)
+    (1, 12, 11, 17, 5, 1, 3, 3, 0, 1),      # stride 3, Cout=5
+    (1, 6, 14, 33, 10, 2, 3, 2, 1, 2),      # stride 2 with dilation 2
+    (1, 4, 10, 12, 7, 1, (2, 4), 1, (0, 1), 1),  # rectangular kernel and pad
+    (3, 10, 8, 64, 16, 1, 1, 2, 0, 1),      # 1x1 stride 2 (not pointwise: goes to the kernel)
+    (1, 64, 8, 16, 64, 1, 3, 1, 4, 4),      # ctx-like dilation 4
+]
+
+
+def _geom(k, s, p, d):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    ph, pw = (p, p) if isinstance(p, int) else p
+    return ConvGeometry(kh, kw, s, s, ph, pw, d, d)
+
+
+def _case(c, seed=0):
+    n, cin, h, w, cout, group, k, s, p, d = c
+    g = _geom(k, s, p, d)
+    rs = np.random.default_rng(seed)
+    x = rs.standard_normal((n, cin, h, w)).astype(np.float32)
+    wt = rs.standard_normal((cout, cin // group, g.kh, g.kw)).astype(np.float32)
+    b = rs.standard_normal(cout).astype(np.float32)
+    ho, wo = g.out_shape(h, w)
+    dy = rs.standard_normal((n, cout, ho, wo)).astype(np.float32)
+    return g, group, x, wt, b, dy
+
+
+def _forward(g, group, x, wt, b, use_native):
+    out = np.empty((x.shape[0], wt.shape[0]) + g.out_shape(*x.shape[2:]), np.float32)
+    with native.enabled(use_native):
+        K.conv_forward(x, wt, b, g, group, out)
+    return out
+
+
+def _close(a, ref):
+    # float32 sums in another order: relative to the magnitude of the result
+    np.testing.assert_allclose(a, ref, rtol=0, atol=2e-5 * max(1.0, float(np.abs(ref).max())))
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_forward_matches_numpy(name, case):
+    g, group, x, wt, b, _ = _case(case)
+    ref = _forward(g, group, x, wt, b, False)
+    with isa(name):
+        got = _forward(g, group, x, wt, b, True)
+        got_nobias = _forward(g, group, x, wt, None, True)
+    _close(got, ref)
+    _close(got_nobias, ref - b.reshape(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_backward_matches_numpy(name, case):
+    """dx (stride 1: the correlation kernel) and dw (kw 3: the weight-gradient kernel), accumulation kept."""
+    g, group, x, wt, b, dy = _case(case, seed=1)
+    grads = {}
+    for use in (False, True):
+        dx = np.full_like(x, np.nan)
+        dw = np.full_like(wt, 0.5)  # the gradient is accumulated into what is there
+        db = np.zeros_like(b)
+        with isa(name), native.enabled(use):
+            K.conv_backward(x, wt, dy, g, group, dx=dx, dw=dw, db=db)
+        grads[use] = dx, dw, db
+    for ref, got in zip(grads[False], grads[True], strict=True):
+        _close(got, ref)
+
+
+def test_weight_gradient_kernel_direct():
+    """The kernel itself (not only through conv_backward's choice), on a group wider than its threshold."""
+    g, group, x, wt, b, dy = _case((2, 6, 7, 41, 40, 1, 3, 2, 1, 1), seed=2)
+    ref = np.zeros_like(wt)
+    with native.enabled(False):
+        K.conv_backward(x, wt, dy, g, group, dw=ref)
+    for name in ISAS:
+        with isa(name):
+            got = np.zeros_like(wt)
+            native.conv_weight_grad(x, dy, g, group, got)
+        _close(got, ref)
+
+
+def test_results_do_not_depend_on_thread_count():
+    g, group, x, wt, b, dy = _case(CASES[2], seed=3)
+    outs = []
+    for threads in (1, 2, 3):
+        with isa(native._LIB.isa, threads=threads):
+            if native._LIB.pool is None and threads > 1:
+                pytest.skip("one thread only on this machine")
+            outs.append(_forward(g, group, x, wt, b, True))
+    for o in outs[1:]:
+        assert np.array_equal(o, outs[0])
+
+
+def test_non_float32_and_noncontiguous_take_numpy_path():
+    g, group, x, wt, b, _ = _case(CASES[1])
+    x64, w64, b64 = x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64)
+    assert not native.usable(x64, w64)
+    out64 = np.empty((x.shape[0], wt.shape[0]) + g.out_shape(*x.shape[2:]))
+    K.conv_forward(x64, w64, b64, g, group, out64)
+    ref = _forward(g, group, x, wt, b, False)
+    _close(out64.astype(np.float32), ref)
+    # a strided (non-contiguous) output goes to the NumPy path and still gets the right values
+    big = np.zeros((x.shape[0], wt.shape[0] * 2) + ref.shape[2:], np.float32)
+    K.conv_forward(x, wt, b, g, group, big[:, ::2])
+    _close(big[:, ::2], ref)
+
+
+def test_info_names_the_instruction_set():
+    assert native._LIB.isa in native.info()
