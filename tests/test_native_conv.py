@@ -54,6 +54,8 @@ CASES = [
     (1, 4, 10, 12, 7, 1, (2, 4), 1, (0, 1), 1),  # rectangular kernel and pad
     (3, 10, 8, 64, 16, 1, 1, 2, 0, 1),      # 1x1 stride 2 (not pointwise: goes to the kernel)
     (1, 64, 8, 16, 64, 1, 3, 1, 4, 4),      # ctx-like dilation 4
+    (2, 16, 6, 40, 16, 1, 3, 1, 1, 1),      # width 40 (a 640 crop at 1/16): an overlapping last vector
+    (1, 8, 5, 7, 8, 1, 3, 1, 1, 1),         # narrower than one vector: scalar only
 ]
 
 

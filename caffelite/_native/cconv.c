@@ -11,6 +11,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdlib.h>
 
 #define MB 8          /* output channels per forward tile (weights are packed in blocks of MB) */
 #define MAX_KW 32
@@ -34,12 +35,14 @@ struct geom {
 #define VW 4
 #define NV 2
 #define DW_MB 4
+#define DW_MB5 2
 #define FN(x) x##_generic
 #define TARGET
 #include "conv_kernel.h"
 #undef VW
 #undef NV
 #undef DW_MB
+#undef DW_MB5
 #undef FN
 #undef TARGET
 
@@ -47,24 +50,28 @@ struct geom {
 #define VW 8
 #define NV 1
 #define DW_MB 4
+#define DW_MB5 2
 #define FN(x) x##_avx2
 #define TARGET __attribute__((target("avx2,fma")))
 #include "conv_kernel.h"
 #undef VW
 #undef NV
 #undef DW_MB
+#undef DW_MB5
 #undef FN
 #undef TARGET
 
 #define VW 16
 #define NV 3
 #define DW_MB 8
+#define DW_MB5 4
 #define FN(x) x##_avx512
 #define TARGET __attribute__((target("avx512f,avx512dq,avx512vl,fma")))
 #include "conv_kernel.h"
 #undef VW
 #undef NV
 #undef DW_MB
+#undef DW_MB5
 #undef FN
 #undef TARGET
 #endif
@@ -99,20 +106,25 @@ int cl_conv_fwd(int isa, const float *x, const float *wpk, const float *bias, fl
     return 0;
 }
 
-/* Channels per weight-gradient block for an instruction set (tasks = G * ceil(Mg / that) * Cg). */
-int cl_dw_block(int isa) { return isa == 2 ? 8 : 4; }
-
-/* Weight gradient (kw == 3) for tasks t0..t1, accumulated into dw. */
-int cl_conv_dw3(int isa, const float *x, const float *dy, float *dw, const struct geom *p, long t0, long t1)
+/* Output channels per weight-gradient block for an instruction set and kernel width (0: not supported). */
+int cl_dw_block(int isa, int kw)
 {
-    if (p->kw != 3) return -1;
+    if (kw == 1 || kw == 3) return isa == 2 ? 8 : 4;
+    if (kw == 5) return isa == 2 ? 4 : 2;
+    return 0;
+}
+
+/* Weight gradient (kw 1, 3 or 5) for tasks t0..t1, accumulated into dw. p->rg: pixel rows per chunk,
+ * p->bg: input channels per task. */
+int cl_conv_dw(int isa, const float *x, const float *dy, float *dw, const struct geom *p, long t0, long t1)
+{
+    if (!cl_dw_block(isa, p->kw)) return -1;
 #if HAVE_X86
-    if (isa == 2) { dw3_avx512(x, dy, dw, p, t0, t1); return 0; }
-    if (isa == 1) { dw3_avx2(x, dy, dw, p, t0, t1); return 0; }
+    if (isa == 2) return dw_avx512(x, dy, dw, p, t0, t1);
+    if (isa == 1) return dw_avx2(x, dy, dw, p, t0, t1);
 #endif
     if (isa != 0) return -2;
-    dw3_generic(x, dy, dw, p, t0, t1);
-    return 0;
+    return dw_generic(x, dy, dw, p, t0, t1);
 }
 
 /* The module itself is empty: it exists so that setuptools builds and installs the shared library. */

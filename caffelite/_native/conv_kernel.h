@@ -93,6 +93,12 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const float *bias, 
                         xo += VW; rem -= 1;
                     }
                 }
+                /* the last partial vector: one more tile ending at Wo, overlapping pixels already written (it
+                 * recomputes them with the same sums in the same order, so they do not change) */
+                if (xo < p->Wo && p->Wo >= VW) {
+                    FN(tile)(xg, wb, bias, ob, p, y, p->Wo - VW, m0, mvalid, ostride, 1);
+                    xo = p->Wo;
+                }
                 for (; xo < p->Wo; xo++) {
                     float acc[MB] = {0};
                     for (int c = 0; c < p->Cg; c++)
@@ -111,59 +117,110 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const float *bias, 
     }
 }
 
-/* Weight-gradient tasks t0..t1 (t enumerates channel block (g, b) and input channel c of the group);
- * kw must be 3. dw[m, c, i, j] += sum_{n,y,x} dy[n, m, y, x] * xpad[n, cin, y*sh + i*dh, x*sw + j*dw]. */
-TARGET static void FN(dw3)(const float *x, const float *dy, float *dw, const struct geom *p, long t0, long t1)
+/* Weight gradient of one task over pixel rows y0..y1 of image n, for KW = kw (a constant after inlining).
+ * acc holds the partial sums of the task: [channel of the chunk][kernel row i][m][j] vectors (and sacc the
+ * scalar tails); they are loaded and stored once per (channel, i) while the chunk's dy rows stay in L1. */
+TARGET static inline __attribute__((always_inline)) void FN(dw_rows)(
+    const float *x, const float *dy, const struct geom *p, FN(vec) *acc, float *sacc, int n, int y0, int y1,
+    int m0, int mvalid, long cin0, int nch, FN(vec) tail_mask, const int KW, const int DM)
 {
-    const int nbw = (p->Mg + DW_MB - 1) / DW_MB;
     const long plane = (long)p->Hp * p->S * p->Wq;
     const long oplane = (long)p->Ho * p->Wo;
-    for (long t = t0; t < t1; t++) {
-        const int c = (int)(t % p->Cg);
-        const long gb = t / p->Cg;
-        const int g = (int)(gb / nbw), b = (int)(gb % nbw);
-        const int m0 = g * p->Mg + b * DW_MB;
-        const int mvalid = p->Mg - b * DW_MB < DW_MB ? p->Mg - b * DW_MB : DW_MB;
-        const long cin = (long)g * p->Cg + c;
+    const float *dyb = dy + (n * (long)p->Cout + m0) * oplane;
+    long dyoff[DW_MB];
+    /* channels past the layer's count read the last real channel's row (valid memory); their sums are dropped */
+    for (int m = 0; m < DM; m++) dyoff[m] = (m < mvalid ? m : mvalid - 1) * oplane;
+    const int nvec = p->Wo / VW, has_tail = p->Wo % VW != 0 && p->Wo >= VW;
+    const FN(vec) ones = (FN(vec)){0} + 1.0f;
+    for (int c = 0; c < nch; c++) {
         for (int i = 0; i < p->kh; i++) {
-            FN(vec) acc[DW_MB][3];
-            float sacc[DW_MB][3];
+            FN(vec) a[DW_MB][5]; /* fixed sizes (not KW): arrays with constant bounds stay in registers */
+            FN(vec) *ap = acc + ((long)c * p->kh + i) * DM * KW;
 #pragma GCC unroll 64
-            for (int m = 0; m < DW_MB; m++)
-#pragma GCC unroll 3
-                for (int j = 0; j < 3; j++) { acc[m][j] = (FN(vec)){0}; sacc[m][j] = 0.0f; }
-            for (int n = 0; n < p->N; n++) {
-                const float *dyb = dy + (n * (long)p->Cout + m0) * oplane;
-                for (int y = 0; y < p->Ho; y++) {
-                    const float *row = x + (n * p->C + cin) * plane + ((long)y * p->sh + (long)i * p->dh) * p->S * p->Wq;
-                    const float *dyr = dyb + (long)y * p->Wo;
-                    int xo = 0;
-                    if (mvalid == DW_MB) {
-                        for (; xo + VW <= p->Wo; xo += VW) {
-                            FN(vec) xv[3];
-#pragma GCC unroll 3
-                            for (int j = 0; j < 3; j++) xv[j] = *(const FN(uvec) *)(row + p->tap_off[j] + xo);
+            for (int m = 0; m < DM; m++)
+#pragma GCC unroll 8
+                for (int j = 0; j < KW; j++) a[m][j] = ap[m * KW + j];
+            for (int y = y0; y < y1; y++) {
+                const float *row = x + (n * p->C + cin0 + c) * plane + ((long)y * p->sh + (long)i * p->dh) * p->S * p->Wq;
+                const float *dyr = dyb + (long)y * p->Wo;
+                for (int v = 0; v < nvec + has_tail; v++) {
+                    /* the last step of a row with a partial vector: the vector ending at Wo, with the lanes
+                     * already summed zeroed (in x: KW multiplies instead of DM) */
+                    const int xo = v < nvec ? v * VW : p->Wo - VW;
+                    const FN(vec) mask = v < nvec ? ones : tail_mask;
+                    FN(vec) xv[5];
+#pragma GCC unroll 8
+                    for (int j = 0; j < KW; j++) xv[j] = *(const FN(uvec) *)(row + p->tap_off[j] + xo) * mask;
 #pragma GCC unroll 64
-                            for (int m = 0; m < DW_MB; m++) {
-                                const FN(vec) d = *(const FN(uvec) *)(dyr + m * oplane + xo);
-#pragma GCC unroll 3
-                                for (int j = 0; j < 3; j++) acc[m][j] += d * xv[j];
-                            }
-                        }
+                    for (int m = 0; m < DM; m++) {
+                        const FN(vec) d = *(const FN(uvec) *)(dyr + dyoff[m] + xo);
+#pragma GCC unroll 8
+                        for (int j = 0; j < KW; j++) a[m][j] += d * xv[j];
                     }
-                    for (; xo < p->Wo; xo++)
+                }
+                if (p->Wo < VW) /* rows narrower than a vector: scalar */
+                    for (int xo = 0; xo < p->Wo; xo++)
                         for (int m = 0; m < mvalid; m++) {
-                            const float d = dyr[m * oplane + xo];
-                            for (int j = 0; j < 3; j++) sacc[m][j] += d * row[p->tap_off[j] + xo];
+                            const float d = dyr[dyoff[m] + xo];
+                            for (int j = 0; j < KW; j++)
+                                sacc[(((long)c * p->kh + i) * DM + m) * KW + j] += d * row[p->tap_off[j] + xo];
                         }
-                }
             }
-            for (int m = 0; m < mvalid; m++)
-                for (int j = 0; j < 3; j++) {
-                    float s = sacc[m][j];
-                    for (int l = 0; l < VW; l++) s += acc[m][j][l];
-                    dw[(((long)(m0 + m) * p->Cg + c) * p->kh + i) * 3 + j] += s;
-                }
+#pragma GCC unroll 64
+            for (int m = 0; m < DM; m++)
+#pragma GCC unroll 8
+                for (int j = 0; j < KW; j++) ap[m * KW + j] = a[m][j];
         }
+    }
+}
+
+/* Weight-gradient tasks t0..t1, for kernels KW wide. A task is (channel block (g, b) of DM output channels,
+ * chunk of p->bg input channels of the group); it walks the pixels in chunks of p->rg rows.
+ * dw[m, c, i, j] += sum_{n,y,x} dy[n, m, y, x] * xpad[n, cin, y*sh + i*dh, x*sw + j*dw]. */
+TARGET static inline __attribute__((always_inline)) int FN(dw_tasks)(
+    const float *x, const float *dy, float *dw, const struct geom *p, long t0, long t1, const int KW, const int DM)
+{
+    const int nbw = (p->Mg + DM - 1) / DM, ncc = (p->Cg + p->bg - 1) / p->bg;
+    const long per_c = (long)p->kh * DM * KW;
+    FN(vec) *acc = (FN(vec) *)aligned_alloc(64, sizeof(FN(vec)) * per_c * p->bg);
+    float *sacc = (float *)malloc(sizeof(float) * per_c * p->bg);
+    if (!acc || !sacc) { free(acc); free(sacc); return -3; }
+    FN(vec) tail_mask;  /* lanes of a row's last vector not covered by its whole vectors */
+    for (int l = 0; l < VW; l++) tail_mask[l] = l >= VW - p->Wo % VW ? 1.0f : 0.0f;
+    for (long t = t0; t < t1; t++) {
+        const int cc = (int)(t % ncc);
+        const long gb = t / ncc;
+        const int g = (int)(gb / nbw), b = (int)(gb % nbw);
+        const int m0 = g * p->Mg + b * DM;
+        const int mvalid = p->Mg - b * DM < DM ? p->Mg - b * DM : DM;
+        const int c0 = cc * p->bg, nch = p->Cg - c0 < p->bg ? p->Cg - c0 : p->bg;
+        const long cin0 = (long)g * p->Cg + c0;
+        for (long k = 0; k < per_c * nch; k++) { acc[k] = (FN(vec)){0}; sacc[k] = 0.0f; }
+        for (int n = 0; n < p->N; n++)
+            for (int y0 = 0; y0 < p->Ho; y0 += p->rg)
+                FN(dw_rows)(x, dy, p, acc, sacc, n, y0, y0 + p->rg < p->Ho ? y0 + p->rg : p->Ho, m0, mvalid,
+                            cin0, nch, tail_mask, KW, DM);
+        for (int c = 0; c < nch; c++)
+            for (int i = 0; i < p->kh; i++)
+                for (int m = 0; m < mvalid; m++)
+                    for (int j = 0; j < KW; j++) {
+                        const long k = (((long)c * p->kh + i) * DM + m) * KW + j;
+                        float s = sacc[k];
+                        for (int l = 0; l < VW; l++) s += acc[k][l];
+                        dw[(((long)(m0 + m) * p->Cg + c0 + c) * p->kh + i) * KW + j] += s;
+                    }
+    }
+    free(acc);
+    free(sacc);
+    return 0;
+}
+
+TARGET static int FN(dw)(const float *x, const float *dy, float *dw, const struct geom *p, long t0, long t1)
+{
+    switch (p->kw) {
+    case 1: return FN(dw_tasks)(x, dy, dw, p, t0, t1, 1, DW_MB);
+    case 3: return FN(dw_tasks)(x, dy, dw, p, t0, t1, 3, DW_MB);
+    case 5: return FN(dw_tasks)(x, dy, dw, p, t0, t1, 5, DW_MB5);
+    default: return -1;
     }
 }

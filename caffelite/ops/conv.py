@@ -162,7 +162,7 @@ def conv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=No
         if dx is not None:
             xp.matmul(wm.transpose(0, 2, 1), dym, out=dx.reshape(n, group, kg, L))
         return
-    if dw is not None and _native_ok(g, x, dy, dw) and native.weight_grad_supported(g, cout, group):
+    if dw is not None and _native_ok(g, x, dy, dw) and native.weight_grad_supported(g):
         native.conv_weight_grad(x, dy, g, group, dw)
         dw = None
     corr = dx is not None and DX_BY_CORRELATION and _dx_correlation_ok(g)

@@ -9,7 +9,7 @@ What runs here (float32 NumPy arrays only; :mod:`caffelite.ops.conv` decides whe
 - :func:`conv_forward`: a direct convolution for any kernel, stride, pad, dilation and group count (depthwise
   and 1x1 stay on their own paths). Also used for stride-1 data gradients (a correlation with the flipped
   kernel).
-- :func:`conv_weight_grad`: the weight gradient of a kernel 3 wide.
+- :func:`conv_weight_grad`: the weight gradient of kernels 1, 3 or 5 wide.
 
 ctypes releases the GIL during a call, so the task range is split over a small thread pool. Each output
 value is computed by one task in a fixed order: results do not depend on the number of threads.
@@ -47,7 +47,7 @@ class _Lib:
             raise ImportError(f"{path}: geometry struct size mismatch (rebuild caffelite)")
         ptr, lng = ctypes.c_void_p, ctypes.c_long
         lib.cl_conv_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, lng, lng]
-        lib.cl_conv_dw3.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, lng, lng]
+        lib.cl_conv_dw.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, lng, lng]
         self.lib = lib
         self.mb = lib.cl_tile_channels()
         mask = lib.cl_isa_mask()
@@ -201,14 +201,9 @@ def supports(g: ConvGeometry) -> bool:
     return g.kw <= _MAX_KW
 
 
-#: the weight-gradient kernel is used up to this many output channels per group: there im2col + BLAS runs
-#: GEMMs with few rows far below peak; above it BLAS wins (measured on jsegnet21v2's layers, AVX-512)
-DW_MAX_CHANNELS_PER_GROUP = 32
-
-
-def weight_grad_supported(g: ConvGeometry, cout: int, group: int) -> bool:
-    """Whether :func:`conv_weight_grad` takes (and wins on) this layer."""
-    return g.kw == 3 and cout // group <= DW_MAX_CHANNELS_PER_GROUP
+def weight_grad_supported(g: ConvGeometry) -> bool:
+    """Whether :func:`conv_weight_grad` takes this kernel width (1, 3 or 5)."""
+    return _LIB is not None and _LIB.lib.cl_dw_block(_ISAS.index(_LIB.isa), g.kw) > 0
 
 
 def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_native"):
@@ -225,13 +220,24 @@ def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_nat
     return out
 
 
+#: weight-gradient chunking: dy rows of one channel block read per pass (kept in L1) and the partial sums of
+#: one task (its input channels x kh x block x kw vectors)
+DW_DY_BYTES = 24 << 10
+DW_ACC_BYTES = 96 << 10
+
+
 def conv_weight_grad(x, dy, g: ConvGeometry, group: int, dw):
-    """``dw`` (Cout, Cg, kh, 3), C-contiguous float32, += the weight gradient of a convolution (kw == 3)."""
+    """``dw`` (Cout, Cg, kh, kw), C-contiguous float32, += the weight gradient of a convolution (kw 1, 3, 5)."""
     lib = _LIB
     n, cout, ho, wo = dy.shape
     xs, hp, wq = _phase_split(x, g, ho, wo, "pad_native_dw")
     p = _geom(x.shape, hp, wq, cout, group, g, ho, wo, lib.mb)
     dyc = np.ascontiguousarray(dy)
-    blk = lib.lib.cl_dw_block(_ISAS.index(lib.isa))
-    lib.run(lib.lib.cl_conv_dw3, (_ptr(xs), _ptr(dyc), _ptr(dw), ctypes.byref(p)),
-            group * -(-(cout // group) // blk) * p.Cg)
+    dm = lib.lib.cl_dw_block(_ISAS.index(lib.isa), g.kw)
+    p.rg = max(1, min(ho, DW_DY_BYTES // (dm * wo * 4)))
+    per_c = g.kh * dm * g.kw * 64
+    p.bg = max(1, min(p.Cg, DW_ACC_BYTES // per_c))
+    nbw = -(-(cout // group) // dm)
+    while group * nbw * -(-p.Cg // p.bg) < 4 * lib.threads and p.bg > 1:
+        p.bg = -(-p.bg // 2)
+    lib.run(lib.lib.cl_conv_dw, (_ptr(xs), _ptr(dyc), _ptr(dw), ctypes.byref(p)), group * nbw * -(-p.Cg // p.bg))
