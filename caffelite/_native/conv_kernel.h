@@ -19,26 +19,31 @@
 typedef float FN(vec) __attribute__((vector_size(VW * 4)));
 typedef float FN(uvec) __attribute__((vector_size(VW * 4), aligned(4)));
 
-/* One output tile: MB channels x T vectors of pixels starting at column xo of output row y (T is a constant
- * after inlining, so the accumulators live in registers). */
+/* One output tile: MB channels x T pixel vectors, vector v starting at column xs[v] of output row ys[v] (the
+ * vectors of a tile may lie on different rows). T is a constant after inlining, so the accumulators live in
+ * registers. */
 TARGET static inline __attribute__((always_inline)) void FN(tile)(
-    const float *xg, const float *wb, const float *bias, float *ob, const struct geom *p, int y, int xo,
-    int m0, int mvalid, long ostride, const int T)
+    const float *xg, const float *wb, const float *bias, float *ob, const struct geom *p, const int *ys,
+    const int *xs, int m0, int mvalid, const int T)
 {
     FN(vec) acc[MB][NV];
+    long src0[NV];
+    const long rowlen = (long)p->S * p->Wq;
+#pragma GCC unroll 8
+    for (int v = 0; v < T; v++) src0[v] = (long)ys[v] * p->sh * rowlen + xs[v];
 #pragma GCC unroll 64
     for (int m = 0; m < MB; m++)
 #pragma GCC unroll 8
         for (int v = 0; v < T; v++) acc[m][v] = (FN(vec)){0};
     for (int c = 0; c < p->Cg; c++) {
         for (int i = 0; i < p->kh; i++) {
-            const float *row = xg + ((long)c * p->Hp + (long)y * p->sh + (long)i * p->dh) * p->S * p->Wq;
+            const float *row = xg + ((long)c * p->Hp + (long)i * p->dh) * rowlen;
             const float *wp = wb + ((long)(c * p->kh + i) * p->kw) * MB;
             for (int j = 0; j < p->kw; j++, wp += MB) {
-                const float *src = row + p->tap_off[j] + xo;
+                const float *src = row + p->tap_off[j];
                 FN(vec) xv[NV];
 #pragma GCC unroll 8
-                for (int v = 0; v < T; v++) xv[v] = *(const FN(uvec) *)(src + v * VW);
+                for (int v = 0; v < T; v++) xv[v] = *(const FN(uvec) *)(src + src0[v]);
 #pragma GCC unroll 64
                 for (int m = 0; m < MB; m++) {
 #pragma GCC unroll 8
@@ -47,16 +52,41 @@ TARGET static inline __attribute__((always_inline)) void FN(tile)(
             }
         }
     }
+    const long ostride = (long)p->Ho * p->Wo;
     for (int m = 0; m < mvalid; m++) {
         const float bm = bias ? bias[m0 + m] : 0.0f;
-        float *o = ob + m * ostride + xo;
-        for (int v = 0; v < T; v++) *(FN(uvec) *)(o + v * VW) = acc[m][v] + bm;
+        for (int v = 0; v < T; v++)
+            *(FN(uvec) *)(ob + m * ostride + (long)ys[v] * p->Wo + xs[v]) = acc[m][v] + bm;
+    }
+}
+
+/* Scalar forward of pixels x0..x1 of row y (rows narrower than a vector). */
+TARGET static void FN(fwd_scalar)(const float *xg, const float *wb, const float *bias, float *ob,
+                                  const struct geom *p, int y, int x0, int x1, int m0, int mvalid)
+{
+    const long ostride = (long)p->Ho * p->Wo;
+    for (int xo = x0; xo < x1; xo++) {
+        float acc[MB] = {0};
+        for (int c = 0; c < p->Cg; c++)
+            for (int i = 0; i < p->kh; i++) {
+                const float *row = xg + ((long)c * p->Hp + (long)y * p->sh + (long)i * p->dh) * p->S * p->Wq;
+                const float *wp = wb + ((long)(c * p->kh + i) * p->kw) * MB;
+                for (int j = 0; j < p->kw; j++, wp += MB) {
+                    const float xs = row[p->tap_off[j] + xo];
+                    for (int m = 0; m < MB; m++) acc[m] += wp[m] * xs;
+                }
+            }
+        for (int m = 0; m < mvalid; m++)
+            ob[m * ostride + (long)y * p->Wo + xo] = acc[m] + (bias ? bias[m0 + m] : 0.0f);
     }
 }
 
 /* Forward tasks t0..t1. A task is a chunk: image n, up to p->rg output rows and up to p->bg channel blocks
  * (b, g) (blocks are numbered across groups). Inside a chunk the rows of the input it reads and the packed
- * weights of its blocks stay in cache while every (block, row) pair is computed. */
+ * weights of its blocks stay in cache while every (block, row) pair is computed.
+ * The chunk's output pixels are covered by vectors, row by row; a row whose width is not a multiple of the
+ * vector ends with a vector ending at Wo, which overlaps pixels already written (it recomputes them with the
+ * same sums in the same order, so they do not change). The vectors are taken NV at a time, across rows. */
 TARGET static void FN(fwd)(const float *x, const float *wpk, const float *bias, float *out,
                            const struct geom *p, long t0, long t1)
 {
@@ -64,55 +94,37 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const float *bias, 
     const int nrg = (p->Ho + p->rg - 1) / p->rg, nbg = (nblk + p->bg - 1) / p->bg;
     const long wblock = (long)p->Cg * p->kh * p->kw * MB;
     const long plane = (long)p->Hp * p->S * p->Wq;
-    const long ostride = (long)p->Ho * p->Wo;
+    const int vrow = p->Wo >= VW ? (p->Wo + VW - 1) / VW : 0;  /* vectors per output row */
     for (long t = t0; t < t1; t++) {
         const long n = t / ((long)nrg * nbg);
         const int rgi = (int)(t / nbg % nrg), bgi = (int)(t % nbg);
         const int y0 = rgi * p->rg, y1 = y0 + p->rg < p->Ho ? y0 + p->rg : p->Ho;
         const int b0 = bgi * p->bg, b1 = b0 + p->bg < nblk ? b0 + p->bg : nblk;
+        const int nvec = (y1 - y0) * vrow;
         for (int gb = b0; gb < b1; gb++) {
             const int g = gb / p->nmb, b = gb % p->nmb;
             const int m0 = g * p->Mg + b * MB;
             const int mvalid = p->Mg - b * MB < MB ? p->Mg - b * MB : MB;
             const float *wb = wpk + gb * wblock;
             const float *xg = x + (n * p->C + (long)g * p->Cg) * plane;
-            for (int y = y0; y < y1; y++) {
-                float *ob = out + ((n * p->Cout + m0) * (long)p->Ho + y) * p->Wo;
-                int xo = 0;
-                /* whole vectors: tiles of NV vectors, ending with 2-vector tiles rather than 1-vector ones
-                 * (a wider tile loads fewer weights per FMA) */
-                for (int rem = p->Wo / VW; rem > 0;) {
-                    if (NV >= 3 && rem != 4 && rem != 2 && rem != 1) {
-                        FN(tile)(xg, wb, bias, ob, p, y, xo, m0, mvalid, ostride, NV >= 3 ? 3 : 1);
-                        xo += 3 * VW; rem -= 3;
-                    } else if (NV >= 2 && rem >= 2) {
-                        FN(tile)(xg, wb, bias, ob, p, y, xo, m0, mvalid, ostride, NV >= 2 ? 2 : 1);
-                        xo += 2 * VW; rem -= 2;
-                    } else {
-                        FN(tile)(xg, wb, bias, ob, p, y, xo, m0, mvalid, ostride, 1);
-                        xo += VW; rem -= 1;
-                    }
+            float *ob = out + (n * p->Cout + m0) * (long)p->Ho * p->Wo;
+            int ys[NV], xs[NV];
+            for (int k = 0; k < nvec;) {
+                const int left = nvec - k;
+                /* NV vectors per tile; end with 2-vector tiles rather than a 1-vector one */
+                const int T = (NV >= 3 && left != 4 && left >= 3) ? 3 : (NV >= 2 && left >= 2) ? 2 : 1;
+                for (int v = 0; v < T; v++) {
+                    const int kv = k + v, r = kv % vrow;
+                    ys[v] = y0 + kv / vrow;
+                    xs[v] = r * VW + VW <= p->Wo ? r * VW : p->Wo - VW;
                 }
-                /* the last partial vector: one more tile ending at Wo, overlapping pixels already written (it
-                 * recomputes them with the same sums in the same order, so they do not change) */
-                if (xo < p->Wo && p->Wo >= VW) {
-                    FN(tile)(xg, wb, bias, ob, p, y, p->Wo - VW, m0, mvalid, ostride, 1);
-                    xo = p->Wo;
-                }
-                for (; xo < p->Wo; xo++) {
-                    float acc[MB] = {0};
-                    for (int c = 0; c < p->Cg; c++)
-                        for (int i = 0; i < p->kh; i++) {
-                            const float *row = xg + ((long)c * p->Hp + (long)y * p->sh + (long)i * p->dh) * p->S * p->Wq;
-                            const float *wp = wb + ((long)(c * p->kh + i) * p->kw) * MB;
-                            for (int j = 0; j < p->kw; j++, wp += MB) {
-                                const float xs = row[p->tap_off[j] + xo];
-                                for (int m = 0; m < MB; m++) acc[m] += wp[m] * xs;
-                            }
-                        }
-                    for (int m = 0; m < mvalid; m++) ob[m * ostride + xo] = acc[m] + (bias ? bias[m0 + m] : 0.0f);
-                }
+                if (T == 3) FN(tile)(xg, wb, bias, ob, p, ys, xs, m0, mvalid, NV >= 3 ? 3 : 1);
+                else if (T == 2) FN(tile)(xg, wb, bias, ob, p, ys, xs, m0, mvalid, NV >= 2 ? 2 : 1);
+                else FN(tile)(xg, wb, bias, ob, p, ys, xs, m0, mvalid, 1);
+                k += T;
             }
+            if (vrow == 0)
+                for (int y = y0; y < y1; y++) FN(fwd_scalar)(xg, wb, bias, ob, p, y, 0, p->Wo, m0, mvalid);
         }
     }
 }
