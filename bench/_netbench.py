@@ -126,6 +126,8 @@ def report(title, ours, peer_runs, ours_mem, peer_mem):
     out = {"caffelite_median_s": med, "caffelite_min_s": low, "caffelite_runs": len(ours),
            "caffelite_peak_mem_mb": ours_mem}
     print(f"{title}")
+    from caffelite.ops import native
+    print(f"  {native.info()}")
     print(f"  caffelite           : median {med:.4f} s, min {low:.4f} s over {len(ours)} runs, "
           f"peak memory growth {ours_mem:.0f} MB")
     if peer_runs:

@@ -159,3 +159,30 @@ def test_non_float32_and_noncontiguous_take_numpy_path():
 
 def test_info_names_the_instruction_set():
     assert native._LIB.isa in native.info()
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1])
+def test_forward_epilogue_scale_shift_relu(name, slope):
+    """The folded inference epilogue: (conv + bias) * scale + shift, then a (leaky) ReLU, per channel."""
+    for case in (CASES[1], CASES[9], CASES[10]):
+        g, group, x, wt, b, _ = _case(case, seed=4)
+        cout = wt.shape[0]
+        rs = np.random.default_rng(5)
+        scale = rs.uniform(0.5, 2.0, cout).astype(np.float32)
+        shift = rs.standard_normal(cout).astype(np.float32)
+        ref = _forward(g, group, x, wt, b, False) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        if slope is not None:
+            ref = np.where(ref < 0, ref * np.float32(slope), ref)
+        got = np.empty_like(ref)
+        with isa(name):
+            native.conv_forward(x, wt, b, g, group, got, scale=scale, shift=shift, relu_slope=slope)
+        _close(got, ref)
+        if slope is not None:
+            relu_only = np.empty_like(ref)
+            with isa(name):
+                native.conv_forward(x, wt, b, g, group, relu_only, relu_slope=slope)
+            plain = _forward(g, group, x, wt, b, False)
+            _close(relu_only, np.where(plain < 0, plain * np.float32(slope), plain))
+    with pytest.raises(ValueError):
+        native.conv_forward(x, wt, b, g, group, got, scale=scale)

@@ -25,6 +25,22 @@ struct geom {
     long tap_off[MAX_KW];     /* offset of kernel column j inside a phase-split row: phase*Wq + column */
 };
 
+/* What the forward applies to each output value after the sums: + bias[m]; then, when scale is set,
+ * * scale[m] + shift[m] (an inference BatchNorm/Scale folded in); then, when relu is set, a (leaky) ReLU. */
+struct epilogue {
+    const float *bias, *scale, *shift;
+    int relu;
+    float slope;
+};
+
+static inline float apply_epilogue(const struct epilogue *e, int m, float v)
+{
+    if (e->bias) v += e->bias[m];
+    if (e->scale) { v = v * e->scale[m]; v = v + e->shift[m]; }
+    if (e->relu && v < 0.0f) v *= e->slope;
+    return v;
+}
+
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define HAVE_X86 1
 #else
@@ -92,17 +108,19 @@ int cl_isa_mask(void)
 int cl_geom_size(void) { return (int)sizeof(struct geom); }
 int cl_tile_channels(void) { return MB; }
 
+int cl_epilogue_size(void) { return (int)sizeof(struct epilogue); }
+
 /* Forward (or a stride-1 data gradient with flipped weights) for tasks t0..t1; isa is 0, 1 or 2. */
-int cl_conv_fwd(int isa, const float *x, const float *wpk, const float *bias, float *out, const struct geom *p,
-                long t0, long t1)
+int cl_conv_fwd(int isa, const float *x, const float *wpk, const struct epilogue *e, float *out,
+                const struct geom *p, long t0, long t1)
 {
     if (p->kw > MAX_KW) return -1;
 #if HAVE_X86
-    if (isa == 2) { fwd_avx512(x, wpk, bias, out, p, t0, t1); return 0; }
-    if (isa == 1) { fwd_avx2(x, wpk, bias, out, p, t0, t1); return 0; }
+    if (isa == 2) { fwd_avx512(x, wpk, e, out, p, t0, t1); return 0; }
+    if (isa == 1) { fwd_avx2(x, wpk, e, out, p, t0, t1); return 0; }
 #endif
     if (isa != 0) return -2;
-    fwd_generic(x, wpk, bias, out, p, t0, t1);
+    fwd_generic(x, wpk, e, out, p, t0, t1);
     return 0;
 }
 

@@ -18,12 +18,13 @@
 
 typedef float FN(vec) __attribute__((vector_size(VW * 4)));
 typedef float FN(uvec) __attribute__((vector_size(VW * 4), aligned(4)));
+typedef int FN(ivec) __attribute__((vector_size(VW * 4)));
 
 /* One output tile: MB channels x T pixel vectors, vector v starting at column xs[v] of output row ys[v] (the
  * vectors of a tile may lie on different rows). T is a constant after inlining, so the accumulators live in
  * registers. */
 TARGET static inline __attribute__((always_inline)) void FN(tile)(
-    const float *xg, const float *wb, const float *bias, float *ob, const struct geom *p, const int *ys,
+    const float *xg, const float *wb, const struct epilogue *e, float *ob, const struct geom *p, const int *ys,
     const int *xs, int m0, int mvalid, const int T)
 {
     FN(vec) acc[MB][NV];
@@ -54,14 +55,21 @@ TARGET static inline __attribute__((always_inline)) void FN(tile)(
     }
     const long ostride = (long)p->Ho * p->Wo;
     for (int m = 0; m < mvalid; m++) {
-        const float bm = bias ? bias[m0 + m] : 0.0f;
-        for (int v = 0; v < T; v++)
-            *(FN(uvec) *)(ob + m * ostride + (long)ys[v] * p->Wo + xs[v]) = acc[m][v] + bm;
+        const float bm = e->bias ? e->bias[m0 + m] : 0.0f;
+        for (int v = 0; v < T; v++) {
+            FN(vec) o = acc[m][v] + bm;
+            if (e->scale) { o = o * e->scale[m0 + m]; o = o + e->shift[m0 + m]; }
+            if (e->relu) { /* o < 0 ? o * slope : o, as a bitwise select (C has no vector ?:) */
+                const FN(ivec) neg = o < 0.0f;
+                o = (FN(vec))(((FN(ivec))(o * e->slope) & neg) | ((FN(ivec))o & ~neg));
+            }
+            *(FN(uvec) *)(ob + m * ostride + (long)ys[v] * p->Wo + xs[v]) = o;
+        }
     }
 }
 
 /* Scalar forward of pixels x0..x1 of row y (rows narrower than a vector). */
-TARGET static void FN(fwd_scalar)(const float *xg, const float *wb, const float *bias, float *ob,
+TARGET static void FN(fwd_scalar)(const float *xg, const float *wb, const struct epilogue *e, float *ob,
                                   const struct geom *p, int y, int x0, int x1, int m0, int mvalid)
 {
     const long ostride = (long)p->Ho * p->Wo;
@@ -77,7 +85,7 @@ TARGET static void FN(fwd_scalar)(const float *xg, const float *wb, const float 
                 }
             }
         for (int m = 0; m < mvalid; m++)
-            ob[m * ostride + (long)y * p->Wo + xo] = acc[m] + (bias ? bias[m0 + m] : 0.0f);
+            ob[m * ostride + (long)y * p->Wo + xo] = apply_epilogue(e, m0 + m, acc[m]);
     }
 }
 
@@ -87,7 +95,7 @@ TARGET static void FN(fwd_scalar)(const float *xg, const float *wb, const float 
  * The chunk's output pixels are covered by vectors, row by row; a row whose width is not a multiple of the
  * vector ends with a vector ending at Wo, which overlaps pixels already written (it recomputes them with the
  * same sums in the same order, so they do not change). The vectors are taken NV at a time, across rows. */
-TARGET static void FN(fwd)(const float *x, const float *wpk, const float *bias, float *out,
+TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilogue *e, float *out,
                            const struct geom *p, long t0, long t1)
 {
     const int nblk = p->G * p->nmb;
@@ -118,13 +126,13 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const float *bias, 
                     ys[v] = y0 + kv / vrow;
                     xs[v] = r * VW + VW <= p->Wo ? r * VW : p->Wo - VW;
                 }
-                if (T == 3) FN(tile)(xg, wb, bias, ob, p, ys, xs, m0, mvalid, NV >= 3 ? 3 : 1);
-                else if (T == 2) FN(tile)(xg, wb, bias, ob, p, ys, xs, m0, mvalid, NV >= 2 ? 2 : 1);
-                else FN(tile)(xg, wb, bias, ob, p, ys, xs, m0, mvalid, 1);
+                if (T == 3) FN(tile)(xg, wb, e, ob, p, ys, xs, m0, mvalid, NV >= 3 ? 3 : 1);
+                else if (T == 2) FN(tile)(xg, wb, e, ob, p, ys, xs, m0, mvalid, NV >= 2 ? 2 : 1);
+                else FN(tile)(xg, wb, e, ob, p, ys, xs, m0, mvalid, 1);
                 k += T;
             }
             if (vrow == 0)
-                for (int y = y0; y < y1; y++) FN(fwd_scalar)(xg, wb, bias, ob, p, y, 0, p->Wo, m0, mvalid);
+                for (int y = y0; y < y1; y++) FN(fwd_scalar)(xg, wb, e, ob, p, y, 0, p->Wo, m0, mvalid);
         }
     }
 }

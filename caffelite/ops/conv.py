@@ -10,8 +10,14 @@ skip the GEMM: kh*kw weighted shifted slices, and the transposed form is compute
 gradient of a stride-1 convolution is computed as a forward correlation with the flipped kernel (~12% faster
 than col2im's read-modify-write passes); other strides use chunked col2im.
 
-Measured on the 2-core CPU: the GEMMs are ~90% of the convolution time (OpenBLAS sgemm near its peak); a
-Winograd F(2x2,3x3) variant and a "flat shift" im2col were tried and lost to this path, so they are not kept.
+When the optional compiled kernels are built (:mod:`caffelite.ops.native`) and the arrays are float32 NumPy,
+the forward of every non-1x1, non-depthwise convolution, the stride-1 data gradient and the weight gradient of
+kernels 1, 3 or 5 wide go to direct kernels instead: on jsegnet21v2's grouped 3x3 layers (8-32 channels per
+group) the GEMMs have 8-32 rows and run far below BLAS peak, and the column matrix is 9x the input. The
+GEMM path below stays the reference (float64, CuPy, other shapes, and ``native.enabled(False)``).
+
+Measured on the 2-core CPU without the kernels: the GEMMs are ~90% of the convolution time; a Winograd
+F(2x2,3x3) variant and a "flat shift" im2col were tried and lost to this path, so they are not kept.
 
 Scratch buffers come from :func:`caffelite.ops.im2col.workspace` (shared, not thread-safe: one net computes
 at a time per process).

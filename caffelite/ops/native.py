@@ -38,13 +38,18 @@ class _Geom(ctypes.Structure):
     _fields_ += [("tap_off", ctypes.c_long * _MAX_KW)]
 
 
+class _Epilogue(ctypes.Structure):
+    _fields_ = [("bias", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("shift", ctypes.c_void_p),
+                ("relu", ctypes.c_int), ("slope", ctypes.c_float)]
+
+
 class _Lib:
     """The loaded library, the chosen instruction set and the thread pool."""
 
     def __init__(self, path: str):
         lib = ctypes.CDLL(path)
-        if lib.cl_geom_size() != ctypes.sizeof(_Geom):
-            raise ImportError(f"{path}: geometry struct size mismatch (rebuild caffelite)")
+        if lib.cl_geom_size() != ctypes.sizeof(_Geom) or lib.cl_epilogue_size() != ctypes.sizeof(_Epilogue):
+            raise ImportError(f"{path}: struct layout mismatch (rebuild caffelite: pip install -e .)")
         ptr, lng = ctypes.c_void_p, ctypes.c_long
         lib.cl_conv_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, lng, lng]
         lib.cl_conv_dw.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, lng, lng]
@@ -206,17 +211,25 @@ def weight_grad_supported(g: ConvGeometry) -> bool:
     return _LIB is not None and _LIB.lib.cl_dw_block(_ISAS.index(_LIB.isa), g.kw) > 0
 
 
-def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_native"):
-    """Convolution forward into ``out`` (N, Cout, Ho, Wo), C-contiguous float32; ``b`` (Cout,) or None."""
+def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_native", scale=None, shift=None,
+                 relu_slope=None):
+    """Convolution forward into ``out`` (N, Cout, Ho, Wo), C-contiguous float32; ``b`` (Cout,) or None.
+
+    Optional epilogue per output channel m, in this order: ``* scale[m] + shift[m]`` (an inference BatchNorm
+    or Scale folded in; both or neither), then a ReLU with ``relu_slope`` (0 for a plain ReLU).
+    """
     lib = _LIB
     n, cout, ho, wo = out.shape
     xs, hp, wq = _phase_split(x, g, ho, wo, slot)
     p = _geom(x.shape, hp, wq, cout, group, g, ho, wo, lib.mb)
     wpk = _pack(w, group, lib.mb)
     ntasks = _chunking(p, n, lib.threads, lib.mb)
-    bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
-    lib.run(lib.lib.cl_conv_fwd, (_ptr(xs), _ptr(wpk), None if bias is None else _ptr(bias), _ptr(out),
-                                  ctypes.byref(p)), ntasks)
+    keep = [None if a is None else np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in (b, scale, shift)]
+    if (keep[1] is None) != (keep[2] is None):
+        raise ValueError("scale and shift go together")
+    e = _Epilogue(*[None if a is None else _ptr(a) for a in keep], relu_slope is not None,
+                  0.0 if relu_slope is None else float(relu_slope))
+    lib.run(lib.lib.cl_conv_fwd, (_ptr(xs), _ptr(wpk), ctypes.byref(e), _ptr(out), ctypes.byref(p)), ntasks)
     return out
 
 
