@@ -121,9 +121,62 @@ class ArgMaxLayer(Layer):
         vals = xp.take_along_axis(rev, ri, axis=axis)
         return (n - 1) - ri, vals
 
+    def _top1_running(self, x, axis, dst):
+        """Top-1 indices along ``axis`` written into ``dst`` (the top, axis of size 1) by a running compare
+        over the axis' slices, or False (``dst`` partly written) when a slice holds a NaN.
+
+        ``v >= best`` hands ties to the later (larger) index, as :meth:`_topk`; the winning index is kept as
+        max(index, k * hit) in bytes (k grows with the loop, so a hit always raises it). np.argmax along a
+        strided axis is a per-pixel C loop; this is a few vectorized passes per slice, run over blocks of
+        positions that stay in cache. ``maximum`` propagates NaN, so a NaN anywhere shows in ``best``: that
+        (rare) case is left to :meth:`_topk`, which follows np.argmax's NaN rule.
+        """
+        xp = backend.get_array_module(x)
+        if not dst.flags.c_contiguous:
+            return False
+        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        n, inner = x.shape[axis], int(np.prod(x.shape[axis + 1:], dtype=np.int64))
+        x3 = x.reshape(outer, n, inner)
+        d2 = dst.reshape(outer, inner)
+        # blocks of about 64K positions on the CPU (best, hit and index stay in L2); one block on a GPU
+        block = 1 << 16 if xp is np else outer * inner
+        ob, ib = (1, block) if inner >= block else (max(1, block // inner), inner)
+        size = ob * ib
+        best = xp.empty(size, x.dtype)
+        hit = xp.empty(size, np.bool_)
+        arg = xp.empty(size, np.uint8)
+        for o0 in range(0, outer, ob):
+            o1 = min(outer, o0 + ob)
+            for i0 in range(0, inner, ib):
+                i1 = min(inner, i0 + ib)
+                shape = (o1 - o0, i1 - i0)
+                m = shape[0] * shape[1]
+                bb, hh, aa = best[:m].reshape(shape), hit[:m].reshape(shape), arg[:m].reshape(shape)
+                h8 = hh.view(np.uint8)
+                x0, x1 = x3[o0:o1, 0, i0:i1], x3[o0:o1, 1, i0:i1]
+                xp.greater_equal(x1, x0, out=hh)
+                xp.maximum(x0, x1, out=bb)
+                aa[...] = h8
+                for k in range(2, n):
+                    v = x3[o0:o1, k, i0:i1]
+                    xp.greater_equal(v, bb, out=hh)
+                    xp.maximum(bb, v, out=bb)
+                    xp.multiply(h8, np.uint8(k), out=h8)
+                    xp.maximum(aa, h8, out=aa)
+                if bool(xp.isnan(bb.max())):
+                    return False
+                d2[o0:o1, i0:i1] = aa
+        return True
+
     def forward(self, bottom, top):
         x = bottom[0].data
         if self.has_axis:
+            n = x.shape[self.axis]
+            inner = int(np.prod(x.shape[self.axis + 1:], dtype=np.int64))
+            # the running compare pays off when the slices are long runs; indices are kept in bytes
+            if (self.top_k == 1 and not self.out_max_val and 2 <= n <= 256 and inner >= 64
+                    and self._top1_running(x, self.axis, top[0].data)):
+                return
             idx, vals = self._topk(x, self.axis)
             top[0].data[...] = vals if self.out_max_val else idx.astype(x.dtype)
             return
