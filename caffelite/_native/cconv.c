@@ -22,6 +22,7 @@ struct geom {
     int kh, kw, sh, dh;       /* kernel, row stride, row dilation */
     int Ho, Wo;               /* output size */
     int rg, bg;               /* forward chunk: output rows, channel blocks */
+    int kc;                   /* forward: input channels summed per pass over a chunk */
     long tap_off[MAX_KW];     /* offset of kernel column j inside a phase-split row: phase*Wq + column */
 };
 

@@ -25,18 +25,23 @@ typedef int FN(ivec) __attribute__((vector_size(VW * 4)));
  * registers. */
 TARGET static inline __attribute__((always_inline)) void FN(tile)(
     const float *xg, const float *wb, const struct epilogue *e, float *ob, const struct geom *p, const int *ys,
-    const int *xs, int m0, int mvalid, const int T)
+    const int *xs, const int *skip, int m0, int mvalid, int c0, int c1, const int T)
 {
     FN(vec) acc[MB][NV];
     long src0[NV];
     const long rowlen = (long)p->S * p->Wq;
+    const long ostride = (long)p->Ho * p->Wo;
 #pragma GCC unroll 8
     for (int v = 0; v < T; v++) src0[v] = (long)ys[v] * p->sh * rowlen + xs[v];
+    /* input channels c0..c1 of the group: the first range starts from zero, later ones from the partial sums
+     * stored in the output (float32 either way, so the result does not depend on the ranges) */
 #pragma GCC unroll 64
     for (int m = 0; m < MB; m++)
 #pragma GCC unroll 8
-        for (int v = 0; v < T; v++) acc[m][v] = (FN(vec)){0};
-    for (int c = 0; c < p->Cg; c++) {
+        for (int v = 0; v < T; v++)
+            acc[m][v] = (c0 == 0 || m >= mvalid) ? (FN(vec)){0}
+                        : *(const FN(uvec) *)(ob + m * ostride + (long)ys[v] * p->Wo + xs[v]);
+    for (int c = c0; c < c1; c++) {
         for (int i = 0; i < p->kh; i++) {
             const float *row = xg + ((long)c * p->Hp + (long)i * p->dh) * rowlen;
             const float *wp = wb + ((long)(c * p->kh + i) * p->kw) * MB;
@@ -53,7 +58,17 @@ TARGET static inline __attribute__((always_inline)) void FN(tile)(
             }
         }
     }
-    const long ostride = (long)p->Ho * p->Wo;
+    /* a row's last vector overlaps pixels of the previous one (skip[v] lanes): those lanes are not stored, so
+     * each pixel is written by exactly one vector (partial sums must not be added twice) */
+    if (c1 < p->Cg) { /* partial sums */
+        for (int m = 0; m < mvalid; m++)
+            for (int v = 0; v < T; v++) {
+                float *o = ob + m * ostride + (long)ys[v] * p->Wo + xs[v];
+                if (skip[v] == 0) *(FN(uvec) *)o = acc[m][v];
+                else for (int l = skip[v]; l < VW; l++) o[l] = acc[m][v][l];
+            }
+        return;
+    }
     for (int m = 0; m < mvalid; m++) {
         const float bm = e->bias ? e->bias[m0 + m] : 0.0f;
         for (int v = 0; v < T; v++) {
@@ -63,7 +78,9 @@ TARGET static inline __attribute__((always_inline)) void FN(tile)(
                 const FN(ivec) neg = o < 0.0f;
                 o = (FN(vec))(((FN(ivec))(o * e->slope) & neg) | ((FN(ivec))o & ~neg));
             }
-            *(FN(uvec) *)(ob + m * ostride + (long)ys[v] * p->Wo + xs[v]) = o;
+            float *dst = ob + m * ostride + (long)ys[v] * p->Wo + xs[v];
+            if (skip[v] == 0) *(FN(uvec) *)dst = o;
+            else for (int l = skip[v]; l < VW; l++) dst[l] = o[l];
         }
     }
 }
@@ -109,6 +126,8 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilog
         const int y0 = rgi * p->rg, y1 = y0 + p->rg < p->Ho ? y0 + p->rg : p->Ho;
         const int b0 = bgi * p->bg, b1 = b0 + p->bg < nblk ? b0 + p->bg : nblk;
         const int nvec = (y1 - y0) * vrow;
+        for (int c0 = 0; c0 < p->Cg; c0 += p->kc) {
+        const int c1 = c0 + p->kc < p->Cg ? c0 + p->kc : p->Cg;
         for (int gb = b0; gb < b1; gb++) {
             const int g = gb / p->nmb, b = gb % p->nmb;
             const int m0 = g * p->Mg + b * MB;
@@ -116,7 +135,7 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilog
             const float *wb = wpk + gb * wblock;
             const float *xg = x + (n * p->C + (long)g * p->Cg) * plane;
             float *ob = out + (n * p->Cout + m0) * (long)p->Ho * p->Wo;
-            int ys[NV], xs[NV];
+            int ys[NV], xs[NV], skip[NV];
             for (int k = 0; k < nvec;) {
                 const int left = nvec - k;
                 /* NV vectors per tile; end with 2-vector tiles rather than a 1-vector one */
@@ -125,14 +144,16 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilog
                     const int kv = k + v, r = kv % vrow;
                     ys[v] = y0 + kv / vrow;
                     xs[v] = r * VW + VW <= p->Wo ? r * VW : p->Wo - VW;
+                    skip[v] = r * VW - xs[v];
                 }
-                if (T == 3) FN(tile)(xg, wb, e, ob, p, ys, xs, m0, mvalid, NV >= 3 ? 3 : 1);
-                else if (T == 2) FN(tile)(xg, wb, e, ob, p, ys, xs, m0, mvalid, NV >= 2 ? 2 : 1);
-                else FN(tile)(xg, wb, e, ob, p, ys, xs, m0, mvalid, 1);
+                if (T == 3) FN(tile)(xg, wb, e, ob, p, ys, xs, skip, m0, mvalid, c0, c1, NV >= 3 ? 3 : 1);
+                else if (T == 2) FN(tile)(xg, wb, e, ob, p, ys, xs, skip, m0, mvalid, c0, c1, NV >= 2 ? 2 : 1);
+                else FN(tile)(xg, wb, e, ob, p, ys, xs, skip, m0, mvalid, c0, c1, 1);
                 k += T;
             }
-            if (vrow == 0)
+            if (vrow == 0 && c1 == p->Cg)
                 for (int y = y0; y < y1; y++) FN(fwd_scalar)(xg, wb, e, ob, p, y, 0, p->Wo, m0, mvalid);
+        }
         }
     }
 }

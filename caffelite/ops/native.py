@@ -34,7 +34,7 @@ _ISAS = ("generic", "avx2", "avx512")
 class _Geom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in
                 ("N", "C", "Hp", "S", "Wq", "Cout", "G", "Cg", "Mg", "nmb", "kh", "kw", "sh", "dh", "Ho", "Wo",
-                 "rg", "bg")]
+                 "rg", "bg", "kc")]
     _fields_ += [("tap_off", ctypes.c_long * _MAX_KW)]
 
 
@@ -183,10 +183,14 @@ def _pack(w, group: int, mb: int):
 #: 1-2 MB L2, so both stay resident while the chunk's (block, row) pairs are computed)
 CHUNK_WEIGHT_BYTES = 256 << 10
 CHUNK_INPUT_BYTES = 384 << 10
+#: input bytes of one pass over a chunk (a few input channels; L1 is 32-48 KB)
+CHUNK_L1_BYTES = 24 << 10
+PASS_MIN_CHANNELS = 32
 
 
 def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
-    """Choose rows and channel blocks per forward chunk (p.rg, p.bg); returns the number of chunks."""
+    """Choose rows and channel blocks per forward chunk (p.rg, p.bg) and input channels per pass (p.kc);
+    returns the number of chunks."""
     nblk = p.G * p.nmb
     p.bg = max(1, min(nblk, CHUNK_WEIGHT_BYTES // (p.Cg * p.kh * p.kw * mb * 4)))
     row_bytes = p.Cg * p.S * p.Wq * 4
@@ -198,6 +202,10 @@ def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
             p.rg = -(-p.rg // 2)
         else:
             p.bg = -(-p.bg // 2)
+    # input channels per pass over a chunk: their rows of the chunk stay in L1; at least PASS_MIN_CHANNELS, as
+    # each pass reloads and stores the tile's partial sums
+    l1 = CHUNK_L1_BYTES // (row_bytes // p.Cg * (p.rg * p.sh + (p.kh - 1) * p.dh))
+    p.kc = max(1, min(p.Cg, max(l1, PASS_MIN_CHANNELS)))
     return n * -(-p.Ho // p.rg) * -(-nblk // p.bg)
 
 
