@@ -51,6 +51,20 @@ def _chan_sum(a):
     return a.sum(axis=2).sum(axis=0)
 
 
+#: bytes of the input one block of the blocked TRAIN passes covers (NumPy): its temporaries then stay in a
+#: core's L2 cache, so each pass reads and writes the large arrays once instead of once per operation
+BLOCK_BYTES = 1 << 20
+
+
+def _row_blocks(xp, rows, row_len, itemsize):
+    """Slices over the rows of an (N·C, S) view: whole rows (a row's sum is then bitwise the one of
+    ``_chan_sum``), about :data:`BLOCK_BYTES` each on the CPU; one block on a GPU (no gain from blocking)."""
+    if xp is not np:
+        return [slice(0, rows)]
+    k = max(1, BLOCK_BYTES // max(1, row_len * itemsize))
+    return [slice(i, min(i + k, rows)) for i in range(0, rows, k)] or [slice(0, rows)]
+
+
 def _as_vec(a):
     return np.asarray(to_numpy(a), dtype=np.float32).reshape(-1)
 
@@ -209,6 +223,7 @@ class BatchNormLayer(Layer):
                 spec.lr_mult, spec.decay_mult = lr, decay
         self.param_propagate_down = [lr != 0 for lr, _ in self.param_specs]
         self._x, self._xbuf = None, None
+        self.xhat = None
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -281,19 +296,66 @@ class BatchNormLayer(Layer):
             if gamma is not None:
                 xp.add(y, self._vec(self.blobs[4].data), out=y)
             return
+        self._train_forward(xp, x, top[0].data, gamma)
+
+    def _scratch(self, name, shape, like):
+        """A work array kept on the layer across iterations (made anew when the shape or dtype changes)."""
+        xp = get_array_module(like)
+        buf = getattr(self, name, None)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or get_array_module(buf) is not xp:
+            buf = xp.empty(shape, like.dtype)
+            setattr(self, name, buf)
+        return buf
+
+    def _rows(self, xp, v):
+        """A per-channel vector as an (N·C, 1) column matching the rows of the (N·C, S) views."""
+        return xp.tile(v.reshape(-1), self.n)[:, None]
+
+    def _train_forward(self, xp, x, top_data, gamma):
+        """Batch statistics, in blocks of whole rows of the (N·C, S) view so that the temporaries stay in
+        cache: one pass for Σx, one writing x − μ and its per-row Σ(x − μ)², one scaling that to x̂ (kept for
+        backward) and writing y. Each value comes from the same float operations, in the same order, as the
+        plain two-pass form ``σ² = Σ(x − μ)²/m`` (biased), ``x̂ = (x − μ)·(σ² + eps)^-½``, ``y = x̂·γ + β``, and
+        each row's sum is NumPy's pairwise sum of the whole row, so the results are bitwise those of it."""
+        n, c = self.n, self.channels
+        rows = n * c
+        xr = x.reshape(rows, -1)
+        yr = top_data.reshape(xr.shape) if top_data.flags.c_contiguous else xp.empty(xr.shape, xr.dtype)
+        blocks = self._blocks = _row_blocks(xp, rows, xr.shape[1], xr.dtype.itemsize)
+        tmp = self._scratch("_tmp", (blocks[0].stop, xr.shape[1]), xr)
+        keep = self.needs_backward
+        # x̂ (N, C, S), kept for backward (an in-place successor such as ReLU may rewrite the top before it)
+        self.xhat = self._scratch("_xhbuf", x.shape, x) if keep else None
+        xh = self.xhat.reshape(xr.shape) if keep else None
         mean = _chan_sum(x) / self.m
-        xhat = x - self._vec(mean)
-        var = _chan_sum(xhat * xhat) / self.m  # two-pass, biased
+        mrow = self._rows(xp, mean)
+        sq = xp.empty(rows, xr.dtype)
+        for b in blocks:
+            t = tmp[:b.stop - b.start]
+            d = xh[b] if keep else t
+            xp.subtract(xr[b], mrow[b], out=d)
+            xp.multiply(d, d, out=t)
+            t.sum(axis=1, out=sq[b])
+        var = sq.reshape(n, c).sum(axis=0) / self.m  # two-pass, biased
         self._update_running(mean, var)
         self.inv_std = self._vec(1 / xp.sqrt(var + self.eps))
-        xhat *= self.inv_std
-        # kept for backward (an in-place successor such as ReLU may rewrite the top before it)
-        self.xhat = xhat if self.needs_backward else None
-        if gamma is None:
-            y[...] = xhat
-        else:
-            xp.multiply(xhat, gamma, out=y)
-            xp.add(y, self._vec(self.blobs[4].data), out=y)
+        irow = self._rows(xp, self.inv_std)
+        if gamma is not None:
+            grow, brow = self._rows(xp, gamma), self._rows(xp, self.blobs[4].data)
+        for b in blocks:
+            if keep:
+                t = xh[b]
+            else:
+                t = tmp[:b.stop - b.start]
+                xp.subtract(xr[b], mrow[b], out=t)
+            xp.multiply(t, irow[b], out=t)  # x̂
+            if gamma is None:
+                yr[b] = t
+            else:
+                xp.multiply(t, grow[b], out=yr[b])
+                xp.add(yr[b], brow[b], out=yr[b])
+        if not top_data.flags.c_contiguous:
+            top_data[...] = yr.reshape(top_data.shape)
 
     def _global_xhat(self):
         """x̂ under global statistics, rebuilt for dγ from the input kept by forward."""
@@ -302,33 +364,65 @@ class BatchNormLayer(Layer):
         return (self._x - self.mean) * self.inv_std
 
     def backward(self, top, propagate_down, bottom):
+        if not self.use_global:
+            self._train_backward(top, propagate_down, bottom)
+            return
         xp = get_array_module(top[0].diff)
         dy = self._view(top[0].diff)
-        xhat = self.xhat
         scale = self.inv_std
-        if self.scale_bias or not self.use_global:
-            if xhat is None:
-                xhat = self._global_xhat()
-            dgamma = _chan_sum(dy * xhat)
-            dbeta = _chan_sum(dy)
         if self.scale_bias:
-            if self.engine == "caffe":  # §d.4: the CAFFE engine overwrites its param diffs
-                self.blobs[3].diff[...], self.blobs[4].diff[...] = dgamma, dbeta
-            else:
-                self.blobs[3].diff[...] += dgamma
-                self.blobs[4].diff[...] += dbeta
+            xhat = self._global_xhat()
+            self._param_diffs(_chan_sum(dy * xhat), _chan_sum(dy))
+            scale = scale * self._vec(self.blobs[3].data)
+        if propagate_down[0]:
+            xp.multiply(dy, scale, out=self._view(bottom[0].diff))
+
+    def _param_diffs(self, dgamma, dbeta):
+        if self.engine == "caffe":  # §d.4: the CAFFE engine overwrites its param diffs
+            self.blobs[3].diff[...], self.blobs[4].diff[...] = dgamma, dbeta
+        else:
+            self.blobs[3].diff[...] += dgamma
+            self.blobs[4].diff[...] += dbeta
+
+    def _train_backward(self, top, propagate_down, bottom):
+        """Batch statistics: ``dγ = Σ dy·x̂``, ``dβ = Σ dy``, ``dx = γ/σ · (dy − x̂·dγ/m − dβ/m)`` (§d.4; BVLC with
+        γ = 1), in blocks as forward: one pass for the two sums, one writing dx, with the float operations of
+        the plain form in its order (bitwise equal to it)."""
+        if self.xhat is None:
+            raise self.error("backward after a TRAIN forward that kept nothing (needs_backward was False)")
+        dy = top[0].diff
+        xp = get_array_module(dy)
+        n, c = self.n, self.channels
+        rows = n * c
+        xh = self.xhat.reshape(rows, -1)
+        dyr = dy.reshape(xh.shape)
+        blocks = self._blocks
+        tmp = self._scratch("_tmp", (blocks[0].stop, xh.shape[1]), xh)
+        gs, bs = xp.empty(rows, xh.dtype), xp.empty(rows, xh.dtype)
+        for b in blocks:
+            t = tmp[:b.stop - b.start]
+            xp.multiply(dyr[b], xh[b], out=t)
+            t.sum(axis=1, out=gs[b])
+            dyr[b].sum(axis=1, out=bs[b])
+        dgamma = gs.reshape(n, c).sum(axis=0)
+        dbeta = bs.reshape(n, c).sum(axis=0)
+        scale = self.inv_std
+        if self.scale_bias:
+            self._param_diffs(dgamma, dbeta)
             scale = scale * self._vec(self.blobs[3].data)
         if not propagate_down[0]:
             return
-        if self.use_global:
-            dx = dy * scale
-        else:
-            # dx = γ/σ · (dy − mean(dy) − x̂·mean(dy·x̂)), means per channel over N·H·W (§d.4; BVLC with γ = 1)
-            dx = xhat * self._vec(dgamma / self.m)
-            xp.subtract(dy, dx, out=dx)
-            dx -= self._vec(dbeta / self.m)
-            dx *= scale
-        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+        arow, brow, srow = self._rows(xp, dgamma / self.m), self._rows(xp, dbeta / self.m), self._rows(xp, scale)
+        diff = bottom[0].diff
+        dxr = diff.reshape(xh.shape) if diff.flags.c_contiguous else xp.empty(xh.shape, diff.dtype)
+        for b in blocks:
+            t = tmp[:b.stop - b.start]
+            xp.multiply(xh[b], arow[b], out=t)
+            xp.subtract(dyr[b], t, out=t)
+            xp.subtract(t, brow[b], out=t)
+            xp.multiply(t, srow[b], out=dxr[b])
+        if not diff.flags.c_contiguous:
+            diff[...] = dxr.reshape(diff.shape)
 
 
 __all__ = ["BatchNormLayer", "convert_blobs", "split_for_bvlc", "is_jacinto_param", "has_scale_bias"]

@@ -11,10 +11,34 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..layer import Layer, register
-from .softmax import canonical_axis, softmax, split_axis
+from .softmax import canonical_axis, split_axis
 
 #: Caffe clamps each probability at FLT_MIN before the log, so one pixel's loss is at most -log(FLT_MIN) ≈ 87.34
 FLT_MIN = float(np.finfo(np.float32).tiny)
+
+#: bytes of prediction one block of SoftmaxWithLoss's blocked passes covers on the CPU: the block's
+#: temporaries stay in a core's L2 cache, so each pass reads and writes the large arrays once
+BLOCK_BYTES = 1 << 18
+
+
+def _blocks(xp, outer, channels, inner, itemsize):
+    """``(outer slice, inner slice)`` pairs covering an (outer, C, inner) array, about :data:`BLOCK_BYTES` each
+    on the CPU (whole outer rows when one fits, else slices of the inner axis of one outer row); one block on
+    a GPU. A block's sums over C are then bitwise the whole array's: NumPy adds the C values of a column in
+    order whenever the block is at least 2 wide (one column alone would be summed pairwise), so no inner
+    slice is narrower than 2 unless the inner axis is."""
+    if xp is not np:
+        return [(slice(None), slice(None))]
+    per_outer = max(1, channels * inner * itemsize)
+    w = max(2, BLOCK_BYTES // max(1, channels * itemsize))
+    if per_outer <= BLOCK_BYTES or w >= inner:
+        k = max(1, BLOCK_BYTES // per_outer)
+        return [(slice(o, min(o + k, outer)), slice(None)) for o in range(0, outer, k)]
+    starts = list(range(0, inner, w))
+    if inner - starts[-1] < 2:
+        starts.pop()  # the previous slice takes the last column
+    ends = starts[1:] + [inner]
+    return [(slice(o, o + 1), slice(i, j)) for o in range(outer) for i, j in zip(starts, ends, strict=True)]
 
 
 class LossLayer(Layer):
@@ -114,26 +138,50 @@ class SoftmaxWithLossLayer(LossLayer):
 
     def _labels(self, label_data, xp):
         lbl = label_data.reshape(self.outer, self.inner).astype(xp.int64)  # truncation, like static_cast<int>
-        valid = xp.ones(lbl.shape, dtype=bool) if self.ignore is None else lbl != self.ignore
-        bad = valid & ((lbl < 0) | (lbl >= self.channels))
-        if bool(bad.any()):
+        if self.ignore is None:
+            valid, idx = xp.ones(lbl.shape, dtype=bool), lbl
+        else:
+            valid = lbl != self.ignore
+            idx = xp.where(valid, lbl, 0)
+        # one comparison for both bounds: a negative label is a huge unsigned one
+        if bool((idx.view(xp.uint64) >= self.channels).any()):
             raise self.error(f"label values must lie in [0, {self.channels}) (or equal ignore_label)")
-        return xp.where(valid, lbl, 0), valid
+        return idx, valid
+
+    def _prob_buffer(self, x, xp):
+        """The probabilities' array, kept across iterations (made anew when the shape or dtype changes)."""
+        shape = (self.outer, self.channels, self.inner)
+        buf = getattr(self, "_probbuf", None)
+        if buf is None or buf.shape != shape or buf.dtype != x.dtype or get_array_module(buf) is not xp:
+            buf = self._probbuf = xp.empty(shape, x.dtype)
+            self._base = (xp.arange(self.outer, dtype=xp.int64)[:, None] * (self.channels * self.inner)
+                          + xp.arange(self.inner, dtype=xp.int64)[None, :])
+        return buf
 
     def forward(self, bottom, top):
         xp = get_array_module(bottom[0].data)
         x = bottom[0].data.reshape(self.outer, self.channels, self.inner)
-        self.prob = softmax(x, 1)
+        prob = self.prob = self._prob_buffer(x, xp)
+        self._blocks = _blocks(xp, self.outer, self.channels, self.inner, x.dtype.itemsize)
+        # the softmax of softmax.softmax (max subtracted, exp, divided by the sum over C: the same float
+        # operations), block by block, written straight into the kept probabilities
+        for so, si in self._blocks:
+            xb, pb = x[so, :, si], prob[so, :, si]
+            xp.subtract(xb, xb.max(axis=1, keepdims=True), out=pb)
+            xp.exp(pb, out=pb)
+            xp.divide(pb, pb.sum(axis=1, keepdims=True), out=pb)
         idx, valid = self._labels(bottom[1].data, xp)
-        p = xp.take_along_axis(self.prob, idx[:, None, :], axis=1)[:, 0, :]
-        pix = -xp.log(xp.maximum(p, FLT_MIN))
+        p = xp.take(prob.reshape(-1), idx * self.inner + self._base)  # each pixel's p_label
+        xp.maximum(p, FLT_MIN, out=p)
+        xp.log(p, out=p)
+        pix = xp.negative(p, out=p)
         if self.label_weights.size:
             pix = pix * xp.asarray(self.label_weights, dtype=pix.dtype)[idx]
         loss = xp.where(valid, pix, 0).sum(dtype=xp.float64)
-        count = int(valid.sum())
+        count = int(xp.count_nonzero(valid))
         top[0].data[...] = loss / self.normalizer(self.outer, self.inner, count)
         if len(top) > 1:
-            top[1].data[...] = self.prob.reshape(top[1].shape)
+            top[1].data[...] = prob.reshape(top[1].shape)
         self._valid, self._idx, self._count = valid, idx, count
 
     def backward(self, top, propagate_down, bottom):
@@ -141,10 +189,20 @@ class SoftmaxWithLossLayer(LossLayer):
         if not propagate_down[0]:
             return
         xp = get_array_module(self.prob)
-        onehot = xp.arange(self.channels)[None, :, None] == self._idx[:, None, :]
         scale = float(top[0].diff.reshape(-1)[0]) / self.normalizer(self.outer, self.inner, self._count)
-        dx = (self.prob - onehot) * (self._valid[:, None, :] * scale)
-        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+        # dx = (p − onehot(label))·([valid]·scale): the difference in the blob's dtype, times a float64 factor
+        # per pixel, rounded once to the diff's dtype; block by block, so the onehot and the difference stay small
+        factor = self._valid * scale
+        classes = xp.arange(self.channels).reshape(1, self.channels, 1)
+        diff = bottom[0].diff
+        shape = (self.outer, self.channels, self.inner)
+        dx = diff.reshape(shape) if diff.flags.c_contiguous else xp.empty(shape, diff.dtype)
+        for so, si in self._blocks:
+            onehot = classes == self._idx[so, None, si]
+            d = xp.subtract(self.prob[so, :, si], onehot)
+            xp.multiply(d, factor[so, None, si], out=dx[so, :, si])
+        if not diff.flags.c_contiguous:
+            diff[...] = dx.reshape(diff.shape)
 
 
 @register("SigmoidCrossEntropyLoss")

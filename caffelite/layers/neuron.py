@@ -20,6 +20,52 @@ from .eltwise import copy_into, filled_param_blob, param_propagate
 # Caffe's BNLL clamps exp's argument at this value (bnll_layer.cpp kBNLL_THRESHOLD).
 _BNLL_THRESHOLD = 50.0
 
+#: elements per block of ReLU's forward and backward on the CPU
+RELU_BLOCK = 1 << 17
+_ZEROS = {}
+
+
+def _zeros(dtype):
+    """A read-only block of RELU_BLOCK zeros of ``dtype``, shared by all ReLU layers."""
+    z = _ZEROS.get(dtype)
+    if z is None or z.size < RELU_BLOCK:
+        z = np.zeros(RELU_BLOCK, dtype)
+        z.flags.writeable = False
+        _ZEROS[dtype] = z
+    return z
+
+
+def relu_into(x, out):
+    """``out = max(x, 0)`` (``out`` may be ``x``). NumPy's maximum against a scalar runs a scalar loop; against an
+    array of zeros it runs its vector loop, 3-4x faster and with the same results (NaN kept, −0 → +0), so on
+    the CPU the input goes by blocks against a block of zeros that stays in cache."""
+    xp = backend.get_array_module(x)
+    if xp is not np or not (x.flags.c_contiguous and out.flags.c_contiguous):
+        xp.maximum(x, 0, out=out)
+        return
+    xf, of = x.reshape(-1), out.reshape(-1)
+    n = xf.size
+    z = _zeros(xf.dtype)
+    for i in range(0, n, RELU_BLOCK):
+        j = min(i + RELU_BLOCK, n)
+        np.maximum(xf[i:j], z[:j - i], out=of[i:j])
+
+
+def relu_grad_into(x, dy, out):
+    """``out = dy·[x > 0]`` (``out`` may be ``dy``), by blocks on the CPU so that the mask stays in cache."""
+    xp = backend.get_array_module(x)
+    if xp is not np or not (x.flags.c_contiguous and dy.flags.c_contiguous and out.flags.c_contiguous):
+        xp.multiply(dy, x > 0, out=out)
+        return
+    xf, df, of = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
+    n = xf.size
+    mask = np.empty(min(n, RELU_BLOCK), bool)
+    for i in range(0, n, RELU_BLOCK):
+        j = min(i + RELU_BLOCK, n)
+        m = mask[:j - i]
+        np.greater(xf[i:j], 0, out=m)
+        np.multiply(df[i:j], m, out=of[i:j])
+
 
 class NeuronLayer(Layer):
     """Base of the element-wise layers: shape the top like the bottom, save the input when needed."""
@@ -82,16 +128,15 @@ class ReLULayer(NeuronLayer):
     def forward(self, bottom, top):
         if self.slope == 0:
             # the hot path of every net: write straight into the top (works in place too)
-            x = bottom[0].data
-            backend.get_array_module(x).maximum(x, 0, out=top[0].data)
+            relu_into(bottom[0].data, top[0].data)
             self._saved_x = None
         else:
             super().forward(bottom, top)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0] and self.slope == 0:
-            x = bottom[0].data  # the output when in place: same sign test
-            backend.get_array_module(x).multiply(top[0].diff, x > 0, out=bottom[0].diff)
+            # x: the output when in place (same sign test)
+            relu_grad_into(bottom[0].data, top[0].diff, bottom[0].diff)
         else:
             super().backward(top, propagate_down, bottom)
 
