@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from . import backend, graph
+from . import backend, fusion, graph
 from .blob import Blob
 from .errors import CaffeliteError, NetError
 from .hooks import HookSet, add_debug_info_hooks
@@ -192,6 +192,10 @@ class Net:
         self.params = collections.OrderedDict(
             (n, l.blobs) for n, l in zip(self._layer_names, self.layers, strict=True) if len(l.blobs))
         self._blob_loss_weights = {self._top_ids[i][j]: w for i, lt in enumerate(self._loss_tops) for j, w in lt}
+        #: inference fusion of conv -> BatchNorm/Scale -> ReLU chains (caffelite.fusion); TEST phase only
+        self.fusion = self.phase == TEST
+        self._chains = fusion.plan(self) if self.phase == TEST else {}
+        self._fused_chains = []  # chains the last forward ran fused (re-run unfused before a backward)
         if verbose:
             for name in self.outputs:
                 _info(f"This network produces output {name}", "net.cpp:244")
@@ -265,7 +269,15 @@ class Net:
         h = self.hooks
         for fn in h.forward_start:
             fn(self)
-        for i in range(start, end + 1):
+        chains = self._chains if (self.fusion and not h.before_forward and not h.after_forward) else {}
+        self._fused_chains = []
+        i = start
+        while i <= end:
+            ch = chains.get(i)
+            if ch is not None and ch.last <= end and fusion.run(self, ch):
+                self._fused_chains.append(ch)
+                i = ch.last + 1
+                continue
             layer, b, t = self.layers[i], self._bottom_vecs[i], self._top_vecs[i]
             _named(layer, layer.reshape, b, t)  # Caffe's Layer::Forward reshapes first
             for fn in h.before_forward:
@@ -277,11 +289,24 @@ class Net:
                 top = t[j]
                 top.diff[...] = w  # the top's diff carries the loss weight into backward (Caffe)
                 loss += w * float(top.data.sum())
+            i += 1
         for fn in h.forward_end:
             fn(self)
         return loss
 
+    def _refresh_fused(self):
+        """Run the chains the last forward fused layer by layer, so each layer holds the state its backward
+        reads (the convolution's bottom is unchanged: a blob read by two layers goes through a split)."""
+        for ch in self._fused_chains:
+            for k in range(ch.conv, ch.last + 1):
+                layer, b, t = self.layers[k], self._bottom_vecs[k], self._top_vecs[k]
+                _named(layer, layer.reshape, b, t)
+                layer.forward(b, t)
+        self._fused_chains = []
+
     def _backward_from_to(self, start, end):
+        if self._fused_chains:
+            self._refresh_fused()
         h = self.hooks
         for fn in h.backward_start:
             fn(self)

@@ -272,6 +272,23 @@ class BatchNormLayer(Layer):
             b0[...] = (1 - f) * b0 + f * mean
             b1[...] = (1 - f) * b1 + f * var
 
+    def inference_affine(self, bottom):
+        """Per-channel (scale, shift) with ``top = bottom * scale + shift`` when this layer uses the stored
+        statistics now (TEST, or use_global_stats in BVLC semantics); None when it normalises with the batch's.
+        Used by inference fusion (:mod:`caffelite.fusion`): the same mean, 1/sqrt(var + eps), γ and β as
+        :meth:`forward`, folded into one affine."""
+        if not self.use_global:
+            return None
+        xp = get_array_module(self.blobs[0].data)
+        mean, var = self._running()
+        scale = 1 / xp.sqrt(var + self.eps)
+        if self.scale_bias:
+            scale = scale * self.blobs[3].data.reshape(-1)
+            shift = self.blobs[4].data.reshape(-1) - mean * scale
+        else:
+            shift = -mean * scale
+        return scale, shift
+
     def forward(self, bottom, top):
         xp = get_array_module(bottom[0].data)
         x = self._view(bottom[0].data)

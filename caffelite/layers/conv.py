@@ -168,6 +168,15 @@ class _ConvBase(Layer):
 class ConvolutionLayer(_ConvBase):
     """Caffe's Convolution: weights (Cout, Cin/group, kh, kw), optional bias (Cout)."""
 
+    def forward_fused(self, bottom, top, scale, shift, relu_slope) -> bool:
+        """Forward with the in-place followers of an inference chain folded in (:mod:`caffelite.fusion`):
+        ``* scale + shift`` per channel (or None) and a ReLU with ``relu_slope`` (or None). Returns False,
+        computing nothing, when the compiled kernel cannot take it (the net then runs the layers one by one)."""
+        if len(bottom) != 1:
+            return False
+        return K.conv_forward_epilogue(bottom[0].data, self.blobs[0].data, self._bias(), self.geom, self.group,
+                                       top[0].data, scale, shift, relu_slope)
+
 
 @register("Deconvolution")
 class DeconvolutionLayer(_ConvBase):

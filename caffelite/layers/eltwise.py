@@ -275,6 +275,21 @@ class ScaleLayer(Layer):
             bo, bd, bi = self._bias_dims
             y.reshape(bo, bd, bi)[...] += self.blobs[-1].data.astype(x.dtype, copy=False).reshape(1, bd, 1)
 
+    def inference_affine(self, bottom):
+        """Per-channel (scale, shift) of this layer on an NCHW bottom when it is one (learned gamma over the
+        channel axis, optional beta); None otherwise. Used by inference fusion (:mod:`caffelite.fusion`)."""
+        if len(bottom) != 1 or self.axis != 1 or len(bottom[0].shape) < 2:
+            return None
+        c = bottom[0].shape[1]
+        gamma = self.blobs[0].data
+        if gamma.size != c or self._dims[1] != c:
+            return None
+        xp = backend.get_array_module(gamma)
+        beta = self.blobs[-1].data if self.bias_term else xp.zeros_like(gamma)
+        if beta.size != c:
+            return None
+        return gamma.reshape(-1), beta.reshape(-1)
+
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff
         outer, dim, inner = self._dims

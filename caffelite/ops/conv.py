@@ -202,6 +202,16 @@ def conv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=No
             _gemm_forward(xp, dview[i], wf, g2, h, wd, dx[i].reshape(group, cg, h * wd))
 
 
+def conv_forward_epilogue(x, w, b, g: ConvGeometry, group: int, out, scale, shift, relu_slope) -> bool:
+    """Convolution forward with a per-channel ``* scale + shift`` and/or (leaky) ReLU applied as the outputs are
+    stored (inference fusion, :mod:`caffelite.fusion`). Only the compiled kernel does this: returns False, with
+    nothing computed, when it cannot take the call."""
+    if _is_depthwise(x.shape[1], w.shape[0], group) or not _native_ok(g, x, w, out):
+        return False
+    native.conv_forward(x, w, b, g, group, out, scale=scale, shift=shift, relu_slope=relu_slope)
+    return True
+
+
 def _native_ok(g: ConvGeometry, *arrays) -> bool:
     """Whether the compiled direct kernels take this call (float32 NumPy, contiguous outputs)."""
     return native.usable(*arrays) and native.supports(g) and arrays[-1].flags.c_contiguous
