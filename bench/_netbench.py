@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -108,13 +109,21 @@ class Peer:
 LAYOUTS = ("default", "channels_last")
 
 
+#: idle time before each timed run: a run's worker threads (libgomp's, OpenBLAS's) keep spinning for a few ms
+#: after it returns, and without a gap they would steal a core from the next run (the other process's)
+GAP_S = 0.05
+
+
 def interleaved(run_ours, peer, runs):
-    """Alternate run by run: ours, torch default, torch channels_last (the machine's speed drifts)."""
+    """Alternate run by run: ours, torch default, torch channels_last (the machine's speed drifts), each after
+    an idle gap of :data:`GAP_S`."""
     ours, theirs = [], {k: [] for k in LAYOUTS}
     for _ in range(runs):
+        time.sleep(GAP_S)
         ours.append(run_ours())
         if peer is not None:
             for k in LAYOUTS:
+                time.sleep(GAP_S)
                 theirs[k].append(peer.run(k))
     return ours, (theirs if peer is not None else {})
 

@@ -186,3 +186,22 @@ def test_forward_epilogue_scale_shift_relu(name, slope):
             _close(relu_only, np.where(plain < 0, plain * np.float32(slope), plain))
     with pytest.raises(ValueError):
         native.conv_forward(x, wt, b, g, group, got, scale=scale)
+
+
+def test_forward_in_several_channel_passes(monkeypatch):
+    """Partial sums kept in the output between passes over the input channels (wide layers), with the
+    overlapping last vector of each row and a fused epilogue: same result as one pass."""
+    for case in (CASES[3], CASES[9], CASES[8]):
+        g, group, x, wt, b, _ = _case(case, seed=6)
+        ref = _forward(g, group, x, wt, b, False)
+        cout = wt.shape[0]
+        scale, shift = np.full(cout, 1.5, np.float32), np.full(cout, -0.25, np.float32)
+        for name in ISAS:
+            for kc in (1, 3):
+                monkeypatch.setattr(native, "PASS_CHANNELS", kc)
+                with isa(name):
+                    got = _forward(g, group, x, wt, b, True)
+                    fused = np.empty_like(ref)
+                    native.conv_forward(x, wt, b, g, group, fused, scale=scale, shift=shift, relu_slope=0.0)
+                _close(got, ref)
+                _close(fused, np.maximum(ref * 1.5 - 0.25, 0))
