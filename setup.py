@@ -5,10 +5,9 @@ The extension is optional: without a C compiler the install succeeds and caffeli
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "caffelite._native._cconv",
-    sources=["caffelite/_native/cconv.c"],
-    depends=["caffelite/_native/conv_kernel.h"],
-    extra_compile_args=["-O3", "-std=gnu11"],
-    optional=True,
-)])
+setup(ext_modules=[
+    Extension("caffelite._native._cconv", sources=["caffelite/_native/cconv.c"],
+              depends=["caffelite/_native/conv_kernel.h"], extra_compile_args=["-O3", "-std=gnu11"], optional=True),
+    Extension("caffelite._native._cbn", sources=["caffelite/_native/cbn.c"],
+              extra_compile_args=["-O3", "-std=gnu11"], optional=True),
+])

@@ -258,3 +258,33 @@ def test_video_without_the_video_extra(model, tmp_path, monkeypatch, capsys):
         collect_inputs([str(video)])
     assert main(["infer", "--model", model[0], "--weights", model[1], str(video), "--out", str(tmp_path / "o")]) == 2
     assert "pip install 'caffelite[video]'" in capsys.readouterr().err
+
+
+def test_folder_inputs_include_videos(model, tmp_path, monkeypatch):
+    """A folder's videos are segmented with its images (sorted, subfolders included); without the video
+    extra, a video in a folder gives the extra's message naming that file."""
+    iio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    _blocky_image(folder / "a.png")
+    w = iio.get_writer(str(folder / "sub" / "clip.mp4"), fps=10)
+    for _ in range(3):
+        w.append_data(np.zeros((8, 12, 3), np.uint8))
+    w.close()
+    (folder / "notes.txt").write_text("not an input")
+    assert collect_inputs([str(folder)]) == [("image", str(folder / "a.png")),
+                                             ("video", str(folder / "sub" / "clip.mp4"))]
+    out = run_inference(Segmenter(*model), [str(folder)], str(tmp_path / "o"), progress=False)
+    assert out == [str(tmp_path / "o" / "a.png"), str(tmp_path / "o" / "clip_overlay.mp4")]
+    import sys
+    for mod in [m for m in sys.modules if m == "imageio" or m.startswith("imageio.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "imageio", None)
+    monkeypatch.setitem(sys.modules, "imageio.v2", None)
+    with pytest.raises(InputError, match=r"clip.mp4: video input/output needs the 'video' extra"):
+        collect_inputs([str(folder)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="folder has no images or videos"):
+        collect_inputs([str(empty)])

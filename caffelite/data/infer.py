@@ -42,18 +42,23 @@ def _imageio(path):
 
 
 def collect_inputs(inputs) -> list[tuple[str, str]]:
-    """Expand image files, folders (sorted images), list files (first token per line) and videos into
-    ``(kind, path)`` items, kind ``"image"`` or ``"video"``."""
+    """Expand image files, folders (their images and videos, sorted, subfolders included), list files (first
+    token per line) and videos into ``(kind, path)`` items, kind ``"image"`` or ``"video"``."""
     items = []
     for inp in inputs:
         inp = str(inp)
         ext = os.path.splitext(inp)[1].lower()
         if os.path.isdir(inp):
             found = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(inp) for f in fs
-                           if f.lower().endswith(IMAGE_EXTS))
+                           if f.lower().endswith(IMAGE_EXTS + VIDEO_EXTS))
             if not found:
-                raise InputError(f"{inp}: folder has no images")
-            items += [("image", p) for p in found]
+                raise InputError(f"{inp}: folder has no images or videos")
+            for p in found:
+                if p.lower().endswith(VIDEO_EXTS):
+                    _imageio(p)  # a video needs the extra: say so, naming the file
+                    items.append(("video", p))
+                else:
+                    items.append(("image", p))
         elif not os.path.exists(inp):
             raise InputError(f"{inp}: no such file or folder")
         elif ext in VIDEO_EXTS:

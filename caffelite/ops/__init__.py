@@ -6,7 +6,11 @@ Python loops run over kernel offsets (at most kh*kw iterations of whole-array op
 
 - :mod:`.im2col`: 2-D convolution geometry, padding, im2col via a strided view, col2im via kernel-offset
   slice-adds, and a shared scratch workspace.
-- :mod:`.conv`: grouped convolution forward/backward as batched GEMMs (no im2col for 1x1), depthwise paths.
+- :mod:`.conv`: grouped convolution forward/backward as batched GEMMs (no im2col for 1x1); the reference path.
+- :mod:`.depthwise`: one-channel-per-group (de)convolution as shifted slices (jsegnet's bilinear upsampling).
+- :mod:`.native`: the optional compiled direct-convolution kernels (``caffelite/_native``), which
+  :mod:`.conv` hands float32 NumPy work to when they are built; also the inference epilogue used by
+  :mod:`caffelite.fusion`.
 - :mod:`.pool`: MAX/AVE pooling forward/backward with Caffe's window and divisor rules.
 """
 
