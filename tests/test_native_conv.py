@@ -205,3 +205,14 @@ def test_forward_in_several_channel_passes(monkeypatch):
                     native.conv_forward(x, wt, b, g, group, fused, scale=scale, shift=shift, relu_slope=0.0)
                 _close(got, ref)
                 _close(fused, np.maximum(ref * 1.5 - 0.25, 0))
+
+
+def test_bad_isa_request_warns_and_falls_back_to_numpy():
+    """A bad CAFFELITE_NATIVE_ISA must not break `import caffelite`: one warning, then the NumPy path."""
+    import subprocess
+    import sys
+    env = dict(os.environ, CAFFELITE_NATIVE_ISA="bogus")
+    r = subprocess.run([sys.executable, "-c", "import caffelite.ops.native as n; print(n.available())"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False"
+    assert "CAFFELITE_NATIVE_ISA=bogus" in r.stderr and "RuntimeWarning" in r.stderr

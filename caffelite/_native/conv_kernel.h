@@ -223,7 +223,9 @@ TARGET static inline __attribute__((always_inline)) int FN(dw_tasks)(
 {
     const int nbw = (p->Mg + DM - 1) / DM, ncc = (p->Cg + p->bg - 1) / p->bg;
     const long per_c = (long)p->kh * DM * KW;
-    FN(vec) *acc = (FN(vec) *)aligned_alloc(64, sizeof(FN(vec)) * per_c * p->bg);
+    /* aligned_alloc wants a size that is a multiple of the alignment */
+    const size_t acc_bytes = (sizeof(FN(vec)) * per_c * p->bg + 63) / 64 * 64;
+    FN(vec) *acc = (FN(vec) *)aligned_alloc(64, acc_bytes);
     float *sacc = (float *)malloc(sizeof(float) * per_c * p->bg);
     if (!acc || !sacc) { free(acc); free(sacc); return -3; }
     FN(vec) tail_mask;  /* lanes of a row's last vector not covered by its whole vectors */

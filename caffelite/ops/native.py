@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -60,7 +61,8 @@ class _Lib:
         forced = os.environ.get("CAFFELITE_NATIVE_ISA")
         if forced:
             if forced not in self.supported:
-                raise ImportError(f"CAFFELITE_NATIVE_ISA={forced}: this CPU supports {', '.join(self.supported)}")
+                raise ImportError(f"CAFFELITE_NATIVE_ISA={forced}: not one this CPU runs "
+                                  f"({', '.join(self.supported)})")
             self.isa = forced
         else:
             self.isa = self.supported[-1]
@@ -98,7 +100,13 @@ def _load():
     spec = importlib.util.find_spec("caffelite._native._cconv")
     if spec is None or not spec.origin:
         return None
-    return _Lib(spec.origin)
+    try:
+        return _Lib(spec.origin)
+    except (OSError, ImportError, AttributeError) as e:
+        # a stale or broken build (or a bad CAFFELITE_NATIVE_ISA) must not break `import caffelite`: say why
+        # and run on the NumPy path
+        warnings.warn(f"caffelite: compiled kernels not used: {e}", RuntimeWarning, stacklevel=2)
+        return None
 
 
 _LIB = _load()
@@ -126,7 +134,7 @@ def enabled(flag: bool):
 def info() -> str:
     """One line for logs and benchmarks: instruction set and thread count, or why the kernels are off."""
     if _LIB is None:
-        return "native conv kernels: off (not built, or CAFFELITE_NATIVE=0)"
+        return "native conv kernels: off (not built, CAFFELITE_NATIVE=0, or a load warning above)"
     return f"native conv kernels: {_LIB.isa} ({', '.join(_LIB.supported)} supported), {_LIB.threads} threads"
 
 
