@@ -13,7 +13,17 @@ from google.protobuf import text_format
 import caffelite.layers.batch_norm as bn
 from caffelite.blob import Blob
 from caffelite.layer import TRAIN, create_layer
+from caffelite.ops import native
 from caffelite.proto import caffe_pb2
+
+
+@pytest.fixture(autouse=True)
+def _numpy_path():
+    """These tests pin the NumPy path (the reference) bitwise; tests/test_native_bn.py compares the compiled
+    kernels against it."""
+    with native.enabled(False):
+        yield
+
 
 JSEG = "batch_norm_param { moving_average_fraction: 0.99 eps: 0.0001 scale_bias: true }"  # jsegnet21v2
 CAFFE = "batch_norm_param { scale_bias: true moving_average_fraction: 0.9 engine: CAFFE }"

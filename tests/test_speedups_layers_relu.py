@@ -13,7 +13,17 @@ from google.protobuf import text_format
 import caffelite.layers.neuron as neuron
 from caffelite.blob import Blob
 from caffelite.layer import TRAIN, create_layer
+from caffelite.ops import native
 from caffelite.proto import caffe_pb2
+
+
+@pytest.fixture(autouse=True)
+def _numpy_path():
+    """These tests pin the NumPy path (the reference) bitwise; tests/test_native_bn.py compares the compiled
+    kernels against it."""
+    with native.enabled(False):
+        yield
+
 
 SPECIAL = np.array([-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 1e-39, -1e-39, 1.0, -1.0, 3e38,
                     -3e38])

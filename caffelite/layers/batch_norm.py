@@ -26,6 +26,7 @@ from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..layer import TEST, Layer, register
+from ..ops import native_bn
 from .eltwise import copy_into
 
 #: caffe-jacinto's floor on eps (jacinto.md §d.1; also cuDNN's CUDNN_BN_MIN_EPSILON)
@@ -329,6 +330,20 @@ class BatchNormLayer(Layer):
         return xp.tile(v.reshape(-1), self.n)[:, None]
 
     def _train_forward(self, xp, x, top_data, gamma):
+        """Batch statistics: the compiled kernel for C-contiguous float32 NumPy arrays when it is built and
+        enabled (:mod:`caffelite.ops.native_bn`), else the NumPy passes below (the reference)."""
+        beta = self.blobs[4].data if gamma is not None else None
+        if native_bn.usable(x, top_data, gamma, beta):
+            self.xhat = self._scratch("_xhbuf", x.shape, x) if self.needs_backward else None
+            mean, var, inv = native_bn.bn_train_forward(
+                x, top_data.reshape(x.shape), self.xhat, None if gamma is None else gamma.reshape(-1),
+                None if beta is None else beta.reshape(-1), self.eps)
+            self._update_running(mean, var)
+            self.inv_std = self._vec(inv)
+            return
+        self._numpy_train_forward(xp, x, top_data, gamma)
+
+    def _numpy_train_forward(self, xp, x, top_data, gamma):
         """Batch statistics, in blocks of whole rows of the (N·C, S) view so that the temporaries stay in
         cache: one pass for Σx, one writing x − μ and its per-row Σ(x − μ)², one scaling that to x̂ (kept for
         backward) and writing y. Each value comes from the same float operations, in the same order, as the
@@ -338,7 +353,7 @@ class BatchNormLayer(Layer):
         rows = n * c
         xr = x.reshape(rows, -1)
         yr = top_data.reshape(xr.shape) if top_data.flags.c_contiguous else xp.empty(xr.shape, xr.dtype)
-        blocks = self._blocks = _row_blocks(xp, rows, xr.shape[1], xr.dtype.itemsize)
+        blocks = _row_blocks(xp, rows, xr.shape[1], xr.dtype.itemsize)
         tmp = self._scratch("_tmp", (blocks[0].stop, xr.shape[1]), xr)
         keep = self.needs_backward
         # x̂ (N, C, S), kept for backward (an in-place successor such as ReLU may rewrite the top before it)
@@ -402,18 +417,34 @@ class BatchNormLayer(Layer):
             self.blobs[4].diff[...] += dbeta
 
     def _train_backward(self, top, propagate_down, bottom):
+        """Batch statistics: the compiled kernel when it takes the arrays (as forward), else the NumPy passes."""
+        if self.xhat is None:
+            raise self.error("backward after a TRAIN forward that kept nothing (needs_backward was False)")
+        dy = top[0].diff
+        diff = bottom[0].diff if propagate_down[0] else None
+        if native_bn.usable(dy, self.xhat, diff):
+            scale = self.inv_std.reshape(-1)
+            if self.scale_bias:
+                scale = scale * self.blobs[3].data.reshape(-1)
+            dgamma, dbeta = native_bn.bn_train_backward(
+                dy.reshape(self.xhat.shape), self.xhat, np.ascontiguousarray(scale, np.float32),
+                None if diff is None else diff.reshape(self.xhat.shape))
+            if self.scale_bias:
+                self._param_diffs(dgamma, dbeta)
+            return
+        self._numpy_train_backward(top, propagate_down, bottom)
+
+    def _numpy_train_backward(self, top, propagate_down, bottom):
         """Batch statistics: ``dγ = Σ dy·x̂``, ``dβ = Σ dy``, ``dx = γ/σ · (dy − x̂·dγ/m − dβ/m)`` (§d.4; BVLC with
         γ = 1), in blocks as forward: one pass for the two sums, one writing dx, with the float operations of
         the plain form in its order (bitwise equal to it)."""
-        if self.xhat is None:
-            raise self.error("backward after a TRAIN forward that kept nothing (needs_backward was False)")
         dy = top[0].diff
         xp = get_array_module(dy)
         n, c = self.n, self.channels
         rows = n * c
         xh = self.xhat.reshape(rows, -1)
         dyr = dy.reshape(xh.shape)
-        blocks = self._blocks
+        blocks = _row_blocks(xp, rows, xh.shape[1], xh.dtype.itemsize)  # as forward's (which may have run native)
         tmp = self._scratch("_tmp", (blocks[0].stop, xh.shape[1]), xh)
         gs, bs = xp.empty(rows, xh.dtype), xp.empty(rows, xh.dtype)
         for b in blocks:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import backend
 from ..layer import TRAIN, Layer, register
+from ..ops import native_bn
 from .eltwise import copy_into, filled_param_blob, param_propagate
 
 # Caffe's BNLL clamps exp's argument at this value (bnll_layer.cpp kBNLL_THRESHOLD).
@@ -126,14 +127,27 @@ class ReLULayer(NeuronLayer):
         return self.slope < 0
 
     def forward(self, bottom, top):
-        if self.slope == 0:
+        x, y = bottom[0].data, top[0].data
+        if native_bn.usable(x, y):
+            # the compiled kernel (caffelite/ops/native_bn.py), in place too; with a negative slope the input
+            # cannot be recovered from the output, so it is saved first when backward will need it
+            keep = top[0] is bottom[0] and self.needs_backward and self._input_needed()
+            self._saved_x = copy_into(getattr(self, "_saved_x", None), x) if keep else None
+            native_bn.relu_forward(x, y, self.slope)
+        elif self.slope == 0:
             # the hot path of every net: write straight into the top (works in place too)
-            relu_into(bottom[0].data, top[0].data)
+            relu_into(x, y)
             self._saved_x = None
         else:
             super().forward(bottom, top)
 
     def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            saved = getattr(self, "_saved_x", None)
+            x = saved if saved is not None else bottom[0].data  # in place and not saved: the output, same sign
+            if native_bn.usable(x, top[0].diff, bottom[0].diff):
+                native_bn.relu_backward(x, top[0].diff, bottom[0].diff, self.slope)
+                return
         if propagate_down[0] and self.slope == 0:
             # x: the output when in place (same sign test)
             relu_grad_into(bottom[0].data, top[0].diff, bottom[0].diff)
