@@ -135,7 +135,7 @@ def conv_forward(x, w, b, g: ConvGeometry, group: int, out):
         wm = w.reshape(group, mg, kg)
         if g.is_pointwise:
             xp.matmul(wm, x.reshape(n, group, kg, ho * wo), out=out.reshape(n, group, mg, ho * wo))
-        elif _native_ok(g, x, w, out):
+        elif _native_ok(g, wo, x, w, out):
             return native.conv_forward(x, w, b, g, group, out)
         else:
             view = _padded_view(x, g, ho, wo)
@@ -168,11 +168,11 @@ def conv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=No
         if dx is not None:
             xp.matmul(wm.transpose(0, 2, 1), dym, out=dx.reshape(n, group, kg, L))
         return
-    if dw is not None and _native_ok(g, x, dy, dw) and native.weight_grad_supported(g):
+    if dw is not None and _native_ok(g, wo, x, dy, dw) and native.weight_grad_supported(g, wo):
         native.conv_weight_grad(x, dy, g, group, dw)
         dw = None
     corr = dx is not None and DX_BY_CORRELATION and _dx_correlation_ok(g)
-    if corr and _native_ok(g, dy, w, dx):
+    if corr and _native_ok(g, wd, dy, w, dx):
         g2 = ConvGeometry(g.kh, g.kw, 1, 1, g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw, g.dh, g.dw)
         cg = cin // group
         wf = w.reshape(group, mg, cg, g.kh, g.kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
@@ -206,15 +206,16 @@ def conv_forward_epilogue(x, w, b, g: ConvGeometry, group: int, out, scale, shif
     """Convolution forward with a per-channel ``* scale + shift`` and/or (leaky) ReLU applied as the outputs are
     stored (inference fusion, :mod:`caffelite.fusion`). Only the compiled kernel does this: returns False, with
     nothing computed, when it cannot take the call."""
-    if _is_depthwise(x.shape[1], w.shape[0], group) or not _native_ok(g, x, w, out):
+    if _is_depthwise(x.shape[1], w.shape[0], group) or not _native_ok(g, out.shape[3], x, w, out):
         return False
     native.conv_forward(x, w, b, g, group, out, scale=scale, shift=shift, relu_slope=relu_slope)
     return True
 
 
-def _native_ok(g: ConvGeometry, *arrays) -> bool:
-    """Whether the compiled direct kernels take this call (float32 NumPy, contiguous outputs)."""
-    return native.usable(*arrays) and native.supports(g) and arrays[-1].flags.c_contiguous
+def _native_ok(g: ConvGeometry, out_width: int, *arrays) -> bool:
+    """Whether the compiled direct kernels take this call (float32 NumPy, contiguous outputs, output rows at
+    least one vector wide)."""
+    return native.usable(*arrays) and native.supports(g, out_width) and arrays[-1].flags.c_contiguous
 
 
 #: compute stride-1 data gradients as a correlation (see conv_backward); a switch for benchmarking

@@ -30,6 +30,8 @@ from .im2col import ConvGeometry, pad_into, workspace
 
 _MAX_KW = 32
 _ISAS = ("generic", "avx2", "avx512")
+#: floats per vector of each instruction set's build (cconv.c's VW)
+_VECTOR_WIDTH = {"generic": 4, "avx2": 8, "avx512": 16}
 
 
 class _Geom(ctypes.Structure):
@@ -69,9 +71,18 @@ class _Lib:
         self.threads = _thread_count()
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def run(self, fn, args, ntasks: int):
+    def isa_for(self, width: int):
+        """The widest instruction set, up to the chosen one, whose vectors fit in an output row of ``width``
+        pixels (narrower rows would go through the kernels' scalar code); None below the portable width."""
+        best = None
+        for name in self.supported[:self.supported.index(self.isa) + 1]:
+            if _VECTOR_WIDTH[name] <= width:
+                best = name
+        return best
+
+    def run(self, fn, args, ntasks: int, isa: str):
         """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), split into one contiguous range per thread."""
-        isa = _ISAS.index(self.isa)
+        isa = _ISAS.index(isa)
         parts = min(self.threads, ntasks)
         if parts <= 1 or self.pool is None:
             rc = [fn(isa, *args, 0, ntasks)]
@@ -215,14 +226,18 @@ def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
     return n * -(-p.Ho // p.rg) * -(-nblk // p.bg)
 
 
-def supports(g: ConvGeometry) -> bool:
-    """Geometries the forward kernel takes."""
-    return g.kw <= _MAX_KW
+def supports(g: ConvGeometry, out_width: int) -> bool:
+    """Whether the forward kernel takes this geometry and output row width (rows narrower than a portable
+    vector stay on the NumPy path: the kernel would run its scalar code)."""
+    return _LIB is not None and g.kw <= _MAX_KW and _LIB.isa_for(out_width) is not None
 
 
-def weight_grad_supported(g: ConvGeometry) -> bool:
-    """Whether :func:`conv_weight_grad` takes this kernel width (1, 3 or 5)."""
-    return _LIB is not None and _LIB.lib.cl_dw_block(_ISAS.index(_LIB.isa), g.kw) > 0
+def weight_grad_supported(g: ConvGeometry, out_width: int) -> bool:
+    """Whether :func:`conv_weight_grad` takes this kernel width (1, 3 or 5) and output row width."""
+    if _LIB is None:
+        return False
+    isa = _LIB.isa_for(out_width)
+    return isa is not None and _LIB.lib.cl_dw_block(_ISAS.index(isa), g.kw) > 0
 
 
 def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_native", scale=None, shift=None,
@@ -243,8 +258,16 @@ def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_nat
         raise ValueError("scale and shift go together")
     e = _Epilogue(*[None if a is None else _ptr(a) for a in keep], relu_slope is not None,
                   0.0 if relu_slope is None else float(relu_slope))
-    lib.run(lib.lib.cl_conv_fwd, (_ptr(xs), _ptr(wpk), ctypes.byref(e), _ptr(out), ctypes.byref(p)), ntasks)
+    lib.run(lib.lib.cl_conv_fwd, (_ptr(xs), _ptr(wpk), ctypes.byref(e), _ptr(out), ctypes.byref(p)), ntasks,
+            _checked_isa(lib, wo))
     return out
+
+
+def _checked_isa(lib, width):
+    isa = lib.isa_for(width)
+    if isa is None:
+        raise ValueError(f"output rows of {width} pixels are narrower than a vector: use the NumPy path")
+    return isa
 
 
 #: weight-gradient chunking: dy rows of one channel block read per pass (kept in L1) and the partial sums of
@@ -260,11 +283,13 @@ def conv_weight_grad(x, dy, g: ConvGeometry, group: int, dw):
     xs, hp, wq = _phase_split(x, g, ho, wo, "pad_native_dw")
     p = _geom(x.shape, hp, wq, cout, group, g, ho, wo, lib.mb)
     dyc = np.ascontiguousarray(dy)
-    dm = lib.lib.cl_dw_block(_ISAS.index(lib.isa), g.kw)
+    isa = _checked_isa(lib, wo)
+    dm = lib.lib.cl_dw_block(_ISAS.index(isa), g.kw)
     p.rg = max(1, min(ho, DW_DY_BYTES // (dm * wo * 4)))
     per_c = g.kh * dm * g.kw * 64
     p.bg = max(1, min(p.Cg, DW_ACC_BYTES // per_c))
     nbw = -(-(cout // group) // dm)
     while group * nbw * -(-p.Cg // p.bg) < 4 * lib.threads and p.bg > 1:
         p.bg = -(-p.bg // 2)
-    lib.run(lib.lib.cl_conv_dw, (_ptr(xs), _ptr(dyc), _ptr(dw), ctypes.byref(p)), group * nbw * -(-p.Cg // p.bg))
+    lib.run(lib.lib.cl_conv_dw, (_ptr(xs), _ptr(dyc), _ptr(dw), ctypes.byref(p)), group * nbw * -(-p.Cg // p.bg),
+            isa)
