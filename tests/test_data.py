@@ -236,3 +236,27 @@ def test_mean_value_count_checked_even_when_zero():
         t.apply(np.zeros((3, 2, 2), np.uint8), np.zeros(3))
     one = DataTransformer(_tp(mean_value=[5]), phase=1)
     np.testing.assert_array_equal(one.apply(np.full((3, 2, 2), 7, np.uint8), np.zeros(3)), np.full((3, 2, 2), 2.0))
+
+
+def test_reader_finalizer_inside_the_shared_lock_does_not_block():
+    """The garbage collector may finalize a reader while this thread holds the environments' lock (seen as a
+    hang: GC fired inside lmdb.open); the finalizer must queue the release, not wait for the lock."""
+    import threading
+
+    from caffelite.data import lmdb_io
+    path = os.path.join(os.path.dirname(__file__), "data", "fixtures", "lmdb", "gray_lmdb")
+    r = lmdb_io.LMDBReader(path)
+    entry = r._entry
+    count = entry[1]
+    with lmdb_io._ENVS_LOCK:
+        t = threading.Thread(target=r.__del__)
+        t.start()
+        t.join(5)
+        blocked = t.is_alive()
+    t.join()
+    assert not blocked
+    assert entry in lmdb_io._PENDING and entry[1] == count  # queued, not yet released
+    r2 = lmdb_io.LMDBReader(path)  # the next open settles the queue
+    assert not lmdb_io._PENDING
+    assert len(r2) > 0
+    r2.close()

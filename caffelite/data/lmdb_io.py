@@ -22,6 +22,10 @@ __all__ = ["LMDBReader", "LMDBWriter", "is_lmdb"]
 # path (deleted and created again) gets a fresh environment instead of a stale map.
 _ENVS: dict[str, list] = {}
 _ENVS_LOCK = threading.Lock()
+# Entries dropped by a reader's finalizer. A finalizer may run inside a section that holds _ENVS_LOCK (the
+# garbage collector can fire on any allocation there, e.g. inside lmdb.open), so it must not take the lock:
+# it queues the entry, and the next open or release under the lock settles it (list.append is atomic).
+_PENDING: list = []
 
 
 def _file_id(path: str):
@@ -35,6 +39,7 @@ def _open_shared(path: str) -> list:
     key = os.path.realpath(path)
     fid = _file_id(path)
     with _ENVS_LOCK:
+        _drain_pending()
         entry = _ENVS.get(key)
         if entry is None or entry[2] != fid:
             try:
@@ -46,13 +51,23 @@ def _open_shared(path: str) -> list:
         return entry
 
 
+def _release_locked(entry: list) -> None:
+    entry[1] -= 1
+    if entry[1] <= 0:
+        if _ENVS.get(entry[3]) is entry:
+            del _ENVS[entry[3]]
+        entry[0].close()
+
+
+def _drain_pending() -> None:
+    while _PENDING:
+        _release_locked(_PENDING.pop())
+
+
 def _release_shared(entry: list) -> None:
     with _ENVS_LOCK:
-        entry[1] -= 1
-        if entry[1] <= 0:
-            if _ENVS.get(entry[3]) is entry:
-                del _ENVS[entry[3]]
-            entry[0].close()
+        _drain_pending()
+        _release_locked(entry)
 
 
 def is_lmdb(path) -> bool:
@@ -119,10 +134,10 @@ class LMDBReader:
             self._entry = None
 
     def __del__(self):
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
+        # never take the lock here (see _PENDING): queue the release
+        entry, self._entry = getattr(self, "_entry", None), None
+        if entry is not None:
+            _PENDING.append(entry)
 
     def __enter__(self):
         return self
