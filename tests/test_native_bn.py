@@ -11,17 +11,13 @@ non-contiguous arrays and ``native.enabled(False)``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
-from caffelite.blob import Blob
-from caffelite.layer import TRAIN, create_layer
 from caffelite.ops import native, native_bn
-from caffelite.proto import caffe_pb2
+from native_case import set_scale_bias, single_layer, using_isa
 
 pytestmark = pytest.mark.skipif(os.environ.get("CAFFELITE_NATIVE", "1") == "0",
                                 reason="compiled kernels turned off with CAFFELITE_NATIVE=0")
@@ -35,17 +31,8 @@ def test_extension_is_built_and_loaded():
 ISAS = native_bn._LIB.supported if native_bn.available() else []
 
 
-@contextlib.contextmanager
 def isa(name, threads=None):
-    lib = native_bn._LIB
-    old = lib.isa, lib.threads
-    lib.isa = name
-    if threads is not None:
-        lib.threads = threads
-    try:
-        yield
-    finally:
-        lib.isa, lib.threads = old
+    return using_isa(native_bn._LIB, name, threads)
 
 
 @pytest.fixture
@@ -63,18 +50,9 @@ SHAPES = [(2, 5, 7, 9), (3, 4, 1, 1), (1, 3, 33, 17), (2, 6), (2, 3, 37), (2, 4,
 
 
 def _bn(extra, shape, in_place, dtype=np.float32):
-    p = text_format.Parse(f'name: "bn" type: "BatchNorm" bottom: "x" top: "{"x" if in_place else "y"}" {extra}',
-                          caffe_pb2.LayerParameter())
-    layer = create_layer(p, TRAIN)
+    layer, b, t = single_layer("BatchNorm", extra, shape, in_place, dtype)
     layer.needs_backward = True
-    b = Blob(shape, dtype)
-    t = b if in_place else Blob((), dtype)
-    layer.setup([b], [t])
-    layer.reshape([b], [t])
-    if layer.scale_bias:
-        rs = np.random.default_rng(7)
-        layer.blobs[3].data[...] = rs.uniform(0.5, 1.5, layer.channels)
-        layer.blobs[4].data[...] = rs.uniform(-0.5, 0.5, layer.channels)
+    set_scale_bias(layer)
     return layer, b, t
 
 
@@ -262,14 +240,8 @@ SPECIAL = np.array([-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 
 
 
 def _relu(extra, shape, in_place, dtype=np.float32):
-    p = text_format.Parse(f'name: "r" type: "ReLU" bottom: "x" top: "{"x" if in_place else "y"}" {extra}',
-                          caffe_pb2.LayerParameter())
-    layer = create_layer(p, TRAIN)
+    layer, b, t = single_layer("ReLU", extra, shape, in_place, dtype)
     layer.needs_backward = True
-    b = Blob(shape, dtype)
-    t = b if in_place else Blob((), dtype)
-    layer.setup([b], [t])
-    layer.reshape([b], [t])
     return layer, b, t
 
 

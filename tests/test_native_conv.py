@@ -8,7 +8,6 @@ here instead of silently testing nothing; ``CAFFELITE_NATIVE=0`` is the one docu
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from caffelite.ops import conv as K
 from caffelite.ops import native
 from caffelite.ops.im2col import ConvGeometry
+from native_case import using_isa
 
 pytestmark = pytest.mark.skipif(os.environ.get("CAFFELITE_NATIVE", "1") == "0",
                                 reason="compiled kernels turned off with CAFFELITE_NATIVE=0")
@@ -30,17 +30,8 @@ def test_extension_is_built_and_loaded():
 ISAS = native._LIB.supported if native.available() else []
 
 
-@contextlib.contextmanager
 def isa(name, threads=None):
-    lib = native._LIB
-    old = lib.isa, lib.threads
-    lib.isa = name
-    if threads is not None:
-        lib.threads = threads
-    try:
-        yield
-    finally:
-        lib.isa, lib.threads = old
+    return using_isa(native._LIB, name, threads)
 
 
 # (N, Cin, H, W, Cout, group, k, stride, pad, dilation)

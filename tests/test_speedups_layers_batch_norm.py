@@ -8,13 +8,10 @@ also checked against the textbook formulas.
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
 import caffelite.layers.batch_norm as bn
-from caffelite.blob import Blob
-from caffelite.layer import TRAIN, create_layer
 from caffelite.ops import native
-from caffelite.proto import caffe_pb2
+from native_case import set_scale_bias, single_layer
 
 
 @pytest.fixture(autouse=True)
@@ -31,17 +28,8 @@ BVLC = "batch_norm_param { eps: 0.5 }"
 
 
 def _layer(extra, x, in_place, dtype):
-    p = text_format.Parse(f'name: "bn" type: "BatchNorm" bottom: "x" top: "{"x" if in_place else "y"}" {extra}',
-                          caffe_pb2.LayerParameter())
-    layer = create_layer(p, TRAIN)
-    b = Blob(x.shape, dtype)
-    t = b if in_place else Blob((), dtype)
-    layer.setup([b], [t])
-    layer.reshape([b], [t])
-    if layer.scale_bias:
-        rs = np.random.default_rng(7)
-        layer.blobs[3].data[...] = rs.uniform(0.5, 1.5, layer.channels)
-        layer.blobs[4].data[...] = rs.uniform(-0.5, 0.5, layer.channels)
+    layer, b, t = single_layer("BatchNorm", extra, x.shape, in_place, dtype)
+    set_scale_bias(layer)
     return layer, b, t
 
 

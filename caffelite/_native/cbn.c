@@ -20,11 +20,7 @@
 #include <Python.h>
 #include <math.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define HAVE_X86 1
-#else
-#define HAVE_X86 0
-#endif
+#include "isa.h"
 
 /* Parameters of one BatchNorm call (mirrored by a ctypes Structure in native_bn.py). */
 struct bnp {
@@ -49,7 +45,7 @@ struct bnp {
 #if HAVE_X86
 #define VW 8
 #define FN(x) x##_avx2
-#define TARGET __attribute__((target("avx2,fma")))
+#define TARGET TARGET_AVX2
 #include "cbn.c"
 #undef VW
 #undef FN
@@ -57,25 +53,15 @@ struct bnp {
 
 #define VW 16
 #define FN(x) x##_avx512
-#define TARGET __attribute__((target("avx512f,avx512dq,avx512vl,fma")))
+#define TARGET TARGET_AVX512
 #include "cbn.c"
 #undef VW
 #undef FN
 #undef TARGET
 #endif
 
-/* Instruction sets this CPU can run: bit 0 portable, bit 1 AVX2+FMA, bit 2 AVX-512 (F, DQ, VL). */
-int cbn_isa_mask(void)
-{
-    int mask = 1;
-#if HAVE_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) mask |= 2;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-        mask |= 4;
-#endif
-    return mask;
-}
+/* Instruction sets this CPU can run (isa.h). */
+int cbn_isa_mask(void) { return cpu_isa_mask(); }
 
 int cbn_params_size(void) { return (int)sizeof(struct bnp); }
 

@@ -42,11 +42,7 @@ static inline float apply_epilogue(const struct epilogue *e, int m, float v)
     return v;
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define HAVE_X86 1
-#else
-#define HAVE_X86 0
-#endif
+#include "isa.h"
 
 /* portable build: 4-wide vectors (SSE2 on x86-64, NEON on arm64), compiled for the baseline target */
 #define VW 4
@@ -69,7 +65,7 @@ static inline float apply_epilogue(const struct epilogue *e, int m, float v)
 #define DW_MB 4
 #define DW_MB5 2
 #define FN(x) x##_avx2
-#define TARGET __attribute__((target("avx2,fma")))
+#define TARGET TARGET_AVX2
 #include "conv_kernel.h"
 #undef VW
 #undef NV
@@ -83,7 +79,7 @@ static inline float apply_epilogue(const struct epilogue *e, int m, float v)
 #define DW_MB 8
 #define DW_MB5 4
 #define FN(x) x##_avx512
-#define TARGET __attribute__((target("avx512f,avx512dq,avx512vl,fma")))
+#define TARGET TARGET_AVX512
 #include "conv_kernel.h"
 #undef VW
 #undef NV
@@ -93,18 +89,8 @@ static inline float apply_epilogue(const struct epilogue *e, int m, float v)
 #undef TARGET
 #endif
 
-/* Instruction sets this CPU can run: bit 0 portable, bit 1 AVX2+FMA, bit 2 AVX-512F. */
-int cl_isa_mask(void)
-{
-    int mask = 1;
-#if HAVE_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) mask |= 2;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-        mask |= 4;
-#endif
-    return mask;
-}
+/* Instruction sets this CPU can run (isa.h). */
+int cl_isa_mask(void) { return cpu_isa_mask(); }
 
 int cl_geom_size(void) { return (int)sizeof(struct geom); }
 int cl_tile_channels(void) { return MB; }

@@ -46,20 +46,17 @@ class _Epilogue(ctypes.Structure):
                 ("relu", ctypes.c_int), ("slope", ctypes.c_float)]
 
 
-class _Lib:
-    """The loaded library, the chosen instruction set and the thread pool."""
+class KernelLibrary:
+    """A loaded kernel library: the instruction sets this CPU runs, the one in use and the thread pool.
 
-    def __init__(self, path: str):
-        lib = ctypes.CDLL(path)
-        if lib.cl_geom_size() != ctypes.sizeof(_Geom) or lib.cl_epilogue_size() != ctypes.sizeof(_Epilogue):
-            raise ImportError(f"{path}: struct layout mismatch (rebuild caffelite: pip install -e .)")
-        ptr, lng = ctypes.c_void_p, ctypes.c_long
-        lib.cl_conv_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, lng, lng]
-        lib.cl_conv_dw.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, lng, lng]
+    Shared by the convolution kernels (here) and :mod:`caffelite.ops.native_bn`. ``CAFFELITE_NATIVE_ISA``
+    forces an instruction set (ImportError, hence a warning and the NumPy path, when the CPU lacks it)."""
+
+    label = "native kernel"
+
+    def __init__(self, lib, isa_mask: int):
         self.lib = lib
-        self.mb = lib.cl_tile_channels()
-        mask = lib.cl_isa_mask()
-        self.supported = [name for k, name in enumerate(_ISAS) if mask >> k & 1]
+        self.supported = [name for k, name in enumerate(_ISAS) if isa_mask >> k & 1]
         forced = os.environ.get("CAFFELITE_NATIVE_ISA")
         if forced:
             if forced not in self.supported:
@@ -71,6 +68,53 @@ class _Lib:
         self.threads = _thread_count()
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
+    def run(self, fn, args, ntasks: int, isa: str | None = None, min_per_part: int = 1):
+        """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), one contiguous range per thread (at least
+        ``min_per_part`` tasks each; fewer run on the calling thread)."""
+        code = _ISAS.index(isa or self.isa)
+        parts = max(1, min(self.threads, ntasks // max(1, min_per_part)))
+        if parts <= 1 or self.pool is None:
+            rc = [fn(code, *args, 0, ntasks)]
+        else:
+            bounds = [ntasks * k // parts for k in range(parts + 1)]
+            futs = [self.pool.submit(fn, code, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
+            rc = [f.result() for f in futs]
+        if any(rc):
+            raise RuntimeError(f"{self.label} failed (codes {rc})")
+
+
+def load_library(module: str, factory):
+    """``factory(path)`` for the built extension ``module``; None when the kernels are turned off
+    (``CAFFELITE_NATIVE=0``), not built, or fail to load (then with a warning saying why)."""
+    if os.environ.get("CAFFELITE_NATIVE", "1").strip().lower() in ("0", "no", "off", "false"):
+        return None
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return None
+    try:
+        return factory(spec.origin)
+    except (OSError, ImportError, AttributeError) as e:
+        # a stale or broken build (or a bad CAFFELITE_NATIVE_ISA) must not break `import caffelite`: say why
+        # and run on the NumPy path
+        warnings.warn(f"caffelite: compiled kernels not used: {e}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+class _Lib(KernelLibrary):
+    """The convolution library."""
+
+    label = "native convolution kernel"
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        if lib.cl_geom_size() != ctypes.sizeof(_Geom) or lib.cl_epilogue_size() != ctypes.sizeof(_Epilogue):
+            raise ImportError(f"{path}: struct layout mismatch (rebuild caffelite: pip install -e .)")
+        ptr, lng = ctypes.c_void_p, ctypes.c_long
+        lib.cl_conv_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, lng, lng]
+        lib.cl_conv_dw.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, lng, lng]
+        super().__init__(lib, lib.cl_isa_mask())
+        self.mb = lib.cl_tile_channels()
+
     def isa_for(self, width: int):
         """The widest instruction set, up to the chosen one, whose vectors fit in an output row of ``width``
         pixels (narrower rows would go through the kernels' scalar code); None below the portable width."""
@@ -79,19 +123,6 @@ class _Lib:
             if _VECTOR_WIDTH[name] <= width:
                 best = name
         return best
-
-    def run(self, fn, args, ntasks: int, isa: str):
-        """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), split into one contiguous range per thread."""
-        isa = _ISAS.index(isa)
-        parts = min(self.threads, ntasks)
-        if parts <= 1 or self.pool is None:
-            rc = [fn(isa, *args, 0, ntasks)]
-        else:
-            bounds = [ntasks * k // parts for k in range(parts + 1)]
-            futs = [self.pool.submit(fn, isa, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
-            rc = [f.result() for f in futs]
-        if any(rc):
-            raise RuntimeError(f"native convolution kernel failed (codes {rc})")
 
 
 def _thread_count() -> int:
@@ -105,22 +136,7 @@ def _thread_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _load():
-    if os.environ.get("CAFFELITE_NATIVE", "1").strip().lower() in ("0", "no", "off", "false"):
-        return None
-    spec = importlib.util.find_spec("caffelite._native._cconv")
-    if spec is None or not spec.origin:
-        return None
-    try:
-        return _Lib(spec.origin)
-    except (OSError, ImportError, AttributeError) as e:
-        # a stale or broken build (or a bad CAFFELITE_NATIVE_ISA) must not break `import caffelite`: say why
-        # and run on the NumPy path
-        warnings.warn(f"caffelite: compiled kernels not used: {e}", RuntimeWarning, stacklevel=2)
-        return None
-
-
-_LIB = _load()
+_LIB = load_library("caffelite._native._cconv", _Lib)
 
 
 _ENABLED = True

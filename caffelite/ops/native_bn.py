@@ -16,15 +16,11 @@ by one task in a fixed order: results do not depend on the number of threads.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import native
 
-_ISAS = ("generic", "avx2", "avx512")
 
 #: BatchNorm forward: one pass for Σ(x − k) and Σ(x − k)² in float64, k = the channel's first value (False: two
 #: passes, the mean then Σ(x − μ)²). As accurate as two passes (both round only in the final float32 variance,
@@ -44,8 +40,10 @@ class _Params(ctypes.Structure):
                 ("want_dx", ctypes.c_int)]
 
 
-class _Lib:
-    """The loaded library, the chosen instruction set and the thread pool."""
+class _Lib(native.KernelLibrary):
+    """The BatchNorm/ReLU library."""
+
+    label = "native BatchNorm/ReLU kernel"
 
     def __init__(self, path: str):
         lib = ctypes.CDLL(path)
@@ -56,44 +54,10 @@ class _Lib:
         lib.cbn_bn_bwd.argtypes = [ctypes.c_int] + [ptr] * 7 + [lng, lng]
         lib.cbn_relu_fwd.argtypes = [ctypes.c_int, ptr, ptr, flt, lng, lng]
         lib.cbn_relu_bwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, flt, lng, lng]
-        self.lib = lib
-        mask = lib.cbn_isa_mask()
-        self.supported = [name for k, name in enumerate(_ISAS) if mask >> k & 1]
-        forced = os.environ.get("CAFFELITE_NATIVE_ISA")
-        if forced:
-            if forced not in self.supported:
-                raise ImportError(f"CAFFELITE_NATIVE_ISA={forced}: this CPU supports {', '.join(self.supported)}")
-            self.isa = forced
-        else:
-            self.isa = self.supported[-1]
-        self.threads = native._thread_count()
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-
-    def run(self, fn, args, ntasks: int, min_per_part: int = 1):
-        """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), one contiguous range per thread (at least
-        ``min_per_part`` tasks each)."""
-        isa = _ISAS.index(self.isa)
-        parts = max(1, min(self.threads, ntasks // max(1, min_per_part)))
-        if parts <= 1 or self.pool is None:
-            rc = [fn(isa, *args, 0, ntasks)]
-        else:
-            bounds = [ntasks * k // parts for k in range(parts + 1)]
-            futs = [self.pool.submit(fn, isa, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
-            rc = [f.result() for f in futs]
-        if any(rc):
-            raise RuntimeError(f"native BatchNorm/ReLU kernel failed (codes {rc})")
+        super().__init__(lib, lib.cbn_isa_mask())
 
 
-def _load():
-    if os.environ.get("CAFFELITE_NATIVE", "1").strip().lower() in ("0", "no", "off", "false"):
-        return None
-    spec = importlib.util.find_spec("caffelite._native._cbn")
-    if spec is None or not spec.origin:
-        return None
-    return _Lib(spec.origin)
-
-
-_LIB = _load()
+_LIB = native.load_library("caffelite._native._cbn", _Lib)
 
 
 def available() -> bool:
@@ -129,7 +93,7 @@ def bn_train_forward(x, y, xhat, gamma, beta, eps: float):
     affine = gamma is not None
     p = _Params(N=n, C=c, S=s, eps=float(eps), keep=xhat is not None, affine=affine, onepass=bool(ONE_PASS))
     _LIB.run(_LIB.lib.cbn_bn_fwd, (_ptr(x), _ptr(y), _ptr(xhat), _ptr(gamma), _ptr(beta), _ptr(mean), _ptr(var),
-                                   _ptr(inv), ctypes.byref(p)), c, -(-BN_MIN_PER_THREAD // max(1, n * s)))
+                                   _ptr(inv), ctypes.byref(p)), c, min_per_part=-(-BN_MIN_PER_THREAD // max(1, n * s)))
     return mean, var, inv
 
 
@@ -140,15 +104,16 @@ def bn_train_backward(dy, xhat, scale, dx):
     dgamma, dbeta = np.empty(c, np.float32), np.empty(c, np.float32)
     p = _Params(N=n, C=c, S=s, want_dx=dx is not None)
     _LIB.run(_LIB.lib.cbn_bn_bwd, (_ptr(dy), _ptr(xhat), _ptr(scale), _ptr(dx), _ptr(dgamma), _ptr(dbeta),
-                                   ctypes.byref(p)), c, -(-BN_MIN_PER_THREAD // max(1, n * s)))
+                                   ctypes.byref(p)), c, min_per_part=-(-BN_MIN_PER_THREAD // max(1, n * s)))
     return dgamma, dbeta
 
 
 def relu_forward(x, y, slope: float):
     """``y = x > 0 ? x : x·slope`` (slope 0: NumPy's ``maximum(x, 0)``); ``y`` may be ``x``."""
-    _LIB.run(_LIB.lib.cbn_relu_fwd, (_ptr(x), _ptr(y), float(slope)), x.size, RELU_MIN_PER_THREAD)
+    _LIB.run(_LIB.lib.cbn_relu_fwd, (_ptr(x), _ptr(y), float(slope)), x.size, min_per_part=RELU_MIN_PER_THREAD)
 
 
 def relu_backward(x, dy, dx, slope: float):
     """``dx = x > 0 ? dy : dy·slope`` (slope 0: NumPy's ``dy * (x > 0)``); ``dx`` may be ``dy``."""
-    _LIB.run(_LIB.lib.cbn_relu_bwd, (_ptr(x), _ptr(dy), _ptr(dx), float(slope)), x.size, RELU_MIN_PER_THREAD)
+    _LIB.run(_LIB.lib.cbn_relu_bwd, (_ptr(x), _ptr(dy), _ptr(dx), float(slope)), x.size,
+             min_per_part=RELU_MIN_PER_THREAD)

@@ -1,0 +1,49 @@
+"""Shared by the compiled-kernel tests: pick an instruction set (and thread count) of a loaded library."""
+
+from __future__ import annotations
+
+import contextlib
+
+
+@contextlib.contextmanager
+def using_isa(lib, name, threads=None):
+    """Within the block, run ``lib`` (a caffelite.ops.native.KernelLibrary) with instruction set ``name`` and,
+    when given, ``threads`` threads."""
+    old = lib.isa, lib.threads
+    lib.isa = name
+    if threads is not None:
+        lib.threads = threads
+    try:
+        yield
+    finally:
+        lib.isa, lib.threads = old
+
+
+def single_layer(type_name, extra, shape, in_place, dtype=None, phase=None):
+    """A TRAIN-phase layer ``type_name`` (options text ``extra``) set up on a bottom Blob of ``shape``, writing
+    in place or into its own top; returns (layer, bottom, top)."""
+    import numpy as np
+    from google.protobuf import text_format
+
+    from caffelite.blob import Blob
+    from caffelite.layer import TRAIN, create_layer
+    from caffelite.proto import caffe_pb2
+
+    dtype = np.float32 if dtype is None else dtype
+    p = text_format.Parse(f'name: "l" type: "{type_name}" bottom: "x" top: "{"x" if in_place else "y"}" {extra}',
+                          caffe_pb2.LayerParameter())
+    layer = create_layer(p, TRAIN if phase is None else phase)
+    b = Blob(shape, dtype)
+    t = b if in_place else Blob((), dtype)
+    layer.setup([b], [t])
+    layer.reshape([b], [t])
+    return layer, b, t
+
+
+def set_scale_bias(layer):
+    """Non-trivial γ and β on a jacinto BatchNorm with scale_bias (no-op otherwise)."""
+    import numpy as np
+    if layer.scale_bias:
+        rs = np.random.default_rng(7)
+        layer.blobs[3].data[...] = rs.uniform(0.5, 1.5, layer.channels)
+        layer.blobs[4].data[...] = rs.uniform(-0.5, 0.5, layer.channels)
