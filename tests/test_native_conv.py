@@ -207,3 +207,26 @@ def test_bad_isa_request_warns_and_falls_back_to_numpy():
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False"
     assert "CAFFELITE_NATIVE_ISA=bogus" in r.stderr and "RuntimeWarning" in r.stderr
+
+
+def _conv_in_child(q):
+    g, group, x, wt, b, _ = _case(CASES[2], seed=8)
+    q.put(float(_forward(g, group, x, wt, b, True).sum()))
+
+
+def test_kernels_work_in_a_forked_child():
+    """A forked process (multiprocessing's default on Linux) gets a thread pool of its own; the inherited one
+    has no threads and would make the first call wait forever."""
+    import multiprocessing as mp
+    g, group, x, wt, b, _ = _case(CASES[2], seed=8)
+    want = float(_forward(g, group, x, wt, b, True).sum())  # the parent's pool is running
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_conv_in_child, args=(q,))
+    p.start()
+    p.join(60)
+    alive = p.is_alive()
+    if alive:
+        p.kill()
+    assert not alive and p.exitcode == 0
+    assert q.get(timeout=5) == want

@@ -67,6 +67,13 @@ class KernelLibrary:
             self.isa = self.supported[-1]
         self.threads = _thread_count()
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        # a forked child (multiprocessing's default on Linux) inherits the pool without its threads: submitting
+        # there would wait forever, so the child starts a pool of its own
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._new_pool)
+
+    def _new_pool(self):
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def run(self, fn, args, ntasks: int, isa: str | None = None, min_per_part: int = 1):
         """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), one contiguous range per thread (at least
