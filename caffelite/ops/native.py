@@ -2,13 +2,16 @@
 
 The shared library is built by ``pip install`` when a C compiler is present (an optional extension: without
 one the install still succeeds and everything runs on the NumPy path). ``CAFFELITE_NATIVE=0`` turns it off;
-``CAFFELITE_NATIVE_ISA=generic|avx2|avx512`` forces an instruction set (tests use it to check each one).
-``CAFFELITE_NUM_THREADS`` sets the thread count (default: ``OMP_NUM_THREADS``, else the usable cores).
+``CAFFELITE_NATIVE_ISA=generic|avx2|avx512`` caps the instruction set (tests switch ``_LIB.isa`` to check each
+one); a call uses the widest one whose vectors fit the output rows (AVX-512 16 floats, AVX2 8, portable 4;
+narrower rows stay on NumPy). ``CAFFELITE_NUM_THREADS`` sets the thread count (default: ``OMP_NUM_THREADS``,
+else the usable cores). :class:`KernelLibrary` and :func:`load_library` are shared with
+:mod:`caffelite.ops.native_bn`.
 
 What runs here (float32 NumPy arrays only; :mod:`caffelite.ops.conv` decides when and falls back otherwise):
 - :func:`conv_forward`: a direct convolution for any kernel, stride, pad, dilation and group count (depthwise
-  and 1x1 stay on their own paths). Also used for stride-1 data gradients (a correlation with the flipped
-  kernel).
+  and stride-1 1x1 stay on their own paths), with an optional per-channel affine + ReLU epilogue
+  (:mod:`caffelite.fusion`). Also used for stride-1 data gradients (a correlation with the flipped kernel).
 - :func:`conv_weight_grad`: the weight gradient of kernels 1, 3 or 5 wide.
 
 ctypes releases the GIL during a call, so the task range is split over a small thread pool. Each output
