@@ -47,3 +47,15 @@ def set_scale_bias(layer):
         rs = np.random.default_rng(7)
         layer.blobs[3].data[...] = rs.uniform(0.5, 1.5, layer.channels)
         layer.blobs[4].data[...] = rs.uniform(-0.5, 0.5, layer.channels)
+
+
+def forward_backward(layer, b, t, x, dy, propagate=True):
+    """One forward of ``layer`` (bottom Blob ``b``, top ``t``) on ``x`` and one backward of ``dy``; returns copies
+    of the top data and of the bottom diff."""
+    b.data[...] = x
+    layer.reshape([b], [t])
+    layer.forward([b], [t])
+    y = t.data.copy()
+    t.diff[...] = dy
+    layer.backward([t], [propagate], [b])
+    return y, b.diff.copy()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from caffelite.ops import native, native_bn
-from native_case import set_scale_bias, single_layer, using_isa
+from native_case import forward_backward, set_scale_bias, single_layer, using_isa
 
 pytestmark = pytest.mark.skipif(os.environ.get("CAFFELITE_NATIVE", "1") == "0",
                                 reason="compiled kernels turned off with CAFFELITE_NATIVE=0")
@@ -57,14 +57,8 @@ def _bn(extra, shape, in_place, dtype=np.float32):
 
 
 def _bn_step(layer, b, t, x, dy, propagate=True):
-    b.data[...] = x
-    layer.reshape([b], [t])
-    layer.forward([b], [t])
-    y = t.data.copy()
-    xhat = None if layer.xhat is None else layer.xhat.copy()
-    t.diff[...] = dy
-    layer.backward([t], [propagate], [b])
-    return y, xhat, b.diff.copy()
+    y, dx = forward_backward(layer, b, t, x, dy, propagate)
+    return y, None if layer.xhat is None else layer.xhat.copy(), dx
 
 
 def _close(got, want, rel=1e-5, magnitude=None):
@@ -256,12 +250,7 @@ def _relu_data(shape, seed):
 
 
 def _relu_step(layer, b, t, x, dy):
-    b.data[...] = x
-    layer.forward([b], [t])
-    y = t.data.copy()
-    t.diff[...] = dy
-    layer.backward([t], [True], [b])
-    return y, b.diff.copy()
+    return forward_backward(layer, b, t, x, dy)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -46,7 +46,7 @@ CASES = [
     (3, 10, 8, 64, 16, 1, 1, 2, 0, 1),      # 1x1 stride 2 (not pointwise: goes to the kernel)
     (1, 64, 8, 16, 64, 1, 3, 1, 4, 4),      # ctx-like dilation 4
     (2, 16, 6, 40, 16, 1, 3, 1, 1, 1),      # width 40 (a 640 crop at 1/16): an overlapping last vector
-    (1, 8, 5, 7, 8, 1, 3, 1, 1, 1),         # narrower than one vector: scalar only
+    (1, 8, 5, 7, 8, 1, 3, 1, 1, 1),         # rows narrower than an AVX2 vector: the portable build
 ]
 
 
@@ -230,3 +230,13 @@ def test_kernels_work_in_a_forked_child():
         p.kill()
     assert not alive and p.exitcode == 0
     assert q.get(timeout=5) == want
+
+
+def test_rows_narrower_than_a_vector_stay_on_numpy():
+    """Output rows of 3 pixels: no build takes them (the kernels have no scalar path); the layer path still
+    computes them, on NumPy."""
+    g, group, x, wt, b, _ = _case((1, 4, 6, 3, 8, 1, 3, 1, 1, 1), seed=9)
+    assert not native.supports(g, 3)
+    with pytest.raises(ValueError, match="narrower than a vector"):
+        native.conv_forward(x, wt, b, g, group, np.empty((1, 8, 6, 3), np.float32))
+    _close(_forward(g, group, x, wt, b, True), _forward(g, group, x, wt, b, False))

@@ -11,7 +11,7 @@ import pytest
 
 import caffelite.layers.batch_norm as bn
 from caffelite.ops import native
-from native_case import set_scale_bias, single_layer
+from native_case import forward_backward, set_scale_bias, single_layer
 
 
 @pytest.fixture(autouse=True)
@@ -31,16 +31,6 @@ def _layer(extra, x, in_place, dtype):
     layer, b, t = single_layer("BatchNorm", extra, x.shape, in_place, dtype)
     set_scale_bias(layer)
     return layer, b, t
-
-
-def _step(layer, b, t, x, dy, propagate=True):
-    b.data[...] = x
-    layer.reshape([b], [t])
-    layer.forward([b], [t])
-    y = t.data.copy()
-    t.diff[...] = dy
-    layer.backward([t], [propagate], [b])
-    return y, b.diff.copy()
 
 
 class PlainBN:
@@ -132,7 +122,7 @@ def test_train_step_bitwise_equals_plain_form(monkeypatch, block_bytes, extra, i
     for it in range(3):  # the running averages: overwrite, then blend
         x = (rs.standard_normal(shape) * 3 + 2 + it).astype(np.float32)
         dy = rs.standard_normal(shape).astype(np.float32)
-        y, dx = _step(layer, b, t, x, dy)
+        y, dx = forward_backward(layer, b, t, x, dy)
         want_y = ref.forward(x)
         want_dx = ref.backward(dy)
         assert _bits_equal(y, want_y.astype(np.float32))
@@ -151,7 +141,7 @@ def test_float64_matches_the_formulas_and_param_diffs_only():
     dy = rs.standard_normal(shape)
     layer, b, t = _layer(JSEG, x, True, np.float64)
     gamma, beta = layer.blobs[3].data.copy(), layer.blobs[4].data.copy()
-    y, dx = _step(layer, b, t, x, dy)
+    y, dx = forward_backward(layer, b, t, x, dy)
     axes = (0, 2, 3)
     mu = x.mean(axis=axes, keepdims=True)
     var = x.var(axis=axes, keepdims=True)
@@ -200,7 +190,7 @@ def test_reshape_between_iterations_remakes_the_buffers():
         x = rs.standard_normal(shape).astype(np.float32)
         dy = rs.standard_normal(shape).astype(np.float32)
         b.reshape(shape)
-        y, dx = _step(layer, b, t, x, dy)
+        y, dx = forward_backward(layer, b, t, x, dy)
         assert y.shape == shape and _bits_equal(y, ref.forward(x).astype(np.float32))
         assert _bits_equal(dx, ref.backward(dy).astype(np.float32))
 
@@ -223,10 +213,10 @@ def test_non_contiguous_blob_arrays(monkeypatch):
     shape = (2, 3, 4, 5)
     x = (rs.standard_normal(shape) + 1).astype(np.float32)
     dy = rs.standard_normal(shape).astype(np.float32)
-    want = _step(*_layer(JSEG, x, False, np.float32), x, dy)
+    want = forward_backward(*_layer(JSEG, x, False, np.float32), x, dy)
     layer, b, t = _layer(JSEG, x, False, np.float32)
     t.set_data_array(_strided(shape, np.float32))
     b.set_diff_array(_strided(shape, np.float32))
-    got = _step(layer, b, t, x, dy)
+    got = forward_backward(layer, b, t, x, dy)
     assert not t.data.flags.c_contiguous and not b.diff.flags.c_contiguous
     assert all(_bits_equal(g, w) for g, w in zip(got, want, strict=True))

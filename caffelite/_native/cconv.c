@@ -34,14 +34,6 @@ struct epilogue {
     float slope;
 };
 
-static inline float apply_epilogue(const struct epilogue *e, int m, float v)
-{
-    if (e->bias) v += e->bias[m];
-    if (e->scale) { v = v * e->scale[m]; v = v + e->shift[m]; }
-    if (e->relu && v < 0.0f) v *= e->slope;
-    return v;
-}
-
 #include "isa.h"
 
 /* portable build: 4-wide vectors (SSE2 on x86-64, NEON on arm64), compiled for the baseline target */
@@ -98,10 +90,15 @@ int cl_tile_channels(void) { return MB; }
 int cl_epilogue_size(void) { return (int)sizeof(struct epilogue); }
 
 /* Forward (or a stride-1 data gradient with flipped weights) for tasks t0..t1; isa is 0, 1 or 2. */
+/* Floats per vector of an instruction set's build: output rows must be at least this wide (the kernels have
+ * no scalar path; narrower maps stay on the NumPy path, caffelite/ops/native.py). */
+int cl_vector_width(int isa) { return isa == 2 ? 16 : isa == 1 ? 8 : 4; }
+
 int cl_conv_fwd(int isa, const float *x, const float *wpk, const struct epilogue *e, float *out,
                 const struct geom *p, long t0, long t1)
 {
     if (p->kw > MAX_KW) return -1;
+    if (p->Wo < cl_vector_width(isa)) return -4;
 #if HAVE_X86
     if (isa == 2) { fwd_avx512(x, wpk, e, out, p, t0, t1); return 0; }
     if (isa == 1) { fwd_avx2(x, wpk, e, out, p, t0, t1); return 0; }
@@ -124,6 +121,7 @@ int cl_dw_block(int isa, int kw)
 int cl_conv_dw(int isa, const float *x, const float *dy, float *dw, const struct geom *p, long t0, long t1)
 {
     if (!cl_dw_block(isa, p->kw)) return -1;
+    if (p->Wo < cl_vector_width(isa)) return -4;
 #if HAVE_X86
     if (isa == 2) return dw_avx512(x, dy, dw, p, t0, t1);
     if (isa == 1) return dw_avx2(x, dy, dw, p, t0, t1);

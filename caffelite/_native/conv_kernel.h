@@ -12,8 +12,8 @@
  *   wpk  packed weights (G, nmb, Cg, kh, kw, MB): block b of group g holds output channels g*Mg + b*MB + m
  *        (zero beyond Mg)
  *   out  (N, Cout, Ho, Wo);  dy (N, Cout, Ho, Wo);  dw (Cout, Cg, kh, kw), accumulated into
- * The vector code never reads past the padded input: a tile is vectorised only when all its pixels are valid,
- * the rest of a row goes through the scalar tail.
+ * Output rows must be at least one vector wide (the entry points in cconv.c check; narrower maps stay on the
+ * NumPy path). A row whose width is not a multiple of the vector ends with a vector ending at Wo.
  */
 
 typedef float FN(vec) __attribute__((vector_size(VW * 4)));
@@ -85,27 +85,6 @@ TARGET static inline __attribute__((always_inline)) void FN(tile)(
     }
 }
 
-/* Scalar forward of pixels x0..x1 of row y (rows narrower than a vector). */
-TARGET static void FN(fwd_scalar)(const float *xg, const float *wb, const struct epilogue *e, float *ob,
-                                  const struct geom *p, int y, int x0, int x1, int m0, int mvalid)
-{
-    const long ostride = (long)p->Ho * p->Wo;
-    for (int xo = x0; xo < x1; xo++) {
-        float acc[MB] = {0};
-        for (int c = 0; c < p->Cg; c++)
-            for (int i = 0; i < p->kh; i++) {
-                const float *row = xg + ((long)c * p->Hp + (long)y * p->sh + (long)i * p->dh) * p->S * p->Wq;
-                const float *wp = wb + ((long)(c * p->kh + i) * p->kw) * MB;
-                for (int j = 0; j < p->kw; j++, wp += MB) {
-                    const float xs = row[p->tap_off[j] + xo];
-                    for (int m = 0; m < MB; m++) acc[m] += wp[m] * xs;
-                }
-            }
-        for (int m = 0; m < mvalid; m++)
-            ob[m * ostride + (long)y * p->Wo + xo] = apply_epilogue(e, m0 + m, acc[m]);
-    }
-}
-
 /* Forward tasks t0..t1. A task is a chunk: image n, up to p->rg output rows and up to p->bg channel blocks
  * (b, g) (blocks are numbered across groups). Inside a chunk the rows of the input it reads and the packed
  * weights of its blocks stay in cache while every (block, row) pair is computed.
@@ -119,7 +98,7 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilog
     const int nrg = (p->Ho + p->rg - 1) / p->rg, nbg = (nblk + p->bg - 1) / p->bg;
     const long wblock = (long)p->Cg * p->kh * p->kw * MB;
     const long plane = (long)p->Hp * p->S * p->Wq;
-    const int vrow = p->Wo >= VW ? (p->Wo + VW - 1) / VW : 0;  /* vectors per output row */
+    const int vrow = (p->Wo + VW - 1) / VW;  /* vectors per output row */
     for (long t = t0; t < t1; t++) {
         const long n = t / ((long)nrg * nbg);
         const int rgi = (int)(t / nbg % nrg), bgi = (int)(t % nbg);
@@ -151,18 +130,16 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilog
                 else FN(tile)(xg, wb, e, ob, p, ys, xs, skip, m0, mvalid, c0, c1, 1);
                 k += T;
             }
-            if (vrow == 0 && c1 == p->Cg)
-                for (int y = y0; y < y1; y++) FN(fwd_scalar)(xg, wb, e, ob, p, y, 0, p->Wo, m0, mvalid);
         }
         }
     }
 }
 
 /* Weight gradient of one task over pixel rows y0..y1 of image n, for KW = kw (a constant after inlining).
- * acc holds the partial sums of the task: [channel of the chunk][kernel row i][m][j] vectors (and sacc the
- * scalar tails); they are loaded and stored once per (channel, i) while the chunk's dy rows stay in L1. */
+ * acc holds the partial sums of the task: [channel of the chunk][kernel row i][m][j] vectors; they are loaded
+ * and stored once per (channel, i) while the chunk's dy rows stay in L1. */
 TARGET static inline __attribute__((always_inline)) void FN(dw_rows)(
-    const float *x, const float *dy, const struct geom *p, FN(vec) *acc, float *sacc, int n, int y0, int y1,
+    const float *x, const float *dy, const struct geom *p, FN(vec) *acc, int n, int y0, int y1,
     int m0, int mvalid, long cin0, int nch, FN(vec) tail_mask, const int KW, const int DM)
 {
     const long plane = (long)p->Hp * p->S * p->Wq;
@@ -171,7 +148,7 @@ TARGET static inline __attribute__((always_inline)) void FN(dw_rows)(
     long dyoff[DW_MB];
     /* channels past the layer's count read the last real channel's row (valid memory); their sums are dropped */
     for (int m = 0; m < DM; m++) dyoff[m] = (m < mvalid ? m : mvalid - 1) * oplane;
-    const int nvec = p->Wo / VW, has_tail = p->Wo % VW != 0 && p->Wo >= VW;
+    const int nvec = p->Wo / VW, has_tail = p->Wo % VW != 0;
     const FN(vec) ones = (FN(vec)){0} + 1.0f;
     for (int c = 0; c < nch; c++) {
         for (int i = 0; i < p->kh; i++) {
@@ -199,13 +176,6 @@ TARGET static inline __attribute__((always_inline)) void FN(dw_rows)(
                         for (int j = 0; j < KW; j++) a[m][j] += d * xv[j];
                     }
                 }
-                if (p->Wo < VW) /* rows narrower than a vector: scalar */
-                    for (int xo = 0; xo < p->Wo; xo++)
-                        for (int m = 0; m < mvalid; m++) {
-                            const float d = dyr[dyoff[m] + xo];
-                            for (int j = 0; j < KW; j++)
-                                sacc[(((long)c * p->kh + i) * DM + m) * KW + j] += d * row[p->tap_off[j] + xo];
-                        }
             }
 #pragma GCC unroll 64
             for (int m = 0; m < DM; m++)
@@ -226,8 +196,7 @@ TARGET static inline __attribute__((always_inline)) int FN(dw_tasks)(
     /* aligned_alloc wants a size that is a multiple of the alignment */
     const size_t acc_bytes = (sizeof(FN(vec)) * per_c * p->bg + 63) / 64 * 64;
     FN(vec) *acc = (FN(vec) *)aligned_alloc(64, acc_bytes);
-    float *sacc = (float *)malloc(sizeof(float) * per_c * p->bg);
-    if (!acc || !sacc) { free(acc); free(sacc); return -3; }
+    if (!acc) return -3;
     FN(vec) tail_mask;  /* lanes of a row's last vector not covered by its whole vectors */
     for (int l = 0; l < VW; l++) tail_mask[l] = l >= VW - p->Wo % VW ? 1.0f : 0.0f;
     for (long t = t0; t < t1; t++) {
@@ -238,23 +207,22 @@ TARGET static inline __attribute__((always_inline)) int FN(dw_tasks)(
         const int mvalid = p->Mg - b * DM < DM ? p->Mg - b * DM : DM;
         const int c0 = cc * p->bg, nch = p->Cg - c0 < p->bg ? p->Cg - c0 : p->bg;
         const long cin0 = (long)g * p->Cg + c0;
-        for (long k = 0; k < per_c * nch; k++) { acc[k] = (FN(vec)){0}; sacc[k] = 0.0f; }
+        for (long k = 0; k < per_c * nch; k++) acc[k] = (FN(vec)){0};
         for (int n = 0; n < p->N; n++)
             for (int y0 = 0; y0 < p->Ho; y0 += p->rg)
-                FN(dw_rows)(x, dy, p, acc, sacc, n, y0, y0 + p->rg < p->Ho ? y0 + p->rg : p->Ho, m0, mvalid,
+                FN(dw_rows)(x, dy, p, acc, n, y0, y0 + p->rg < p->Ho ? y0 + p->rg : p->Ho, m0, mvalid,
                             cin0, nch, tail_mask, KW, DM);
         for (int c = 0; c < nch; c++)
             for (int i = 0; i < p->kh; i++)
                 for (int m = 0; m < mvalid; m++)
                     for (int j = 0; j < KW; j++) {
                         const long k = (((long)c * p->kh + i) * DM + m) * KW + j;
-                        float s = sacc[k];
+                        float s = 0.0f;
                         for (int l = 0; l < VW; l++) s += acc[k][l];
                         dw[(((long)(m0 + m) * p->Cg + c0 + c) * p->kh + i) * KW + j] += s;
                     }
     }
     free(acc);
-    free(sacc);
     return 0;
 }
 

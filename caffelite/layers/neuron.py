@@ -86,16 +86,23 @@ class NeuronLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = backend.get_array_module(x)
-        in_place = top[0] is bottom[0]
-        saved = getattr(self, "_saved_x", None)
-        keep = in_place and self.needs_backward and self._input_needed()
-        self._saved_x = copy_into(saved, x) if keep else None
+        self._save_input(bottom, top)
         top[0].data[...] = self.f(xp, x)
+
+    def _save_input(self, bottom, top):
+        """Keep a copy of the input when running in place and backward will need it (the top overwrites it)."""
+        keep = top[0] is bottom[0] and self.needs_backward and self._input_needed()
+        self._saved_x = copy_into(getattr(self, "_saved_x", None), bottom[0].data) if keep else None
+
+    def _input(self, bottom):
+        """The input for backward: the saved copy, else the bottom (the output when in place and not saved)."""
+        saved = getattr(self, "_saved_x", None)
+        return saved if saved is not None else bottom[0].data
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        x = self._saved_x if getattr(self, "_saved_x", None) is not None else bottom[0].data
+        x = self._input(bottom)
         y = top[0].data
         xp = backend.get_array_module(y)
         bottom[0].diff[...] = self.df(xp, x, y, top[0].diff)
@@ -131,8 +138,7 @@ class ReLULayer(NeuronLayer):
         if native_bn.usable(x, y):
             # the compiled kernel (caffelite/ops/native_bn.py), in place too; with a negative slope the input
             # cannot be recovered from the output, so it is saved first when backward will need it
-            keep = top[0] is bottom[0] and self.needs_backward and self._input_needed()
-            self._saved_x = copy_into(getattr(self, "_saved_x", None), x) if keep else None
+            self._save_input(bottom, top)
             native_bn.relu_forward(x, y, self.slope)
         elif self.slope == 0:
             # the hot path of every net: write straight into the top (works in place too)
@@ -143,8 +149,7 @@ class ReLULayer(NeuronLayer):
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            saved = getattr(self, "_saved_x", None)
-            x = saved if saved is not None else bottom[0].data  # in place and not saved: the output, same sign
+            x = self._input(bottom)  # in place and not saved: the output, same sign
             if native_bn.usable(x, top[0].diff, bottom[0].diff):
                 native_bn.relu_backward(x, top[0].diff, bottom[0].diff, self.slope)
                 return
@@ -207,7 +212,7 @@ class PReLULayer(NeuronLayer):
         return xp.where(neg, dy * self._slope(x), dy)
 
     def backward(self, top, propagate_down, bottom):
-        x = self._saved_x if getattr(self, "_saved_x", None) is not None else bottom[0].data
+        x = self._input(bottom)
         xp = backend.get_array_module(x)
         dx = self.df(xp, x, top[0].data, top[0].diff)  # also accumulates the slope diff
         if propagate_down[0]:

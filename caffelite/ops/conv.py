@@ -172,21 +172,19 @@ def conv_backward(x, w, dy, g: ConvGeometry, group: int, dx=None, dw=None, db=No
         native.conv_weight_grad(x, dy, g, group, dw)
         dw = None
     corr = dx is not None and DX_BY_CORRELATION and _dx_correlation_ok(g)
-    if corr and _native_ok(g, wd, dy, w, dx):
-        g2 = ConvGeometry(g.kh, g.kw, 1, 1, g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw, g.dh, g.dw)
+    if corr:
+        # stride 1: dx is the correlation of dy with the flipped, channel-transposed kernel padded by
+        # d(k-1) - p, i.e. a forward convolution (no col2im read-modify-write passes)
         cg = cin // group
+        g2 = ConvGeometry(g.kh, g.kw, 1, 1, g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw, g.dh, g.dw)
         wf = w.reshape(group, mg, cg, g.kh, g.kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
-        native.conv_forward(dy, wf.reshape(cin, mg, g.kh, g.kw), None, g2, group, dx)
-        dx, corr = None, False
+        if _native_ok(g, wd, dy, w, dx):
+            native.conv_forward(dy, wf.reshape(cin, mg, g.kh, g.kw), None, g2, group, dx)
+            dx, corr = None, False
     if dw is None and dx is None:
         return
     view = _padded_view(x, g, ho, wo) if dw is not None else None
     if corr:
-        # stride 1: dx is the correlation of dy with the flipped, channel-transposed kernel padded by
-        # d(k-1) - p, i.e. the forward GEMM path (no col2im read-modify-write passes)
-        g2 = ConvGeometry(g.kh, g.kw, 1, 1, g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw, g.dh, g.dw)
-        cg = cin // group
-        wf = w.reshape(group, mg, cg, g.kh, g.kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
         wf = xp.ascontiguousarray(wf).reshape(group, cg, mg * g.kh * g.kw)
         hb, wb = g2.padded_extent(ho, wo, h, wd)
         dview = window_view(pad_into(dy, g2.ph, g2.pw, hb, wb, slot="pad_dy"), g2, h, wd)

@@ -33,8 +33,6 @@ from .im2col import ConvGeometry, pad_into, workspace
 
 _MAX_KW = 32
 _ISAS = ("generic", "avx2", "avx512")
-#: floats per vector of each instruction set's build (cconv.c's VW)
-_VECTOR_WIDTH = {"generic": 4, "avx2": 8, "avx512": 16}
 
 
 class _Geom(ctypes.Structure):
@@ -47,6 +45,14 @@ class _Geom(ctypes.Structure):
 class _Epilogue(ctypes.Structure):
     _fields_ = [("bias", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("shift", ctypes.c_void_p),
                 ("relu", ctypes.c_int), ("slope", ctypes.c_float)]
+
+
+#: thread pools by thread count, shared by the kernel libraries
+_POOLS: dict = {}
+# a forked child (multiprocessing's default on Linux) inherits the pools without their threads: submitting there
+# would wait forever, so the child starts pools of its own
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 class KernelLibrary:
@@ -69,14 +75,16 @@ class KernelLibrary:
         else:
             self.isa = self.supported[-1]
         self.threads = _thread_count()
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        # a forked child (multiprocessing's default on Linux) inherits the pool without its threads: submitting
-        # there would wait forever, so the child starts a pool of its own
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._new_pool)
 
-    def _new_pool(self):
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+    @property
+    def pool(self):
+        """The thread pool for :attr:`threads` threads (shared by the libraries), or None for one thread."""
+        if self.threads <= 1:
+            return None
+        pool = _POOLS.get(self.threads)
+        if pool is None:
+            pool = _POOLS[self.threads] = ThreadPoolExecutor(self.threads)
+        return pool
 
     def run(self, fn, args, ntasks: int, isa: str | None = None, min_per_part: int = 1):
         """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), one contiguous range per thread (at least
@@ -130,7 +138,7 @@ class _Lib(KernelLibrary):
         pixels (narrower rows would go through the kernels' scalar code); None below the portable width."""
         best = None
         for name in self.supported[:self.supported.index(self.isa) + 1]:
-            if _VECTOR_WIDTH[name] <= width:
+            if self.lib.cl_vector_width(_ISAS.index(name)) <= width:
                 best = name
         return best
 
