@@ -11,4 +11,11 @@ setup(ext_modules=[
               extra_compile_args=["-O3", "-std=gnu11"], optional=True),
     Extension("caffelite._native._cbn", sources=["caffelite/_native/cbn.c"], depends=["caffelite/_native/isa.h"],
               extra_compile_args=["-O3", "-std=gnu11"], optional=True),
+    Extension("caffelite._native._csparse", sources=["caffelite/_native/csparse.c"],
+              depends=["caffelite/_native/sparse_kernel.h", "caffelite/_native/isa.h"],
+              extra_compile_args=["-O3", "-std=gnu11"], optional=True),
+    # -ffp-contract=off: the integer kernel's double epilogue must round as its NumPy reference does
+    Extension("caffelite._native._cint8", sources=["caffelite/_native/cint8.c"],
+              depends=["caffelite/_native/cint8_kernel.h", "caffelite/_native/isa.h"],
+              extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off"], optional=True),
 ])

@@ -57,6 +57,9 @@ def spec_from_net(net, mode, runs, threads=2):
         if t in ("Convolution", "Deconvolution"):
             g = layer.geom
             L.update(stride=[g.sh, g.sw], pad=[g.ph, g.pw], dilation=[g.dh, g.dw], group=layer.group)
+            if t == "Convolution":  # the peers prune theirs to the same share of zeros
+                w = layer.blobs[0].data
+                L["zero_fraction"] = 1.0 - int((w != 0).sum()) / w.size if w.size else 0.0
         elif t == "Pooling":
             L.update(kernel=_pair(layer.kernel), stride=_pair(layer.stride), pad=_pair(layer.pad),
                      pool="MAX" if lp.pooling_param.pool == 0 else "AVE", ceil=bool(layer.ceil_mode))
@@ -68,14 +71,15 @@ def spec_from_net(net, mode, runs, threads=2):
 
 
 class Peer:
-    """The PyTorch peer as a child process serving one timed iteration per request."""
+    """A peer as a child process serving one timed iteration per request: the PyTorch peer by default,
+    ``script="_peer_export.py", args=("openvino",)`` (or ``"onnxruntime"``) for the converted ones."""
 
-    def __init__(self, python, spec):
+    def __init__(self, python, spec, script="_peer_torch.py", args=()):
         self.spec_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
         json.dump(spec, self.spec_file)
         self.spec_file.close()
         env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
-        self.proc = subprocess.Popen([python, os.path.join(HERE, "_peer_torch.py"), self.spec_file.name],
+        self.proc = subprocess.Popen([python, os.path.join(HERE, script), self.spec_file.name, *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         hello = self._read()
         self.version = hello.get("torch")

@@ -35,6 +35,8 @@ class Graph:
             ps = []
             for k, shape in enumerate(L.get("param_shapes", [])):
                 t = self._init(L["type"], k, shape, g)
+                if k == 0 and L.get("zero_fraction"):
+                    t = self._prune(t, L["zero_fraction"])
                 if len(shape) == 4:
                     t = t.contiguous(memory_format=self.fmt)
                 t.requires_grad_(self.train and L.get("lr", [1] * 8)[k] != 0)
@@ -59,6 +61,16 @@ class Graph:
         if ltype == "Bias":
             return torch.full(shape, -128.0)
         return torch.zeros(shape)
+
+    def _prune(self, w, fraction):
+        """Zero the ``fraction`` smallest-magnitude weights of each output channel (the caffelite side's
+        pruning), so the peer computes with the same share of zeros."""
+        flat = w.reshape(w.shape[0], -1).clone()
+        k = int(round(fraction * flat.shape[1]))
+        if k:
+            idx = flat.abs().argsort(dim=1, stable=True)[:, :k]
+            flat.scatter_(1, idx, 0.0)
+        return flat.reshape(w.shape)
 
     def inputs(self):
         torch = self.torch

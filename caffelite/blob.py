@@ -2,9 +2,66 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
 from . import backend
+
+#: the most bytes one blob array may take; None: the memory available when it is allocated
+#: (``$CAFFELITE_MAX_BLOB_BYTES`` overrides that default). A prototxt whose shapes multiply to more is
+#: refused with a NetError naming the layer, instead of NumPy's bare MemoryError or a swapping machine.
+MAX_BYTES = None
+ENV_MAX_BYTES = "CAFFELITE_MAX_BLOB_BYTES"
+_CHECK_ABOVE = 1 << 24  # smaller blobs skip the check (finding the available memory reads /proc)
+
+
+class BlobSizeError(ValueError):
+    """A blob shape whose array would not fit the memory limit (:data:`MAX_BYTES`)."""
+
+
+def _available_bytes():
+    """Memory available to a new allocation now: MemAvailable on Linux, else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - not a POSIX system
+        return None
+
+
+def byte_limit():
+    """(limit in bytes or None, where it comes from) for one blob array."""
+    if MAX_BYTES is not None:
+        return int(MAX_BYTES), "caffelite.blob.MAX_BYTES"
+    env = os.environ.get(ENV_MAX_BYTES)
+    if env:
+        try:
+            return int(float(env)), f"${ENV_MAX_BYTES}"
+        except ValueError:
+            raise BlobSizeError(f"${ENV_MAX_BYTES} must be a number of bytes, not {env!r}") from None
+    return _available_bytes(), f"the memory available (set ${ENV_MAX_BYTES} to change the limit)"
+
+
+def _gib(n):
+    return f"{n / (1 << 30):.3g} GiB"
+
+
+def check_size(shape, dtype) -> None:
+    """Raise :class:`BlobSizeError` when an array of ``shape`` and ``dtype`` exceeds :func:`byte_limit`."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no int64 overflow on absurd shapes
+    if nbytes <= _CHECK_ABOVE and MAX_BYTES is None and not os.environ.get(ENV_MAX_BYTES):
+        return
+    limit, source = byte_limit()
+    if limit is not None and nbytes > limit:
+        raise BlobSizeError(f"blob shape {tuple(shape)} needs {nbytes} bytes ({_gib(nbytes)}), more than the "
+                            f"{limit} bytes ({_gib(limit)}) of {source}")
 
 
 class Blob:
@@ -57,6 +114,7 @@ class Blob:
             raise ValueError(f"blob shape {shape} has a negative dimension")
         if shape == self._shape:
             return
+        check_size(shape, self.dtype)
         self._shape = shape
         self._data = self.xp.zeros(shape, dtype=self.dtype)
         self._diff = None  # allocated on first use: inference never needs diffs

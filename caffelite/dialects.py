@@ -4,7 +4,7 @@ The dialects collide on field numbers (ARCHITECTURE.md "Dialects and files"): La
 BVLC messages (parameter/recurrent/swish/clip_param) but jacinto enums (forward/backward type/math);
 SolverParameter 41-42 are BVLC ``layer_wise_reduce``/``weights`` but jacinto ``rampup_interval``/
 ``rampup_lr``; PoolingParameter ``round_mode`` (13) exists only in BVLC; 0.16's quantization messages are
-renumbered (jacinto.md §0).
+renumbered (docs/jacinto-spec.md §0).
 
 In memory caffelite always holds caffe-jacinto 0.17 classes:
 - BVLC -> 0.17 goes through the wire: every field whose number means the same in both is carried as is;
@@ -14,11 +14,15 @@ In memory caffelite always holds caffe-jacinto 0.17 classes:
 - 0.16 -> 0.17 copies fields by name (:func:`convert_by_name`); fields without a 0.17 namesake are reported.
 - 0.17 -> BVLC (``convert --to bvlc``): jacinto-only fields are removed and reported; BatchNorm may be split
   into BVLC's BatchNorm + Scale (:mod:`caffelite.io_bn`).
+- Fields that no schema declares (other forks', e.g. numbers 10000+ inside ``memory_data_param``) are kept,
+  not understood, at any depth, and written back byte for byte in every form (:func:`foreign_fields`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import NamedTuple
 
 from google.protobuf import unknown_fields
 
@@ -29,7 +33,7 @@ log = logging.getLogger("caffelite.dialects")
 #: LayerParameter numbers that are messages in BVLC and enums in jacinto
 BVLC_LAYER_MESSAGES = {145: "parameter_param", 146: "recurrent_param", 147: "swish_param", 148: "clip_param"}
 #: jacinto-only LayerParameter fields not worth reporting when they hold the framework default (NVCaffe sets
-#: them on every layer it writes, jacinto.md §h)
+#: them on every layer it writes, docs/jacinto-spec.md §h)
 _QUIET_JACINTO = {"forward_type", "backward_type", "forward_math", "backward_math", "phase"}
 
 
@@ -67,6 +71,114 @@ def unknown_numbers(msg) -> list[tuple[int, int]]:
     return [(f.field_number, f.wire_type) for f in unknown_fields.UnknownFieldSet(msg)]
 
 
+# ------------------------------------------------------------------------------- other forks' fields
+#: protobuf wire types by number, for messages
+WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 5: "fixed32"}
+
+
+class ForeignField(NamedTuple):
+    """A field no schema caffelite knows declares (another Caffe fork's), kept as its exact wire bytes.
+
+    ``path``: ((field name, key), ...) from the root message to the message holding it; ``key`` is the layer
+    name for ``layer``/``layers`` entries (layers keep their names through every conversion), the index in
+    other repeated fields, None in singular ones."""
+
+    path: tuple
+    number: int
+    wire: int
+    raw: bytes
+
+    def describe(self, root: str = "net") -> str:
+        """E.g. ``layer 'data': memory_data_param: field 10000 (varint)``; ``root`` names the top message."""
+        parts, head = [], root
+        for name, key in self.path:
+            if name in ("layer", "layers") and isinstance(key, str):
+                head = f"layer '{key}'"
+                parts = []
+            else:
+                parts.append(name if key is None else f"{name}[{key}]")
+        where = f"{head}: {'.'.join(parts)}" if parts else head
+        return f"{where}: field {self.number} ({WIRE_NAMES.get(self.wire, f'wire type {self.wire}')})"
+
+
+@functools.cache
+def _declared(msg_name: str, number: int) -> bool:
+    for name in ("jacinto017", "bvlc", "jacinto016"):
+        cls = getattr(dialect(name), msg_name, None)
+        if cls is not None and number in cls.DESCRIPTOR.fields_by_number:
+            return True
+    return False
+
+
+def foreign_fields(msg, path=()) -> list[ForeignField]:
+    """Every field of ``msg``, at any depth, that no schema (BVLC, caffe-jacinto 0.16/0.17) declares.
+
+    BVLC-only fields read into jacinto classes are *not* foreign (their conversion is the dialects' business);
+    these are fields of other forks, which caffelite keeps byte for byte through every conversion
+    (:func:`restore_foreign_fields`) without understanding them."""
+    from .io_wire import unknown_field_bytes
+
+    out = []
+    mname = msg.DESCRIPTOR.name
+    for f in unknown_fields.UnknownFieldSet(msg):
+        if f.wire_type in WIRE_NAMES and not _declared(mname, f.field_number):
+            out.append(ForeignField(tuple(path), f.field_number, f.wire_type, unknown_field_bytes(f)))
+    if mname == "BlobProto":  # only the shape can hold more; ListFields would copy the payloads
+        if msg.HasField("shape"):
+            out += foreign_fields(msg.shape, (*path, ("shape", None)))
+        return out
+    for fd, val in msg.ListFields():
+        if fd.message_type is None:
+            continue
+        if not fd.is_repeated:
+            out += foreign_fields(val, (*path, (fd.name, None)))
+            continue
+        for i, sub in enumerate(val):
+            key = sub.name if fd.name in ("layer", "layers") and getattr(sub, "name", "") else i
+            out += foreign_fields(sub, (*path, (fd.name, key)))
+    return out
+
+
+def _follow(msg, path):
+    for name, key in path:
+        fd = msg.DESCRIPTOR.fields_by_name.get(name)
+        if fd is None or fd.message_type is None:
+            return None
+        val = getattr(msg, name)
+        if not fd.is_repeated:
+            msg = val
+        elif isinstance(key, str):
+            msg = next((m for m in val if m.name == key), None)
+        else:
+            msg = val[key] if key < len(val) else None
+        if msg is None:
+            return None
+    return msg
+
+
+def restore_foreign_fields(msg, fields, report: NetReport | None = None):
+    """Put ``fields`` (from :func:`foreign_fields` of the message ``msg`` was converted from) back into ``msg``,
+    each into the message at its path, unless a conversion kept it already. One whose place no longer exists
+    is reported (``report.drop``), never silently lost."""
+    seen = {}
+    for ff in fields:
+        sub = _follow(msg, ff.path)
+        if sub is None:
+            if report is not None:
+                report.drop(ff.describe())
+            continue
+        key = id(sub)
+        if key not in seen:
+            from .io_wire import unknown_field_bytes
+            seen[key] = [unknown_field_bytes(f) for f in unknown_fields.UnknownFieldSet(sub)
+                         if f.wire_type in WIRE_NAMES]
+        if ff.raw in seen[key]:
+            seen[key].remove(ff.raw)  # still there (one occurrence per occurrence)
+            continue
+        sub.MergeFromString(ff.raw)
+    return msg
+
+
 def looks_bvlc(net) -> bool:
     """Text nets valid in both dialects: BVLC's BatchNorm + Scale pattern (a BatchNorm without
     ``scale_bias`` whose top is read by a Scale layer) marks a BVLC net; jacinto nets use ``scale_bias``."""
@@ -76,7 +188,7 @@ def looks_bvlc(net) -> bool:
 
 
 def guess_jacinto_version(raw: bytes) -> str:
-    """0.16 or 0.17 for a serialized jacinto net whose quantization messages are renumbered (jacinto.md §0).
+    """0.16 or 0.17 for a serialized jacinto net whose quantization messages are renumbered (docs/jacinto-spec.md §0).
 
     Reads raw wire values (a parsed message would already have normalised them): QParams field 4 is 0.16
     ``fracbits`` (often > 1) but 0.17 bool ``unsigned_data``; QParams field 8 is 0.16 float ``offset``

@@ -147,7 +147,7 @@ class BilinearFiller(Filler):
     """Bilinear upsampling kernels for a Deconvolution: the same k×k kernel in every (out, in) slice.
 
     f = ceil(k / 2), c = (2f - 1 - f % 2) / (2f), w[y, x] = (1 - |x/f - c|)(1 - |y/f - c|)
-    (spec jacinto.md §f, Deconvolution + bilinear filler).
+    (spec docs/jacinto-spec.md §f, Deconvolution + bilinear filler).
     """
 
     def draw(self, shape):

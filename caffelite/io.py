@@ -36,6 +36,8 @@ from .io_files import parse_binary as _parse_binary
 from .io_weights import load_weights, parse_net_binary, read_weights, read_weights_ex, \
     serialize_weights, write_weights
 from .proto import caffe_pb2, dialect
+from .pyio import Transformer, array_to_blobproto, array_to_datum, arraylist_to_blobprotovector_str, \
+    blobproto_to_array, blobprotovector_str_to_arraylist, datum_to_array, load_image, oversample, resize_image
 
 __all__ = [
     "NetReport", "read_net", "read_net_ex", "parse_net_text", "read_solver", "read_solver_ex", "read_weights",
@@ -43,11 +45,14 @@ __all__ = [
     "read_solverstate", "write_solverstate", "blob_to_array", "array_to_blob", "blob_diff_to_array",
     "blob_shape", "atomic_write", "read_bytes", "is_text_file", "file_kind", "read_text_any", "parse_net_binary",
     "serialize_weights", "check_blob", "load_weights", "convert_net",
+    # pycaffe's caffe.io helpers (caffelite.pyio)
+    "Transformer", "load_image", "resize_image", "oversample", "blobproto_to_array", "array_to_blobproto",
+    "arraylist_to_blobprotovector_str", "blobprotovector_str_to_arraylist", "array_to_datum", "datum_to_array",
 ]
 
 
 # ------------------------------------------------------------------------------------------------ text
-#: fields of dialects we do not read whose number collides with one we do (anchors-ecosystem.md §3)
+#: fields of dialects we do not read whose number collides with one we do
 _FOREIGN_FIELDS = {"label_smoothing": "NVCaffe's LossParameter field 4 (caffe-jacinto's field 4 is label_weights); "
                                       "label smoothing is not supported"}
 
@@ -161,22 +166,25 @@ def convert_net(net, to: str, report: NetReport | None = None):
     ``to="bvlc"``: jacinto BatchNorm (5 blobs / scale_bias) is split into BVLC BatchNorm + Scale (unless the
     net came from a BVLC file) and a BVLC-class NetParameter is returned (jacinto-only fields dropped and
     reported). ``to="jacinto"``: a BVLC net's BatchNorm + Scale pairs are merged (statistics divided by the
-    scale factor, jacinto.md §d.5), BVLC-only fields are discarded (already reported when read).
+    scale factor, docs/jacinto-spec.md §d.5), BVLC-only fields are discarded (already reported when read).
+    Fields no schema declares (other forks') are kept at their place in both directions.
     Blob encodings are left as they are: write with ``write_weights(form=...)``.
     """
+    from .dialects import foreign_fields, restore_foreign_fields
     from .io_bn import bvlc_bn_to_jacinto, jacinto_bn_to_bvlc
 
     source = report.dialect if report is not None else "jacinto017"
+    if to not in ("bvlc", "jacinto"):
+        raise ValueError(f"unknown dialect {to!r} (expected 'jacinto' or 'bvlc')")
+    foreign = foreign_fields(net)  # other forks' fields: kept byte for byte in either form
     if to == "bvlc":
         if source != "bvlc":
             jacinto_bn_to_bvlc(net)
-        return jacinto_msg_to_bvlc(net, "NetParameter", report)
-    if to != "jacinto":
-        raise ValueError(f"unknown dialect {to!r} (expected 'jacinto' or 'bvlc')")
+        return restore_foreign_fields(jacinto_msg_to_bvlc(net, "NetParameter", report), foreign, report)
     if source == "bvlc":
         bvlc_bn_to_jacinto(net, report)
     net.DiscardUnknownFields()
-    return net
+    return restore_foreign_fields(net, foreign, report)
 
 
 def write_text(msg, path, dialect_name: str = "jacinto017") -> None:
@@ -190,12 +198,13 @@ def write_text(msg, path, dialect_name: str = "jacinto017") -> None:
 
 
 def _read_message(path, cls, what):
-    """``(path, message)``: a whole binary file parsed as ``cls``; an empty file or one with fields ``cls``
-    does not declare (another kind of file) is refused."""
+    """``(path, message)``: a whole binary file parsed as ``cls``; an empty file or one with a field that ``cls``
+    declares in another wire type (another kind of file) is refused. Numbers no schema declares are another
+    fork's fields: kept (:func:`caffelite.dialects.foreign_fields`)."""
     path = os.fspath(path)
     data = read_bytes(path)
     msg = _parse_binary(cls, data, path, what)
-    if not data or unknown_numbers(msg):
+    if not data or any(n in cls.DESCRIPTOR.fields_by_number for n, _ in unknown_numbers(msg)):
         raise FileFormatError(path, f"not a {what}")
     return path, msg
 

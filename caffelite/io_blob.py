@@ -1,6 +1,6 @@
 """BlobProto <-> numpy conversion (the value/shape rules of Caffe's ``Blob::FromProto`` / ``ToProto``).
 
-Reading follows caffe-jacinto 0.17 (spec jacinto.md §h): the shape comes from the legacy
+Reading follows caffe-jacinto 0.17 (spec docs/jacinto-spec.md §h): the shape comes from the legacy
 num/channels/height/width when any of them is present, else from ``shape.dim``; the values come from
 ``double_data`` if non-empty, else ``data``, else ``raw_data`` interpreted by ``raw_data_type``
 (FLOAT, FLOAT16 or DOUBLE). Nothing loops over floats in Python: values go through ``np.frombuffer`` and
@@ -15,7 +15,7 @@ import numpy as np
 from .errors import FileFormatError
 from .proto import caffe_pb2
 
-#: Caffe's Type enum values used for raw_data (jacinto.md §h: DOUBLE 0, FLOAT 1, FLOAT16 2)
+#: Caffe's Type enum values used for raw_data (docs/jacinto-spec.md §h: DOUBLE 0, FLOAT 1, FLOAT16 2)
 RAW_DTYPES = {0: np.dtype("<f8"), 1: np.dtype("<f4"), 2: np.dtype("<f2")}
 #: refuse shapes with more elements than this (2**34 floats = 64 GiB): surely corrupt, never allocatable
 MAX_ELEMENTS = 1 << 34
@@ -164,7 +164,7 @@ def array_to_blob(arr, form: str = "jacinto", diff=None, pb=caffe_pb2):
     """Build a BlobProto from an array.
 
     ``form="jacinto"``: ``shape`` + ``raw_data_type: FLOAT`` + ``raw_data`` (little-endian float32), exactly
-    what caffe-jacinto's ``Blob::ToProto`` writes (jacinto.md §h); ``diff`` likewise in raw_diff.
+    what caffe-jacinto's ``Blob::ToProto`` writes (docs/jacinto-spec.md §h); ``diff`` likewise in raw_diff.
     ``form="bvlc"``: ``shape`` + packed ``data`` (and ``diff``), what BVLC Caffe writes and reads.
     ``pb`` is the dialect namespace whose BlobProto class to build (BlobProto is wire-identical in all).
     """

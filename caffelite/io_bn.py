@@ -1,6 +1,6 @@
 """BatchNorm layout conversion between BVLC (BatchNorm 3 blobs + Scale) and caffe-jacinto (5 blobs).
 
-Spec jacinto.md §d.2/§d.5:
+Spec docs/jacinto-spec.md §d.2/§d.5:
 - BVLC ``BatchNorm`` blobs ``[mean_sum, var_sum, s]`` (statistics multiplied by the scale factor ``s``) and a
   separate ``Scale`` layer ``[gamma, beta]``;
 - jacinto ``BatchNorm`` with ``scale_bias: true``: ``[mean, var, correction=[1], gamma, beta]``; legacy

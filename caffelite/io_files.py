@@ -1,11 +1,13 @@
 """File helpers shared by :mod:`caffelite.io` modules: whole-file reads (``.xz`` transparent), atomic
-writes (temp file in the same folder + ``os.replace``), text/binary sniffing, guarded protobuf parsing."""
+writes (temp file in the same folder + fsync + ``os.replace``, mode from the umask), text/binary sniffing,
+guarded protobuf parsing."""
 
 from __future__ import annotations
 
+import contextlib
 import lzma
 import os
-import tempfile
+import secrets
 
 from google.protobuf import message as pb_message
 
@@ -33,19 +35,30 @@ def read_bytes(path) -> bytes:
         return f.read()
 
 
-def atomic_write(path, data) -> None:
-    """Write ``data`` (bytes, or an iterable of bytes-like chunks) to ``path`` atomically."""
+@contextlib.contextmanager
+def atomic_open(path):
+    """Open ``path`` for writing, atomically: yields a binary file object on a temporary file in the same folder;
+    on a clean exit its bytes are flushed and fsynced, then it is renamed over ``path`` (on an exception it is
+    removed and ``path`` is left as it was).
+
+    The temporary file is created with mode 0666 and the process umask applies, so the result gets the
+    user's usual permissions (0644 under umask 022), as ``open(path, "w")`` would give it; a missing
+    folder is created, as solver snapshots need for a ``snapshot_prefix`` folder. Every file caffelite
+    writes goes through here (or :func:`atomic_write`).
+    """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)  # as solver snapshots do: a snapshot_prefix folder need not exist yet
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=d)
+    os.makedirs(d, exist_ok=True)
+    while True:
+        tmp = os.path.join(d, f".tmp-{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:  # pragma: no cover - a 32-bit random name collided
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                f.write(data)
-            else:
-                for chunk in data:
-                    f.write(chunk)
+            yield f
             f.flush()
             os.fsync(f.fileno())  # the rename must never expose a file whose bytes are not on disk yet
         os.replace(tmp, path)
@@ -55,6 +68,25 @@ def atomic_write(path, data) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write(path, data) -> None:
+    """Write ``data`` (bytes, str (UTF-8), or an iterable of bytes-like chunks) to ``path`` atomically
+    (see :func:`atomic_open`)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with atomic_open(path) as f:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            f.write(data)
+        else:
+            for chunk in data:
+                f.write(chunk)
+
+
+def save_png(image, path) -> None:
+    """Save a PIL image as a PNG file at ``path``, atomically (see :func:`atomic_open`)."""
+    with atomic_open(path) as f:
+        image.save(f, format="PNG")
 
 
 def is_text_file(data: bytes) -> bool:

@@ -3,7 +3,7 @@
 ``read_weights`` parses the whole file with protobuf (the message holds every value); ``load_weights``
 streams blob payloads straight into numpy arrays (:mod:`caffelite.io_wire`) and is what a Net should use for
 big files; ``write_weights`` streams payloads from array memory. Dialect detection of binary nets
-(jacinto.md §h: NVCaffe writes ``raw_data`` and sets ``forward_type``... on every layer; BVLC writes packed
+(docs/jacinto-spec.md §h: NVCaffe writes ``raw_data`` and sets ``forward_type``... on every layer; BVLC writes packed
 ``data`` and may carry message fields 145-148) lives here too.
 """
 
@@ -14,7 +14,8 @@ import os
 import numpy as np
 
 from . import upgrade as _upgrade
-from .dialects import NetReport, convert_by_name, detect_bvlc_in_jacinto_net, guess_jacinto_version, unknown_numbers
+from .dialects import (NetReport, convert_by_name, detect_bvlc_in_jacinto_net, foreign_fields, guess_jacinto_version,
+                       restore_foreign_fields, unknown_numbers)
 from .errors import FileFormatError
 from .io_blob import blob_shape, blob_to_array, check_blob
 from .io_files import parse_binary as _parse_binary
@@ -67,13 +68,22 @@ def check_net_blobs(net, source) -> None:
             check_blob(b, f"{source}: layer '{l.name or l.layer.name}' blob {i}")
 
 
+def _from_016(net16, report):
+    """A caffe-jacinto 0.16 NetParameter as 0.17 (fields copied by name), other forks' fields kept."""
+    out = convert_by_name(net16, caffe_pb2.NetParameter(), report, "net: ")
+    return restore_foreign_fields(out, foreign_fields(net16), report)
+
+
 def parse_net_binary(data: bytes, source="<bytes>", upgrade: bool = True):
     """Parse a binary NetParameter (caffemodel); return ``(NetParameter, NetReport)``."""
     if not data:
         raise FileFormatError(source, "empty file (not a caffemodel)")
     net = _parse_binary(caffe_pb2.NetParameter, data, source, "caffemodel (binary NetParameter)")
     check_strings(net, source)
-    if unknown_numbers(net) or not (len(net.layer) or len(net.layers)):
+    # a declared number with the wrong wire type (a solverstate's iter in NetParameter's name, say) means another
+    # kind of file; numbers no schema declares are another fork's fields, kept (see dialects.foreign_fields)
+    declared = net.DESCRIPTOR.fields_by_number
+    if any(n in declared for n, _ in unknown_numbers(net)) or not (len(net.layer) or len(net.layers)):
         raise FileFormatError(source, "not a caffemodel: no layers (is it a binaryproto, solverstate or "
                                       "another kind of file?)")
     check_net_blobs(net, source)
@@ -82,8 +92,7 @@ def parse_net_binary(data: bytes, source="<bytes>", upgrade: bool = True):
     if name == "bvlc":
         detect_bvlc_in_jacinto_net(net, report)
     elif name == "jacinto016":
-        net = convert_by_name(_parse_binary(dialect("jacinto016").NetParameter, data, source, "caffemodel"),
-                              caffe_pb2.NetParameter(), report, "net: ")
+        net = _from_016(_parse_binary(dialect("jacinto016").NetParameter, data, source, "caffemodel"), report)
     if upgrade:
         report.upgraded = _upgrade.upgrade_net(net, source)
     report.form = _blob_form(net)
@@ -156,7 +165,7 @@ class LazyBlob:
 
 
 def _pick_payload(pay):
-    """The payload Caffe reads (jacinto.md §h): ``double_data``, else ``data``, else ``raw_data``; or None."""
+    """The payload Caffe reads (docs/jacinto-spec.md §h): ``double_data``, else ``data``, else ``raw_data``; or None."""
     for name in ("double_data", "data", "raw_data"):
         if name in pay:
             return pay[name]
@@ -189,7 +198,7 @@ def load_weights(path, upgrade: bool = True, lazy: bool = False):
     skel, layer_blobs = scanned
     net = _parse_binary(caffe_pb2.NetParameter, skel, path, "caffemodel (binary NetParameter)")
     check_strings(net, path)
-    if unknown_numbers(net) or not len(net.layer):
+    if any(n in net.DESCRIPTOR.fields_by_number for n, _ in unknown_numbers(net)) or not len(net.layer):
         raise FileFormatError(path, "not a caffemodel: no layers")
     arrays, forms = {}, set()
     for l, blobs in zip(net.layer, layer_blobs, strict=True):
@@ -212,8 +221,7 @@ def load_weights(path, upgrade: bool = True, lazy: bool = False):
     if name == "bvlc":
         detect_bvlc_in_jacinto_net(net, report)
     elif name == "jacinto016":
-        net = convert_by_name(dialect("jacinto016").NetParameter.FromString(skel), caffe_pb2.NetParameter(),
-                              report, "net: ")
+        net = _from_016(dialect("jacinto016").NetParameter.FromString(skel), report)
     if upgrade:
         report.upgraded = _upgrade.upgrade_net(net, path)
     report.form = None if not forms else forms.pop() if len(forms) == 1 else "mixed"

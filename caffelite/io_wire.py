@@ -39,23 +39,25 @@ def _one_field(msg, fd, val) -> bytes:
     return tmp.SerializePartialToString()
 
 
+def unknown_field_bytes(f) -> bytes:
+    """The wire bytes (tag + value) of one entry of protobuf's ``UnknownFieldSet``."""
+    t = tag(f.field_number, f.wire_type)
+    if f.wire_type == 0:
+        return t + varint(f.data & ((1 << 64) - 1))
+    if f.wire_type == 1:
+        return t + int(f.data).to_bytes(8, "little")
+    if f.wire_type == 5:
+        return t + int(f.data).to_bytes(4, "little")
+    if f.wire_type == 2:
+        return t + varint(len(f.data)) + bytes(f.data)
+    # groups never occur in Caffe files; protobuf would keep them, we cannot re-encode
+    raise FileFormatError(None, f"cannot re-encode unknown group field {f.field_number}")
+
+
 def _unknown_bytes(msg) -> list:
     from google.protobuf import unknown_fields
 
-    out = []
-    for f in unknown_fields.UnknownFieldSet(msg):
-        t = tag(f.field_number, f.wire_type)
-        if f.wire_type == 0:
-            out.append(t + varint(f.data & ((1 << 64) - 1)))
-        elif f.wire_type == 1:
-            out.append(t + int(f.data).to_bytes(8, "little"))
-        elif f.wire_type == 5:
-            out.append(t + int(f.data).to_bytes(4, "little"))
-        elif f.wire_type == 2:
-            out.append(t + varint(len(f.data)) + bytes(f.data))
-        else:  # groups never occur in Caffe files; protobuf would keep them, we cannot re-encode
-            raise FileFormatError(None, f"cannot re-encode unknown group field {f.field_number}")
-    return out
+    return [unknown_field_bytes(f) for f in unknown_fields.UnknownFieldSet(msg)]
 
 
 def encode_blob(blob, form=None) -> list:

@@ -42,11 +42,54 @@ class GlogFormatter(logging.Formatter):
 
 
 def get_logger() -> logging.Logger:
-    """caffelite's logger (configured lazily with a glog-format stderr handler at INFO)."""
+    """caffelite's logger (configured lazily with a glog-format stderr handler; level from the environment,
+    see :func:`setup_logging`)."""
     lg = logging.getLogger(LOGGER_NAME)
     if not getattr(lg, "_caffelite_configured", False):
         setup_logging()
     return lg
+
+
+#: glog severities (GLOG_minloglevel, caffe.init_log) -> logging levels
+_GLOG_SEVERITY = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
+
+
+def glog_level(severity) -> int:
+    """The logging level of glog severity ``severity`` (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL)."""
+    try:
+        sev = int(severity)
+    except (TypeError, ValueError):
+        raise ValueError(f"glog severity must be 0-3 (INFO, WARNING, ERROR, FATAL), got {severity!r}") from None
+    return _GLOG_SEVERITY[min(max(sev, 0), 3)]
+
+
+def env_level() -> int:
+    """The level glog's environment variables ask for: ``GLOG_minloglevel`` (0-3), and ``GLOG_v`` > 0 adds
+    caffelite's DEBUG lines (glog's VLOG); INFO when neither is set."""
+    level = logging.INFO
+    raw = os.environ.get("GLOG_minloglevel", "").strip()
+    if raw:
+        try:
+            level = glog_level(raw)
+        except ValueError:
+            raise ValueError(f"GLOG_minloglevel must be 0-3 (INFO, WARNING, ERROR, FATAL), got {raw!r}") from None
+    v = os.environ.get("GLOG_v", "").strip()
+    if v and level == logging.INFO and v.lstrip("-").isdigit() and int(v) > 0:
+        level = logging.DEBUG
+    return level
+
+
+def set_log_level(level) -> None:
+    """Set how much caffelite logs: a logging level (``logging.WARNING``) or its name (``"WARNING"``).
+
+    Same as ``logging.getLogger("caffelite").setLevel(level)``; caffelite never overrides a level set
+    either way (only the ``GLOG_minloglevel`` / ``GLOG_v`` environment applies when none was set)."""
+    if isinstance(level, str):
+        name = level.upper()
+        if not isinstance(logging.getLevelName(name), int):
+            raise ValueError(f"unknown log level {level!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+        level = logging.getLevelName(name)
+    logging.getLogger(LOGGER_NAME).setLevel(int(level))
 
 
 class _Stderr:
@@ -65,18 +108,44 @@ class _Stderr:
 STDERR = _Stderr()
 
 
-def setup_logging(stream=None, level=logging.INFO) -> logging.Logger:
+def _truthy(name) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "y", "t")
+
+
+def setup_logging(stream=None, level=None) -> logging.Logger:
     """(Re)configure caffelite's logger to write glog-format lines to ``stream`` (default: the current
-    ``sys.stderr`` at each line)."""
+    ``sys.stderr`` at each line).
+
+    ``level=None`` keeps a level the user set on ``logging.getLogger("caffelite")`` and otherwise takes it
+    from the environment (:func:`env_level`). ``GLOG_log_dir`` (unless ``GLOG_logtostderr`` is true) also
+    writes the lines to ``<dir>/caffelite.<host>.<user>.log.INFO.<yyyymmdd-hhmmss>.<pid>``, as glog does.
+    """
     lg = logging.getLogger(LOGGER_NAME)
     for h in list(lg.handlers):
         if getattr(h, "_caffelite", False):
             lg.removeHandler(h)
+            if isinstance(h, logging.FileHandler):
+                h.close()
     h = logging.StreamHandler(stream if stream is not None else STDERR)
     h._caffelite = True
     h.setFormatter(GlogFormatter())
     lg.addHandler(h)
-    lg.setLevel(level)
+    log_dir = os.environ.get("GLOG_log_dir", "").strip()
+    if log_dir and not _truthy("GLOG_logtostderr"):
+        import getpass
+        import socket
+
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        fname = f"caffelite.{socket.gethostname()}.{getpass.getuser()}.log.INFO.{stamp}.{os.getpid()}"
+        fh = logging.FileHandler(os.path.join(log_dir, fname))
+        fh._caffelite = True
+        fh.setFormatter(GlogFormatter())
+        lg.addHandler(fh)
+    ours = getattr(lg, "_caffelite_level", None)
+    user_set = lg.level != logging.NOTSET and lg.level != ours
+    if level is not None or not user_set:
+        lg.setLevel(level if level is not None else env_level())
+        lg._caffelite_level = lg.level
     lg.propagate = False
     lg._caffelite_configured = True
     return lg

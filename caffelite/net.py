@@ -17,11 +17,14 @@ import logging
 import numpy as np
 
 from . import backend, fusion, graph
-from .blob import Blob
+from .blob import Blob, BlobSizeError
 from .errors import CaffeliteError, NetError
+from .extensions import apply_net_extensions
 from .hooks import HookSet, add_debug_info_hooks
 from .layer import TEST, TRAIN, create_layer
+from .net_pycaffe import PycaffeNetMixin
 from .netweights import append_params, copy_from, load_net_param, save_net, to_proto
+from .ops import engine as _engine
 
 log = logging.getLogger("caffelite")
 
@@ -43,19 +46,28 @@ def _named(layer, fn, bottom, top):
         fn(bottom, top)
     except CaffeliteError:
         raise
+    except BlobSizeError as e:
+        raise layer.error(f"refusing to allocate: {e}") from None
+    except MemoryError as e:  # a layer's own buffer: still a typed error naming the layer
+        shapes = ", ".join(str(list(b.shape)) for b in bottom)
+        raise layer.error(f"out of memory setting up the layer ({e or 'MemoryError'}; bottom shapes {shapes})") \
+            from None
     except (ValueError, IndexError, TypeError, ZeroDivisionError) as e:
         shapes = ", ".join(str(list(b.shape)) for b in bottom)
         raise layer.error(f"{type(e).__name__}: {e} (bottom shapes {shapes})") from e
 
 
-class Net:
+class Net(PycaffeNetMixin):
     """A Caffe network (pycaffe-compatible).
 
     ``Net(prototxt, weights, phase)``, ``Net(prototxt, phase, weights=...)`` or ``Net(net_param, phase)``;
-    keywords ``level``, ``stages``, ``dtype`` (float32 by default; float64 for gradient checks).
+    keywords ``level``, ``stages``, ``dtype`` (float32 by default; float64 for gradient checks) and
+    ``extensions`` (default True: the registered net extensions, :mod:`caffelite.extensions`, install what the
+    prototxt asks for, e.g. quantization; False builds the bare net).
     """
 
-    def __init__(self, model, *args, weights=None, phase=None, level=None, stages=None, dtype=np.float32):
+    def __init__(self, model, *args, weights=None, phase=None, level=None, stages=None, dtype=np.float32,
+                 extensions=True):
         args = list(args)
         if args and isinstance(args[0], (str, bytes)) or (args and hasattr(args[0], "__fspath__")):
             if weights is not None:
@@ -73,6 +85,7 @@ class Net:
         self.hooks = HookSet()
         self.loss = 0.0
         self.iter = None  # the owning solver's iteration (set_iteration)
+        self._engine = None  # set below, once the weights are in (caffelite.ops.engine)
         self._build(param, extras, phase, level, stages)
         if any(len(layer.param.blobs) for layer in self.layers):
             # blobs inside the net definition (a NetParameter read from a caffemodel, say) initialise the
@@ -82,6 +95,9 @@ class Net:
                 del lp.blobs[:]
         if weights is not None:
             self.copy_from(weights)
+        self.engine = None  # CAFFELITE_ENGINE, else "auto"
+        if extensions:
+            apply_net_extensions(self)
 
     # ------------------------------------------------------------------------------------------------
     # construction
@@ -267,6 +283,11 @@ class Net:
         """Run layers start..end (inclusive); return the weighted loss of those layers."""
         loss = 0.0
         h = self.hooks
+        run_net = _engine.net_runner(self)  # a whole-net engine (int8 for quantized nets) runs it all
+        if run_net is not None and run_net(self, start, end):
+            self._fused_chains = []
+            return loss
+        _engine.begin_forward(self)
         for fn in h.forward_start:
             fn(self)
         chains = self._chains if (self.fusion and not h.before_forward and not h.after_forward) else {}
@@ -327,9 +348,8 @@ class Net:
     def forward(self, blobs=None, start=None, end=None, **inputs):
         """Feed ``inputs`` (name=array), run layers ``start``..``end`` (names, inclusive) and return a dict of
         the output blobs' data (the net outputs, or the tops of ``end``), plus any names in ``blobs``."""
+        self._check_inputs(inputs)
         for name, arr in inputs.items():
-            if name not in self.blobs:
-                raise NetError(f"forward: no blob named '{name}' in net '{self.name}'")
             blob = self.blobs[name]
             arr = self.xp.asarray(arr, dtype=self.dtype)
             if tuple(arr.shape) != blob.shape:
@@ -386,7 +406,7 @@ class Net:
         """Tell the net (and the layers that read it) the owning solver's iteration, before its forwards.
 
         caffe-jacinto's CUDNN BatchNorm overwrites its running statistics throughout iteration 0 and blends
-        them afterwards (jacinto.md §d.3), so with ``iter_size > 1`` or after a resume it must know the
+        them afterwards (docs/jacinto-spec.md §d.3), so with ``iter_size > 1`` or after a resume it must know the
         solver's iteration, not count its own forwards. ``None`` (the default) lets such layers count.
         """
         self.iter = None if it is None else int(it)
@@ -408,6 +428,23 @@ class Net:
         """Copy params by layer name from a caffemodel path or a NetParameter with blobs (Caffe's
         CopyTrainedLayersFrom); logs copied and ignored layers."""
         copy_from(self, weights)
+        self.repack()
+
+    @property
+    def engine(self) -> str:
+        """The convolution engine asked for: "dense", "sparse", "int8" or "auto" (:mod:`caffelite.ops.engine`;
+        default ``$CAFFELITE_ENGINE``, else "auto"). Setting it (None: that default) re-plans every layer."""
+        return self._engine
+
+    @engine.setter
+    def engine(self, value):
+        self._engine = _engine.resolve(value)
+        _engine.plan(self, self._engine)
+
+    def repack(self):
+        """Re-plan the engines and rebuild packed weights: call after editing weights in place."""
+        if self._engine is not None:
+            _engine.plan(self, self._engine)
 
     def share_weights_from(self, other: Net):
         """Share param data with the same-named layers of ``other`` (Caffe's ShareTrainedLayersWith)."""
@@ -424,6 +461,8 @@ class Net:
                                      f"Source param shape is {list(src.shape)}; target param shape is "
                                      f"{list(dst.shape)}")
                 dst.set_data_array(src.data)
+        self._weights_shared = True  # the other net changes them: never packed (caffelite.ops.engine)
+        self.repack()
 
     def to_proto(self, form="jacinto", write_diff=False):
         """A NetParameter of this net (every layer, Split layers included) with its blobs."""

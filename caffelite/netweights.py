@@ -5,7 +5,7 @@ Copying follows Caffe's ``Net::CopyTrainedLayersFrom``: source layers are matche
 name (type is not checked), unmatched ones are logged as ignored, blob counts must agree (BatchNorm may
 convert between its BVLC 3-blob and jacinto 5-blob layouts through the layer class's ``convert_blobs``),
 and shapes must agree — a legacy 4-D blob (num/channels/height/width) matches when the target shape,
-padded on the left with 1s to four axes, equals it (spec jacinto.md §h).
+padded on the left with 1s to four axes, equals it (spec docs/jacinto-spec.md §h).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def _convert(conv, arrays, legacy, layer, sl, param, net, dialect_name=None, sou
     """Let the layer class convert between blob layouts (BatchNorm: BVLC 3 blobs vs jacinto 5).
 
     Called when the counts differ, or for a jacinto-semantics layer reading 3 blobs from a BVLC file (or
-    whose third value is neither 1, jacinto's reserved blob, nor 0: BVLC's scale factor s; jacinto.md §d.5).
+    whose third value is neither 1, jacinto's reserved blob, nor 0: BVLC's scale factor s; docs/jacinto-spec.md §d.5).
     A BVLC Scale layer that follows the BatchNorm in the file and has no namesake in the net gives γ, β.
     """
     source = "bvlc" if dialect_name == "bvlc" and len(arrays) == 3 else None
@@ -239,7 +239,7 @@ def _skeleton(net):
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net._param)
     del out.layer[:]
-    # caffe-jacinto 0.17's file format (spec §h): a net with `quantize: true` is saved under the name
+    # caffe-jacinto 0.17's file format (docs/jacinto-spec.md §h): a net with `quantize: true` is saved under the name
     # "<name>___QUANTIZED__SEE_END_OFTHE_FILE" (quantize and net_quantization_param are kept by the copy).
     suffix = "___QUANTIZED__SEE_END_OFTHE_FILE"
     if out.quantize and not out.name.endswith(suffix):

@@ -1,6 +1,6 @@
 """Legacy net and solver upgrades, with the semantics of BVLC's ``upgrade_net_proto_text`` /
 ``upgrade_net_proto_binary`` / ``upgrade_solver_proto_text`` (and caffe-jacinto's ``UpgradeNetAsNeeded``,
-spec jacinto.md §h).
+spec docs/jacinto-spec.md §h).
 
 Order (as Caffe applies them): V0 -> V1 (padding layers folded into the next conv/pool), old data
 transformation fields -> ``transform_param``, V1 -> V2 (``layers`` -> ``layer``, enum types -> strings,
@@ -295,7 +295,7 @@ def upgrade_net_input(net) -> bool:
 
 
 def _old_bvlc_bn(l) -> bool:
-    # caffe-jacinto has no such upgrade (jacinto.md §d.5): a jacinto BatchNorm with scale_bias (its 4th/5th
+    # caffe-jacinto has no such upgrade (docs/jacinto-spec.md §d.5): a jacinto BatchNorm with scale_bias (its 4th/5th
     # blobs are learnable gamma/beta) is never touched; without scale_bias its 3 blobs are statistics anyway
     return l.type == "BatchNorm" and len(l.param) == 3 and not l.batch_norm_param.scale_bias
 

@@ -21,6 +21,7 @@ from caffelite.errors import SolverError
 from caffelite.io_blob import blob_to_array
 from caffelite.proto import caffe_pb2
 
+from helpers import all_close as _close
 from solver_fixture import CASES, SOLVERS, case_dir, copy_case, trajectory
 
 
@@ -42,11 +43,6 @@ def _params(solver):
     from caffelite.backend import to_numpy
     return {n: to_numpy(b.data).copy() for n, b in zip(solver.net.learnable_param_names,
                                                         solver.net.learnable_params, strict=True)}
-
-
-def _close(ours, theirs, rtol, rel_atol):
-    atol = rel_atol * max(float(np.abs(theirs).max()), 1e-30)
-    return bool((np.abs(ours - theirs) <= atol + rtol * np.abs(theirs)).all())
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -108,17 +104,58 @@ def test_cli_log_lines_match_caffe(tmp_path, monkeypatch, capfd, case):
 
 @pytest.fixture
 def numpy_conv_path():
-    """The NumPy convolution path (im2col + BLAS, Caffe's summation order) instead of the compiled kernels.
-
-    The field-by-field snapshot check holds 12 iterations to 1e-4*k. The compiled kernels sum in another order
-    (equal to the NumPy path to ~1e-6 per call, tests/test_native_conv.py), and on the nesterov case that
-    rounding flips one max-pooling choice at iteration 11, which moves conv1's momentum by ~3e-3 of its
-    largest value: a legitimate float divergence, not an error. So this check runs on the path that sums
-    as Caffe does; the trajectory checks above run on the default path.
-    """
+    """The NumPy convolution path (im2col + BLAS GEMM) instead of the compiled kernels (closer to Caffe's sums)."""
     from caffelite.ops import native
     with native.enabled(False):
         yield
+
+
+#: a max-pooling window whose two largest inputs differ by less than this (relative to the blob's largest
+#: value) is a near-tie: float32 rounding of the inputs decides which one wins
+NEAR_TIE = 1e-5
+#: how far a snapshot may drift from Caffe's after a near-tie flipped (measured: 3.4e-3 of max|momentum|)
+TIE_FLIP_TOL = 1e-2
+
+
+def _watch_max_pool_ties(solver):
+    """Record, per iteration, whether any MAX pooling window of the train net had a near-tie.
+
+    The field-by-field check holds 12 iterations to 1e-4*k. Which of two nearly equal pooling inputs wins
+    depends on the order the convolution below summed in: the compiled kernels' order, or BLAS's, which
+    OpenBLAS picks per CPU (SkylakeX/Zen vs Haswell kernels). On the nesterov case one window at iteration 11
+    is such a near-tie; where it flips, conv1's momentum moves by ~3e-3 of its largest value (a legitimate
+    float divergence, not an error). So a snapshot taken after a recorded near-tie is held to
+    :data:`TIE_FLIP_TOL`; every other one (all of them where no window came close) keeps the tight bound.
+    """
+    seen = []
+
+    def check(net, i, layer, bottom, top):
+        pp = layer.param.pooling_param
+        if layer.param.type != "Pooling" or pp.pool != pp.MAX or pp.global_pooling:
+            return
+        x = np.asarray(bottom[0].data, np.float64)
+        k = int(pp.kernel_size or pp.kernel_h)
+        st, pad = int(pp.stride or pp.stride_h or 1), int(pp.pad or pp.pad_h)
+        h, w = x.shape[2:]
+        oh, ow = -(-(h + 2 * pad - k) // st) + 1, -(-(w + 2 * pad - k) // st) + 1
+        padded = np.full(x.shape[:2] + ((oh - 1) * st + k, (ow - 1) * st + k), -np.inf)
+        padded[:, :, pad:pad + h, pad:pad + w] = x
+        win = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::st, ::st]
+        top2 = np.sort(win.reshape(win.shape[:4] + (-1,)), axis=-1)[..., -2:]
+        scale = float(np.abs(x).max()) or 1.0
+        gap = top2[..., 1] - top2[..., 0]
+        if ((top2[..., 1] > 0) & (gap <= NEAR_TIE * scale)).any():
+            seen.append(solver.iter)
+
+    solver.net.add_hook("after_forward", check)
+    return seen
+
+
+def _close_or_tie(ours, theirs, k, rtol, rel_atol, ties):
+    """The tight check, or :data:`TIE_FLIP_TOL` of max|theirs| when a near-tie was seen before iteration k."""
+    if _close(ours, theirs, rtol, rel_atol):
+        return True
+    return any(t < k for t in ties) and _close(ours, theirs, 0.0, TIE_FLIP_TOL)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -143,6 +180,7 @@ def test_our_bvlc_snapshots_match_caffe_field_by_field(tmp_path, monkeypatch, ca
         assert np.array_equal(blob.data.ravel(), want[layer][int(i)]), name
     s = _solver(d)
     s.snapshot_form = "bvlc"
+    ties = _watch_max_pool_ties(s)
     s.solve()
     for k in (6, 12):
         ours = bv.NetParameter.FromString((d / f"snapshot_iter_{k}.caffemodel").read_bytes())
@@ -155,7 +193,7 @@ def test_our_bvlc_snapshots_match_caffe_field_by_field(tmp_path, monkeypatch, ca
             for bo, bt in zip(lo.blobs, lt.blobs, strict=True):
                 assert list(bo.shape.dim) == list(bt.shape.dim)
                 assert len(bo.data) == len(bt.data) == int(np.prod(bt.shape.dim))  # BVLC packed data
-                assert _close(np.array(bo.data), np.array(bt.data), 1e-4 * k, 1e-5 * k), lo.name
+                assert _close_or_tie(np.array(bo.data), np.array(bt.data), k, 1e-4 * k, 1e-5 * k, ties), lo.name
         so = bv.SolverState.FromString((d / f"snapshot_iter_{k}.solverstate").read_bytes())
         st = bv.SolverState.FromString(open(os.path.join(case_dir(case), f"snapshot_iter_{k}.solverstate"),
                                             "rb").read())
@@ -166,7 +204,7 @@ def test_our_bvlc_snapshots_match_caffe_field_by_field(tmp_path, monkeypatch, ca
             assert list(ho.shape.dim) == list(ht.shape.dim)
             if s.lr_mults[j % n] == 0 and s.type != "SGD":
                 continue  # Caffe's adaptive histories of BatchNorm statistics hold float noise (test_solvers)
-            assert _close(np.array(ho.data), np.array(ht.data), 1e-4 * k, 1e-4 * k), (case, k, j)
+            assert _close_or_tie(np.array(ho.data), np.array(ht.data), k, 1e-4 * k, 1e-4 * k, ties), (case, k, j)
 
 
 def test_resume_from_caffe_solverstate_reproduces_caffe_resume(tmp_path, monkeypatch):

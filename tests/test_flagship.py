@@ -7,6 +7,7 @@ import os
 import pytest
 
 from caffelite.commands import flagship
+from caffelite.data.cityscapes import DatasetError
 from caffelite.pipeline import segmentation as seg
 
 
@@ -65,6 +66,6 @@ def test_missing_gtfine_is_one_clear_error(tmp_path):
     root = tmp_path / "cs"
     (root / "leftImg8bit" / "train").mkdir(parents=True)
     cfg = _cfg(tmp_path / "run", ["--dataset-root", str(root)])
-    with pytest.raises(Exception) as e:
+    with pytest.raises(DatasetError) as e:
         seg.prepare_data(cfg)
     assert "gtFine" in str(e.value)

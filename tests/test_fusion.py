@@ -5,6 +5,7 @@ Every check compares a fused forward with the same net run layer by layer (``net
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import caffelite
 from caffelite.net import Net
 from caffelite.ops import native
+from helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="fusion needs the compiled kernels")
 
@@ -69,8 +71,8 @@ def _run(net, fused, **kw):
     return {k: v.copy() for k, v in out.items()}, {k: b.data.copy() for k, b in net.blobs.items()}
 
 
-def _close(a, b):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+#: float32 sums in another order: rtol 1e-5 plus 1e-5 of the largest magnitude (at least 1)
+_close = functools.partial(assert_close, rtol=1e-5, rel_atol=1e-5, floor=1.0)
 
 
 def test_plan_finds_the_chains(tmp_path):

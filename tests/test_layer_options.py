@@ -118,9 +118,19 @@ def test_data_unsupported_transform_option_names_layer_and_field():
 
 
 def test_data_layers_accept_implementation_choices():
-    # thread counts, GPU transform and debug display cannot change results: no error at option check time
-    create_layer(_layer('name: "d" type: "Data" transform_param { use_gpu_transform: true display: true } '
-                        'data_param { source: "/nonexistent" batch_size: 2 parser_threads: 3 threads: 2 }'))
+    from caffelite.layers.data import DataLayer
+
+    # thread counts, GPU transform and debug display cannot change results: no error at option check time,
+    # and the options are kept as given
+    choices = 'transform_param { use_gpu_transform: true display: true } ' \
+              'data_param { source: "/nonexistent" batch_size: 2 parser_threads: 3 threads: 2 }'
+    layer = create_layer(_layer(f'name: "d" type: "Data" {choices}'))
+    assert type(layer) is DataLayer
+    assert layer.param.data_param.parser_threads == 3 and layer.param.transform_param.use_gpu_transform
+    # accepting them does not open the message: an option that would change the result beside them is refused
+    refused = choices.replace("display: true", "display: true vertical_stretch_lower: 0.8")
+    with pytest.raises(UnsupportedError, match="'d'.*transform_param.vertical_stretch_lower"):
+        create_layer(_layer(f'name: "d" type: "Data" {refused}'))
 
 
 def test_dummy_data_declares_its_whole_message():

@@ -1,4 +1,4 @@
-"""Every net shipped in models/prototxt builds and runs a forward (deploy) or parses (train/test/solver)."""
+"""Every net shipped in caffelite/models/prototxt builds and runs a forward (deploy) or parses (train/test/solver)."""
 
 import glob
 import os
@@ -8,8 +8,9 @@ import pytest
 
 import caffelite
 from caffelite import io as cio
+from caffelite.models import prototxt_dir
 
-MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "prototxt")
+MODELS = prototxt_dir()
 DEPLOYS = sorted(glob.glob(os.path.join(MODELS, "*", "deploy.prototxt")))
 
 

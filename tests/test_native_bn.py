@@ -11,12 +11,14 @@ non-contiguous arrays and ``native.enabled(False)``.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 import pytest
 
 from caffelite.ops import native, native_bn
+from helpers import assert_max_error, bits_equal
 from native_case import forward_backward, set_scale_bias, single_layer, using_isa
 
 pytestmark = pytest.mark.skipif(os.environ.get("CAFFELITE_NATIVE", "1") == "0",
@@ -61,19 +63,9 @@ def _bn_step(layer, b, t, x, dy, propagate=True):
     return y, None if layer.xhat is None else layer.xhat.copy(), dx
 
 
-def _close(got, want, rel=1e-5, magnitude=None):
-    """Equal within ``rel`` of the magnitude of ``want`` (float32 rounding of differently ordered sums), or of
-    ``magnitude``: that of the terms where the result cancels (dx with m = 2 values per channel is all noise)."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape
-    scale = max(float(np.max(np.abs(want), initial=0.0)) if magnitude is None else magnitude, 1e-30)
-    err = float(np.max(np.abs(got - want), initial=0.0))
-    assert err <= rel * scale, f"max error {err:.3g} > {rel:g} x {scale:.3g}"
-
-
-def _bits_equal(a, b):
-    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+#: within 1e-5 of the magnitude of ``want`` (float32 rounding of differently ordered sums), or of ``magnitude=``:
+#: that of the terms where the result cancels (dx with m = 2 values per channel is all noise)
+_close = functools.partial(assert_max_error, rel=1e-5)
 
 
 def _run_bn(extra, shape, in_place, iters=3, seed=0, mean=2.0, propagate=True):
@@ -158,14 +150,14 @@ def test_batch_norm_thread_count_does_not_change_results(split_small, extra):
         for r0, r1 in zip(results[0], other, strict=True):
             y, xh, dx, data, diff, _ = r0
             y1, xh1, dx1, data1, diff1, _ = r1
-            assert _bits_equal(y, y1) and _bits_equal(xh, xh1) and _bits_equal(dx, dx1)
-            assert all(_bits_equal(a, b) for a, b in zip(data + diff, data1 + diff1, strict=True))
+            assert bits_equal(y, y1) and bits_equal(xh, xh1) and bits_equal(dx, dx1)
+            assert all(bits_equal(a, b) for a, b in zip(data + diff, data1 + diff1, strict=True))
 
 
 def test_batch_norm_param_diffs_only_without_propagate_down():
     nat, ref = _run_bn(JSEG, (2, 3, 5, 6), True, iters=2, propagate=False)
     for (_y, _xh, dx, _d, diff, _m), (_y0, _xh0, dx0, _d0, diff0, _m0) in zip(nat, ref, strict=True):
-        assert _bits_equal(dx, dx0)  # in place: the bottom diff is the top diff, left as it was
+        assert bits_equal(dx, dx0)  # in place: the bottom diff is the top diff, left as it was
         for a, b in zip(diff[3:], diff0[3:], strict=True):
             _close(a, b)
 
@@ -181,8 +173,8 @@ def test_batch_norm_without_backward_keeps_nothing():
         layer.forward([b], [t])
         outs.append((t.data.copy(), [blob.data.copy() for blob in layer.blobs]))
         assert (layer.xhat is not None) == needs
-    assert _bits_equal(outs[0][0], outs[1][0])
-    assert all(_bits_equal(a, c) for a, c in zip(outs[0][1], outs[1][1], strict=True))
+    assert bits_equal(outs[0][0], outs[1][0])
+    assert all(bits_equal(a, c) for a, c in zip(outs[0][1], outs[1][1], strict=True))
     with pytest.raises(Exception, match="kept nothing"):
         layer.backward([t], [True], [b])
 
@@ -267,11 +259,11 @@ def test_relu_bitwise_equals_numpy(split_small, name, shape, in_place, slope):
         with isa(name), native.enabled(use_native):
             got.append([_relu_step(layer, b, t, x, dy) for _ in range(2)])
     for (y, dx), (y0, dx0) in zip(*got, strict=True):
-        assert _bits_equal(y, y0) and _bits_equal(dx, dx0)
+        assert bits_equal(y, y0) and bits_equal(dx, dx0)
     s = np.float32(slope)
     y, dx = got[0][0]
-    assert _bits_equal(y, np.maximum(x, 0) if slope == 0 else np.where(x > 0, x, x * s))
-    assert _bits_equal(dx, dy * (x > 0) if slope == 0 else np.where(x > 0, dy, dy * s))
+    assert bits_equal(y, np.maximum(x, 0) if slope == 0 else np.where(x > 0, x, x * s))
+    assert bits_equal(dx, dy * (x > 0) if slope == 0 else np.where(x > 0, dy, dy * s))
 
 
 def test_relu_calls_the_kernel_and_is_thread_independent(monkeypatch, split_small):
@@ -286,7 +278,7 @@ def test_relu_calls_the_kernel_and_is_thread_independent(monkeypatch, split_smal
         with isa(native_bn._LIB.isa, threads), np.errstate(invalid="ignore"):
             outs.append(_relu_step(layer, b, t, x, dy))
     assert calls == ["relu_forward", "relu_backward"] * 3
-    assert all(_bits_equal(a, b) for o in outs[1:] for a, b in zip(o, outs[0], strict=True))
+    assert all(bits_equal(a, b) for o in outs[1:] for a, b in zip(o, outs[0], strict=True))
 
 
 def test_relu_empty_and_in_place_negative_slope_keeps_input():

@@ -8,6 +8,7 @@ here instead of silently testing nothing; ``CAFFELITE_NATIVE=0`` is the one docu
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from caffelite.ops import conv as K
 from caffelite.ops import native
 from caffelite.ops.im2col import ConvGeometry
+from helpers import assert_close
 from native_case import using_isa
 
 pytestmark = pytest.mark.skipif(os.environ.get("CAFFELITE_NATIVE", "1") == "0",
@@ -75,9 +77,8 @@ def _forward(g, group, x, wt, b, use_native):
     return out
 
 
-def _close(a, ref):
-    # float32 sums in another order: relative to the magnitude of the result
-    np.testing.assert_allclose(a, ref, rtol=0, atol=2e-5 * max(1.0, float(np.abs(ref).max())))
+#: float32 sums in another order: 2e-5 of the largest magnitude of the result (at least 1)
+_close = functools.partial(assert_close, rtol=0, rel_atol=2e-5, floor=1.0)
 
 
 @pytest.mark.parametrize("name", ISAS)

@@ -18,14 +18,8 @@ from caffelite.io_blob import blob_to_array
 from caffelite.proto import caffe_pb2
 from caffelite.solvers import SGDSolver, get_solver, solver_class
 
+from helpers import all_close, close
 from solver_fixture import CASES, TrajectoryNet, case_dir, solver_param, trajectory
-
-
-def _close(ours, theirs, rtol=2e-5, rel_atol=2e-6):
-    from caffelite.backend import to_numpy
-    ours = to_numpy(ours)
-    atol = rel_atol * max(float(np.abs(theirs).max()), 1e-30)
-    return np.abs(ours - theirs) <= atol + rtol * np.abs(theirs)
 
 
 def _run_one_step_trajectory(case, caplog=None):
@@ -45,7 +39,7 @@ def _run_one_step_trajectory(case, caplog=None):
             if lr_mult == 0:  # BatchNorm statistics change in the forward, not in the update
                 continue
             want = traj[f"param/{key}"][k]
-            ok = _close(b.data, want)
+            ok = close(b.data, want, rtol=2e-5, rel_atol=2e-6)
             assert ok.all(), (f"{case}: {key} after update {k}: max |diff| "
                               f"{np.abs(b.data - want).max():.3g} (max |w| {np.abs(want).max():.3g})")
         if k in (6, 12):
@@ -75,7 +69,7 @@ def test_history_matches_caffe_solverstate(case):
                 continue
             theirs = blob_to_array(blob).reshape(hist_at[k][j % n][j // n].shape)
             ours = hist_at[k][j % n][j // n]
-            assert _close(ours, theirs, rtol=1e-4, rel_atol=1e-5).all(), f"{case} history[{j}] at {k}"
+            assert all_close(ours, theirs, rtol=1e-4, rel_atol=1e-5), f"{case} history[{j}] at {k}"
         # current_step is set by step/multistep only (fixtures README)
         if solver.param.lr_policy in ("step", "multistep"):
             assert st.current_step == hist_at[f"step{k}"]

@@ -3,7 +3,7 @@
 * Boolean flags accept every gflags spelling: ``--flag``, ``--flag=true|false|1|0|yes|no`` and ``--noflag``
   (``-flag`` and ``-flag=x`` are normalised to ``--`` by :func:`caffelite.cli.main`).
 * ``--quant-ranges freeze|save FILE|load FILE`` (beyond caffe-jacinto, issue 5): quantized evaluation that does
-  not depend on the order of the images (jacinto.md §b.4: its running ranges follow every batch).
+  not depend on the order of the images (docs/jacinto-spec.md §b.4: its running ranges follow every batch).
 * A progress bar on a terminal only; while it shows, log lines are written above it (``tqdm.write``), so
   redirected logs stay byte-for-byte Caffe's lines.
 """
@@ -23,8 +23,8 @@ QUANT_RANGES_HELP = (
     "quantized nets (quantize: true): 'freeze' measures the activation ranges on the first quantization_start "
     "batches, then keeps them fixed; 'save FILE' writes the final ranges (JSON) after the run; 'load FILE' uses "
     "the ranges of such a file, frozen. With frozen ranges every batch is quantized with the same parameters, "
-    "so scores do not depend on the image order (caffe-jacinto updates them after every batch, jacinto.md "
-    "§b.4). With several quantizing nets (train + test nets) net k>0 uses FILE.k")
+    "so scores do not depend on the image order (caffe-jacinto updates them after every batch, "
+    "docs/jacinto-spec.md §b.4). With several quantizing nets (train + test nets) net k>0 uses FILE.k")
 
 
 def add_net_flags(parser, *, phase, weights_help, iterations_help):
@@ -44,6 +44,7 @@ def build_net(args, command, what):
     """Check the shared flags, pick the device and build the Net (``--model`` as a NetParameter, read once),
     with ``--weights`` (comma-separated: each applied in turn) copied in; returns ``(net, model_param)``."""
     from .. import io
+    from .. import jacinto  # noqa: F401  (registers its net extension and the int8 engine, as caffelite.Net does)
     from ..net import Net
     from .train import parse_gpus, select_device
     if not args.model:

@@ -64,8 +64,10 @@ def save_confusion_png(matrix, names, path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from ..io_files import atomic_open
+
+    with atomic_open(path) as f:
+        fig.savefig(f, dpi=100, format=os.path.splitext(path)[1][1:].lower() or "png")
     plt.close(fig)
 
 

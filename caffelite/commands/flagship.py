@@ -1,4 +1,4 @@
-"""Run TI's sparse, quantized segmentation flow end to end (jacinto.md §g), on Cityscapes or synthetic data.
+"""Run TI's sparse, quantized segmentation flow end to end (docs/jacinto-spec.md §g), on Cityscapes or synthetic data.
 
 ``caffelite flagship --quick --out runs/flagship`` is the README's main job: a small synthetic Cityscapes-like
 set on the CPU, all five stages with scaled-down iterations, overlays and the results table.

@@ -1,7 +1,8 @@
 """Describe a net or solver prototxt, a caffemodel, a binaryproto or a solverstate.
 
 For nets: the dialect, then one row per layer (name, type, bottoms, tops, blob shapes, parameter count,
-fraction of zero weights, quantization parameters) and totals. For a caffemodel the shapes, counts and zero
+fraction of zero weights, quantization parameters and, for a caffemodel's convolutions, the engine ``auto``
+would run them with) and totals. For a caffemodel the shapes, counts and zero
 fractions come from the stored blobs. For a net prototxt the net is built (``caffelite.Net``, TEST phase) to
 get each layer's top shapes and parameter shapes/counts; a data layer that cannot open its source (and
 whatever depends on it) is shown with unknown (``?``) shapes instead of failing, and layers that the TEST
@@ -55,6 +56,15 @@ def _notes(report, out):
         out.append(f"note: {d} (no caffe-jacinto field)")
 
 
+def _foreign(msg, out, root="net"):
+    """List the fields of other Caffe forks that the file carries: caffelite keeps them, byte for byte, in
+    every conversion, but does not know what they mean."""
+    from ..dialects import foreign_fields
+
+    for ff in foreign_fields(msg):
+        out.append(f"kept, not understood: {ff.describe(root)}")
+
+
 def describe_net(net, report, out, arrays=None):
     """Print the layer table of a caffemodel's ``net`` (blob shapes, counts, zeros) to ``out`` (a list).
 
@@ -62,11 +72,15 @@ def describe_net(net, report, out, arrays=None):
     shapes (``io.load_weights(lazy=True)``: one blob in memory at a time, whatever the file's size).
 
     ``zeros`` is the fraction of exact zeros in the layer's weights (its first blob, as caffe-jacinto's
-    DisplaySparsity counts, jacinto.md §a.4); the total line also gives the zero fraction of all parameters.
+    DisplaySparsity counts, docs/jacinto-spec.md §a.4); the total line also gives the zero fraction of all parameters.
+    ``auto engine`` is the engine ``auto`` would run a Convolution with on this machine in a TEST net
+    (:mod:`caffelite.ops.engine`: sparse when enough weights are zero and the sparse kernels are built).
     """
     from ..io_blob import blob_shape, blob_to_array
 
-    rows = [("name", "type", "bottoms", "tops", "blobs", "params", "zeros", "quant")]
+    from ..ops import engine
+
+    rows = [("name", "type", "bottoms", "tops", "blobs", "params", "zeros", "quant", "auto engine")]
     total = zeros_all = weights = zeros_w = 0
     for l in net.layer:
         shapes, count, zw = [], 0, None
@@ -83,8 +97,13 @@ def describe_net(net, report, out, arrays=None):
                 weights += a.size
                 zeros_w += z
         total += count
+        eng = "-"
+        if l.type == "Convolution" and shapes and zw is not None:
+            ws = tuple(shapes[0])
+            eng = engine.auto_choice(engine.conv_kind_of_param(l, ws), zw, int(np.prod(ws[1:])))
         rows.append((l.name, l.type, ",".join(l.bottom) or "-", ",".join(l.top) or "-", _fmt_shapes(shapes),
-                     str(count) if l.blobs else "-", f"{zw:.3f}" if zw is not None else "-", _quant(l) or "-"))
+                     str(count) if l.blobs else "-", f"{zw:.3f}" if zw is not None else "-", _quant(l) or "-",
+                     eng))
     _header(net, report, out)
     _table(rows, out)
     frac = f"{zeros_w / weights:.3f}" if weights else "-"
@@ -199,6 +218,7 @@ def run(args) -> int:
     if kind == "weights":
         net, report, arrays = io.load_weights(args.file, lazy=True)
         describe_net(net, report, out, arrays)
+        _foreign(net, out)
     elif kind == "binaryproto":
         a = io.read_binaryproto(args.file)
         out.append(f"binaryproto: shape {list(a.shape)}, {a.size} values")
@@ -210,6 +230,7 @@ def run(args) -> int:
         out.append(f"history: {len(s.history)} blobs")
         for i, b in enumerate(s.history):
             out.append(f"  {i}: {_fmt_shapes([blob_shape(b)])}")
+        _foreign(s, out, "solverstate")
     else:
         kind, msg, report = io.read_text_any(args.file)
         if kind == "net":

@@ -1,4 +1,4 @@
-"""Fold BatchNorm/Scale into the preceding convolutions (caffe-jacinto's ``caffe optimize``, jacinto.md §b.8).
+"""Fold BatchNorm/Scale into the preceding convolutions (caffe-jacinto's ``caffe optimize``, docs/jacinto-spec.md §b.8).
 
 Writes ``<dir>/<stem>.prototxt`` (the net, without blobs) and ``<dir>/<stem>.caffemodel`` for
 ``--output_model <dir>/<stem>[.caffemodel|.prototxt]``. The folded net's outputs equal the original's within
@@ -46,7 +46,7 @@ def optimize(model, weights, output_model, remove_bn=False, phase="TEST", form="
     d = os.path.dirname(proto_path)
     if d:
         os.makedirs(d, exist_ok=True)
-    if form == "bvlc":  # BVLC has no 5-blob BatchNorm: split into BatchNorm + Scale (jacinto.md §d.5)
+    if form == "bvlc":  # BVLC has no 5-blob BatchNorm: split into BatchNorm + Scale (docs/jacinto-spec.md §d.5)
         from ..io_bn import jacinto_bn_to_bvlc
         jacinto_bn_to_bvlc(new_model)
         jacinto_bn_to_bvlc(new_weights)

@@ -12,6 +12,7 @@ import os
 import sys
 
 from ..errors import CaffeliteError
+from ..io_files import atomic_write
 
 
 def add_arguments(p):
@@ -48,8 +49,7 @@ def run(args) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     base = os.path.join(args.output_dir, os.path.basename(args.logfile_path))
     for suffix, rows in out:
-        with open(base + suffix, "w") as f:
-            f.write(to_csv(rows, args.delimiter))
+        atomic_write(base + suffix, to_csv(rows, args.delimiter))
         if args.verbose:
             print(f"{len(rows)} rows -> {base}{suffix}")
     return 0

@@ -99,7 +99,10 @@ def run(args) -> int:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(args.output, dpi=100)
+    from ..io_files import atomic_open
+
+    with atomic_open(args.output) as f:  # format from the name, as savefig(path) picks it
+        fig.savefig(f, dpi=100, format=os.path.splitext(args.output)[1][1:].lower() or "png")
     plt.close(fig)
     print(f"wrote {args.output}")
     return 0

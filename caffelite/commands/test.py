@@ -3,7 +3,7 @@
 Logs ``Batch <i>, <output> = <v>`` for every output value of every batch, then ``Loss: <mean loss>`` and
 ``<output> = <mean>`` (with `` (* w = w·mean loss)`` for loss outputs), in Caffe's format.
 
-caffe-jacinto's flags (jacinto.md §i): ``--optimize_net`` folds BatchNorm/Scale into the convolutions before
+caffe-jacinto's flags (docs/jacinto-spec.md §i): ``--optimize_net`` folds BatchNorm/Scale into the convolutions before
 scoring (§b.8, the same folding as ``caffelite optimize``); ``--output_model PREFIX`` writes the scored net as
 ``PREFIX.prototxt`` + ``PREFIX.caffemodel`` (folded when optimized, with the quantization parameters when the
 net quantizes, as jacinto writes them); ``--display_sparsity`` logs the weights' sparsity after scoring.
@@ -62,7 +62,7 @@ def close_net(net):
 
 def optimize_net(net, model_param, phase, level, stages):
     """caffe-jacinto's ``--optimize_net``: a new Net with BatchNorm/Scale folded into the convolutions
-    (jacinto.md §b.8); returns ``(net, model_param)`` of the folded net."""
+    (docs/jacinto-spec.md §b.8); returns ``(net, model_param)`` of the folded net."""
     from ..jacinto.bn_fold import fold_batchnorm
     from ..net import Net
     new_model, new_weights, folded = fold_batchnorm(net, model_param)

@@ -2,6 +2,8 @@
 
 One forward and backward to warm up (``Initial loss``), then N timed forward-backward passes with each
 layer timed through the net's hooks; prints Caffe's per-layer averages and totals in its format.
+``--engine dense|sparse|int8|auto`` times a TEST net (unless ``--phase`` says otherwise) on that convolution
+engine and adds a table of the engine each layer ran (:mod:`caffelite.ops.engine`).
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ from __future__ import annotations
 import time
 
 from .. import log as glog
-from .caffe_flags import add_net_flags, build_net
+from ..ops.engine import ENGINES
+from .caffe_flags import add_net_flags, add_quant_ranges, apply_quant_ranges, build_net
 
 
 def add_arguments(p):
     add_net_flags(p, phase="TRAIN", weights_help="optional weights (caffemodel)",
                   iterations_help="number of timed iterations")
+    p.set_defaults(phase=None)  # TRAIN, or TEST when --engine is given (see run)
+    p.add_argument("--engine", default=None, choices=ENGINES,
+                   help="convolution engine (dense, sparse, int8 or auto); implies --phase TEST unless --phase "
+                        "is given (a TRAIN net always runs dense); prints the engine each layer ran")
+    add_quant_ranges(p)  # a quantized net's ranges (the int8 engine needs them): load FILE, or freeze after calibration
 
 
 def _gpu():
@@ -68,6 +76,8 @@ def benchmark(net, iterations):
     net.backward()
     hooks = [("before_forward", start), ("after_forward", stop_fwd), ("before_backward", start),
              ("after_backward", stop_bwd)]
+    for _, fn in hooks:
+        fn.observer = True  # timers only watch: packed-weight engines keep running (caffelite.ops.engine)
     for ev, fn in hooks:
         net.add_hook(ev, fn)
     try:
@@ -105,7 +115,36 @@ def benchmark(net, iterations):
     return fwd_ms, bwd_ms
 
 
+def engine_table(net):
+    """Log, per layer, the engine its last forward ran (convolutions) and the zero fraction of its weights."""
+    import numpy as np
+
+    from .. import backend
+    glog.info(f"Engine per layer (requested: {net.engine}):", "caffelite")
+    for layer in net.layers:
+        used = getattr(layer, "engine_used", None)
+        if used is None:
+            continue
+        w = backend.to_numpy(layer.blobs[0].data) if layer.blobs else np.zeros(0)  # int8 names every layer
+        zeros = 1.0 - np.count_nonzero(w) / w.size if w.size else 0.0
+        glog.info(f"{layer.name:>10}\tengine: {used} (zero weights {zeros:.3f})", "caffelite")
+
+
 def run(args) -> int:
+    if args.phase is None:
+        args.phase = "TEST" if args.engine else "TRAIN"
     net, _ = build_net(args, "time", "time")
+    if args.quant_ranges is not None:
+        from .. import jacinto
+        hooks = jacinto.attach_from_proto(net)
+        apply_quant_ranges(hooks, args.quant_ranges)
+        if args.quant_ranges[0] == "freeze":  # calibration forwards on the float simulation, then ranges fixed
+            for h in hooks.quantization:
+                while not h.frozen:
+                    net.forward()
+    if args.engine:
+        net.engine = args.engine
     benchmark(net, args.iterations)
+    if args.engine:
+        engine_table(net)
     return 0

@@ -8,7 +8,7 @@ solver's ``train_state`` (as BVLC's and caffe-jacinto's tool do; test nets keep 
 
 The test at iteration 0: BVLC runs it unless the solver says ``test_initialization: false`` (its default is
 true); caffe-jacinto 0.16/0.17 declare the field (0.17 with default false) but never read it and always run
-the initial test, with one batch (jacinto.md §c.3). ``--flavor bvlc`` (default) follows BVLC, so an explicit
+the initial test, with one batch (docs/jacinto-spec.md §c.3). ``--flavor bvlc`` (default) follows BVLC, so an explicit
 ``test_initialization: false`` skips it and an unset field (whatever the schema's default) runs it;
 ``--flavor jacinto``/``jacinto016`` always run the one-batch initial test, as the reference logs show.
 """
@@ -40,7 +40,7 @@ def add_arguments(p):
     p.add_argument("--flavor", default="bvlc", choices=("bvlc", "jacinto", "jacinto016"),
                    help="log lines and initial test as BVLC Caffe (default; iteration-0 test unless "
                         "test_initialization: false), caffe-jacinto 0.17 or 0.16 (always a one-batch "
-                        "initial test, jacinto.md §c.3)")
+                        "initial test, docs/jacinto-spec.md §c.3)")
     p.add_argument("--snapshot_format", dest="snapshot_form", default="", choices=("", "jacinto", "bvlc"),
                    help="blob encoding of snapshots (default: jacinto, or bvlc when the solver sets "
                         "store_blobs_in_old_format)")
@@ -146,7 +146,8 @@ def run(args) -> int:
     select_device(gpus, param)
     handler = SignalHandler(args.sigint_effect, args.sighup_effect).install()
     try:
-        solver = get_solver(param, flavor=args.flavor)
+        # bare solver: the jacinto hooks are attached once, below, with the command's --jacinto_version
+        solver = get_solver(param, flavor=args.flavor, extensions=False)
         solver.requested_action = handler
         solver.snapshot_form = args.snapshot_form or None
         hooks = attach_jacinto(solver.net, solver, getattr(args, "jacinto_version", None))
@@ -192,7 +193,7 @@ def _train_parallel(args, gpus):
 
 
 def attach_jacinto(net, solver=None, version=None):
-    """Install caffe-jacinto's sparsity/quantization hooks when the prototxts ask for them (issue 5).
+    """Install caffe-jacinto's sparsity/quantization hooks when the prototxts ask for them.
 
     ``version`` ("0.16"/"0.17", from ``--jacinto_version``) picks jacinto's behaviour; None lets the
     environment / solver flavor decide (see :func:`caffelite.jacinto.attach_from_proto`)."""

@@ -1,5 +1,5 @@
 """Cityscapes lists and the 34-id → 5-class label mapping (caffe-jacinto-models' create_cityscapes_lists.sh,
-spec §g.1).
+docs/jacinto-spec.md §g.1).
 
 :func:`create_lists` writes ``<out>/{split}-image-list.txt``, converts every
 ``gtFine/<split>/<city>/*_gtFine_labelIds.png`` through the 5-class table into
@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import CaffeliteError
+from ..io_files import atomic_write, save_png
 
 __all__ = ["LABEL_MAP_5", "PALETTE_5", "CLASS_NAMES_5", "label_lut", "map_labels", "create_lists",
            "image_label_pairs", "DatasetError"]
@@ -111,7 +112,7 @@ def _convert_label(src: str, dst: str, mapping) -> None:
         a = np.asarray(im)
     if a.ndim == 3:  # a colour-saved label map: ids are in the first channel
         a = a[..., 0]
-    Image.fromarray(map_labels(a, mapping, source=src), "L").save(dst)
+    save_png(Image.fromarray(map_labels(a, mapping, source=src), "L"), dst)
 
 
 def create_lists(root: str, out_dir: str, splits=("train", "val"), mapping=None, workers=None,
@@ -133,9 +134,7 @@ def create_lists(root: str, out_dir: str, splits=("train", "val"), mapping=None,
                 pass
         img_list = os.path.join(out_dir, f"{split}-image-list.txt")
         lab_list = os.path.join(out_dir, f"{split}-label-list.txt")
-        with open(img_list, "w") as f:
-            f.writelines(os.path.abspath(img) + "\n" for img, _ in pairs)
-        with open(lab_list, "w") as f:
-            f.writelines(os.path.abspath(d) + "\n" for d in dsts)
+        atomic_write(img_list, "".join(os.path.abspath(img) + "\n" for img, _ in pairs))
+        atomic_write(lab_list, "".join(os.path.abspath(d) + "\n" for d in dsts))
         result[split] = (img_list, lab_list)
     return result

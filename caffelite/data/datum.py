@@ -1,7 +1,7 @@
 """Caffe's ``Datum`` record: encode and decode, raw (uint8 C×H×W, BGR) and encoded (PNG/JPEG bytes).
 
 A raw datum stores ``channels/height/width`` and the pixel bytes in C×H×W order with colour channels in
-OpenCV's BGR order (spec §e.2, §g.2). An encoded datum stores the image file's bytes and leaves the
+OpenCV's BGR order (docs/jacinto-spec.md §e.2, §g.2). An encoded datum stores the image file's bytes and leaves the
 dimensions at 0; it is decoded here with Pillow into the same BGR C×H×W layout (``force_color`` → 3
 channels, ``force_gray`` → 1, else the file's own channel count, as Caffe's ``DecodeDatumToCVMatNative``).
 """

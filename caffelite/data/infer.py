@@ -1,5 +1,5 @@
 """Segmentation inference and evaluation with a deploy net (caffe-jacinto-models' infer_segmentation.py,
-spec §g.3/§g.4), on images, folders, list files or videos.
+docs/jacinto-spec.md §g.3/§g.4), on images, folders, list files or videos.
 
 Per image: read (BGR), resize to the net input (PIL Lanczos, as jacinto), forward, take ``argMaxOut`` (or the
 argmax over channels of the first output), resize the prediction back to the original size (nearest), and
@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import CaffeliteError
+from ..io_files import atomic_write, save_png
 from .cityscapes import PALETTE_5
 from .imageops import resize_lanczos_pil, resize_nearest_pil
 from .metrics import ConfusionAccumulator
@@ -164,15 +165,14 @@ def run_inference(seg: Segmenter, inputs, out_dir, blend=True, palette=PALETTE_5
         chw = load_image(path, is_color=seg.shape[1] != 1)
         pred = seg.predict(chw, path)
         dst = os.path.join(out_dir, stem + ".png")
-        Image.fromarray(np.clip(pred, 0, 255).astype(np.uint8), "L").save(dst)
+        save_png(Image.fromarray(np.clip(pred, 0, 255).astype(np.uint8), "L"), dst)
         written.append(dst)
         if blend:
             bgr = chw.transpose(1, 2, 0) if chw.shape[0] == 3 else np.repeat(chw[0][..., None], 3, 2)
             ov = chroma_blend(bgr, pred, palette)
-            Image.fromarray(np.ascontiguousarray(ov[..., ::-1]), "RGB").save(os.path.join(out_dir, "overlay",
-                                                                                        stem + ".png"))
-    with open(os.path.join(out_dir, "output_name_list.txt"), "w") as f:
-        f.writelines(p + "\n" for p in written)
+            save_png(Image.fromarray(np.ascontiguousarray(ov[..., ::-1]), "RGB"),
+                     os.path.join(out_dir, "overlay", stem + ".png"))
+    atomic_write(os.path.join(out_dir, "output_name_list.txt"), "".join(p + "\n" for p in written))
     return written
 
 

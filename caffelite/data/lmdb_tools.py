@@ -1,4 +1,4 @@
-"""Building LMDBs: segmentation image/label pairs (spec §g.2), a pair validator, and convert_imageset.
+"""Building LMDBs: segmentation image/label pairs (docs/jacinto-spec.md §g.2), a pair validator, and convert_imageset.
 
 * :func:`create_segmentation_lmdbs`: read both lists, check they pair up, shuffle both with one legacy
   ``np.random.seed(1)`` permutation (jacinto's ``np.random.shuffle`` on equal-length lists), write raw

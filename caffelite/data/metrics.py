@@ -1,4 +1,4 @@
-"""Segmentation metrics: confusion matrix, pixel accuracy, per-class and mean IoU (spec §g.4).
+"""Segmentation metrics: confusion matrix, pixel accuracy, per-class and mean IoU (docs/jacinto-spec.md §g.4).
 
 The confusion matrix has shape ``(K, K + 1)``: rows are ground-truth classes (pixels labelled ``ignore``,
 255, are left out), columns are predictions clipped to ``[0, K]``, so a prediction of id ≥ K lands in the

@@ -20,6 +20,8 @@ import os
 
 import numpy as np
 
+from ..io_files import save_png
+
 __all__ = ["render_scene", "generate_dataset", "TRAIN_CITIES", "VAL_CITIES"]
 
 TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne", "darmstadt")
@@ -257,7 +259,7 @@ def generate_dataset(out, num_train=20, num_val=5, size=(256, 128), seed=0, prog
             dl = os.path.join(out, "gtFine", split, city)
             os.makedirs(di, exist_ok=True)
             os.makedirs(dl, exist_ok=True)
-            Image.fromarray(img, "RGB").save(os.path.join(di, stem + "_leftImg8bit.png"))
-            Image.fromarray(lab, "L").save(os.path.join(dl, stem + "_gtFine_labelIds.png"))
+            save_png(Image.fromarray(img, "RGB"), os.path.join(di, stem + "_leftImg8bit.png"))
+            save_png(Image.fromarray(lab, "L"), os.path.join(dl, stem + "_gtFine_labelIds.png"))
         counts[split] = int(n)
     return counts

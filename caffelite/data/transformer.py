@@ -1,4 +1,5 @@
-"""Caffe's DataTransformer for uint8 C×H×W records: crop, mirror, mean subtraction and scale (spec §e.2).
+"""Caffe's DataTransformer for uint8 C×H×W records: crop, mirror, mean subtraction and scale
+(docs/jacinto-spec.md §e.2).
 
 ``out[c, h, w'] = (data[c, h_off + h, w_off + w] - mean[c(, h_off + h, w_off + w)]) * scale`` with
 ``w' = crop - 1 - w`` when mirrored. Crops are random in TRAIN and centred in TEST; mirroring is random

@@ -1,7 +1,10 @@
 """caffe-jacinto's features as hooks: training-time sparsity (solver hook), dynamic fixed-point quantization
-(net hook) and BatchNorm folding (``caffelite optimize``). Spec: ``shared/spec/jacinto.md`` §a, §b, §b.8.
+(net hook) and BatchNorm folding (``caffelite optimize``). Spec: ``docs/jacinto-spec.md`` §a, §b, §b.8.
 
-The core modules never mention jacinto; :func:`attach_from_proto` installs what a net/solver asks for::
+The core modules never mention jacinto. Importing this package registers a net and a solver extension
+(:mod:`caffelite.extensions`), so every ``Net`` and solver built afterwards gets what its prototxt asks for,
+as every caffe-jacinto Net and Solver does (``caffelite.Net``/``get_solver`` import it first;
+``extensions=False`` opts out). :func:`attach_from_proto` does the same explicitly, with options::
 
     from caffelite import jacinto
     hooks = jacinto.attach_from_proto(solver.net, solver)       # or (net,) for a test/deploy net
@@ -15,6 +18,8 @@ import os
 from types import SimpleNamespace
 
 from ..errors import CaffeliteError
+from ..extensions import register_net_extension, register_solver_extension
+from . import int8_engine
 from .qparams import quantized_net_proto
 from .qstate import quant_ranges_option
 from .quantization import QuantizationHook
@@ -66,15 +71,25 @@ def attach_quantization(net, version=DEFAULT_VERSION, ties="even"):
     """Install the quantization hook on ``net`` if its prototxt asks for it; returns the hook or None.
 
     ``version``: "0.17" (default) or "0.16" (what produced the reference test_quantize log, §b.6).
+    Idempotent: a hook with the same settings already on ``net`` is returned; another version's is replaced.
     """
-    if not wants_quantization(net._param):
+    param = getattr(net, "_param", None)  # a stand-in net without a NetParameter asks for nothing
+    if param is None or not wants_quantization(param):
         return None
+    if version not in VERSIONS:
+        raise ValueError(f"quantization version must be '0.16' or '0.17', not {version!r}")
+    old = getattr(net, "_quantization_hook", None)
+    if old is not None:  # idempotent: the net extension may have attached it already
+        if old.version == version and old.ties == ties:
+            return old
+        old.detach()
     if version == "0.16":
         from .quant016 import Quantization016Hook
-        return Quantization016Hook(net, ties=ties).attach()
-    if version != "0.17":
-        raise ValueError(f"quantization version must be '0.16' or '0.17', not {version!r}")
-    return QuantizationHook(net, ties=ties).attach()
+        hook = Quantization016Hook(net, ties=ties).attach()
+    else:
+        hook = QuantizationHook(net, ties=ties).attach()
+    net._quantization_hook = hook
+    return hook
 
 
 def attach_from_proto(net=None, solver=None, *, version=None, quant_version=None, sparsity_version=None,
@@ -107,3 +122,18 @@ def attach_from_proto(net=None, solver=None, *, version=None, quant_version=None
             solver.add_state_provider(f"jacinto_quantization/{k}", h.get_state, h.set_state)
     sp = attach_sparsity(solver, sparsity_version, threshold_mode) if solver is not None else None
     return SimpleNamespace(quantization=quant, sparsity=sp)
+
+
+def _net_extension(net):
+    """Every Net quantizes when its prototxt says so, as caffe-jacinto's ``Net::ForwardFromTo`` does (§b.2)."""
+    attach_quantization(net, resolve_version())
+
+
+def _solver_extension(solver):
+    """Every solver prunes (``sparse_mode``) and quantizes its nets as caffe-jacinto's Solver does."""
+    attach_from_proto(None, solver)
+
+
+register_net_extension("jacinto", _net_extension)
+register_solver_extension("jacinto", _solver_extension)
+int8_engine.register()  # the "int8" engine: quantized nets in integers (caffelite.ops.engine)

@@ -1,5 +1,5 @@
 """Fold BatchNorm (and a following Scale) into the preceding Convolution: caffe-jacinto's ``caffe optimize``
-(Net::OptimizeNet, spec §b.8).
+(Net::OptimizeNet, docs/jacinto-spec.md §b.8).
 
 For every Convolution at index i whose top is read by a BatchNorm at i+1 (optionally followed by a Scale at
 i+2 reading the BatchNorm's top), per output channel o::

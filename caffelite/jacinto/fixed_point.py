@@ -1,6 +1,6 @@
 """caffe-jacinto's dynamic fixed point: the scale/offset estimation and the fake quantizer.
 
-Pure functions, no Net state. Spec: ``shared/spec/jacinto.md`` §b.4 (Estimate), §b.5 (the quantizer),
+Pure functions, no Net state. Spec: ``docs/jacinto-spec.md`` §b.4 (Estimate), §b.5 (the quantizer),
 §b.6 (0.16 scale formulas).
 
 The quantizer computes ``y = x*scale + offset`` in float64, where it is exact for float32 inputs (a product of

@@ -1,5 +1,5 @@
-"""Graph facts quantization needs (spec §b.3): "next", "prev" and "prev2" of each layer, and which outputs
-are merged into the next layer (not quantized).
+"""Graph facts quantization needs (docs/jacinto-spec.md §b.3): "next", "prev" and "prev2" of each layer, and which
+outputs are merged into the next layer (not quantized).
 
 Works on a built Net: ``net.layers`` (``layer.param``) and ``net._bottom_ids`` / ``net._top_ids`` (blob names),
 Split layers included, as jacinto's runtime net.

@@ -77,8 +77,8 @@ class RangeState:
 
     def save_ranges(self, path):
         """Write the running ranges (and the forward counter) as JSON."""
-        with open(path, "w") as f:
-            json.dump({"infer_count": self.infer_count, "ranges": self.ranges()}, f, indent=1)
+        from ..io_files import atomic_write
+        atomic_write(path, json.dumps({"infer_count": self.infer_count, "ranges": self.ranges()}, indent=1))
 
     def load_ranges(self, path, freeze=True):
         """Read :meth:`save_ranges` output; by default freeze them and skip the measuring forwards."""

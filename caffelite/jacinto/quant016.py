@@ -1,4 +1,4 @@
-"""caffe-jacinto 0.16 quantization (spec §b.6), what produced the reference test_quantize log.
+"""caffe-jacinto 0.16 quantization (docs/jacinto-spec.md §b.6), what produced the reference test_quantize log.
 
 Differences from 0.17 (quantization.py): flags set by AddQuantizationParams (conv-like weights blob 0 only,
 output flags by the next layer's type); one output range per layer over all its tops and one per weight

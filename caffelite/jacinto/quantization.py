@@ -1,4 +1,5 @@
-"""caffe-jacinto's dynamic fixed-point quantization as a Net hook (spec §b.1-§b.5, §b.7; 0.16 in quant016.py).
+"""caffe-jacinto's dynamic fixed-point quantization as a Net hook (docs/jacinto-spec.md §b.1-§b.5, §b.7; 0.16 in
+quant016.py).
 
 Per forward k (the net's own counter, §b.2): at the start, if k >= quantization_start, flags are switched on
 once (k == start, §b.3) and every layer's QuantizationParameter is re-estimated from the running ranges (§b.4);
@@ -78,6 +79,14 @@ class QuantizationHook(RangeState):
         self.net.add_hook("after_forward", self._after_forward)
         self.net.add_hook("forward_end", self._forward_end)
         return self
+
+    def detach(self):
+        """Remove every hook :meth:`attach` installed (so another version's hook can replace this one)."""
+        for event in ("before_forward", "forward_start", "after_forward", "forward_end"):
+            fns = getattr(self.net.hooks, event)
+            for fn in list(fns):
+                if getattr(fn, "__self__", None) is self:
+                    fns.remove(fn)
 
     def _forward_start(self, net):
         if not self.enabled:

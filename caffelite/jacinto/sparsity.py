@@ -1,4 +1,4 @@
-"""caffe-jacinto's training-time sparsity as a solver hook (spec §a).
+"""caffe-jacinto's training-time sparsity as a solver hook (docs/jacinto-spec.md §a).
 
 :class:`SparsityHook` reads every sparsity field of the SolverParameter (§a.1), freezes the connectivity of the
 loaded weights (exact zeros stay zero, §a.2 step 1), runs ThresholdNet after every update (§a.2): per-output-
@@ -76,7 +76,18 @@ class SparsityHook:
             solver.add_hook(END_EVENT, self._on_solve_end)
             self.end_event = True
         solver.add_state_provider("jacinto_sparsity", self.get_state, self.set_state)
+        solver._sparsity_hook = self
         return self
+
+    def detach(self, solver):
+        """Remove what :meth:`attach` installed on ``solver``."""
+        for fns in getattr(solver, "hooks", {}).values():
+            for fn in list(fns):
+                if getattr(fn, "__self__", None) is self:
+                    fns.remove(fn)
+        getattr(solver, "state_providers", {}).pop("jacinto_sparsity", None)
+        if getattr(solver, "_sparsity_hook", None) is self:
+            solver._sparsity_hook = None
 
     @property
     def enabled(self):
@@ -252,9 +263,17 @@ class SparsityHook:
 
 
 def attach_sparsity(solver, version=DEFAULT_VERSION, threshold_mode="exact"):
-    """Create a :class:`SparsityHook` for ``solver.param`` and attach it; None if ``sparse_mode`` is SPARSE_NONE."""
+    """Create a :class:`SparsityHook` for ``solver.param`` and attach it; None if ``sparse_mode`` is SPARSE_NONE.
+
+    Idempotent: a solver that already has a hook with the same settings keeps it (its nets quantize and
+    prune once, whether the solver extension or the caller attached first); other settings replace it."""
     p = solver.param
     check_sparsity_param(p)
+    old = getattr(solver, "_sparsity_hook", None)
+    if old is not None:
+        if old.version == version and old.threshold_mode == threshold_mode and old.param is p:
+            return old
+        old.detach(solver)
     if p.sparse_mode == SPARSE_NONE:
         if p.sparsity_target > 0:
             glog.warning(f"sparsity_target={glog.fmt(p.sparsity_target)} is ignored: sparse_mode is SPARSE_NONE "

@@ -1,4 +1,5 @@
-"""Which weights count as sparsity and how caffe-jacinto logs it (spec §a.4), plus conv-layer geometry (§a.3).
+"""Which weights count as sparsity and how caffe-jacinto logs it (docs/jacinto-spec.md §a.4), plus conv-layer
+geometry (§a.3).
 
 Works on any object with ``net.layers`` (each layer has ``.param``, a LayerParameter, and ``.blobs``).
 """

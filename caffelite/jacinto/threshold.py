@@ -1,4 +1,4 @@
-"""The per-output-channel threshold search of caffe-jacinto's sparsity (spec §a.3), vectorised.
+"""The per-output-channel threshold search of caffe-jacinto's sparsity (docs/jacinto-spec.md §a.3), vectorised.
 
 jacinto walks a float32 grid per channel with a Python-like ``while`` loop (four passes, granularity 1000, 100,
 10 and 1 times ``max|w_c| * 1e-7``) and counts the zero fraction at every grid point: 851 s for jsegnet21v2's

@@ -1,7 +1,7 @@
 """BatchNorm batch statistics as one CUDA kernel; the reference is the layer's two-pass formula.
 
 For x viewed as (N, C, S) (S = H·W), per channel: ``mean = Σx / m`` and the biased ``var = Σ(x − mean)² / m``
-with ``m = N·S`` (caffelite/layers/batch_norm.py, jacinto.md §d.3). One thread block per channel makes
+with ``m = N·S`` (caffelite/layers/batch_norm.py, docs/jacinto-spec.md §d.3). One thread block per channel makes
 both passes over the channel's N·S values, accumulating in float64 (so the result is at least as exact as
 the float32 pairwise sums of the generic body), and reduces in shared memory. The generic body costs
 several full-size temporaries and launches per layer on CuPy; this is two reads of x.

@@ -1,4 +1,4 @@
-"""caffe-jacinto's fixed-point quantizer (Trim2FixedPoint, jacinto.md §b.5) as one CUDA kernel.
+"""caffe-jacinto's fixed-point quantizer (Trim2FixedPoint, docs/jacinto-spec.md §b.5) as one CUDA kernel.
 
 The generic body (:func:`caffelite.jacinto.fixed_point.quantize`) builds a float64 copy of the blob and
 makes five passes over it; the kernel computes the same float64 ``y = x·scale + offset``, rounds (half to

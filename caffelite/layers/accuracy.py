@@ -13,7 +13,7 @@ class AccuracyLayer(Layer):
 
     A prediction is correct when fewer than ``top_k`` *other* classes score ``>=`` the true class, so ties
     count against the label (BVLC CPU and caffe-jacinto GPU behaviour, fixtures ``accuracy_ties``;
-    jacinto.md §f). The optional second top holds the per-class accuracy (0 for a class with no sample).
+    docs/jacinto-spec.md §f). The optional second top holds the per-class accuracy (0 for a class with no sample).
     Caffe implements no backward, so no bottom may be forced to back-propagate.
     """
 

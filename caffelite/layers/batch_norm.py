@@ -5,7 +5,7 @@
 With batch statistics the sums are updated as ``s ← maf·s + 1``, ``b0 ← maf·b0 + μ``,
 ``b1 ← maf·b1 + m/(m−1)·σ²`` (m = N·H·W, σ² the biased two-pass variance); eps is added to the variance.
 
-**caffe-jacinto / NVCaffe** (jacinto.md §d): blobs ``[mean, var, reserved(1)]`` plus ``[γ, β]`` with
+**caffe-jacinto / NVCaffe** (docs/jacinto-spec.md §d): blobs ``[mean, var, reserved(1)]`` plus ``[γ, β]`` with
 ``scale_bias`` (d.2). TEST always uses the running statistics, TRAIN always the batch's: ``use_global_stats``
 is read but ignored (d.1, d.3). eps is floored at 1e-5 (d.1). Running averages (d.3) depend on the engine:
 CUDNN (``DEFAULT`` too: the reference runs used cuDNN, d intro) blends with ``f = 1 − maf``, except that
@@ -29,7 +29,7 @@ from ..layer import TEST, Layer, register
 from ..ops import native_bn
 from .eltwise import copy_into
 
-#: caffe-jacinto's floor on eps (jacinto.md §d.1; also cuDNN's CUDNN_BN_MIN_EPSILON)
+#: caffe-jacinto's floor on eps (docs/jacinto-spec.md §d.1; also cuDNN's CUDNN_BN_MIN_EPSILON)
 JACINTO_MIN_EPS = 1e-5
 BVLC, JACINTO = "bvlc", "jacinto"
 
@@ -42,7 +42,7 @@ def is_jacinto_param(layer_param) -> bool:
 
 
 def has_scale_bias(layer_param) -> bool:
-    """jacinto.md §d.1: ``scale_bias``, forced true when either filler is given."""
+    """docs/jacinto-spec.md §d.1: ``scale_bias``, forced true when either filler is given."""
     bp = layer_param.batch_norm_param
     return bool(bp.scale_bias or bp.HasField("scale_filler") or bp.HasField("bias_filler"))
 
@@ -90,7 +90,7 @@ def convert_blobs(arrays, layer_param, *, source=None, scale=None, target=None):
     * Returns a list of float32 NumPy arrays shaped ``[C], [C], [1]`` (+ ``[C], [C]`` when the layer has
       ``scale_bias``), in caffe-jacinto order.
 
-    Mappings (jacinto.md §d.5): a 5-blob source whose ``blobs[4]`` has one element (and C > 1) is the legacy
+    Mappings (docs/jacinto-spec.md §d.5): a 5-blob source whose ``blobs[4]`` has one element (and C > 1) is the legacy
     NVCaffe/DIGITS order ``[γ, β, mean, var, reserved]`` and is permuted first. BVLC → jacinto:
     ``mean = Σmean·k``, ``var = Σvar·k``, ``k = 0 if s == 0 else 1/s``. Any → 3-blob layer: plain statistics
     with ``s = [1]``, which both semantics read correctly (a 0.16 reserved 0 would zero them under BVLC);

@@ -1,4 +1,4 @@
-"""Convolution and Deconvolution (BVLC semantics; caffe-jacinto adds nothing here, spec jacinto.md §f).
+"""Convolution and Deconvolution (BVLC semantics; caffe-jacinto adds nothing here, spec docs/jacinto-spec.md §f).
 
 Options read from ``convolution_param``: num_output, bias_term, kernel_size / kernel_h+kernel_w, stride /
 stride_h+stride_w, pad / pad_h+pad_w, dilation (each repeated field holds one value for all spatial axes or
@@ -13,6 +13,7 @@ from ..blob import Blob
 from ..layer import Layer, register
 from ..ops import ConvGeometry
 from ..ops import conv as K
+from ..ops import conv_dispatch
 from ..proto import caffe_pb2
 
 
@@ -146,10 +147,12 @@ class _ConvBase(Layer):
         return self.blobs[1].data if self.bias_term else None
 
     def forward(self, bottom, top):
-        fwd = K.deconv_forward if self.transposed else K.conv_forward
         w, b = self.blobs[0].data, self._bias()
         for bt, tp in zip(bottom, top, strict=True):
-            fwd(bt.data, w, b, self.geom, self.group, tp.data)
+            if self.transposed:
+                K.deconv_forward(bt.data, w, b, self.geom, self.group, tp.data)
+            else:  # dense / sparse / int8, as the net's engine plan says (caffelite.ops.engine)
+                conv_dispatch.conv_forward(self, bt.data, w, b, tp.data)
 
     def backward(self, top, propagate_down, bottom):
         bwd = K.deconv_backward if self.transposed else K.conv_backward
@@ -174,8 +177,8 @@ class ConvolutionLayer(_ConvBase):
         computing nothing, when the compiled kernel cannot take it (the net then runs the layers one by one)."""
         if len(bottom) != 1:
             return False
-        return K.conv_forward_epilogue(bottom[0].data, self.blobs[0].data, self._bias(), self.geom, self.group,
-                                       top[0].data, scale, shift, relu_slope)
+        return conv_dispatch.conv_forward(self, bottom[0].data, self.blobs[0].data, self._bias(), top[0].data,
+                                          scale, shift, relu_slope, fused=True)
 
 
 @register("Deconvolution")

@@ -1,5 +1,5 @@
 """Data layers: Data (LMDB of Datum), ImageData (list of image files), caffe-jacinto's ImageLabelData
-(paired image and label LMDBs, spec §e.1) and DummyData.
+(paired image and label LMDBs, docs/jacinto-spec.md §e.1) and DummyData.
 
 The prefetching layers read records in key order and wrap ("Restarting data prefetching from start.",
 §e.3); decoding and augmentation run in background threads (:mod:`caffelite.data.prefetch`); and

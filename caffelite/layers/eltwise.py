@@ -183,7 +183,7 @@ def _reduce_to(g, outer, dim, inner):
 class BiasLayer(Layer):
     """``top = bottom[0] + b``; b is bottom[1] or a learned blob filled by ``bias_param.filler``.
 
-    caffe-jacinto's data/bias (jacinto.md §f) is this layer with a constant filler (e.g. −128) and
+    caffe-jacinto's data/bias (docs/jacinto-spec.md §f) is this layer with a constant filler (e.g. −128) and
     lr_mult 0. The default filler is Caffe's: constant 0.
     """
 

@@ -102,7 +102,7 @@ class SoftmaxWithLossLayer(LossLayer):
 
     ``loss = Σ_valid −log(max(p_label, FLT_MIN))·w_label / normalizer`` where pixels whose label equals
     ``loss_param.ignore_label`` are left out of the loss and get no gradient, and ``w`` is caffe-jacinto's
-    ``loss_param.label_weights`` (all 1 when absent; it weights the forward loss only, jacinto.md §f).
+    ``loss_param.label_weights`` (all 1 when absent; it weights the forward loss only, docs/jacinto-spec.md §f).
     An optional second top receives the softmax probabilities.
     """
 

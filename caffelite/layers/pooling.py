@@ -1,4 +1,4 @@
-"""Pooling: MAX and AVE (global or windowed), Caffe's output-size and window rules (jacinto.md §f).
+"""Pooling: MAX and AVE (global or windowed), Caffe's output-size and window rules (docs/jacinto-spec.md §f).
 
 Output size: ceil((H + 2p - k)/s) + 1, minus one when the last window would start at/after H + p (only
 with p > 0). BVLC's ``round_mode`` (FLOOR/CEIL) is a BVLC-only field (caffe-jacinto 0.17 has
@@ -33,7 +33,7 @@ class PoolingLayer(Layer):
     exact_num_bottom = 1
     min_num_top = 1
     allows_in_place = False
-    #: ``torch_pooling`` (0.17 proto field, unused by caffe-jacinto's code, jacinto.md §f) is not declared:
+    #: ``torch_pooling`` (0.17 proto field, unused by caffe-jacinto's code, docs/jacinto-spec.md §f) is not declared:
     #: ``torch_pooling: true`` asks for a behaviour neither caffe-jacinto nor caffelite implements, so it is refused
     param_fields = {"pooling_param": ("pool", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h",
                                       "stride_w", "pad", "pad_h", "pad_w", "global_pooling", "engine")}

@@ -12,6 +12,9 @@ Python loops run over kernel offsets (at most kh*kw iterations of whole-array op
   :mod:`.conv` hands float32 NumPy work to when they are built; also the inference epilogue used by
   :mod:`caffelite.fusion`.
 - :mod:`.pool`: MAX/AVE pooling forward/backward with Caffe's window and divisor rules.
+- :mod:`.engine`: which engine (dense, sparse, int8, auto) runs each convolution of a net;
+  :mod:`.conv_dispatch`: the one place a Convolution's forward follows that choice;
+  :mod:`.sparse_conv`: packed nonzero weights and the compiled sparse kernel.
 """
 
 from .im2col import ConvGeometry, col2im, im2col, workspace  # noqa: F401

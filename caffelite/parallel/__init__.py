@@ -1,6 +1,6 @@
 """Data-parallel training: one process per device, gradients all-reduced, the root logs and snapshots.
 
-caffe-jacinto's multi-GPU training (jacinto.md §c.3) in caffelite's shape:
+caffe-jacinto's multi-GPU training (docs/jacinto-spec.md §c.3) in caffelite's shape:
 
 * :func:`launch` starts the replicas (NCCL through CuPy on GPUs; MPI through mpi4py on CPUs, which is how
   the data-parallel code is tested without a GPU) — this is what ``caffelite train --gpu 0,1`` calls;

@@ -12,7 +12,7 @@ Backends, all existing libraries (no hand-made protocol):
 * :class:`caffelite.parallel.nccl.NcclCommunicator` — GPU replicas through NCCL (CuPy's bindings).
 
 Gradients are combined as caffe-jacinto/NVCaffe do: summed over the replicas, then divided by their number
-(jacinto.md §c.3, §c.2 "multi-GPU allreduce → ÷ n_gpu").
+(docs/jacinto-spec.md §c.3, §c.2 "multi-GPU allreduce → ÷ n_gpu").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ hooks"):
 
 * start — parameters (and solver history, so a resumed run stays identical) are broadcast from the root;
 * ``on_gradients_ready`` — every learnable diff is all-reduced: summed, then divided by the number of
-  replicas (jacinto.md §c.3), before clipping, iter_size normalisation, regularisation and the update, which
+  replicas (docs/jacinto-spec.md §c.3), before clipping, iter_size normalisation, regularisation and the update, which
   therefore compute the same thing on every replica;
 * ``after_update`` — BatchNorm running statistics (computed from each replica's own batch) are averaged, and
   jacinto's sparsity masks are broadcast from the root whenever they change: caffe-jacinto thresholds on

@@ -1,4 +1,4 @@
-"""How a data-parallel run shares the batch and the data between replicas (jacinto.md §c.3, §e.1).
+"""How a data-parallel run shares the batch and the data between replicas (docs/jacinto-spec.md §c.3, §e.1).
 
 * :func:`batch_per_device` — NVCaffe's rule: the per-net batch is ``ceil_to_multiple(batch, n) / n``
   (16 on 3 GPUs → 6 each, an effective 18, logged as a warning).

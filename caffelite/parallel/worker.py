@@ -2,7 +2,7 @@
 
 Started by :func:`caffelite.parallel.launch` (never by hand). It does what ``caffelite train`` does for one
 device — read the solver, build it, load weights or resume, attach the jacinto hooks — with three changes:
-the nets are read with each reader's batch divided among the devices (jacinto.md §c.3), a
+the nets are read with each reader's batch divided among the devices (docs/jacinto-spec.md §c.3), a
 :class:`~caffelite.parallel.replica.DataParallel` keeps the replica in step with the others, and only the
 root logs. At the end every replica reports its speed to the root, which logs NVCaffe's performance lines.
 """

@@ -1,6 +1,6 @@
 """The flagship flow: Cityscapes (or a synthetic look-alike) → lists → LMDBs → five stages → overlays → table.
 
-Python 3 counterpart of caffe-jacinto-models' ``train_cityscapes_segmentation.sh`` (jacinto.md §g): every
+Python 3 counterpart of caffe-jacinto-models' ``train_cityscapes_segmentation.sh`` (docs/jacinto-spec.md §g): every
 stage is run with ``caffelite train`` / ``caffelite test`` (its log in ``<stage>/run.log.txt``), evaluated with
 the deploy net (pixel accuracy and mean IoU in jacinto's convention, §g.4), and summarised in the seed's
 table. Each stage is resumable: a finished stage is skipped, an interrupted one resumes from its last
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..io_files import atomic_write
 from .stages import STAGES, TRAIN_STAGES, StageConfig, write_stage
 
 PREFIX = "cityscapes5_jsegnet21v2"
@@ -72,10 +73,16 @@ def _echo_train(line: str) -> bool:
 
 
 def latest_snapshot(stage_dir: str, ext: str):
-    """(iteration, path) of the newest ``<prefix>_iter_N.<ext>`` in ``stage_dir``, or (0, None)."""
+    """(iteration, path) of the newest ``<prefix>_iter_N.<ext>`` in ``stage_dir``, or (0, None); a solverstate
+    counts only when complete (its caffemodel and sidecar are there: :func:`caffelite.solvers.snapshot.is_complete`).
+    """
+    from ..solvers.snapshot import is_complete
+
     best = (0, None)
     for p in glob.glob(os.path.join(stage_dir, f"{PREFIX}_iter_*.{ext}")):
         m = re.search(r"_iter_(\d+)\." + re.escape(ext) + "$", p)
+        if ext == "solverstate" and not is_complete(p):
+            continue
         if m and int(m.group(1)) > best[0]:
             best = (int(m.group(1)), p)
     return best
@@ -121,7 +128,7 @@ QUICK = dict(synthetic_train=160, synthetic_val=24, synthetic_size=(256, 128), b
              snapshot=250, test_interval=100000, rampup=(100, 0.001),
              sparsity=dict(start_iter=20, start_factor=0.5, step_iter=10, step_factor=0.02, display=100,
                            maxratio=0.5))
-#: the seed's full run (jacinto.md §g.5)
+#: the seed's full run (docs/jacinto-spec.md §g.5)
 FULL = dict(synthetic_train=2975, synthetic_val=500, synthetic_size=(2048, 1024), batch_size=16,
             test_batch_size=4, crop=640, deploy_wh=(1024, 512), iters=(120000, 60000, 60000), base_lr=1e-2,
             display=100, snapshot=10000, test_interval=2000, rampup=(0, 0.0),
@@ -184,12 +191,12 @@ def prepare_data(cfg: RunConfig) -> dict:
             print(f"[data] synthetic Cityscapes: {cfg.synthetic_train} train + {cfg.synthetic_val} val images, "
                   f"{cfg.synthetic_size[0]}x{cfg.synthetic_size[1]} -> {root}", flush=True)
             generate_dataset(root, cfg.synthetic_train, cfg.synthetic_val, cfg.synthetic_size, seed=cfg.seed)
-            open(os.path.join(root, ".complete"), "w").close()
+            atomic_write(os.path.join(root, ".complete"), b"")
     lists = os.path.join(data, "lists")
     if not os.path.exists(os.path.join(lists, ".complete")):
         print(f"[data] lists and 5-class labels -> {lists}", flush=True)
         create_lists(root, lists)
-        open(os.path.join(lists, ".complete"), "w").close()
+        atomic_write(os.path.join(lists, ".complete"), b"")
     paths = {}
     for split in ("train", "val"):
         il, ll = (os.path.join(lists, f"{split}-{k}-list.txt") for k in ("image", "label"))
@@ -203,8 +210,7 @@ def prepare_data(cfg: RunConfig) -> dict:
                     import shutil
                     shutil.rmtree(p)
             n = create_segmentation_lmdbs(il, ll, ilmdb, llmdb, seed=1, shuffle=True, size=cfg.resize, num_classes=5)
-            with open(marker, "w") as f:
-                f.write(str(n))
+            atomic_write(marker, str(n))
         with open(marker) as f:
             paths[split]["count"] = int(f.read())
     return paths
@@ -260,6 +266,10 @@ def evaluate_stage(stage_dir, weights, paths, cfg: RunConfig, overlays_dir=None)
         with open(paths["val"]["image_list"]) as f:
             imgs = [ln.strip() for ln in f if ln.strip()][: cfg.overlays]
         run_inference(seg, imgs, overlays_dir, blend=True, progress=False)
+    if seg.net._param.quantize:  # the final sparse + quantized model, for ONNX runtimes (needs the onnx extra)
+        from ..export import write_deploy_onnx
+        print(f"[{os.path.basename(stage_dir)}] " + write_deploy_onnx(
+            seg.net, os.path.join(stage_dir, "deploy.onnx"), deploy, weights)[1], flush=True)
     return dict(pixel_accuracy=float(scores["pixel_accuracy"]), mean_iou=float(scores["mean_iou"]),
                 iou=[float(v) for v in scores["iou"]], zero_weights=zero_weight_fraction(weights, deploy))
 
@@ -312,16 +322,12 @@ def run_pipeline(cfg: RunConfig) -> dict:
             over = os.path.join(cfg.out, "overlays", stage) if stage in ("initial", "test_quantize") else None
             results[stage] = evaluate_stage(sdir, weights, paths, cfg, over)
             results[stage]["seconds"] = round(time.time() - t, 1)
-            tmp = results_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(results, f, indent=1)
-            os.replace(tmp, results_path)
+            atomic_write(results_path, json.dumps(results, indent=1))
         r = results[stage]
         print(f"[{stage}] pixel accuracy {100 * r['pixel_accuracy']:.2f}%, mean IoU {100 * r['mean_iou']:.2f}%, "
               f"zero weights {100 * r['zero_weights']:.1f}% ({r['seconds']} s)", flush=True)
     table = format_table(results)
-    with open(os.path.join(cfg.out, "results.md"), "w") as f:
-        f.write(table + "\n")
+    atomic_write(os.path.join(cfg.out, "results.md"), table + "\n")
     print("\n" + table)
     print(f"\nDone in {time.time() - t0:.0f} s. Results: {cfg.out}/results.md, overlays: {cfg.out}/overlays/")
     return results

@@ -1,8 +1,9 @@
-"""Stage files of TI's "Sparse, Quantized CNN training for segmentation" (jacinto.md §g.5).
+"""Stage files of TI's "Sparse, Quantized CNN training for segmentation" (docs/jacinto-spec.md §g.5).
 
 Each stage gets ``train.prototxt``, ``test.prototxt``, ``deploy.prototxt`` and ``solver.prototxt`` written from the
-jsegnet21v2 templates in ``models/prototxt/cityscapes5_jsegnet21v2/``: the data paths, batch sizes, crop and the
-deploy input shape are the run's; the solver fields follow the generator's defaults and per-stage overrides.
+jsegnet21v2 templates shipped in ``caffelite/models/prototxt/cityscapes5_jsegnet21v2/``: the data paths, batch
+sizes, crop and the deploy input shape are the run's; the solver fields follow the generator's defaults and
+per-stage overrides.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass, field
 
 from google.protobuf import text_format
 
+from ..io_files import atomic_write
 from ..proto import caffe_pb2
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TEMPLATES = os.path.join(REPO, "models", "prototxt", "cityscapes5_jsegnet21v2")
+TEMPLATE_NET = "cityscapes5_jsegnet21v2"  # package data: caffelite.models.prototxt_path(TEMPLATE_NET, ...)
 
 #: the stages in order; "test" and "test_quantize" score the sparse weights (§g.5)
 STAGES = ("initial", "l1reg", "sparse", "test", "test_quantize")
@@ -62,7 +63,9 @@ class StageConfig:
 
 
 def _load_template(name: str):
-    with open(os.path.join(TEMPLATES, f"{name}.prototxt")) as f:
+    from ..models import prototxt_path
+
+    with open(prototxt_path(TEMPLATE_NET, f"{name}.prototxt")) as f:
         return text_format.Parse(f.read(), caffe_pb2.NetParameter())
 
 
@@ -146,7 +149,4 @@ def write_stage(stage: str, stage_dir: str, cfg: StageConfig) -> None:
     files = {"train.prototxt": _text(train), "test.prototxt": _text(test, quantize),
              "deploy.prototxt": _text(deploy, quantize), "solver.prototxt": _text(solver_for(stage, cfg))}
     for name, body in files.items():
-        tmp = os.path.join(stage_dir, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(body)
-        os.replace(tmp, os.path.join(stage_dir, name))
+        atomic_write(os.path.join(stage_dir, name), body)

@@ -25,11 +25,12 @@ __all__ = [
 
 
 def get_solver(solver_param_or_path, net=None, test_nets=None, *, level=0, stages=(), solver_type=None,
-               flavor="bvlc"):
+               flavor="bvlc", extensions=True):
     """Build the solver a SolverParameter (or a solver prototxt path) describes (pycaffe's ``get_solver``).
 
     ``solver_type`` overrides the ``type`` field; ``net``/``test_nets`` may be given pre-built; ``flavor``
-    ("bvlc", "jacinto", "jacinto016") picks the log dialect and initial-test rule (solvers/display.py).
+    ("bvlc", "jacinto", "jacinto016") picks the log dialect and initial-test rule (solvers/display.py);
+    ``extensions=False`` skips the registered solver extensions (:mod:`caffelite.extensions`).
     """
     param, base_dir = solver_param_or_path, None
     if isinstance(param, (str, os.PathLike)):
@@ -38,4 +39,5 @@ def get_solver(solver_param_or_path, net=None, test_nets=None, *, level=0, stage
         base_dir = os.path.dirname(os.path.abspath(path))
     if solver_type is not None:
         param.type = solver_type
-    return solver_class(param)(param, net, test_nets, level=level, stages=stages, base_dir=base_dir, flavor=flavor)
+    return solver_class(param)(param, net, test_nets, level=level, stages=stages, base_dir=base_dir, flavor=flavor,
+                               extensions=extensions)

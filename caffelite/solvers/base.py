@@ -24,6 +24,7 @@ import numpy as np
 from .. import backend
 from .. import log as glog
 from ..errors import SolverError
+from ..extensions import apply_solver_extensions
 from . import display as display_mod
 from . import netutil
 from .lr_policy import LRSchedule
@@ -72,12 +73,15 @@ class Solver:
     level, stages : the NetState level/stages (``caffe train --level --stage``)
     base_dir : directory against which relative net paths are tried when not found in the CWD
     flavor : "bvlc" (default), "jacinto" (0.17) or "jacinto016": log lines and the initial test (display.py)
+    extensions : run the registered solver extensions (:mod:`caffelite.extensions`) once built (default True);
+        the nets the solver builds itself skip the net extensions, so those run once, here
     """
 
     type = None
     history_factor = 1
 
-    def __init__(self, param, net=None, test_nets=None, *, level=0, stages=(), base_dir=None, flavor="bvlc"):
+    def __init__(self, param, net=None, test_nets=None, *, level=0, stages=(), base_dir=None, flavor="bvlc",
+                 extensions=True):
         if isinstance(param, (str, os.PathLike)):  # pycaffe: caffe.SGDSolver("solver.prototxt")
             path = os.fspath(param)
             param = netutil.read_solver_param(path)
@@ -109,6 +113,8 @@ class Solver:
         self._losses = []
         self.rate = self.dtype.type(0)
         self.last_loss = None  # the (iter_size-averaged) loss of the last iteration
+        if extensions:
+            apply_solver_extensions(self)
 
     # -- configuration --------------------------------------------------------------------------------
     def check_param(self):
@@ -123,6 +129,20 @@ class Solver:
         if event not in self.hooks:
             raise SolverError(f"unknown solver hook event '{event}' (known: {', '.join(HOOK_EVENTS)})")
         self.hooks[event].append(fn)
+
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """pycaffe's ``Solver.add_callback``: call ``on_start()`` before each iteration's forward passes and
+        ``on_gradients_ready()`` once its gradients are computed; or pass one object with those two methods
+        (a :class:`caffelite.NCCL`, say)."""
+        if on_gradients_ready is None and hasattr(on_start, "on_gradients_ready"):
+            on_start, on_gradients_ready = on_start.on_start, on_start.on_gradients_ready
+        self.add_hook("on_start", lambda solver, **info: on_start())
+        if on_gradients_ready is not None:
+            self.add_hook("on_gradients_ready", lambda solver, **info: on_gradients_ready())
+
+    def share_weights(self, net):
+        """Make ``net`` use this solver's training weights (pycaffe's ``Solver.share_weights``)."""
+        net.share_weights_from(self.net)
 
     def add_state_provider(self, name, get_fn, set_fn):
         """Save ``get_fn()`` in every snapshot's sidecar and hand it to ``set_fn(state)`` on restore."""
@@ -175,7 +195,7 @@ class Solver:
 
     def _test_initialization(self):
         # BVLC's default is true; caffe-jacinto declares false but never reads it and always tests at
-        # iteration 0 (jacinto.md §c.3). bvlc flavor: test unless the solver says test_initialization: false.
+        # iteration 0 (docs/jacinto-spec.md §c.3). bvlc flavor: test unless the solver says test_initialization: false.
         p = self.param
         if self.flavor != "bvlc":
             return True
@@ -310,7 +330,7 @@ class Solver:
                 b.diff *= scale
 
     def regularize(self, i, blob, g, weight_decay):
-        """Add ``weight_decay × decay_mult × (w | sign(w))`` to the gradient (L2 | L1), jacinto.md §c.2."""
+        """Add ``weight_decay × decay_mult × (w | sign(w))`` to the gradient (L2 | L1), docs/jacinto-spec.md §c.2."""
         f = self.dtype.type
         local_decay = f(weight_decay) * f(self.decay_mults[i])
         if not local_decay:

@@ -1,7 +1,7 @@
 """The solver's log lines, in the dialect of the Caffe whose logs a user compares against.
 
 ``flavor`` "bvlc" (default; what the fixtures' real Caffe prints), "jacinto" (caffe-jacinto 0.17 / NVCaffe)
-or "jacinto016" (0.16, which produced the reference run.logs). Differences (jacinto.md §i, §c.3):
+or "jacinto016" (0.16, which produced the reference run.logs). Differences (docs/jacinto-spec.md §i, §c.3):
 
 * display: BVLC every ``display`` iterations as ``Iteration N (x iter/s, ys/D iters), loss = L``; jacinto also
   for the first three iterations of a run (``Iteration N (t s), loss = L``) and the last, with ``n iter``;

@@ -2,7 +2,7 @@
 
 One registry of lr policies keyed by Caffe's ``lr_policy`` strings. BVLC's policies (fixed, step, exp, inv,
 multistep, poly, sigmoid) plus the caffe-jacinto 0.17 / NVCaffe extras that change the rate
-(``../shared/spec/jacinto.md`` §c.1): ``rampup_interval``/``rampup_lr`` warm-up (squared in 0.17, linear in
+(``docs/jacinto-spec.md`` §c.1): ``rampup_interval``/``rampup_lr`` warm-up (squared in 0.17, linear in
 0.16), ``min_lr`` (a floor for every policy and the end point of ``poly``). §c.2: ``momentum_policy``
 (fixed, poly, opt) and ``weight_decay_policy`` (fixed, poly).
 

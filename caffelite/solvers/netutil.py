@@ -85,6 +85,8 @@ def _make_net(net_param, phase, state_param=None, level=0, stages=()):
     kwargs = {}
     try:
         sig = inspect.signature(Net)
+        if "extensions" in sig.parameters:  # the solver's own extensions install what its nets need, once
+            kwargs["extensions"] = False
         if "level" in sig.parameters:
             kwargs["level"] = st.level
         if "stages" in sig.parameters:
@@ -158,7 +160,7 @@ def param_mults(net):
 
 def set_solver_iter(net, it):
     """Tell layers that read the owning solver's iteration (``solver_iter``, e.g. caffe-jacinto's CUDNN
-    BatchNorm, which overwrites its running statistics during iteration 0: jacinto.md §d.3) where we are."""
+    BatchNorm, which overwrites its running statistics during iteration 0: docs/jacinto-spec.md §d.3) where we are."""
     layers = getattr(net, "_iter_layers", None)
     if layers is None:
         layers = [l for l in (getattr(net, "layers", None) or []) if hasattr(l, "solver_iter")]

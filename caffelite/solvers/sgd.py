@@ -14,7 +14,7 @@ from .base import Solver, register_solver
 
 @register_solver("SGD", legacy=0)
 class SGDSolver(Solver):
-    """Stochastic gradient descent with momentum: ``h = m*h + rate*g; w -= h`` (jacinto.md §c.2)."""
+    """Stochastic gradient descent with momentum: ``h = m*h + rate*g; w -= h`` (docs/jacinto-spec.md §c.2)."""
 
     def compute_update(self, i, g, hist, local_rate, momentum):
         h = hist[0]

@@ -1,6 +1,6 @@
 """Snapshots in Caffe's formats, written atomically, plus a sidecar that makes resume exact.
 
-Files for a snapshot at iteration N (Caffe's names, jacinto.md §h):
+Files for a snapshot at iteration N (Caffe's names, docs/jacinto-spec.md §h):
 
 * ``<prefix>_iter_N.caffemodel``: the TRAIN net's NetParameter with blobs (``net.to_proto``), in
   caffe-jacinto's form (raw FLOAT) by default or BVLC's (packed ``data``) when asked or when the solver has
@@ -12,8 +12,11 @@ Files for a snapshot at iteration N (Caffe's names, jacinto.md §h):
   reader position (``get_reader_state``/``set_reader_state``) and each state provider's value. No pickle:
   arrays are npz members, everything else is a JSON manifest.
 
-Each file is written to a temporary name in the same folder and renamed over the target, so a crash
-mid-write leaves the previous snapshot intact.
+Each file is written to a temporary name in the same folder, fsynced and renamed over the target
+(:func:`caffelite.io_files.atomic_open`), in the order caffemodel, sidecar, solverstate: the ``.solverstate``
+appears last, so its presence implies complete companions, and a crash at any moment leaves the previous
+snapshot intact and the newest complete one findable (:func:`latest_snapshot`). A state without its sidecar
+(written by Caffe, or copied without it) still resumes, with one warning naming what starts fresh.
 """
 
 from __future__ import annotations
@@ -26,26 +29,11 @@ import numpy as np
 from .. import backend
 from .. import log as glog
 from ..errors import FileFormatError, SolverError
+from ..io_files import atomic_open, atomic_write
 from ..io_blob import array_to_blob, blob_to_array
 from . import netutil
 
 SIDECAR_SUFFIX = ".extra.npz"
-
-
-def atomic_write(path, data: bytes):
-    """Write ``data`` to ``path`` through a temporary file + rename (never a half-written target)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def snapshot_form(solver, form=None):
@@ -95,23 +83,35 @@ def write_snapshot(solver, form=None):
     solver.net.save(model, form, write_diff=bool(solver.param.snapshot_diff))
     state = base + ".solverstate"
     glog.info(f"Snapshotting solver state to binary proto file {state}", "sgd_solver.cpp:284")
-    atomic_write(state, state_proto(solver, model, form).SerializeToString())
+    # the sidecar before the state: a .solverstate on disk always has its companions (see the module doc)
     write_sidecar(solver, state + SIDECAR_SUFFIX)
+    atomic_write(state, state_proto(solver, model, form).SerializeToString())
     solver._run_hooks("on_snapshot", path=model)
     return state
 
 
+def is_complete(state_path) -> bool:
+    """True when the ``.solverstate`` at ``state_path`` has its caffemodel and its sidecar next to it."""
+    base = state_path[:-len(".solverstate")] if state_path.endswith(".solverstate") else state_path
+    return os.path.exists(base + ".caffemodel") and os.path.exists(state_path + SIDECAR_SUFFIX)
+
+
 def latest_snapshot(prefix):
-    """The ``<prefix>_iter_N.solverstate`` with the largest N whose caffemodel also exists, or None
-    (for resuming an interrupted run from its last snapshot)."""
+    """The newest complete ``<prefix>_iter_N.solverstate`` (largest N with its caffemodel and sidecar), or None,
+    for resuming an interrupted run from its last snapshot.
+
+    When no state of ``prefix`` has a sidecar (snapshots written by Caffe), the newest one with its caffemodel
+    is returned; its resume warns what starts fresh (:func:`restore`)."""
     import glob
     import re
-    best, best_n = None, -1
+    found = []
     for path in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
         m = re.search(r"_iter_(\d+)\.solverstate$", path)
-        if m and int(m.group(1)) > best_n and os.path.exists(path[:-len(".solverstate")] + ".caffemodel"):
-            best, best_n = path, int(m.group(1))
-    return best
+        if m and os.path.exists(path[:-len(".solverstate")] + ".caffemodel"):
+            found.append((int(m.group(1)), os.path.exists(path + SIDECAR_SUFFIX), path))
+    if any(c for _, c, _ in found):
+        found = [f for f in found if f[1]]
+    return max(found)[2] if found else None
 
 
 # -- the sidecar ----------------------------------------------------------------------------------------
@@ -161,14 +161,8 @@ def write_sidecar(solver, path):
         "providers": {n: _pack(get(), f"provider/{n}", arrays) for n, (get, _) in solver.state_providers.items()},
     }
     arrays["__manifest__"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
-    d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
 
 
 def read_sidecar(path):
@@ -213,6 +207,8 @@ def restore(solver, path):
     st = read_state(path)
     sidecar = path + SIDECAR_SUFFIX
     manifest, arrays = read_sidecar(sidecar) if os.path.exists(sidecar) else (None, None)
+    if manifest is None:
+        _warn_no_sidecar(solver, path, sidecar)
     if manifest is not None:
         if manifest.get("solver_type") != solver.type:
             raise SolverError(f"{path}: the state was written by a {manifest.get('solver_type')} solver, "
@@ -244,6 +240,18 @@ def restore(solver, path):
     solver.schedule.current_step = st.current_step
     if manifest is not None:
         _restore_extra(solver, manifest, arrays, path)
+
+
+def _warn_no_sidecar(solver, path, sidecar):
+    """One warning line: a state without its sidecar (written by Caffe, or copied without it) resumes, but
+    what only the sidecar holds starts fresh, so the run will not equal an uninterrupted one."""
+    fresh = ["the random generator"]
+    if any(True for _ in _readers(solver)):
+        fresh.append("the data readers (restart at the first record)")
+    fresh += [f"'{name}'" for name in solver.state_providers]
+    glog.warning(f"{path}: no {os.path.basename(sidecar)} next to it; resuming without it, so "
+                 f"{', '.join(fresh)} start fresh and the run will differ from an uninterrupted one",
+                 "solver.cpp:450")
 
 
 def _restore_extra(solver, manifest, arrays, path):

@@ -16,6 +16,7 @@ import caffelite.layers.loss as loss_mod
 from caffelite.blob import Blob
 from caffelite.layer import TRAIN, create_layer
 from caffelite.proto import caffe_pb2
+from helpers import bits_equal
 
 FLT_MIN = loss_mod.FLT_MIN
 JSEG = "loss_param { ignore_label: 255 normalization: VALID }"  # the jsegnet21v2 train prototxt
@@ -65,11 +66,6 @@ def plain(layer, x, lbl, weight):
     return loss, e, dx
 
 
-def _bits_equal(a, b):
-    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    return a.shape == b.shape and np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
-
-
 CASES = [
     ((2, 8, 12, 17), JSEG),
     ((2, 8, 12, 17), "loss_param { ignore_label: 255 normalization: FULL }"),
@@ -102,10 +98,10 @@ def test_softmax_loss_bitwise_equals_plain_form(monkeypatch, block_bytes, shape,
             lbl.reshape(-1)[it::5] = 255
         outs, dx = _run(layer, bottom, top, x, lbl, weight)
         loss, prob, want_dx = plain(layer, x, lbl, weight)
-        assert _bits_equal(outs[0], np.asarray(loss, dtype=dtype))
+        assert bits_equal(outs[0], np.asarray(loss, dtype=dtype))
         if len(tops) > 1:
-            assert _bits_equal(outs[1], prob.reshape(shape))
-        assert _bits_equal(dx, want_dx.astype(dtype).reshape(shape))
+            assert bits_equal(outs[1], prob.reshape(shape))
+        assert bits_equal(dx, want_dx.astype(dtype).reshape(shape))
 
 
 def test_float64_against_log_softmax_with_ignored_pixels():
@@ -161,4 +157,4 @@ def test_non_contiguous_bottom_diff(monkeypatch):
     bottom[0].set_diff_array(np.zeros((2, 5, 3, 8), np.float32)[..., ::2])
     _, dx = _run(layer, bottom, top, x, lbl, 1.0)
     assert not bottom[0].diff.flags.c_contiguous
-    assert _bits_equal(dx, plain(layer, x, lbl, 1.0)[2].astype(np.float32).reshape(x.shape))
+    assert bits_equal(dx, plain(layer, x, lbl, 1.0)[2].astype(np.float32).reshape(x.shape))

@@ -11,6 +11,7 @@ import pytest
 
 import caffelite.layers.batch_norm as bn
 from caffelite.ops import native
+from helpers import bits_equal
 from native_case import forward_backward, set_scale_bias, single_layer
 
 
@@ -104,11 +105,6 @@ class PlainBN:
         return dx.reshape(dy.shape)
 
 
-def _bits_equal(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
-
-
 @pytest.mark.parametrize("block_bytes", [None, 1, 300, 5000])
 @pytest.mark.parametrize("extra", [JSEG, CAFFE, BVLC])
 @pytest.mark.parametrize("in_place", [False, True])
@@ -125,13 +121,13 @@ def test_train_step_bitwise_equals_plain_form(monkeypatch, block_bytes, extra, i
         y, dx = forward_backward(layer, b, t, x, dy)
         want_y = ref.forward(x)
         want_dx = ref.backward(dy)
-        assert _bits_equal(y, want_y.astype(np.float32))
-        assert _bits_equal(dx, want_dx.astype(np.float32))
+        assert bits_equal(y, want_y.astype(np.float32))
+        assert bits_equal(dx, want_dx.astype(np.float32))
         for got, want in zip(layer.blobs[:3], ref.run, strict=True):
-            assert _bits_equal(got.data, want)
+            assert bits_equal(got.data, want)
         if layer.scale_bias:
-            assert _bits_equal(layer.blobs[3].diff, ref.dgamma)
-            assert _bits_equal(layer.blobs[4].diff, ref.dbeta)
+            assert bits_equal(layer.blobs[3].diff, ref.dgamma)
+            assert bits_equal(layer.blobs[4].diff, ref.dbeta)
 
 
 def test_float64_matches_the_formulas_and_param_diffs_only():
@@ -176,8 +172,8 @@ def test_without_backward_nothing_is_kept_and_output_is_the_same(monkeypatch):
         layer.forward([b], [t])
         outs.append((t.data.copy(), [blob.data.copy() for blob in layer.blobs]))
         assert (layer.xhat is not None) == needs
-    assert _bits_equal(outs[0][0], outs[1][0])
-    assert all(_bits_equal(a, c) for a, c in zip(outs[0][1], outs[1][1], strict=True))
+    assert bits_equal(outs[0][0], outs[1][0])
+    assert all(bits_equal(a, c) for a, c in zip(outs[0][1], outs[1][1], strict=True))
     with pytest.raises(Exception, match="kept nothing"):
         layer.backward([t], [True], [b])
 
@@ -191,8 +187,8 @@ def test_reshape_between_iterations_remakes_the_buffers():
         dy = rs.standard_normal(shape).astype(np.float32)
         b.reshape(shape)
         y, dx = forward_backward(layer, b, t, x, dy)
-        assert y.shape == shape and _bits_equal(y, ref.forward(x).astype(np.float32))
-        assert _bits_equal(dx, ref.backward(dy).astype(np.float32))
+        assert y.shape == shape and bits_equal(y, ref.forward(x).astype(np.float32))
+        assert bits_equal(dx, ref.backward(dy).astype(np.float32))
 
 
 def test_blocks_are_whole_rows():
@@ -219,4 +215,4 @@ def test_non_contiguous_blob_arrays(monkeypatch):
     b.set_diff_array(_strided(shape, np.float32))
     got = forward_backward(layer, b, t, x, dy)
     assert not t.data.flags.c_contiguous and not b.diff.flags.c_contiguous
-    assert all(_bits_equal(g, w) for g, w in zip(got, want, strict=True))
+    assert all(bits_equal(g, w) for g, w in zip(got, want, strict=True))

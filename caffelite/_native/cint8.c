@@ -1,0 +1,271 @@
+/* caffelite._native._cint8: integer convolution for quantized inference (an optional compiled helper).
+ *
+ * What it computes (caffelite/ops/int8.py holds the NumPy reference, which tests compare bitwise): for output
+ * channel m and pixel p of a convolution of integer activations q_x with integer weights w' (16-bit lanes),
+ *     acc = sum q_x * w'  (int32, exact),   s = sum q_x over the same window (only when e->B is needed),
+ *     v = (A[m]*acc + B[m]*s) + C[m]        (double, in this order, no fused multiply-add),
+ *     v = v < 0 ? v*slope : v (when relu);  v = v + off;  clamp to [lo, hi];  round to nearest (ties to even, or
+ *     away from zero);  stored as int16.
+ * A, B and C carry the input, weight and output scales, the weights' zero point, the bias and a folded
+ * BatchNorm/Scale (caffelite/jacinto/int8_engine.py); B is the correction for weights stored with an offset.
+ *
+ * Activations and weights are 16-bit lanes multiplied in pairs (vpmaddwd / vpdpwssd): caffe-jacinto's default
+ * weights are 12-bit, which do not fit the u8 x s8 products of vpdpbusd, and 8-bit activations fit too.
+ * Instruction sets, chosen at run time: 0 portable C, 1 AVX2, 2 AVX-512BW, 3 AVX-512 VNNI.
+ * Built with -ffp-contract=off so the double epilogue rounds exactly as the NumPy reference does.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define MB 8
+#define MAX_KW 32
+
+struct i8geom {
+    int N, G, P, Hp, S, Wq;    /* input: images, groups, channel pairs per group, padded rows, phases, columns */
+    int Cout, Mg, nmb;          /* output channels, per group, MB-blocks per group */
+    int kh, kw, sh, dh;
+    int Ho, Wo;
+    int rg, bg;                 /* task chunk: output rows, channel blocks */
+    int has_sum;                /* accumulate the window sums s (B != 0) */
+    long tap_off[MAX_KW];
+};
+
+struct i8sparse {
+    const long *ptr;     /* (Cout + 1): channel m's nonzero pairs are [ptr[m], ptr[m+1]) */
+    const long *off;     /* input offset of each pair, relative to the group's packed input */
+    const int32_t *w;    /* the two int16 weights of each pair */
+};
+
+struct i8epi {
+    const double *A, *B, *C;
+    int relu, ties_away;
+    double slope, off, lo, hi;
+};
+
+static inline __attribute__((always_inline)) int16_t requant(const struct i8epi *e, double a, double b, double c,
+                                                             int32_t acc, int32_t s)
+{
+    double v = a * (double)acc;
+    v = v + b * (double)s;
+    v = v + c;
+    if (e->relu && v < 0) v = v * e->slope;
+    v = v + e->off;
+    if (v < e->lo) v = e->lo;
+    if (v > e->hi) v = e->hi;
+    double r = (v + 0x1.8p52) - 0x1.8p52; /* round half to even (|v| < 2^51 after the clamp) */
+    if (e->ties_away) {
+        const double d = v - r;
+        if (d == 0.5 && v > 0) r += 1.0;
+        else if (d == -0.5 && v < 0) r -= 1.0;
+    }
+    return (int16_t)r;
+}
+
+#include "isa.h"
+
+/* portable: 4 lanes, the pair product written out (sign-extended halves) */
+typedef int32_t gvec __attribute__((vector_size(16)));
+static inline gvec gdot2(gvec acc, gvec x, gvec w)
+{
+    const gvec xl = (x << 16) >> 16, xh = x >> 16, wl = (w << 16) >> 16, wh = w >> 16;
+    return acc + xl * wl + xh * wh;
+}
+#define VW 4
+#define NV 1
+#define NVS 2
+#define VADD(a, b) ((a) + (b))
+#define VEC gvec
+#define VZERO ((gvec){0, 0, 0, 0})
+#define VLOAD(p) ({ gvec _v; __builtin_memcpy(&_v, (p), 16); _v; })
+#define VSTORE(p, v) do { gvec _s = (v); __builtin_memcpy((p), &_s, 16); } while (0)
+#define VBCAST(i) ((gvec){0, 0, 0, 0} + (int32_t)(i))
+#define VDOT2(a, x, w) gdot2((a), (x), (w))
+#define FN(x) x##_generic
+#define TARGET
+#include "cint8_kernel.h"
+#undef VW
+#undef NV
+#undef NVS
+#undef VADD
+#undef VEC
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VBCAST
+#undef VDOT2
+#undef FN
+#undef TARGET
+
+#if HAVE_X86
+#include <immintrin.h>
+#define VW 8
+#define NV 1
+#define NVS 4
+#define VADD(a, b) _mm256_add_epi32((a), (b))
+#define VEC __m256i
+#define VZERO _mm256_setzero_si256()
+#define VLOAD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VSTORE(p, v) _mm256_storeu_si256((__m256i *)(p), (v))
+#define VBCAST(i) _mm256_set1_epi32(i)
+#define VDOT2(a, x, w) _mm256_add_epi32((a), _mm256_madd_epi16((x), (w)))
+#define FN(x) x##_avx2
+#define TARGET __attribute__((target("avx2")))
+#include "cint8_kernel.h"
+#undef VW
+#undef NV
+#undef NVS
+#undef VADD
+#undef VEC
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VBCAST
+#undef VDOT2
+#undef FN
+#undef TARGET
+
+#define VW 16
+#define NV 3
+#define NVS 4
+#define VADD(a, b) _mm512_add_epi32((a), (b))
+#define VEC __m512i
+#define VZERO _mm512_setzero_si512()
+#define VLOAD(p) _mm512_loadu_si512((const void *)(p))
+#define VSTORE(p, v) _mm512_storeu_si512((void *)(p), (v))
+#define VBCAST(i) _mm512_set1_epi32(i)
+#define VDOT2(a, x, w) _mm512_add_epi32((a), _mm512_madd_epi16((x), (w)))
+#define FN(x) x##_avx512
+#define TARGET __attribute__((target("avx512f,avx512bw")))
+#define EPI512 1
+#include "cint8_kernel.h"
+#undef VDOT2
+#undef FN
+#undef TARGET
+
+#define VDOT2(a, x, w) _mm512_dpwssd_epi32((a), (x), (w))
+#define FN(x) x##_vnni
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#include "cint8_kernel.h"
+#undef VW
+#undef NV
+#undef NVS
+#undef VADD
+#undef VEC
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VBCAST
+#undef VDOT2
+#undef FN
+#undef TARGET
+#undef EPI512
+#endif
+
+/* Instruction sets this CPU runs: bit 0 portable, 1 AVX2, 2 AVX-512BW, 3 AVX-512 VNNI. */
+int ci8_isa_mask(void)
+{
+    int mask = 1;
+#if HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) mask |= 2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+        mask |= 4;
+        if (__builtin_cpu_supports("avx512vnni")) mask |= 8;
+    }
+#endif
+    return mask;
+}
+
+int ci8_geom_size(void) { return (int)sizeof(struct i8geom); }
+int ci8_epi_size(void) { return (int)sizeof(struct i8epi); }
+int ci8_tile_channels(void) { return MB; }
+int ci8_vector_width(int isa) { return isa >= 2 ? 16 : isa == 1 ? 8 : 4; }
+
+/* Forward tasks t0..t1 with instruction set isa (0..3); gsum: the group sums (NULL when e->B is all zero). */
+int ci8_conv_fwd(int isa, const int32_t *x, const int32_t *gsum, const int32_t *wpk, const struct i8epi *e,
+                 int16_t *out, const struct i8geom *p, long t0, long t1)
+{
+    if (p->kw > MAX_KW) return -1;
+    if (p->Wo < ci8_vector_width(isa)) return -4;
+    if (p->has_sum && !gsum) return -5;
+#if HAVE_X86
+    if (isa == 3) { fwd_vnni(x, gsum, wpk, e, out, p, t0, t1); return 0; }
+    if (isa == 2) { fwd_avx512(x, gsum, wpk, e, out, p, t0, t1); return 0; }
+    if (isa == 1) { fwd_avx2(x, gsum, wpk, e, out, p, t0, t1); return 0; }
+#endif
+    if (isa != 0) return -2;
+    fwd_generic(x, gsum, wpk, e, out, p, t0, t1);
+    return 0;
+}
+
+/* Sparse forward: only the nonzero weight pairs of each output channel (sp); tasks as in sfwd. */
+int ci8_sparse_fwd(int isa, const int32_t *x, const int32_t *gsum, const struct i8sparse *sp,
+                   const struct i8epi *e, int16_t *out, const struct i8geom *p, long t0, long t1)
+{
+    if (p->Wo < ci8_vector_width(isa)) return -4;
+    if (p->has_sum && !gsum) return -5;
+#if HAVE_X86
+    if (isa == 3) { sfwd_vnni(x, gsum, sp, e, out, p, t0, t1); return 0; }
+    if (isa == 2) { sfwd_avx512(x, gsum, sp, e, out, p, t0, t1); return 0; }
+    if (isa == 1) { sfwd_avx2(x, gsum, sp, e, out, p, t0, t1); return 0; }
+#endif
+    if (isa != 0) return -2;
+    sfwd_generic(x, gsum, sp, e, out, p, t0, t1);
+    return 0;
+}
+
+/* Group sums of the packed input (tasks: image x group). */
+int ci8_group_sums(int isa, const int32_t *x, int32_t *gsum, const struct i8geom *p, long t0, long t1)
+{
+#if HAVE_X86
+    if (isa == 3) { gsum_vnni(x, gsum, p, t0, t1); return 0; }
+    if (isa == 2) { gsum_avx512(x, gsum, p, t0, t1); return 0; }
+    if (isa == 1) { gsum_avx2(x, gsum, p, t0, t1); return 0; }
+#endif
+    if (isa != 0) return -2;
+    gsum_generic(x, gsum, p, t0, t1);
+    return 0;
+}
+
+/* Pack integer activations x (N, G*Cg, H, W) int16 into the kernel's input: int32 channel pairs
+ * (N, G*P, Hp, S, Wq), zero padded (ph rows and pw columns before; zero past the input and past Cg), columns
+ * split into S stride phases. Tasks t0..t1 are (image, group, pair) planes. */
+int ci8_pack(int isa, const int16_t *x, int G, int Cg, int H, int W, int P, int Hp, int S, int Wq, int ph, int pw,
+             int32_t *out, long t0, long t1)
+{
+#if HAVE_X86
+    if (isa == 3) { pack_vnni(x, G, Cg, H, W, P, Hp, S, Wq, ph, pw, out, t0, t1); return 0; }
+    if (isa == 2) { pack_avx512(x, G, Cg, H, W, P, Hp, S, Wq, ph, pw, out, t0, t1); return 0; }
+    if (isa == 1) { pack_avx2(x, G, Cg, H, W, P, Hp, S, Wq, ph, pw, out, t0, t1); return 0; }
+#endif
+    pack_generic(x, G, Cg, H, W, P, Hp, S, Wq, ph, pw, out, t0, t1);
+    return 0;
+}
+
+/* Quantize float32 x[t0..t1) to integers: y = x*st + off (double), clamp to [lo, hi], round to nearest (ties
+ * to even, or away from zero) -- caffelite/jacinto/fixed_point.py's quantizer without the dequantization. */
+int ci8_quantize(const float *x, double st, double off, double lo, double hi, int ties_away, int16_t *out,
+                 long t0, long t1)
+{
+    for (long i = t0; i < t1; i++) {
+        double v = (double)x[i] * st;
+        v = v + off;
+        if (v < lo) v = lo;
+        if (v > hi) v = hi;
+        double r = (v + 0x1.8p52) - 0x1.8p52;
+        if (ties_away) {
+            const double d = v - r;
+            if (d == 0.5 && v > 0) r += 1.0;
+            else if (d == -0.5 && v < 0) r -= 1.0;
+        }
+        out[i] = (int16_t)r;
+    }
+    return 0;
+}
+
+static struct PyModuleDef cint8_module = {PyModuleDef_HEAD_INIT, "_cint8",
+                                          "Integer convolution kernels, called through ctypes.", -1, NULL};
+
+PyMODINIT_FUNC PyInit__cint8(void) { return PyModule_Create(&cint8_module); }

@@ -1,0 +1,99 @@
+/* caffelite._native._csparse: sparse direct 2-D convolution forward for the CPU (an optional compiled helper).
+ *
+ * Why: models trained with caffe-jacinto's sparsity have ~80% zero convolution weights; the dense kernel
+ * (cconv.c) multiplies by them anyway. Here each output channel keeps only its nonzero (input channel, ky, kx)
+ * taps, packed once when the weights are loaded (caffelite/ops/sparse_conv.py), and the kernel sums
+ * tap x shifted input row vectors for up to 8 pixel vectors at a time (4 in the portable build). One vector load per multiply-add (the
+ * dense kernel shares a load among 8 output channels), so it wins only when enough weights are zero: the
+ * break-even zero fraction is measured by bench/sparse_breakeven.py.
+ *
+ * Plain C called through ctypes, which releases the GIL; the Python side splits the task range over threads.
+ * Each output value is computed by one task in a fixed order: results do not depend on the thread count.
+ * Instruction sets are chosen at run time (AVX-512, AVX2+FMA, portable), as in cconv.c.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+struct sgeom {
+    int N, C, Hp, S, Wq;  /* input: images, channels, padded rows, stride_w phases, columns per phase */
+    int Cout, Cg, Mg;     /* output channels, input and output channels per group */
+    int sh, Ho, Wo;       /* row stride, output size */
+    int rg, mb;           /* task: output rows, output channels */
+    int nch;              /* input-channel chunks summed one after the other (partial sums in the output) */
+};
+
+struct sparse_taps {
+    const int32_t *ptr;
+    const uint16_t *idx;
+    const float *val;
+    const long *otab;
+};
+
+/* the dense kernel's epilogue (cconv.c): + bias; * scale + shift when scale is set; (leaky) ReLU when relu */
+struct epilogue {
+    const float *bias, *scale, *shift;
+    int relu;
+    float slope;
+};
+
+#include "isa.h"
+
+#define VW 4
+#define NV 4
+#define FN(x) x##_generic
+#define TARGET
+#include "sparse_kernel.h"
+#undef VW
+#undef NV
+#undef FN
+#undef TARGET
+
+#if HAVE_X86
+#define VW 8
+#define NV 8
+#define FN(x) x##_avx2
+#define TARGET TARGET_AVX2
+#include "sparse_kernel.h"
+#undef VW
+#undef NV
+#undef FN
+#undef TARGET
+
+#define VW 16
+#define NV 8
+#define FN(x) x##_avx512
+#define TARGET TARGET_AVX512
+#include "sparse_kernel.h"
+#undef VW
+#undef NV
+#undef FN
+#undef TARGET
+#endif
+
+int cs_isa_mask(void) { return cpu_isa_mask(); }
+int cs_geom_size(void) { return (int)sizeof(struct sgeom); }
+int cs_taps_size(void) { return (int)sizeof(struct sparse_taps); }
+int cs_epilogue_size(void) { return (int)sizeof(struct epilogue); }
+int cs_vector_width(int isa) { return isa == 2 ? 16 : isa == 1 ? 8 : 4; }
+/* pixels per output tile (vector width x vectors): the Python side sizes the input-channel chunks by it */
+int cs_tile_pixels(int isa) { return isa == 2 ? 16 * 8 : isa == 1 ? 8 * 8 : 4 * 4; }
+
+/* Forward for tasks t0..t1; isa is 0 (portable), 1 (AVX2) or 2 (AVX-512). */
+int cs_sparse_fwd(int isa, const float *x, const struct sparse_taps *tp, const struct epilogue *e, float *out,
+                  const struct sgeom *p, long t0, long t1)
+{
+    if (p->Wo < cs_vector_width(isa)) return -4;
+#if HAVE_X86
+    if (isa == 2) { sfwd_avx512(x, tp, e, out, p, t0, t1); return 0; }
+    if (isa == 1) { sfwd_avx2(x, tp, e, out, p, t0, t1); return 0; }
+#endif
+    if (isa != 0) return -2;
+    sfwd_generic(x, tp, e, out, p, t0, t1);
+    return 0;
+}
+
+static struct PyModuleDef csparse_module = {PyModuleDef_HEAD_INIT, "_csparse",
+                                            "Sparse convolution kernels, called through ctypes.", -1, NULL};
+
+PyMODINIT_FUNC PyInit__csparse(void) { return PyModule_Create(&csparse_module); }

@@ -1,0 +1,182 @@
+"""caffe-jacinto's dynamic fixed-point simulation as ONNX QuantizeLinear/DequantizeLinear pairs.
+
+The simulation (``caffelite.jacinto.quantization``, spec docs/jacinto-spec.md §b.3-§b.5) fake-quantizes, at the end of
+a layer's forward, every top whose ``qparam_out.quantize`` flag is on: ``y = clip(round(x*s + o), lo, hi)``,
+``x' = (y - o) * inv`` with ``inv = 1/s`` in float32. With ``o`` an integer and an 8-bit range this is exactly
+``DequantizeLinear(QuantizeLinear(x, inv, o), inv, o)`` (uint8 for unsigned, int8 for signed data): the
+dequantized grid is jacinto's, the saturation range is jacinto's, and QuantizeLinear rounds half to even like
+jacinto's GPU kernel (its CPU code rounds half away from zero; see ``ties``). For a power-of-two scale
+(``power2_scale_activations``: ``s = 2^fl``) ``x / inv == x * s`` exactly, so the rounding decisions are
+jacinto's bit for bit; for other scales ``x / inv`` and ``x * s`` can differ in the last bit, which changes a
+value only when it lies within one float32 ulp of a rounding boundary.
+
+Weights were quantized in place by the simulation (once, at forward ``quantization_start``), so the net's
+float weights are already jacinto's dequantized values and are exported as they are; where they lie exactly
+on an integer grid of the current scale with zero offset (power-of-two weight scales, ``apply_offset_weights:
+false``), they are written as int8/uint8 (int16/uint16 from opset 21) initializers + DequantizeLinear, which
+gives back the same float32 values. jacinto's default asymmetric 12-bit weights (a non-integer offset) stay
+float. Flags jacinto never sets (``qparam_in.quantize``), a non-integer activation offset or a bitwidth other
+than 8 for activations have no exact QDQ form and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from ..jacinto import attach_quantization, wants_quantization
+from ..jacinto.fixed_point import int_range
+from ..jacinto.qstate import RangeState
+
+
+def find_hook(net):
+    """The quantization hook attached to ``net`` (or None)."""
+    for fn in net.hooks.forward_start:
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, RangeState):
+            return owner
+    return None
+
+
+def _flagged(net):
+    return any(ly.param.HasField("quantization_param") and
+               (any(q.quantize for q in ly.param.quantization_param.qparam_out) or
+                any(q.quantize for q in ly.param.quantization_param.qparam_w))
+               for ly in net.layers)
+
+
+def check_ready(net, error):
+    """Raise ``error(message)`` unless ``net``'s quantization parameters are known (a calibrated simulation)."""
+    hook = find_hook(net)
+    if getattr(hook, "version", "0.17") != "0.17":
+        raise error(f"net '{net.name}': caffe-jacinto {hook.version}'s quantization (which layers quantize, and "
+                    "when) is not exported; use the 0.17 simulation")
+    if not _flagged(net):
+        raise error(f"net '{net.name}' is quantized (quantize: true) but has no quantization ranges yet: run "
+                    "calibration forwards with the quantization hook attached, or export from a quantized "
+                    "caffemodel (or --quant-ranges FILE)")
+    if hook is not None and hook.infer_count <= hook.start:
+        raise error(f"net '{net.name}': the quantized weights are not set yet (the simulation quantizes them at "
+                    f"forward {hook.start}); run at least {hook.start + 1 - hook.infer_count} more forward(s)")
+    return hook
+
+
+def prepare(net, weights=None, ranges=None, error=ValueError):
+    """Attach the simulation to a freshly loaded quantized ``net`` and bring it to its steady state: ranges
+    from ``ranges`` (a ``save_ranges`` JSON file) or from the quantization_param of the ``weights``
+    caffemodel, frozen; then forwards of zeros until the weights are quantized and every scale is set (frozen
+    ranges make the zeros irrelevant). Returns the hook."""
+    hook = attach_quantization(net)
+    if ranges:
+        hook.load_ranges(ranges)
+        # the file's forward counter is past quantization_start when it was saved after calibration; the
+        # flags switch on only at forward == start, so this fresh net starts there
+        hook.infer_count = hook.start
+    else:
+        used = hook.load_ranges_from_caffemodel(weights) if weights else 0
+        if not used:
+            raise error(f"net '{net.name}' is quantized (quantize: true) but "
+                        f"{'the caffemodel holds no quantization ranges' if weights else 'no weights were given'}"
+                        ": give --quant-ranges FILE (from --quant-ranges save) or a caffemodel written by a "
+                        "quantized run")
+    zeros = {n: np.zeros(net.blobs[n].shape, np.float32) for n in net.inputs}
+    while hook.infer_count <= hook.start:
+        net.forward(**zeros)
+    return hook
+
+
+def _pow2_bits(scale):
+    m, e = math.frexp(scale)
+    return e - 1 if m == 0.5 else None
+
+
+class QdqHook:
+    """Adds the QDQ pairs after each quantizing layer and gives quantized weights integer initializers."""
+
+    def __init__(self, net, hook=None):
+        self.net = net
+        self.ties = getattr(hook, "ties", "even")
+        self.blobs = {}  # ONNX tensor -> {"bits", "fracbits" | "scale", "signed"} for the metadata
+
+    @staticmethod
+    def wanted(net):
+        return wants_quantization(net._param) and bool(net._param.quantize)
+
+    def _qp(self, layer):
+        return layer.param.quantization_param if layer.param.HasField("quantization_param") else None
+
+    def param(self, g, layer, k, w):
+        """int8/16 initializer + DequantizeLinear when ``w`` lies exactly on the current zero-offset grid."""
+        qp = self._qp(layer)
+        if qp is None or k >= len(qp.qparam_w) or not qp.qparam_w[k].quantize:
+            return None
+        q = qp.qparam_w[k]
+        bw = int(q.bitwidth)
+        if q.offset != 0 or bw > 16 or (bw > 8 and g.opset < 21):
+            return None
+        st = np.float32(q.scale_target)
+        inv = np.float32(1) / st
+        ints = w.astype(np.float64) * np.float64(st)
+        lo, hi = int_range(bw, q.unsigned_quant)
+        if not (np.all(ints == np.rint(ints)) and ints.min(initial=0) >= lo and ints.max(initial=0) <= hi):
+            return None
+        if not np.array_equal(ints.astype(np.float32) * inv, w):
+            return None
+        unsigned = bool(q.unsigned_quant)
+        dt = (np.uint8 if unsigned else np.int8) if bw <= 8 else (np.uint16 if unsigned else np.int16)
+        name = g.layer_name + ("/W" if k == 0 else "/b")
+        qi = g.const(name + "_quantized", ints, dt)
+        out = g.node("DequantizeLinear", [qi, g.const(name + "_scale", inv), g.const(name + "_zero", 0, dt)],
+                     hint=name)
+        self.blobs[name] = self._describe(bw, st, not unsigned)
+        return out
+
+    @staticmethod
+    def _describe(bw, st, signed):
+        fl = _pow2_bits(float(st))
+        d = {"bits": int(bw), "signed": bool(signed)}
+        if fl is not None:
+            d["fracbits"] = fl
+        else:
+            d["scale"] = float(st)
+        return d
+
+    def after_layer(self, g, i):
+        """QuantizeLinear -> DequantizeLinear on each flagged top of layer ``i`` (as the simulation does in place)."""
+        layer = self.net.layers[i]
+        qp = self._qp(layer)
+        if qp is None or qp.precision != 1:  # DYNAMIC_FIXED_POINT
+            return
+        if any(q.quantize for q in qp.qparam_in):
+            raise g.error("quantizes its inputs (qparam_in.quantize), which the simulation applies after the "
+                          "layer ran, in place; that has no ONNX form here")
+        for j, q in enumerate(qp.qparam_out):
+            if not q.quantize or j >= len(layer.param.top):
+                continue
+            if int(q.bitwidth) != 8:
+                raise g.error(f"top {j} is quantized to {q.bitwidth} bits; QDQ export supports 8-bit activations")
+            if q.offset != int(q.offset):
+                raise g.error(f"top {j} has a non-integer quantization offset {q.offset} "
+                              "(apply_offset_activations), which no ONNX zero point represents")
+            blob = layer.param.top[j]
+            x = g.current[blob]
+            st = np.float32(q.scale_target)
+            unsigned = bool(q.unsigned_quant)
+            dt = np.uint8 if unsigned else np.int8
+            scale = g.const(f"{blob}/q_scale", np.float32(1) / st)
+            zp = g.const(f"{blob}/q_zero", int(q.offset), dt)
+            y = g.node("QuantizeLinear", [x, scale, zp], hint=f"{blob}/quantized")
+            dq = g.node("DequantizeLinear", [y, scale, zp], hint=f"{blob}/dequantized")
+            g.set_current(blob, dq)
+            self.blobs[blob] = self._describe(8, st, not unsigned)
+
+    def metadata(self):
+        """Model metadata: fractional bits (or scale) per quantized blob and the rounding note."""
+        note = "QuantizeLinear rounds half to even, as jacinto's GPU kernel"
+        if self.ties != "even":
+            note += "; the simulation rounded half away from zero (jacinto's CPU code): exact ties may differ"
+        return {"quantization": "caffe-jacinto dynamic fixed point as QuantizeLinear/DequantizeLinear",
+                "quantization_rounding": note,
+                "quantization_blobs": json.dumps(self.blobs, sort_keys=True)}

@@ -1,0 +1,497 @@
+"""Integer inference for a quantized net: what caffe-jacinto's float simulation computes, in integers.
+
+jacinto (and :class:`~caffelite.jacinto.quantization.QuantizationHook`) simulates dynamic fixed point: float
+blobs are rounded to ``q/scale`` grids (docs/jacinto-spec.md §b.5). :class:`Int8Net` runs the same net with the
+integers ``q``:
+
+- a Convolution with its merged in-place BatchNorm / Scale / ReLU followers (§b.3: only the chain's last output
+  is quantized) becomes one integer convolution (int32 sums of activation x weight integers, exact) and a
+  per-channel epilogue in float64 (:mod:`caffelite.ops.int8`): input, weight and output scales, the weights'
+  zero point (jacinto's default weights are 12-bit with an offset; the correction uses the window sums of the
+  activations), the bias and the folded normalisation, then ReLU, the output offset, clip and jacinto's
+  rounding. The scales are jacinto's own (``scale_target``; with ``power2_scale_*`` they are powers of two).
+  The float simulation sums float32 products of the same values, so the two can differ only where float32
+  rounding of that sum (or of a dequantized value) moves it across a rounding boundary of the output grid
+  (:func:`compare` counts those elements);
+- MAX Pooling, ArgMax, Split and a standalone ReLU only compare or select: they run on the integers and a
+  lookup table requantizes to the output's grid (exact); a two-input Eltwise SUM is a 2-D lookup table of the
+  float32 sum of the two dequantized values (exact);
+- every other layer (Deconvolution, the Bias on the float input, average pooling, ...) runs its float forward
+  on the dequantized inputs, which are bit for bit the simulation's blobs, and its flagged outputs are
+  quantized as jacinto does (exact: the same code on the same values).
+
+The ranges must be known and fixed: measured by calibration forwards and frozen (``--quant-ranges freeze``),
+loaded (``--quant-ranges load FILE``) or taken from a quantized caffemodel; :func:`check_ready` says what is
+missing in one line. Each forward follows the hook's per-forward steps (flags at ``quantization_start``, the
+parameters from the frozen ranges, the forward counter). jacinto quantizes the weights at the end of forward
+``quantization_start``, so its forward ``quantization_start`` itself still uses the float weights; this engine
+quantizes them first (in place, as jacinto leaves them) and always computes with the quantized weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import log as glog
+from ..errors import CaffeliteError
+from ..ops import int8 as i8op
+from ..layer import TEST
+from ..ops.im2col import ConvGeometry
+from . import fixed_point as fp
+from .quantization import DFP, QuantizationHook
+
+
+class Int8Error(CaffeliteError, ValueError):
+    """A net the integer engine cannot run as asked (no quantization, no ranges yet, ...)."""
+
+
+@dataclass(frozen=True)
+class QGrid:
+    """One quantized blob's grid: ``x = (q - off) * inv`` (float32 result), q in [lo, hi]."""
+
+    st: float
+    inv: float
+    off: float
+    lo: int
+    hi: int
+
+    @classmethod
+    def of(cls, qq):
+        lo, hi = fp.int_range(qq.bitwidth, qq.unsigned_quant)
+        st = np.float32(qq.scale_target)
+        return cls(float(st), float(np.float32(1.0) / st), float(np.float32(qq.offset)), lo, hi)
+
+    def dequantize(self, q):
+        """The simulation's float32 values of integers ``q`` (fixed_point.quantize's last step)."""
+        return ((q.astype(np.float64) - self.off) * self.inv).astype(np.float32)
+
+    def quantize(self, x, ties):
+        """Integers of float ``x`` on this grid (fixed_point.quantize without the dequantization)."""
+        return i8op.quantize_float(x, self.st, self.off, self.lo, self.hi, ties)
+
+    def lut_from(self, src: QGrid, fn, ties):
+        """A table over ``src``'s integers: this grid's integer of ``fn(src.dequantize(q))``."""
+        q = np.arange(src.lo, src.hi + 1, dtype=np.int64)
+        return self.quantize(fn(src.dequantize(q)), ties)
+
+
+def find_hook(net):
+    """The net's :class:`QuantizationHook`, or None."""
+    h = getattr(net, "_quantization_hook", None)
+    if isinstance(h, QuantizationHook):
+        return h
+    for fn in net.hooks.forward_start:
+        h = getattr(fn, "__self__", None)
+        if isinstance(h, QuantizationHook):
+            return h
+    return None
+
+
+def check_ready(net, hook=None):
+    """Raise :class:`Int8Error` (one line saying what to do) unless ``net`` can run in integers now."""
+    p = net._param
+    if not p.quantize:
+        raise Int8Error(f"net '{net.name}': the int8 engine runs quantized nets only; add 'quantize: true' to the "
+                        "prototxt (and get ranges by calibration) or use the dense engine")
+    hook = hook or find_hook(net)
+    if hook is None or not hook.enabled:
+        raise Int8Error(f"net '{net.name}': no caffe-jacinto 0.17 quantization is attached (quantization_start must "
+                        "be > 0; attach it with caffelite.jacinto.attach_from_proto)")
+    if net.phase != TEST:
+        raise Int8Error(f"net '{net.name}': the int8 engine runs TEST nets only (TRAIN rounds stochastically)")
+    if getattr(hook, "version", "0.17") != "0.17":
+        raise Int8Error(f"net '{net.name}': the int8 engine reproduces caffe-jacinto 0.17's quantization, not "
+                        f"{hook.version}'s (use --jacinto_version 0.17 or the dense engine)")
+    q = hook.qnet
+    if q.precision != DFP or q.rounding_scheme != fp.NEAREST:
+        raise Int8Error(f"net '{net.name}': the int8 engine needs dynamic fixed point with NEAREST rounding")
+    if hook.infer_count < hook.start:
+        raise Int8Error(f"net '{net.name}': quantized but no ranges yet: run {hook.start - hook.infer_count} "
+                        "calibration forward(s) and freeze them (--quant-ranges freeze), or load them "
+                        "(--quant-ranges load FILE, or a quantized caffemodel)")
+    if q.update_quantization_param and not hook.frozen:
+        raise Int8Error(f"net '{net.name}': the quantization ranges are still updated every forward; freeze them "
+                        "(--quant-ranges freeze or load FILE; hook.freeze_ranges()) to run in integers")
+    return hook
+
+
+class Int8Net:
+    """Runs a quantized TEST net (a :class:`~caffelite.net.Net` with its quantization hook) in integers.
+
+    ``native``: use the compiled integer kernel when it takes a layer (default), else the NumPy reference.
+    After :meth:`forward`, :attr:`ints` maps blob names to the integers of the quantized blobs and
+    ``sparse``: None (default): where enough weight pairs are zero (:func:`caffelite.ops.int8.sparse_worthwhile`)
+    the first forwards time the dense and the sparse integer kernel and later ones run the faster
+    (:class:`caffelite.ops.int8.AutoConv`); True/False forces one. The integers are the same either way.
+    :attr:`engine_used` maps layer names to "int8" / "int8-sparse" (integer convolution, dense or sparse kernel),
+    "int8-lut" (integer compare/select or table) or "float-exact" (float forward on the simulation's exact
+    values).
+    """
+
+    def __init__(self, net, hook=None, native=True, isa=None, sparse=None):
+        self.net = net
+        self.sparse = sparse  # None: per layer, the sparse kernel where enough weight pairs are zero
+        self.hook = check_ready(net, hook)
+        self.native = bool(native)
+        self.isa = isa
+        self.ties = self.hook.ties
+        self._plans = {}
+        self._auto_times = {}
+        self._steps = None
+        self.ints = {}
+        self.engine_used = {}
+        self._logged = False
+
+    # -- per-forward hook steps ------------------------------------------------------------------------
+    def _begin(self):
+        h = self.hook
+        k = h.infer_count
+        # flags are switched on at forward `start`; ranges loaded into a fresh net may have moved the counter past
+        # it without that forward, so switch them on here too (what jacinto's forward `start` would have done)
+        if k == h.start or (k > h.start and not any(h.flags_on)):
+            h.enable_selected_layers(k)
+        h.set_params(k)
+        self._check_ranges()
+        # jacinto's scale_applied chaining makes some scales alternate between two float32 neighbours from one
+        # forward to the next: plans are kept per parameter set
+        key = tuple((q.quantize, q.scale_target, q.offset, q.bitwidth, q.unsigned_quant)
+                    for ly in self.net.layers if ly.param.HasField("quantization_param")
+                    for q in (*ly.param.quantization_param.qparam_w, *ly.param.quantization_param.qparam_out))
+        steps = self._plans.get(key)
+        if steps is None:
+            self._quantize_weights()
+            steps = self._plans[key] = self._plan()
+            while len(self._plans) > 4:
+                self._plans.pop(next(iter(self._plans)))
+            if not self._logged:
+                self._log_plan(steps)
+                self._logged = True
+        self._steps = steps
+
+    def _check_ranges(self):
+        """Every quantized output needs a measured range: a zero one means the ranges came from another net."""
+        h = self.hook
+        for i, ly in enumerate(self.net.layers):
+            if not ly.param.HasField("quantization_param"):
+                continue
+            for j, qo in enumerate(ly.param.quantization_param.qparam_out):
+                if qo.quantize and j < len(h.r_out[i]) and not np.any(h.r_out[i][j]):
+                    raise Int8Error(f"net '{self.net.name}': no quantization range for the output of layer "
+                                    f"'{ly.param.name}' (ranges of another net? layer names or blob counts "
+                                    "differ): calibrate this net or load ranges saved from it")
+
+    def _quantize_weights(self):
+        """Quantize in place the flagged weights that are not on their grid yet: jacinto does it once, at the end
+        of forward ``quantization_start`` (§b.5); this engine computes with the quantized weights from the start."""
+        h = self.hook
+        for ly in self.net.layers:
+            if not ly.param.HasField("quantization_param"):
+                continue
+            qp = ly.param.quantization_param
+            for b, qw in enumerate(qp.qparam_w):
+                if not qw.quantize or b >= len(ly.blobs):
+                    continue
+                w = ly.blobs[b].data
+                y = w.astype(np.float64) * np.float32(qw.scale_target) + np.float32(qw.offset)
+                if qp.quantized_infer_count == 0 or (y.size and np.abs(y - np.rint(y)).max() > 1e-2):
+                    h._apply(w, qw, qp.rounding_scheme, b == 0)
+
+    def _end(self):
+        self.hook.infer_count += 1  # ranges are frozen: nothing else of FinishQuantization applies
+
+    # -- planning --------------------------------------------------------------------------------------
+    def _out_grid(self, i, j):
+        ly = self.net.layers[i]
+        if not ly.param.HasField("quantization_param"):
+            return None
+        qo = ly.param.quantization_param.qparam_out
+        return QGrid.of(qo[j]) if j < len(qo) and qo[j].quantize else None
+
+    def _plan(self):
+        """The list of steps: ("conv", i, last, PackedConv, in_blob, out_blob, grid), ("lut"/"pool"/...)."""
+        net = self.net
+        from .. import fusion
+        chains = fusion.plan(net)
+        grids = {}  # blob name -> grid of its integers at this point of the plan
+        steps = []
+        i = 0
+        n = len(net.layers)
+        while i < n:
+            ly = net.layers[i]
+            t = ly.type
+            bots, tops = net._bottom_ids[i], net._top_ids[i]
+            step = None
+            if t == "Convolution":
+                ch = chains.get(i)
+                members = [] if ch is None else ch.affines + ([ch.relu] if ch.relu is not None else [])
+                step = self._conv_step(i, members, grids)
+            elif t == "Split" and bots[0] in grids:
+                step = ("split", i, i)
+                for b in tops:
+                    grids[b] = grids[bots[0]]
+            elif t in ("Pooling", "ReLU") and bots[0] in grids and self._out_grid(i, 0) is not None:
+                src, dst = grids[bots[0]], self._out_grid(i, 0)
+                if t == "Pooling" and ly.param.pooling_param.pool == ly.param.pooling_param.MAX:
+                    step = ("pool", i, i, dst.lut_from(src, lambda x: x, self.ties), src.lo)
+                elif t == "ReLU":
+                    slope = np.float32(ly.param.relu_param.negative_slope)
+                    step = ("lut", i, i, dst.lut_from(src, lambda x, sl=slope: np.where(x > 0, x, x * sl), self.ties),
+                            src.lo)
+            elif t == "ArgMax" and bots[0] in grids:
+                step = ("argmax", i, i)
+            elif (t == "Eltwise" and len(bots) == 2 and all(b in grids for b in bots)
+                  and ly.param.eltwise_param.operation == 1 and not len(ly.param.eltwise_param.coeff)
+                  and self._out_grid(i, 0) is not None):
+                g1, g2, dst = grids[bots[0]], grids[bots[1]], self._out_grid(i, 0)
+                if (g1.hi - g1.lo + 1) * (g2.hi - g2.lo + 1) <= 1 << 17:
+                    a = g1.dequantize(np.arange(g1.lo, g1.hi + 1))[:, None]
+                    b = g2.dequantize(np.arange(g2.lo, g2.hi + 1))[None, :]
+                    step = ("eltwise", i, i, dst.quantize(a + b, self.ties), g1, g2)
+            if step is None:
+                step = ("float", i, i)
+            steps.append(step)
+            last = step[2]
+            # grids after the step: the last layer's flagged tops are integers; other tops are float
+            if step[0] not in ("split",):
+                for k in range(i, last + 1):
+                    for j, b in enumerate(net._top_ids[k]):
+                        g = self._out_grid(k, j)
+                        if g is not None:
+                            grids[b] = g
+                        else:
+                            grids.pop(b, None)
+            i = last + 1
+        return steps
+
+    def _conv_step(self, i, members, grids):
+        """An integer convolution step for layer ``i`` and its in-place ``members``, or None (float path)."""
+        net = self.net
+        ly = net.layers[i]
+        bname = net._bottom_ids[i][0] if len(net._bottom_ids[i]) == 1 else None
+        if bname is None or bname not in grids or len(net._top_ids[i]) != 1:
+            return None
+        gin = grids[bname]
+        last = members[-1] if members else i
+        # only the chain's last output may be quantized (merged outputs, §b.3)
+        for k in [i] + members[:-1] if members else []:
+            if self._out_grid(k, 0) is not None:
+                return None
+        gout = self._out_grid(last, 0)
+        qp = ly.param.quantization_param if ly.param.HasField("quantization_param") else None
+        if gout is None or qp is None or not qp.qparam_w or not qp.qparam_w[0].quantize or gin.off != 0:
+            return None
+        qw = qp.qparam_w[0]
+        if qw.bitwidth > 16:
+            return None
+        wg = QGrid.of(qw)
+        w = ly.blobs[0].data
+        wq = wg.quantize(w, "even").astype(np.int32)  # exact: w is on the grid already
+        # centre on the integer a float zero weight quantizes to, so pruned weights stay zero (the sparse kernel
+        # skips them); the rest of the offset (|zw - off| <= 0.5) goes through the window sums
+        zw = int(np.clip(np.rint(np.float64(wg.off)), wg.lo, wg.hi)) if qw.unsigned_quant else 0
+        wq -= zw
+        cp = ly.param.convolution_param
+        geom = getattr(ly, "geom", None)
+        if not isinstance(geom, ConvGeometry) or w.ndim != 4:
+            return None
+        group = int(cp.group) or 1
+        try:
+            i8op.check_bounds(wq, max(abs(gin.lo), abs(gin.hi)), ly.param.name)
+        except ValueError:
+            return None
+        cout = w.shape[0]
+        a = np.ones(cout)
+        s = np.zeros(cout)
+        relu, slope = False, 0.0
+        for m in members:
+            f = net.layers[m]
+            if f.type == "ReLU":
+                relu, slope = True, float(np.float32(f.param.relu_param.negative_slope))
+                continue
+            ab = f.inference_affine(net._bottom_vecs[m])
+            if ab is None:
+                return None
+            fa, fb = (np.asarray(v, np.float64).reshape(-1) for v in ab)
+            a, s = a * fa, s * fa + fb
+        bias = np.asarray(ly.blobs[1].data, np.float64).reshape(-1) if len(ly.blobs) > 1 and cp.bias_term \
+            else np.zeros(cout)
+        A = a * gin.inv * wg.inv * gout.st
+        B = A * (zw - wg.off)
+        C = (a * bias + s) * gout.st
+        if relu and slope == 0 and gout.off <= gout.lo:
+            relu = False  # the clip to [lo, hi] after adding off already maps every negative value to lo
+        rq = i8op.Requant(A=A, B=B, C=C, lo=gout.lo, hi=gout.hi, off=gout.off, relu=relu, slope=slope,
+                          ties=self.ties)
+        wq = wq.astype(np.int16)
+        if self.sparse is None and self.native and i8op.sparse_worthwhile(wq, group):
+            times = self._auto_times.setdefault(ly.param.name, {})  # shared by this layer's plans
+            return ("conv", i, last, i8op.AutoConv(wq, geom, group, rq, times=times))  # the faster kernel, timed
+        sparse = bool(self.sparse) and i8op.available()
+        return ("conv", i, last, i8op.PackedConv(wq, geom, group, rq, sparse=sparse))
+
+    def _log_plan(self, steps):
+        kinds = {"pool": "int8-lut", "lut": "int8-lut", "split": "int8-lut", "argmax": "int8-lut",
+                 "eltwise": "int8-lut", "float": "float-exact"}
+        self.engine_used = {}
+        for st in steps:
+            kind = _conv_kind(st[3]) if st[0] == "conv" else kinds[st[0]]
+            for k in range(st[1], st[2] + 1):
+                self.engine_used[self.net.layers[k].param.name] = kind
+        counts = {}
+        for v in self.engine_used.values():
+            counts[v] = counts.get(v, 0) + 1
+        glog.info(f"int8 engine for net '{self.net.name}': " + ", ".join(f"{v} {c} layers" for v, c in
+                                                                          sorted(counts.items())) +
+                  f" ({i8op.info() if self.native else 'NumPy reference'})")
+        for name, v in self.engine_used.items():
+            glog.info(f"  {name}: {v}")
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def forward(self, teacher=None, **inputs):
+        """Run the net in integers on ``inputs`` (name=array); returns the net outputs (float, as Net.forward).
+
+        ``teacher``: optional {blob: integers} (e.g. :func:`simulation_ints` of the float simulation): each
+        step then reads the teacher's integers for its inputs, and :attr:`mismatch` maps each blob a step
+        computed to (elements differing from the teacher's, elements): the per-layer exactness check.
+        """
+        net = self.net
+        for name, arr in inputs.items():
+            blob = net.blobs[name]
+            arr = np.asarray(arr, dtype=net.dtype)
+            if tuple(arr.shape) != blob.shape:
+                blob.reshape(arr.shape)
+            blob.data[...] = arr
+        self._begin()
+        ints = {}  # blob name -> (integers, grid)
+        mismatch = {}
+        for st in self._steps:
+            kind, i, last = st[0], st[1], st[2]
+            bots, tops = net._bottom_ids[i], net._top_ids[last]
+            if teacher is not None:
+                for b in bots:
+                    if b in ints and b in teacher:
+                        ints[b] = (teacher[b], ints[b][1])
+            if kind == "conv":
+                pc = st[3]
+                q = ints[bots[0]][0]
+                out = pc.forward(q, isa=self.isa) if self.native else \
+                    i8op.conv_int_reference(q, pc.w, None, pc.g, pc.group, pc.rq)
+                ints[tops[0]] = (out, self._out_grid(last, 0))
+            elif kind == "split":
+                for t in tops:
+                    ints[t] = ints[bots[0]]
+            elif kind in ("lut", "pool"):
+                q = ints[bots[0]][0]
+                if kind == "pool":
+                    q = self._run_on_ints(i, q)
+                ints[tops[0]] = (st[3][q.astype(np.intp) - st[4]], self._out_grid(i, 0))
+            elif kind == "argmax":
+                self._run_on_ints(i, ints[bots[0]][0])
+                for t in tops:
+                    ints.pop(t, None)
+            elif kind == "eltwise":
+                lut, g1, g2 = st[3], st[4], st[5]
+                q1 = ints[bots[0]][0].astype(np.intp) - g1.lo
+                q2 = ints[bots[1]][0].astype(np.intp) - g2.lo
+                ints[tops[0]] = (lut[q1, q2], self._out_grid(i, 0))
+            else:
+                self._float_step(i, ints)
+            if teacher is not None:
+                for t in tops:
+                    if t in ints and t in teacher and kind != "split":
+                        a = ints[t][0]
+                        mismatch[t] = (int(np.count_nonzero(a != teacher[t])), int(a.size))
+        self._end()
+        for st in self._steps:  # the dense/sparse choice of timed convolutions is made during the first forwards
+            if st[0] == "conv":
+                kind = _conv_kind(st[3])
+                for k in range(st[1], st[2] + 1):
+                    self.engine_used[net.layers[k].param.name] = kind
+        self.ints = {k: v[0] for k, v in ints.items()}
+        self.mismatch = mismatch
+        out = {}
+        for name in net.outputs:
+            if name in ints:
+                net.blobs[name].data[...] = ints[name][1].dequantize(ints[name][0])
+            out[name] = net.blobs[name].data
+        return out
+
+    def _run_on_ints(self, i, q):
+        """A compare/select layer (MAX pooling, ArgMax) run on the integers themselves (exact in float32: the
+        order of the integers is the order of their dequantized values, ties included)."""
+        layer, b, t = self.net.layers[i], self.net._bottom_vecs[i], self.net._top_vecs[i]
+        b[0].data[...] = q
+        layer.reshape(b, t)
+        layer.forward(b, t)
+        return t[0].data.astype(np.int16) if self.net.layers[i].type != "ArgMax" else t[0].data
+
+    def _float_step(self, i, ints):
+        """The layer's float forward on the dequantized inputs; flagged outputs are quantized (§b.5)."""
+        net = self.net
+        layer, b, t = net.layers[i], net._bottom_vecs[i], net._top_vecs[i]
+        for j, name in enumerate(net._bottom_ids[i]):
+            if name in ints:
+                q, g = ints[name]
+                b[j].data[...] = g.dequantize(q)
+        layer.reshape(b, t)
+        layer.forward(b, t)
+        for j, name in enumerate(net._top_ids[i]):
+            g = self._out_grid(i, j)
+            if g is not None:
+                ints[name] = (g.quantize(t[j].data, self.ties), g)
+            else:
+                ints.pop(name, None)
+
+
+def _conv_kind(pc):
+    """"int8" or "int8-sparse" (the kernel a convolution runs), "int8-auto" while its choice is being timed."""
+    if isinstance(pc, i8op.AutoConv) and pc.choice is None:
+        return "int8-auto"
+    return "int8-sparse" if pc.sparse else "int8"
+
+
+def simulation_ints(net):
+    """{blob: integers} of the float simulation's quantized blobs after a forward (each blob's last writer's
+    quantizer); raises Int8Error when a blob is not on its grid (the simulation did not quantize it)."""
+    writer = {}
+    for i, ly in enumerate(net.layers):
+        for j, name in enumerate(net._top_ids[i]):
+            g = None
+            if ly.param.HasField("quantization_param"):
+                qo = ly.param.quantization_param.qparam_out
+                g = QGrid.of(qo[j]) if j < len(qo) and qo[j].quantize else None
+            writer[name] = g
+    out = {}
+    for name, g in writer.items():
+        if g is None:
+            continue
+        y = net.blobs[name].data.astype(np.float64) * g.st + g.off
+        r = np.rint(y)
+        if r.size and np.abs(y - r).max() > 1e-3:
+            raise Int8Error(f"blob '{name}' is not on its quantization grid (max distance {np.abs(y - r).max():.3g})")
+        out[name] = np.clip(r, g.lo, g.hi).astype(np.int16)
+    return out
+
+
+def run_net(net, start, end):
+    """The whole-net entry point of the ``int8`` engine (:func:`caffelite.ops.engine.register_net`): run the
+    forward of ``net`` in integers on the inputs already in its blobs; sets ``engine_used`` on every layer."""
+    if start != 0 or end != len(net.layers) - 1:
+        raise Int8Error(f"net '{net.name}': the int8 engine runs whole forwards only (no start/end layer)")
+    eng = getattr(net, "net_engine_state", None)
+    if not isinstance(eng, Int8Net):
+        eng = Int8Net(net)
+        net.net_engine_state = eng
+    eng.forward()
+    for ly in net.layers:
+        ly.engine_used = eng.engine_used.get(ly.param.name)
+    return True
+
+
+def register():
+    """Register the ``int8`` engine with :mod:`caffelite.ops.engine` (idempotent)."""
+    from ..ops import engine
+    if hasattr(engine, "register_net"):
+        engine.register_net("int8", run_net)

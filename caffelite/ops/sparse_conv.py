@@ -1,0 +1,264 @@
+"""Sparse convolution forward: the nonzero weights of each output channel packed once, run by a compiled kernel.
+
+Packing (:func:`pack_weights`): weights (Cout, Cg, kh, kw) become, per output channel m, the list of its
+nonzero taps in (input channel, ky, kx) order: ``ptr`` (Cout+1, int32) delimits channel m's taps, ``idx``
+(uint16) is the tap's position c*kh*kw + i*kw + j inside the group, ``val`` (float32) its weight. That is 6
+bytes per nonzero weight plus 4 per channel: at 80% zeros about 0.3x the dense float32 weights. The table of
+input offsets per tap position depends on the input size; it is built on the first forward at a size and
+cached on the pack (one entry per position, not per weight).
+
+The kernel (``caffelite/_native/csparse.c``) sums, for each output channel and a few pixel vectors at a time,
+tap x shifted input vectors in the dense kernel's order, with the dense kernel's fused BatchNorm/Scale/ReLU
+epilogue; skipping zero products leaves float sums of finite values unchanged, so the result equals the
+dense kernel's to the bit (and the NumPy reference to float rounding). Each output value is computed by one
+task: results do not depend on the thread count (``CAFFELITE_NUM_THREADS``, shared with the dense kernels).
+
+When the layer runs sparse is decided by :mod:`caffelite.ops.engine`; whether sparse pays off for a layer is
+its zero fraction against :data:`AUTO_MIN_ZERO_FRACTION`, measured by ``bench/sparse_breakeven.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import native
+from .depthwise import is_depthwise
+from .im2col import ConvGeometry
+
+#: zero fraction from which ``auto`` runs a layer sparse, by kind of layer: the largest break-even measured by
+#: bench/sparse_breakeven.py (jsegnet21v2's layer shapes at 512x1024, 2 threads, AVX-512, against the path dense
+#: takes: the direct kernel, BLAS for 1x1, NumPy shifts for depthwise) rounded up to the next 0.1. Measured
+#: break-evens: direct 0.30-0.67 (conv1a's 3-channel input and small-group layers the latest), pointwise 0.77,
+#: depthwise 0.30 (the dense depthwise path is NumPy, so sparse wins almost always).
+AUTO_MIN_ZERO_FRACTION = {"direct": 0.7, "pointwise": 0.8, "depthwise": 0.4}
+#: largest Cg*kh*kw a pack can index (uint16 tap positions); wider layers run dense
+MAX_TAP_POSITIONS = 1 << 16
+
+
+class _Taps(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_void_p), ("idx", ctypes.c_void_p), ("val", ctypes.c_void_p),
+                ("otab", ctypes.c_void_p)]
+
+
+class _SGeom(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in
+                ("N", "C", "Hp", "S", "Wq", "Cout", "Cg", "Mg", "sh", "Ho", "Wo", "rg", "mb", "nch")]
+
+
+class _Lib(native.KernelLibrary):
+    """The sparse kernel library."""
+
+    label = "native sparse convolution kernel"
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        if (lib.cs_geom_size() != ctypes.sizeof(_SGeom) or lib.cs_taps_size() != ctypes.sizeof(_Taps)
+                or lib.cs_epilogue_size() != ctypes.sizeof(native._Epilogue)):
+            raise ImportError(f"{path}: struct layout mismatch (rebuild caffelite: pip install -e .)")
+        ptr, lng = ctypes.c_void_p, ctypes.c_long
+        lib.cs_sparse_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, lng, lng]
+        super().__init__(lib, lib.cs_isa_mask())
+
+    def isa_for(self, width: int):
+        """The widest instruction set up to the chosen one whose vectors fit an output row (None: too narrow)."""
+        best = None
+        for name in self.supported[:self.supported.index(self.isa) + 1]:
+            if self.lib.cs_vector_width(native._ISAS.index(name)) <= width:
+                best = name
+        return best
+
+
+_LIB = native.load_library("caffelite._native._csparse", _Lib)
+
+
+def available() -> bool:
+    """Whether the compiled sparse kernel is built and loaded (``CAFFELITE_NATIVE=0`` turns it off)."""
+    return _LIB is not None
+
+
+def why_unavailable() -> str:
+    """Why :func:`available` is False, in a few words."""
+    import os
+    if os.environ.get("CAFFELITE_NATIVE", "1").strip().lower() in ("0", "no", "off", "false"):
+        return "CAFFELITE_NATIVE turns the compiled kernels off"
+    return "caffelite._native._csparse is not built or failed to load"
+
+
+def info() -> str:
+    """One line for logs and benchmarks."""
+    if _LIB is None:
+        return f"native sparse kernel: off ({why_unavailable()})"
+    return f"native sparse kernel: {_LIB.isa} ({', '.join(_LIB.supported)} supported), {_LIB.threads} threads"
+
+
+@dataclass
+class SparsePack:
+    """The nonzero taps of a convolution's weights (see the module docstring) and where they came from."""
+
+    ptr: np.ndarray
+    idx: np.ndarray
+    val: np.ndarray
+    shape: tuple
+    group: int
+    source: int = 0          # address of the weight array packed (a replaced array is repacked)
+    otabs: dict = field(default_factory=dict)
+    chunk_ptrs: dict = field(default_factory=dict)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.val.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the pack (tap lists; the per-size offset tables are a few KB each, not counted)."""
+        return int(self.ptr.nbytes + self.idx.nbytes + self.val.nbytes)
+
+    def matches(self, w) -> bool:
+        return self.source == w.__array_interface__["data"][0] and tuple(w.shape) == self.shape
+
+    def chunk_ptr(self, kc: int) -> np.ndarray:
+        """(Cout, nch + 1) int32: where each channel's taps of input channels q*kc.. start (the kernel's ptr)."""
+        tab = self.chunk_ptrs.get(kc)
+        if tab is None:
+            cout, cg, kh, kw = self.shape
+            k = cg * kh * kw
+            nch = -(-cg // kc)
+            counts = np.diff(self.ptr)
+            keys = np.repeat(np.arange(cout, dtype=np.int64), counts) * k + self.idx
+            bounds = np.minimum(np.arange(nch + 1) * kc * kh * kw, k)
+            bounds[-1] = k
+            tab = np.searchsorted(keys, np.arange(cout, dtype=np.int64)[:, None] * k + bounds[None, :]
+                                  ).astype(np.int32)
+            self.chunk_ptrs[kc] = tab
+        return tab
+
+    def otab(self, g: ConvGeometry, hp: int, wq: int) -> np.ndarray:
+        key = (hp, wq, g.sw, g.dh, g.dw)
+        tab = self.otabs.get(key)
+        if tab is None:
+            cg, kh, kw = self.shape[1:]
+            plane, rowlen = hp * g.sw * wq, g.sw * wq
+            jj = np.arange(kw) * g.dw
+            tap_off = (jj % g.sw) * wq + jj // g.sw
+            tab = (np.arange(cg)[:, None, None] * plane + np.arange(kh)[None, :, None] * (g.dh * rowlen)
+                   + tap_off[None, None, :]).astype(np.int64).reshape(-1)
+            self.otabs = {key: tab}  # one input size at a time (a reshape replaces it)
+        return tab
+
+
+def pack_weights(w, group: int) -> SparsePack:
+    """Pack float32 weights (Cout, Cg, kh, kw) into nonzero tap lists (ValueError if too many positions)."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    cout = w.shape[0]
+    k = int(np.prod(w.shape[1:]))
+    if k > MAX_TAP_POSITIONS:
+        raise ValueError(f"{k} tap positions per channel: more than a sparse pack indexes ({MAX_TAP_POSITIONS})")
+    flat = w.reshape(cout, k)
+    rows, cols = np.nonzero(flat)  # row-major: each channel's taps in ascending position, the dense order
+    ptr = np.zeros(cout + 1, np.int32)
+    np.cumsum(np.bincount(rows, minlength=cout), out=ptr[1:])
+    return SparsePack(ptr=ptr, idx=cols.astype(np.uint16), val=flat[rows, cols].astype(np.float32),
+                      shape=tuple(w.shape), group=int(group), source=w.__array_interface__["data"][0])
+
+
+@dataclass
+class LayerStats:
+    """Zero fraction and kind ("direct", "pointwise", "depthwise") of a convolution layer's weights."""
+
+    zero_fraction: float
+    kind: str
+    count: int
+
+
+def layer_kind(layer) -> str:
+    if is_depthwise(layer.channels, layer.num_output, layer.group):
+        return "depthwise"
+    if layer.geom.is_pointwise:
+        return "pointwise"
+    return "direct"
+
+
+def layer_stats(layer) -> LayerStats:
+    w = np.asarray(native_array(layer.blobs[0].data))
+    count = int(w.size)
+    zeros = count - int(np.count_nonzero(w))
+    return LayerStats(zeros / count if count else 0.0, layer_kind(layer), count)
+
+
+def native_array(a):
+    """The NumPy array behind a blob's data (CuPy arrays are copied to the host: stats only)."""
+    from ..backend import to_numpy
+    return to_numpy(a)
+
+
+def auto_threshold(kind: str) -> float:
+    return AUTO_MIN_ZERO_FRACTION[kind]
+
+
+def packable(layer) -> bool:
+    """Whether the sparse kernel can hold this layer's weights (float32 NumPy, uint16 tap positions)."""
+    w = layer.blobs[0].data
+    return (_LIB is not None and isinstance(w, np.ndarray) and w.dtype == np.float32
+            and int(np.prod(w.shape[1:])) <= MAX_TAP_POSITIONS)
+
+
+def pack_layer(layer):
+    """The layer's :class:`SparsePack`, or None when :func:`packable` says no."""
+    if not packable(layer):
+        return None
+    return pack_weights(layer.blobs[0].data, layer.group)
+
+
+def usable(x, out) -> bool:
+    """Whether the kernel takes this call: float32 NumPy arrays, a C-contiguous output, rows wide enough."""
+    return (_LIB is not None and isinstance(x, np.ndarray) and isinstance(out, np.ndarray)
+            and x.dtype == np.float32 and out.dtype == np.float32 and out.flags.c_contiguous
+            and _LIB.isa_for(out.shape[3]) is not None)
+
+
+#: cache budget of the input rows one task reads (the dense kernel's figure) and output channels per task
+TASK_INPUT_BYTES = 384 << 10
+TASK_CHANNELS = 32
+#: L1 budget of the input one input-channel chunk reads for one output tile (reused by all the task's channels)
+CHUNK_L1_BYTES = 24 << 10
+
+
+def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift=None, relu_slope=None):
+    """Sparse convolution forward into ``out`` (N, Cout, Ho, Wo) with the dense kernel's optional epilogue
+    (``* scale + shift`` per channel, then a ReLU with ``relu_slope``). Call only when :func:`usable`."""
+    lib = _LIB
+    n, cout, ho, wo = out.shape
+    xs, hp, wq = native._phase_split(x, g, ho, wo, "pad_sparse")
+    cin = x.shape[1]
+    p = _SGeom(N=n, C=cin, Hp=hp, S=g.sw, Wq=wq, Cout=cout, Cg=cin // pack.group, Mg=cout // pack.group,
+               sh=g.sh, Ho=ho, Wo=wo)
+    row_bytes = p.Cg * p.S * p.Wq * 4
+    p.rg = max(1, min(ho, (max(1, TASK_INPUT_BYTES // row_bytes) - (g.kh - 1) * g.dh) // g.sh))
+    p.mb = min(cout, TASK_CHANNELS)
+    while n * -(-ho // p.rg) * -(-cout // p.mb) < 4 * lib.threads and (p.rg > 1 or p.mb > 1):
+        if p.rg >= p.mb:
+            p.rg = -(-p.rg // 2)
+        else:
+            p.mb = -(-p.mb // 2)
+    ntasks = n * -(-ho // p.rg) * -(-cout // p.mb)
+    isa = lib.isa_for(wo)
+    # input one channel contributes to a tile: its rows (a tile may cover several output rows) x their span
+    tile = lib.lib.cs_tile_pixels(native._ISAS.index(isa))
+    rows = min(ho, -(-tile // wo)) * g.sh + (g.kh - 1) * g.dh
+    span = min(wo, tile) * g.sw + (g.kw - 1) * g.dw
+    kc = max(1, min(p.Cg, CHUNK_L1_BYTES // (rows * span * 4)))
+    p.nch = -(-p.Cg // kc)
+    cptr = pack.chunk_ptr(kc)
+    otab = pack.otab(g, hp, wq)
+    taps = _Taps(cptr.ctypes.data, pack.idx.ctypes.data, pack.val.ctypes.data, otab.ctypes.data)
+    keep = [None if a is None else np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in (b, scale, shift)]
+    if (keep[1] is None) != (keep[2] is None):
+        raise ValueError("scale and shift go together")
+    e = native._Epilogue(*[None if a is None else a.ctypes.data for a in keep], relu_slope is not None,
+                         0.0 if relu_slope is None else float(relu_slope))
+    lib.run(lib.lib.cs_sparse_fwd, (xs.ctypes.data, ctypes.byref(taps), ctypes.byref(e), out.ctypes.data,
+                                    ctypes.byref(p)), ntasks, isa)
+    return out

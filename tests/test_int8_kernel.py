@@ -1,0 +1,157 @@
+"""The integer convolution op (caffelite/ops/int8.py): the NumPy reference against the float convolution on
+integer-valued float64 input, and the compiled kernel against the reference bit for bit on every instruction
+set this CPU runs."""
+
+import numpy as np
+import pytest
+
+from caffelite.ops import conv as fconv
+from caffelite.ops import int8
+from caffelite.ops.im2col import ConvGeometry
+
+# (N, C, H, W, Cout, group, k, stride, pad, dilation, signed input)
+CASES = [
+    (1, 3, 20, 36, 32, 1, 5, 2, 2, 1, True),    # conv1a-like: odd channels, stride 2, signed input
+    (2, 16, 17, 40, 16, 4, 3, 1, 1, 1, False),  # grouped
+    (1, 64, 9, 33, 24, 2, 3, 1, 4, 4, False),   # dilation 4, channel blocks not a multiple of 8
+    (1, 8, 16, 19, 8, 1, 1, 1, 0, 1, False),    # 1x1, row width not a multiple of any vector
+    (1, 6, 12, 34, 10, 1, 3, 2, 1, 2, False),   # stride 2 with dilation 2
+]
+
+
+def _case(case, seed, has_sum=True, relu=True, slope=0.0, ties="even"):
+    n, c, h, w, cout, group, k, s, p, d, signed = case
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-128 if signed else 0, 128 if signed else 256, (n, c, h, w)).astype(np.int16)
+    wt = rng.integers(-2048, 2048, (cout, c // group, k, k)).astype(np.int16)
+    g = ConvGeometry(k, k, s, s, p, p, d, d)
+    a = rng.random(cout) * 2e-4
+    # scales picked so that many outputs land exactly on .5 (ties) and some clip
+    if ties == "away":
+        a = np.full(cout, 0.5)
+    rq = int8.Requant(A=a, B=a * rng.random(cout) * 300 if has_sum else np.zeros(cout),
+                      C=np.round(rng.normal(size=cout) * 60) + (0.5 if ties == "away" else 0.0),
+                      lo=0 if relu else -128, hi=255 if relu else 127, off=0.0, relu=relu, slope=slope, ties=ties)
+    return q, wt, g, group, rq
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_equals_float_convolution(case):
+    """The reference's integer sums and window sums equal a float64 convolution of the same integers."""
+    q, wt, g, group, _ = _case(case, 1)
+    n, c, h, w = q.shape
+    cout = wt.shape[0]
+    ho, wo = g.out_shape(h, w)
+    acc = np.empty((n, cout, ho, wo))
+    fconv.conv_forward(q.astype(np.float64), wt.astype(np.float64), None, g, group, acc)
+    ones = np.ones_like(wt, dtype=np.float64)
+    s = np.empty_like(acc)
+    fconv.conv_forward(q.astype(np.float64), ones, None, g, group, s)
+    rq = int8.Requant(A=np.full(cout, 1.0), B=np.zeros(cout), C=np.zeros(cout), lo=-30000, hi=30000)
+    # identity epilogue on sums scaled into int16: compare acc/2**10 rounded
+    rq.A[:] = 2.0 ** -10
+    got = int8.conv_int_reference(q, wt, None, g, group, rq)
+    np.testing.assert_array_equal(got, np.clip(np.rint(acc * 2.0 ** -10), -30000, 30000).astype(np.int16))
+    rq_s = int8.Requant(A=np.zeros(cout), B=np.full(cout, 1.0 / 64), C=np.zeros(cout), lo=-30000, hi=30000)
+    got_s = int8.conv_int_reference(q, wt, None, g, group, rq_s)
+    np.testing.assert_array_equal(got_s, np.rint(s / 64).astype(np.int16))
+
+
+@pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("variant", [dict(), dict(has_sum=False), dict(relu=False), dict(slope=0.125),
+                                     dict(ties="away")])
+def test_kernel_equals_reference_every_isa(case, variant):
+    q, wt, g, group, rq = _case(case, 2, **variant)
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    assert 0 < np.count_nonzero(ref - rq.lo) < ref.size  # not a degenerate all-clipped output
+    pc = int8.PackedConv(wt, g, group, rq)
+    isas = int8.supported_isas()
+    assert "generic" in isas
+    for isa in isas:
+        ho, wo = g.out_shape(*q.shape[2:])
+        if not int8.native_ok(g, wo, isa):
+            continue
+        np.testing.assert_array_equal(pc.forward(q, isa=isa), ref, err_msg=isa)
+
+
+@pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("variant", [dict(), dict(has_sum=False)])
+def test_sparse_kernel_equals_reference_every_isa(case, variant):
+    """The sparse kernel (only nonzero weight pairs) on 80%-zero weights, some channels all zero."""
+    q, wt, g, group, rq = _case(case, 4, **variant)
+    rng = np.random.default_rng(5)
+    wt[rng.random(wt.shape) < 0.8] = 0
+    wt[1] = 0
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    pc = int8.PackedConv(wt, g, group, rq, sparse=True)
+    assert pc._sw.size == np.count_nonzero(int8.pack_weights(wt, group, 1))
+    for isa in int8.supported_isas():
+        if int8.native_ok(g, g.out_shape(*q.shape[2:])[1], isa):
+            np.testing.assert_array_equal(pc.forward(q, isa=isa), ref, err_msg=isa)
+    assert int8.nonzero_pair_fraction(wt, group) < 0.5
+
+
+@pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
+def test_auto_conv_times_both_kernels_then_keeps_one():
+    q, wt, g, group, rq = _case(CASES[1], 6)
+    wt[np.random.default_rng(7).random(wt.shape) < 0.8] = 0
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    ac = int8.AutoConv(wt, g, group, rq, trials=2)
+    for k in range(6):
+        np.testing.assert_array_equal(ac.forward(q), ref)
+        assert (ac.choice is None) == (k < 3)
+    assert len(ac.times[True]) == len(ac.times[False]) == 2
+    assert ac.sparse == (min(ac.times[True]) < min(ac.times[False]))
+
+
+@pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
+def test_ties_are_rounded_as_asked():
+    """Outputs landing on .5 exactly: ties to even and ties away from zero give different integers."""
+    case = (1, 2, 4, 16, 8, 1, 1, 1, 0, 1, False)
+    q, wt, g, group, rq = _case(case, 3, has_sum=False, relu=False)
+    wt[...] = 1
+    q[...] = 1
+    rq.A[:] = 0.5  # acc = 2 -> 1.0; then C = 0.5 / 1.5 ...
+    rq.C[:] = np.arange(8) + 0.5
+    even = int8.PackedConv(wt, g, group, rq).forward(q)
+    rq.ties = "away"
+    away = int8.PackedConv(wt, g, group, rq).forward(q)
+    np.testing.assert_array_equal(even[0, :, 0, 0], [2, 2, 4, 4, 6, 6, 8, 8])
+    np.testing.assert_array_equal(away[0, :, 0, 0], [2, 3, 4, 5, 6, 7, 8, 9])
+    np.testing.assert_array_equal(int8.conv_int_reference(q, wt, None, g, group, rq), away)
+
+
+@pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
+@pytest.mark.parametrize("case", CASES)
+def test_pack_input_native_equals_numpy(case):
+    q, _, g, group, _ = _case(case, 8)
+    ho, wo = g.out_shape(*q.shape[2:])
+    a = int8.pack_input(q, group, g, ho, wo)
+    b = int8.pack_input(q, group, g, ho, wo, native=False)
+    assert a[1:] == b[1:]
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_bounds_check():
+    w = np.full((2, 256, 3, 3), 4095, np.int16)  # jsegnet21v2's widest layer, every 12-bit weight at its extreme
+    int8.check_bounds(w[:, :128], 255)
+    with pytest.raises(ValueError, match="overflow"):
+        int8.check_bounds(w, 255)
+    with pytest.raises(ValueError, match="overflow"):
+        int8.check_bounds(np.full((1, 1), 2 ** 15, np.int32), 1)
+
+
+@pytest.mark.parametrize("ties", ["even", "away"])
+def test_quantize_float_native_equals_numpy(ties):
+    """The compiled quantizer (float32 input) and the NumPy one (float64 input, same values) give the same
+    integers, ties and clipping included."""
+    rng = np.random.default_rng(9)
+    x = np.concatenate([rng.normal(scale=3, size=5000), np.arange(-20, 20) + 0.5]).astype(np.float32)
+    a = int8.quantize_float(x, 8.0, 0.0, -128, 127, ties)
+    b = int8.quantize_float(x.astype(np.float64), 8.0, 0.0, -128, 127, ties)
+    np.testing.assert_array_equal(a, b)
+    half = int8.quantize_float(np.array([0.5, 1.5, -0.5, -2.5], np.float32), 1.0, 0.0, -128, 127, ties)
+    assert half.tolist() == ([0, 2, 0, -2] if ties == "even" else [1, 2, -1, -3])
+    assert a.min() == -128 and a.max() == 127
