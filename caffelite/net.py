@@ -283,9 +283,7 @@ class Net(PycaffeNetMixin):
         """Run layers start..end (inclusive); return the weighted loss of those layers."""
         loss = 0.0
         h = self.hooks
-        run_net = _engine.net_runner(self)  # a whole-net engine (int8 for quantized nets) runs it all
-        if run_net is not None and run_net(self, start, end):
-            self._fused_chains = []
+        if _engine.run_whole_net(self, start, end):  # a whole-net engine (int8 for quantized nets) ran it all
             return loss
         _engine.begin_forward(self)
         for fn in h.forward_start:

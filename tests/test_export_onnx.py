@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -331,15 +330,19 @@ def test_missing_onnx_package_is_one_clear_line(monkeypatch, tmp_path):
     assert not os.path.exists(tmp_path / "m.onnx")
 
 
-def _cli(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "caffelite", "export", *args], capture_output=True, text=True,
-                       cwd=cwd, timeout=300)
-    return r.returncode, r.stdout, r.stderr
+def _cli(capsys, *args):
+    """Run ``caffelite export ARGS`` in this process; returns (exit code, stdout, stderr)."""
+    from caffelite.cli import main
+
+    capsys.readouterr()
+    rc = main(["export", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
-def test_cli_writes_a_model(tmp_path):
+def test_cli_writes_a_model(tmp_path, capsys):
     d = os.path.join(NETS, "lenet")
-    rc, out, err = _cli("--model", os.path.join(d, "deploy.prototxt"), "--weights", _weights(d), "--onnx",
+    rc, out, err = _cli(capsys, "--model", os.path.join(d, "deploy.prototxt"), "--weights", _weights(d), "--onnx",
                         str(tmp_path / "lenet.onnx"), "--dynamic-batch", "--input-shape", "4,1,28,28")
     assert rc == 0, err
     model = onnx.load(tmp_path / "lenet.onnx")
@@ -356,7 +359,8 @@ def _bad_cases(tmp_path):
     mvn.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 3 '
                    'dim: 3 } } }\nlayer { name: "norm" type: "MVN" bottom: "data" top: "norm" }\n')
     quant = tmp_path / "quant.prototxt"
-    quant.write_text("quantize: true\n" + open(os.path.join(NETS, "lenet", "deploy.prototxt")).read())
+    with open(os.path.join(NETS, "lenet", "deploy.prototxt")) as f:
+        quant.write_text("quantize: true\n" + f.read())
     lenet = os.path.join(NETS, "lenet")
     softmax = tmp_path / "softmax.prototxt"
     softmax.write_text(mvn.read_text().replace('name: "norm" type: "MVN"', 'name: "prob" type: "Softmax"'))
@@ -370,11 +374,11 @@ def _bad_cases(tmp_path):
     ]
 
 
-def test_cli_bad_input_one_line_exit_2_no_file(tmp_path):
+def test_cli_bad_input_one_line_exit_2_no_file(tmp_path, capsys):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     for args, pattern in _bad_cases(tmp_path):
-        rc, out, err = _cli(*args, "--onnx", str(out_dir / "m.onnx"))
+        rc, out, err = _cli(capsys, *args, "--onnx", str(out_dir / "m.onnx"))
         lines = [ln for ln in err.splitlines() if ln.startswith("caffelite export: error:")]
         assert rc == 2, (args, err)
         assert len(lines) == 1, err

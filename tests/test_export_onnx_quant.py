@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -214,24 +212,27 @@ def test_not_ready_and_unsupported_flags_are_refused(tmp_path):
     assert not os.path.exists(tmp_path / "q2.onnx")
 
 
-def _cli(*args):
-    r = subprocess.run([sys.executable, "-m", "caffelite", "export", *args], capture_output=True, text=True,
-                       timeout=300)
-    return r.returncode, r.stderr
+def _cli(capsys, *args):
+    from caffelite.cli import main
+
+    capsys.readouterr()
+    rc = main(["export", *args])
+    return rc, capsys.readouterr().err
 
 
-def test_cli_quantized_from_ranges_file_and_from_quantized_caffemodel(tmp_path):
+def test_cli_quantized_from_ranges_file_and_from_quantized_caffemodel(tmp_path, capsys):
     rng = np.random.default_rng(3)
     net = quantized_jsegnet(power2=True, h=32, w=64)
     deploy = tmp_path / "deploy.prototxt"
-    text = open(prototxt_path("cityscapes5_jsegnet21v2", "deploy.prototxt")).read()
+    with open(prototxt_path("cityscapes5_jsegnet21v2", "deploy.prototxt")) as f:
+        text = f.read()
     q = "quantize: true\nnet_quantization_param { power2_scale_activations: true power2_scale_weights: true " \
         "apply_offset_weights: false bitwidth_weights: 8 }\n"
     deploy.write_text(q + text.replace("dim: 512", "dim: 32").replace("dim: 1024", "dim: 64"))
     net.save(str(tmp_path / "float.caffemodel"))  # the float weights, before any quantization
     hook = calibrate(net, rng)
     hook.save_ranges(str(tmp_path / "ranges.json"))
-    rc, err = _cli("--model", str(deploy), "--weights", str(tmp_path / "float.caffemodel"), "--onnx",
+    rc, err = _cli(capsys, "--model", str(deploy), "--weights", str(tmp_path / "float.caffemodel"), "--onnx",
                    str(tmp_path / "a.onnx"), "--quant-ranges", str(tmp_path / "ranges.json"))
     assert rc == 0, err
     # the same ranges in caffelite: the simulation on a new image equals ONNX Runtime's output
@@ -244,7 +245,7 @@ def test_cli_quantized_from_ranges_file_and_from_quantized_caffemodel(tmp_path):
     # a caffemodel written by the quantized run carries its ranges in quantization_param
     proto = jacinto.quantized_net_proto(sim)
     (tmp_path / "quant.caffemodel").write_bytes(proto.SerializeToString())
-    rc, err = _cli("--model", str(deploy), "--weights", str(tmp_path / "quant.caffemodel"), "--onnx",
+    rc, err = _cli(capsys, "--model", str(deploy), "--weights", str(tmp_path / "quant.caffemodel"), "--onnx",
                    str(tmp_path / "b.onnx"))
     assert rc == 0, err
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "b.onnx")).metadata_props}
@@ -276,7 +277,8 @@ def test_flagship_writes_deploy_onnx_of_its_quantized_model(tmp_path):
     lists = tmp_path / "run" / "data" / "lists"
     evaluate_lists(s, str(lists / "val-image-list.txt"), str(lists / "val-label-list.txt"), num_classes=5,
                    num_images=cfg.eval_images or 0, progress=False)
-    imgs = [ln.strip() for ln in open(lists / "val-image-list.txt") if ln.strip()][: cfg.overlays]
+    imgs = [ln.strip() for ln in (lists / "val-image-list.txt").read_text().splitlines() if ln.strip()]
+    imgs = imgs[: cfg.overlays]
     run_inference(s, imgs, str(tmp_path / "ov"), blend=True, progress=False)
     x = np.array(s.net.blobs["data"].data)  # the last forward's input
     per_layer = teacher_forced(path, s.net, x)

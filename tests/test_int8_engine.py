@@ -16,12 +16,14 @@ JSEG = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy")
 SIZE = (64, 128)
 
 
-def _net(quantize=True):
+def _net(quantize=True, weight_bits=None):
     from caffelite import io, jacinto
     from caffelite.net import Net
     p = io.read_net(os.path.join(JSEG, "deploy.prototxt"))
     p.layer[0].input_param.shape[0].dim[:] = [1, 3, *SIZE]
     p.quantize = quantize
+    if weight_bits:
+        p.net_quantization_param.bitwidth_weights = weight_bits
     net = Net(p, TEST)
     net.copy_from(os.path.join(JSEG, "weights.caffemodel.xz"))
     return net, jacinto.attach_quantization(net)
@@ -114,6 +116,10 @@ def test_clear_errors():
     net.forward(data=_input(0))
     with pytest.raises(ie.Int8Error, match="freeze"):
         ie.Int8Net(net, hook)
+    from caffelite import jacinto
+    h16 = jacinto.attach_quantization(net, version="0.16")
+    with pytest.raises(ie.Int8Error, match="0.17"):
+        ie.Int8Net(net, h16)
 
 
 def test_loaded_ranges_quantize_weights_as_jacinto(tmp_path):
@@ -206,8 +212,49 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     cases.append(([str(quant), "--quant-ranges", "load", str(other)], "no quantization range"))
     for extra, msg in cases:
         rc = cli.main(["time", "--model", extra[0], "--engine", "int8", "--iterations", "1", *extra[1:]])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert rc == 2 and len(err) == 1 and msg in err[0], err
+        err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]  # the log goes to stderr too
+        assert rc == 2 and len(err) == 1 and err[0].startswith("caffelite time: error:") and msg in err[0], err
     rc = cli.main(["time", "--model", str(quant), "--engine", "int8", "--iterations", "1", "--quant-ranges", "load",
                    str(ranges)])
     assert rc == 0
+
+
+def test_8bit_weights_run_u8s8_kernel_teacher_forced():
+    """With bitwidth_weights 8 the convolutions on unsigned 8-bit inputs take the u8 x s8 kernel (vpdpbusd
+    where the CPU has VNNI); same check against the simulation."""
+    from caffelite.jacinto import int8_engine as ie
+    from caffelite.ops import int8 as i8op
+    net, hook = _net(weight_bits=8)
+    hook.freeze_ranges(after=2)
+    for k in range(4):
+        net.forward(data=_input(k))
+    sint = ie.simulation_ints(net)
+    eng = ie.Int8Net(net, hook, sparse=False)
+    eng.forward(teacher=sint, data=_input(3))
+    convs = {net.layers[st[1]].param.name: st[3] for st in eng._steps if st[0] == "conv"}
+    assert len(convs) == 17
+    if "vnni" in i8op.supported_isas():  # (outputs narrower than a 16-lane vector run the AVX2 pairs kernel)
+        wide = {n for n in convs if net.blobs[n].shape[3] >= 16}
+        assert not convs["conv1a"].quads and len(wide) >= 8
+        assert all(pc.quads for n, pc in convs.items() if n != "conv1a" and n in wide)
+    conv = {net._top_ids[i][0] for i, ly in enumerate(net.layers) if ly.type == "Convolution"}
+    bad = sum(m for b, (m, n) in eng.mismatch.items() if b in conv)
+    total = sum(n for b, (m, n) in eng.mismatch.items() if b in conv)
+    assert all(m == 0 for b, (m, n) in eng.mismatch.items() if b not in conv)
+    assert bad / total < 1e-3
+
+
+def test_engine_speed_table(tmp_path):
+    """The flagship's last table from a deploy prototxt, its caffemodel and a saved ranges file."""
+    from caffelite.jacinto import int8_speed
+    net, hook = _net()
+    hook.freeze_ranges(after=2)
+    for k in range(3):
+        net.forward(data=_input(k))
+    hook.save_ranges(tmp_path / "ranges.json")
+    times, shape = int8_speed.engine_times(os.path.join(JSEG, "deploy.prototxt"),
+                                           os.path.join(JSEG, "weights.caffemodel.xz"), tmp_path / "ranges.json",
+                                           shape=(1, 3, *SIZE), runs=1)
+    assert shape == (1, 3, *SIZE) and {"float dense", "int8"} <= set(times) and all(v > 0 for v in times.values())
+    table = int8_speed.speed_table(times, shape)
+    assert "| int8 |" in table and "1.00x" in table.splitlines()[2]

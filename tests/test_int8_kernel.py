@@ -93,6 +93,25 @@ def test_sparse_kernel_equals_reference_every_isa(case, variant):
     assert int8.nonzero_pair_fraction(wt, group) < 0.5
 
 
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("has_sum", [True, False])
+def test_u8s8_kernel_equals_reference(case, has_sum):
+    """8-bit weights on unsigned 8-bit activations: the u8 x s8 (vpdpbusd) quads kernel."""
+    q, wt, g, group, rq = _case(case, 10, has_sum=has_sum)
+    q = np.abs(q).astype(np.int16)
+    wt = np.random.default_rng(11).integers(-128, 128, wt.shape).astype(np.int16)
+    rq.A *= 16
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    assert 0 < np.count_nonzero(ref) < ref.size
+    pc = int8.PackedConv(wt, g, group, rq, u8_input=True)
+    assert pc.quads
+    if int8.native_ok(g, g.out_shape(*q.shape[2:])[1], "vnni"):
+        np.testing.assert_array_equal(pc.forward(q, isa="vnni"), ref)
+    np.testing.assert_array_equal(pc.forward(q, isa="generic"), ref)  # falls back to the pairs layout
+    assert not int8.PackedConv(wt * 2, g, group, rq, u8_input=True).quads  # weights past int8
+
+
 @pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
 def test_auto_conv_times_both_kernels_then_keeps_one():
     q, wt, g, group, rq = _case(CASES[1], 6)

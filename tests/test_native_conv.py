@@ -29,6 +29,15 @@ def test_extension_is_built_and_loaded():
     assert "generic" in native._LIB.supported
 
 
+def test_a_build_that_fails_to_load_warns_and_falls_back_to_numpy():
+    """By design the one warning caffelite itself raises: a stale or broken build must not break the import."""
+    def broken(path):
+        raise OSError(f"cannot load {os.path.basename(path)}")
+
+    with pytest.warns(RuntimeWarning, match="compiled kernels not used: cannot load _cconv"):
+        assert native.load_library("caffelite._native._cconv", broken) is None
+
+
 ISAS = native._LIB.supported if native.available() else []
 
 

@@ -148,6 +148,18 @@ static inline gvec gdot2(gvec acc, gvec x, gvec w)
 #define FN(x) x##_vnni
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
 #include "cint8_kernel.h"
+#undef VDOT2
+#undef FN
+#undef TARGET
+
+/* u8 x s8 quads (vpdpbusd): activations that fit unsigned 8 bits and weights that fit signed 8 bits, four
+ * channels per 32-bit lane (the same tiles; pack4 / group_sums4 below build its input) */
+#define QUADS 1
+#define VDOT2(a, x, w) _mm512_dpbusd_epi32((a), (x), (w))
+#define FN(x) x##_vnni8
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#include "cint8_kernel.h"
+#undef QUADS
 #undef VW
 #undef NV
 #undef NVS
@@ -191,6 +203,7 @@ int ci8_conv_fwd(int isa, const int32_t *x, const int32_t *gsum, const int32_t *
     if (p->Wo < ci8_vector_width(isa)) return -4;
     if (p->has_sum && !gsum) return -5;
 #if HAVE_X86
+    if (isa == 4) { fwd_vnni8(x, gsum, wpk, e, out, p, t0, t1); return 0; }
     if (isa == 3) { fwd_vnni(x, gsum, wpk, e, out, p, t0, t1); return 0; }
     if (isa == 2) { fwd_avx512(x, gsum, wpk, e, out, p, t0, t1); return 0; }
     if (isa == 1) { fwd_avx2(x, gsum, wpk, e, out, p, t0, t1); return 0; }
@@ -241,6 +254,54 @@ int ci8_pack(int isa, const int16_t *x, int G, int Cg, int H, int W, int P, int 
     if (isa == 1) { pack_avx2(x, G, Cg, H, W, P, Hp, S, Wq, ph, pw, out, t0, t1); return 0; }
 #endif
     pack_generic(x, G, Cg, H, W, P, Hp, S, Wq, ph, pw, out, t0, t1);
+    return 0;
+}
+
+/* The quads layout (isa 4): x (N, G*Cg, H, W) int16 holding 0..255 -> int32 lanes of four uint8 channels
+ * (N, G*Q, Hp, S, Wq), zero padded like ci8_pack; tasks are (image, group, quad) planes. */
+__attribute__((target("avx2"))) int ci8_pack4(const int16_t *x, int G, int Cg, int H, int W, int Q, int Hp,
+                                              int S, int Wq, int ph, int pw, int32_t *out, long t0, long t1)
+{
+    for (long t = t0; t < t1; t++) {
+        const long n = t / ((long)G * Q);
+        const int g = (int)(t / Q % G), qq = (int)(t % Q);
+        const int16_t *xc[4];
+        for (int k = 0; k < 4; k++)
+            xc[k] = 4 * qq + k < Cg ? x + ((n * G + g) * (long)Cg + 4 * qq + k) * H * W : NULL;
+        int32_t *o = out + t * (long)Hp * S * Wq;
+        for (int r = 0; r < Hp; r++) {
+            const int y = r - ph;
+            for (int s = 0; s < S; s++) {
+                int32_t *orow = o + ((long)r * S + s) * Wq;
+                for (int q = 0; q < Wq; q++) {
+                    const int xcol = q * S + s - pw;
+                    uint32_t v = 0;
+                    if (y >= 0 && y < H && xcol >= 0 && xcol < W)
+                        for (int k = 0; k < 4; k++)
+                            if (xc[k]) v |= (uint32_t)(uint8_t)xc[k][(long)y * W + xcol] << (8 * k);
+                    orow[q] = (int32_t)v;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* Group sums of the quads layout (tasks: image x group). */
+__attribute__((target("avx2"))) int ci8_group_sums4(const int32_t *x, int32_t *gsum, const struct i8geom *p,
+                                                    long t0, long t1)
+{
+    const long plane = (long)p->Hp * p->S * p->Wq;
+    for (long t = t0; t < t1; t++) {
+        int32_t *o = gsum + t * plane;
+        const uint32_t *xg = (const uint32_t *)x + t * p->P * plane;
+        for (long q = 0; q < plane; q++) o[q] = 0;
+        for (int c = 0; c < p->P; c++) {
+            const uint32_t *xc = xg + c * plane;
+            for (long q = 0; q < plane; q++)
+                o[q] += (int32_t)((xc[q] & 0xff) + (xc[q] >> 8 & 0xff) + (xc[q] >> 16 & 0xff) + (xc[q] >> 24));
+        }
+    }
     return 0;
 }
 

@@ -168,6 +168,7 @@ TARGET static inline __attribute__((always_inline)) void FN(tile)(
             FN(store)(e, p, m0 + m, acc[m][v], s[v], ob + m * ostride + (long)ys[v] * p->Wo + xs[v]);
 }
 
+#ifndef QUADS
 /* Sparse: one output channel, T vectors, only its nonzero weight pairs (input offsets relative to the group's
  * input, precomputed). One load per multiply-add, so it wins only when most pairs are zero. */
 TARGET static inline __attribute__((always_inline)) void FN(stile)(
@@ -255,6 +256,8 @@ TARGET static void FN(gsum)(const int32_t *x, int32_t *gsum, const struct i8geom
     }
 }
 
+#endif
+
 /* Tasks t0..t1: a task is (image n, a chunk of p->rg output rows, a chunk of p->bg channel blocks (g, b)). The
  * chunk's pixels are covered by VW-wide vectors row by row; a row's last vector ends at Wo (it may overlap the
  * previous one: the overlapped pixels get the same value twice). */
@@ -304,6 +307,7 @@ TARGET static void FN(fwd)(const int32_t *x, const int32_t *gsum, const int32_t 
     }
 }
 
+#ifndef QUADS
 /* ci8_pack's body (cint8.c): per output row, the zero columns on both sides and the interleaving loop between. */
 TARGET static void FN(pack)(const int16_t *x, int G, int Cg, int H, int W, int P, int Hp, int S, int Wq, int ph,
                             int pw, int32_t *out, long t0, long t1)
@@ -345,3 +349,4 @@ TARGET static void FN(pack)(const int16_t *x, int G, int Cg, int H, int W, int P
         }
     }
 }
+#endif

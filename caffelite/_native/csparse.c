@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 struct sgeom {
     int N, C, Hp, S, Wq;  /* input: images, channels, padded rows, stride_w phases, columns per phase */
@@ -21,11 +22,20 @@ struct sgeom {
     int sh, Ho, Wo;       /* row stride, output size */
     int rg, mb;           /* task: output rows, output channels */
     int nch;              /* input-channel chunks summed one after the other (partial sums in the output) */
+    int K, kr, pitch;     /* column-block kernel: tap positions per group (Cg*kh*kw), per chunk, floats per row */
 };
 
 struct sparse_taps {
     const int32_t *ptr;
     const uint16_t *idx;
+    const float *val;
+    const long *otab;
+};
+
+/* the column-block kernel's taps (sparse_cols_kernel.h) */
+struct cols_taps {
+    const int32_t *ptr;
+    const int32_t *off;
     const float *val;
     const long *otab;
 };
@@ -44,6 +54,7 @@ struct epilogue {
 #define FN(x) x##_generic
 #define TARGET
 #include "sparse_kernel.h"
+#include "sparse_cols_kernel.h"
 #undef VW
 #undef NV
 #undef FN
@@ -55,6 +66,7 @@ struct epilogue {
 #define FN(x) x##_avx2
 #define TARGET TARGET_AVX2
 #include "sparse_kernel.h"
+#include "sparse_cols_kernel.h"
 #undef VW
 #undef NV
 #undef FN
@@ -65,6 +77,7 @@ struct epilogue {
 #define FN(x) x##_avx512
 #define TARGET TARGET_AVX512
 #include "sparse_kernel.h"
+#include "sparse_cols_kernel.h"
 #undef VW
 #undef NV
 #undef FN
@@ -74,6 +87,7 @@ struct epilogue {
 int cs_isa_mask(void) { return cpu_isa_mask(); }
 int cs_geom_size(void) { return (int)sizeof(struct sgeom); }
 int cs_taps_size(void) { return (int)sizeof(struct sparse_taps); }
+int cs_cols_taps_size(void) { return (int)sizeof(struct cols_taps); }
 int cs_epilogue_size(void) { return (int)sizeof(struct epilogue); }
 int cs_vector_width(int isa) { return isa == 2 ? 16 : isa == 1 ? 8 : 4; }
 /* pixels per output tile (vector width x vectors): the Python side sizes the input-channel chunks by it */
@@ -91,6 +105,22 @@ int cs_sparse_fwd(int isa, const float *x, const struct sparse_taps *tp, const s
     if (isa != 0) return -2;
     sfwd_generic(x, tp, e, out, p, t0, t1);
     return 0;
+}
+
+/* Column-block forward (sparse_cols_kernel.h) for tasks t0..t1; p->pitch must be a multiple of the vector
+ * width, at most NV vectors. */
+int cs_sparse_cols_fwd(int isa, const float *x, const struct cols_taps *tp, const struct epilogue *e, float *out,
+                       const struct sgeom *p, long t0, long t1)
+{
+    const int vw = cs_vector_width(isa);
+    if (p->Wo < vw) return -4;
+    if (p->pitch % vw || p->pitch > cs_tile_pixels(isa) || p->pitch <= 0) return -3;
+#if HAVE_X86
+    if (isa == 2) return cfwd_avx512(x, tp, e, out, p, t0, t1);
+    if (isa == 1) return cfwd_avx2(x, tp, e, out, p, t0, t1);
+#endif
+    if (isa != 0) return -2;
+    return cfwd_generic(x, tp, e, out, p, t0, t1);
 }
 
 static struct PyModuleDef csparse_module = {PyModuleDef_HEAD_INIT, "_csparse",

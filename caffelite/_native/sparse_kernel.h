@@ -22,6 +22,37 @@ typedef float FN(vec) __attribute__((vector_size(VW * 4)));
 typedef float FN(uvec) __attribute__((vector_size(VW * 4), aligned(4)));
 typedef int FN(ivec) __attribute__((vector_size(VW * 4)));
 
+/* Store T accumulated pixel vectors of output channel m: partial sums as they are, or (last) through the
+ * epilogue. A row's last vector may overlap the previous one: the overlapped lanes are not stored again
+ * (partial sums must not be added twice). */
+TARGET static inline __attribute__((always_inline)) void FN(sstore)(
+    const FN(vec) *acc, const struct epilogue *e, float *ob, const struct sgeom *p, const int *ys, const int *xs,
+    const int *skip, int m, int last, const int T)
+{
+    if (!last) {
+#pragma GCC unroll 8
+        for (int v = 0; v < T; v++) {
+            float *dst = ob + (long)ys[v] * p->Wo + xs[v];
+            if (skip[v] == 0) *(FN(uvec) *)dst = acc[v];
+            else for (int l = skip[v]; l < VW; l++) dst[l] = acc[v][l];
+        }
+        return;
+    }
+    const float bm = e->bias ? e->bias[m] : 0.0f;
+#pragma GCC unroll 8
+    for (int v = 0; v < T; v++) {
+        FN(vec) o = acc[v] + bm;
+        if (e->scale) { o = o * e->scale[m]; o = o + e->shift[m]; }
+        if (e->relu) {
+            const FN(ivec) neg = o < 0.0f;
+            o = (FN(vec))(((FN(ivec))(o * e->slope) & neg) | ((FN(ivec))o & ~neg));
+        }
+        float *dst = ob + (long)ys[v] * p->Wo + xs[v];
+        if (skip[v] == 0) *(FN(uvec) *)dst = o;
+        else for (int l = skip[v]; l < VW; l++) dst[l] = o[l];
+    }
+}
+
 /* T pixel vectors of output channel m over the taps of input-channel chunk q (T constant after inlining: the
  * accumulators live in registers). Chunks after the first start from the partial sums stored in the output
  * (float32 either way, so the result does not depend on the chunking); the last one applies the epilogue. */
@@ -45,30 +76,7 @@ TARGET static inline __attribute__((always_inline)) void FN(stile)(
 #pragma GCC unroll 8
         for (int v = 0; v < T; v++) acc[v] += *(const FN(uvec) *)(src + src0[v]) * wk;
     }
-    /* a row's last vector may overlap the previous one: the overlapped lanes are not stored again (partial
-     * sums must not be added twice) */
-    if (q + 1 < p->nch) {
-#pragma GCC unroll 8
-        for (int v = 0; v < T; v++) {
-            float *dst = ob + (long)ys[v] * p->Wo + xs[v];
-            if (skip[v] == 0) *(FN(uvec) *)dst = acc[v];
-            else for (int l = skip[v]; l < VW; l++) dst[l] = acc[v][l];
-        }
-        return;
-    }
-    const float bm = e->bias ? e->bias[m] : 0.0f;
-#pragma GCC unroll 8
-    for (int v = 0; v < T; v++) {
-        FN(vec) o = acc[v] + bm;
-        if (e->scale) { o = o * e->scale[m]; o = o + e->shift[m]; }
-        if (e->relu) {
-            const FN(ivec) neg = o < 0.0f;
-            o = (FN(vec))(((FN(ivec))(o * e->slope) & neg) | ((FN(ivec))o & ~neg));
-        }
-        float *dst = ob + (long)ys[v] * p->Wo + xs[v];
-        if (skip[v] == 0) *(FN(uvec) *)dst = o;
-        else for (int l = skip[v]; l < VW; l++) dst[l] = o[l];
-    }
+    FN(sstore)(acc, e, ob, p, ys, xs, skip, m, q + 1 == p->nch, T);
 }
 
 /* Tasks t0..t1; a task is (image n, up to p->rg output rows, up to p->mb output channels). Inside a task:

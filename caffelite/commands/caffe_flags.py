@@ -14,7 +14,8 @@ import argparse
 import contextlib
 import sys
 
-from ..errors import CaffeliteError
+from .. import log as glog
+from ..errors import CaffeliteError, DeviceError
 
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
@@ -46,7 +47,6 @@ def build_net(args, command, what):
     from .. import io
     from .. import jacinto  # noqa: F401  (registers its net extension and the int8 engine, as caffelite.Net does)
     from ..net import Net
-    from .train import parse_gpus, select_device
     if not args.model:
         raise CaffeliteError(f"Need a model definition to {what}.")
     if args.iterations <= 0:
@@ -57,6 +57,51 @@ def build_net(args, command, what):
     for w in [w for w in args.weights.split(",") if w]:
         net.copy_from(w)
     return net, model_param
+
+
+def parse_gpus(spec):
+    """``"0,1"`` → [0, 1]; ``"all"`` → every visible device; ``""`` → []. Space or comma separated."""
+    spec = (spec or "").strip()
+    if not spec:
+        return []
+    from .. import backend
+    if spec == "all":
+        if not backend.cupy_available():
+            raise DeviceError("--gpu all: no CUDA GPU is available (CuPy missing or no device); "
+                              "train on the CPU by leaving out --gpu")
+        return list(range(backend.device_count()))
+    try:
+        return [int(t) for t in spec.replace(",", " ").split()]
+    except ValueError:
+        raise CaffeliteError(f"--gpu: expected device ids like '0' or '0,1' or 'all', got '{spec}'") from None
+
+
+def select_device(gpus, solver_param=None, command="train"):
+    """Set CPU or GPU mode as ``caffe`` does (``--gpu`` first, then an explicit ``solver_mode: GPU``).
+
+    Single-device commands (test, time) use the first of several ids, as caffe-jacinto does (§i)."""
+    from .. import backend
+    if not gpus and solver_param is not None and solver_param.HasField("solver_mode") \
+            and solver_param.solver_mode == 1:
+        if backend.cupy_available():
+            gpus = [solver_param.device_id]
+        else:
+            glog.warning("The solver asks for GPU mode but no CUDA GPU is available; using the CPU.",
+                         "caffe.cpp:197")
+    if not gpus:
+        glog.info("Use CPU.", "caffe.cpp:197")
+        backend.set_mode_cpu()
+        return []
+    if len(gpus) > 1:
+        if command == "train":  # run() hands several devices to the launcher before getting here
+            raise CaffeliteError("train: several GPUs are trained by caffelite.parallel.launch")
+        for g in reversed(gpus[1:]):
+            glog.info(f"Not using GPU #{g} for single-GPU function", "caffe.cpp:269")
+    backend.set_device(gpus[0])
+    backend.set_mode_gpu()  # DeviceError (one clear line) without CuPy or a device
+    glog.info(f"Use GPU with device ID {gpus[0]}" if command != "train" else f"Using GPUs {gpus[0]}",
+              "caffe.cpp:281" if command != "train" else "caffe.cpp:206")
+    return gpus[:1]
 
 
 def stages(text):
@@ -151,7 +196,6 @@ def progress_bar(total, initial=0, unit="it", desc=None):
     except ImportError:  # pragma: no cover - tqdm is a core dependency
         yield None
         return
-    from .. import log as glog
     lg = glog.get_logger()
     handlers = [h for h in lg.handlers if getattr(h, "_caffelite", False)
                 and getattr(h, "stream", None) in (stream, glog.STDERR)]

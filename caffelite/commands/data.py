@@ -15,20 +15,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ..data.sizes import parse_size
 from ..errors import CaffeliteError
-
-
-def parse_size(text):
-    """``WxH`` → (W, H); None for empty/0."""
-    if not text or text in ("0", "0x0"):
-        return None
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise CaffeliteError(f"size {text!r} must look like WIDTHxHEIGHT, e.g. 1024x512") from None
-    if w <= 0 or h <= 0:
-        raise CaffeliteError(f"size {text!r} must be positive")
-    return (w, h)
 
 
 def add_arguments(parser):
@@ -91,7 +79,8 @@ def _lists(a):
 
     res = create_lists(a.root, a.out, [s for s in a.splits.split(",") if s], progress=_tty())
     for split, (il, ll) in res.items():
-        n = sum(1 for _ in open(il))
+        with open(il) as f:
+            n = sum(1 for _ in f)
         print(f"{split}: {n} images -> {il}, {ll}")
     return 0
 

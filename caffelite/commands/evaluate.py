@@ -75,7 +75,7 @@ def run(args) -> int:
     from .. import backend
     from ..data.cityscapes import CLASS_NAMES_5
     from ..data.infer import Segmenter, evaluate_lists
-    from .data import parse_size
+    from ..data.sizes import parse_size
 
     if args.confusion_png:  # fail before the long run if the extra is missing
         try:
@@ -98,7 +98,10 @@ def run(args) -> int:
     seg = Segmenter(args.model, args.weights or None, resize=parse_size(args.resize))
     from ..data.metrics import jacinto_scores
 
-    total = args.num_images or sum(1 for ln in open(args.images) if ln.strip())
+    total = args.num_images
+    if not total:
+        with open(args.images) as f:
+            total = sum(1 for ln in f if ln.strip())
     every = max(1, total // 20)
 
     def progress_line(n, acc):  # jacinto prints the running scores about 20 times per run

@@ -197,6 +197,9 @@ def build_model(net, converters, opset=DEFAULT_OPSET, dynamic_batch=False, hook=
         cur = g.current[name]
         if cur != name and name not in g._used:  # a pass-through top (Split, Dropout): copy under its name
             g.nodes.append(onnx.helper.make_node("Identity", [cur], [name], name=g.fresh(f"{name}/Identity#")))
+        elif cur != name and name in net.inputs:
+            raise ExportError(f"output blob '{name}' is the input blob rewritten in place: ONNX needs different "
+                              "names for the input and the output; give the last in-place layer its own top")
         elif cur != name:  # the first version of an in-place blob holds the Caffe name: swap the two
             renames[name], renames[cur] = f"{name}/first", name
         outputs.append(_value_info(onnx, name, net.blobs[name].shape, dynamic_batch))

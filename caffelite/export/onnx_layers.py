@@ -132,9 +132,31 @@ def batch_norm(g, layer):
     shape = g.bottom_shape(0)
     if len(shape) < 2:
         raise g.error(f"bottom of shape {list(shape)} has no channel axis")
+    if g.hook is not None:  # a quantized net: caffelite's own arithmetic order (see below)
+        _batch_norm_steps(g, layer, x, shape, mean, var, eps, gamma, beta)
+        return
     ins = [x] + [g.const(f"{g.layer_name}/{k}", v) for k, v in
                  (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var))]
     g.node("BatchNormalization", ins, [g.top(0)], epsilon=eps)
+
+
+def _batch_norm_steps(g, layer, x, shape, mean, var, eps, gamma, beta):
+    """``(x - mean) * (gamma / sqrt(var + eps)) + beta`` in float32 as caffelite's BatchNorm computes it.
+
+    In a quantized net a value within a float32 ulp of a rounding boundary lands on either side depending on
+    the last bit, and a flip propagates through the later quantized layers; BatchNormalization lets a runtime
+    fold the statistics into the convolution with other roundings, these three steps keep caffelite's.
+    """
+    f32 = np.float32
+    inv = f32(1) / np.sqrt(var + f32(eps))
+    a = inv * gamma if layer.scale_bias else inv
+    bshape = _bshape(len(shape), 1, mean.shape)
+    y = g.node("Sub", [x, g.const(f"{g.layer_name}/mean", mean.reshape(bshape))])
+    if not layer.scale_bias:
+        g.node("Mul", [y, g.const(f"{g.layer_name}/inv_std", a.reshape(bshape))], [g.top(0)])
+        return
+    y = g.node("Mul", [y, g.const(f"{g.layer_name}/gamma_inv_std", a.reshape(bshape))])
+    g.node("Add", [y, g.const(f"{g.layer_name}/beta", beta.reshape(bshape))], [g.top(0)])
 
 
 @converter("LRN")

@@ -10,6 +10,9 @@ integers ``q``:
   zero point (jacinto's default weights are 12-bit with an offset; the correction uses the window sums of the
   activations), the bias and the folded normalisation, then ReLU, the output offset, clip and jacinto's
   rounding. The scales are jacinto's own (``scale_target``; with ``power2_scale_*`` they are powers of two).
+  Weights are centred on the integer a float zero quantizes to (pruned weights stay zero); the kernel is the
+  u8 x s8 one (vpdpbusd) when the input is unsigned 8-bit and the weights fit int8, else 16-bit lanes
+  (vpdpwssd), and where enough weight pairs are zero a sparse variant is timed against it (the faster kept);
   The float simulation sums float32 products of the same values, so the two can differ only where float32
   rounding of that sum (or of a dequantized value) moves it across a rounding boundary of the output grid
   (:func:`compare` counts those elements);
@@ -30,91 +33,12 @@ quantizes them first (in place, as jacinto leaves them) and always computes with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .. import log as glog
-from ..errors import CaffeliteError
 from ..ops import int8 as i8op
-from ..layer import TEST
 from ..ops.im2col import ConvGeometry
-from . import fixed_point as fp
-from .quantization import DFP, QuantizationHook
-
-
-class Int8Error(CaffeliteError, ValueError):
-    """A net the integer engine cannot run as asked (no quantization, no ranges yet, ...)."""
-
-
-@dataclass(frozen=True)
-class QGrid:
-    """One quantized blob's grid: ``x = (q - off) * inv`` (float32 result), q in [lo, hi]."""
-
-    st: float
-    inv: float
-    off: float
-    lo: int
-    hi: int
-
-    @classmethod
-    def of(cls, qq):
-        lo, hi = fp.int_range(qq.bitwidth, qq.unsigned_quant)
-        st = np.float32(qq.scale_target)
-        return cls(float(st), float(np.float32(1.0) / st), float(np.float32(qq.offset)), lo, hi)
-
-    def dequantize(self, q):
-        """The simulation's float32 values of integers ``q`` (fixed_point.quantize's last step)."""
-        return ((q.astype(np.float64) - self.off) * self.inv).astype(np.float32)
-
-    def quantize(self, x, ties):
-        """Integers of float ``x`` on this grid (fixed_point.quantize without the dequantization)."""
-        return i8op.quantize_float(x, self.st, self.off, self.lo, self.hi, ties)
-
-    def lut_from(self, src: QGrid, fn, ties):
-        """A table over ``src``'s integers: this grid's integer of ``fn(src.dequantize(q))``."""
-        q = np.arange(src.lo, src.hi + 1, dtype=np.int64)
-        return self.quantize(fn(src.dequantize(q)), ties)
-
-
-def find_hook(net):
-    """The net's :class:`QuantizationHook`, or None."""
-    h = getattr(net, "_quantization_hook", None)
-    if isinstance(h, QuantizationHook):
-        return h
-    for fn in net.hooks.forward_start:
-        h = getattr(fn, "__self__", None)
-        if isinstance(h, QuantizationHook):
-            return h
-    return None
-
-
-def check_ready(net, hook=None):
-    """Raise :class:`Int8Error` (one line saying what to do) unless ``net`` can run in integers now."""
-    p = net._param
-    if not p.quantize:
-        raise Int8Error(f"net '{net.name}': the int8 engine runs quantized nets only; add 'quantize: true' to the "
-                        "prototxt (and get ranges by calibration) or use the dense engine")
-    hook = hook or find_hook(net)
-    if hook is None or not hook.enabled:
-        raise Int8Error(f"net '{net.name}': no caffe-jacinto 0.17 quantization is attached (quantization_start must "
-                        "be > 0; attach it with caffelite.jacinto.attach_from_proto)")
-    if net.phase != TEST:
-        raise Int8Error(f"net '{net.name}': the int8 engine runs TEST nets only (TRAIN rounds stochastically)")
-    if getattr(hook, "version", "0.17") != "0.17":
-        raise Int8Error(f"net '{net.name}': the int8 engine reproduces caffe-jacinto 0.17's quantization, not "
-                        f"{hook.version}'s (use --jacinto_version 0.17 or the dense engine)")
-    q = hook.qnet
-    if q.precision != DFP or q.rounding_scheme != fp.NEAREST:
-        raise Int8Error(f"net '{net.name}': the int8 engine needs dynamic fixed point with NEAREST rounding")
-    if hook.infer_count < hook.start:
-        raise Int8Error(f"net '{net.name}': quantized but no ranges yet: run {hook.start - hook.infer_count} "
-                        "calibration forward(s) and freeze them (--quant-ranges freeze), or load them "
-                        "(--quant-ranges load FILE, or a quantized caffemodel)")
-    if q.update_quantization_param and not hook.frozen:
-        raise Int8Error(f"net '{net.name}': the quantization ranges are still updated every forward; freeze them "
-                        "(--quant-ranges freeze or load FILE; hook.freeze_ranges()) to run in integers")
-    return hook
+from .int8_grid import Int8Error, QGrid, check_ready, find_hook, simulation_ints  # noqa: F401 (public names)
 
 
 class Int8Net:
@@ -291,6 +215,9 @@ class Int8Net:
         # centre on the integer a float zero weight quantizes to, so pruned weights stay zero (the sparse kernel
         # skips them); the rest of the offset (|zw - off| <= 0.5) goes through the window sums
         zw = int(np.clip(np.rint(np.float64(wg.off)), wg.lo, wg.hi)) if qw.unsigned_quant else 0
+        u8_input = gin.lo >= 0 and gin.hi <= 255
+        if u8_input and qw.unsigned_quant and qw.bitwidth <= 8 and not (-128 <= wq.min() - zw and wq.max() - zw <= 127):
+            zw = 2 ** (qw.bitwidth - 1)  # 8-bit weights centred into int8 for the u8 x s8 kernel (zeros move)
         wq -= zw
         cp = ly.param.convolution_param
         geom = getattr(ly, "geom", None)
@@ -327,9 +254,9 @@ class Int8Net:
         wq = wq.astype(np.int16)
         if self.sparse is None and self.native and i8op.sparse_worthwhile(wq, group):
             times = self._auto_times.setdefault(ly.param.name, {})  # shared by this layer's plans
-            return ("conv", i, last, i8op.AutoConv(wq, geom, group, rq, times=times))  # the faster kernel, timed
+            return ("conv", i, last, i8op.AutoConv(wq, geom, group, rq, times=times, u8_input=u8_input))
         sparse = bool(self.sparse) and i8op.available()
-        return ("conv", i, last, i8op.PackedConv(wq, geom, group, rq, sparse=sparse))
+        return ("conv", i, last, i8op.PackedConv(wq, geom, group, rq, sparse=sparse, u8_input=u8_input))
 
     def _log_plan(self, steps):
         kinds = {"pool": "int8-lut", "lut": "int8-lut", "split": "int8-lut", "argmax": "int8-lut",
@@ -422,6 +349,16 @@ class Int8Net:
         """A compare/select layer (MAX pooling, ArgMax) run on the integers themselves (exact in float32: the
         order of the integers is the order of their dequantized values, ties included)."""
         layer, b, t = self.net.layers[i], self.net._bottom_vecs[i], self.net._top_vecs[i]
+        k = _tiling_pool(layer, q.shape)
+        if k:  # non-overlapping windows tiling the input exactly: element-wise maxima of strided views, in int16
+            out = q[:, :, ::k[0], ::k[1]].copy()
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    if i or j:
+                        np.maximum(out, q[:, :, i::k[0], j::k[1]], out=out)
+            layer.reshape(b, t)
+            if t[0].shape == out.shape:
+                return out
         b[0].data[...] = q
         layer.reshape(b, t)
         layer.forward(b, t)
@@ -445,34 +382,27 @@ class Int8Net:
                 ints.pop(name, None)
 
 
+def _tiling_pool(layer, shape):
+    """(kh, kw) of a MAX Pooling whose windows tile its input exactly (kernel = stride, no pad, sizes divisible,
+    not global), else None."""
+    if layer.type != "Pooling" or len(shape) != 4:
+        return None
+    pp = layer.param.pooling_param
+    if pp.global_pooling or pp.pool != pp.MAX:
+        return None
+    kh, kw = pp.kernel_h or pp.kernel_size, pp.kernel_w or pp.kernel_size
+    sh, sw = pp.stride_h or pp.stride, pp.stride_w or pp.stride
+    pad = pp.pad_h or pp.pad_w or pp.pad
+    if not kh or not kw or (kh, kw) != (sh, sw) or pad or shape[2] % kh or shape[3] % kw:
+        return None
+    return kh, kw
+
+
 def _conv_kind(pc):
     """"int8" or "int8-sparse" (the kernel a convolution runs), "int8-auto" while its choice is being timed."""
     if isinstance(pc, i8op.AutoConv) and pc.choice is None:
         return "int8-auto"
     return "int8-sparse" if pc.sparse else "int8"
-
-
-def simulation_ints(net):
-    """{blob: integers} of the float simulation's quantized blobs after a forward (each blob's last writer's
-    quantizer); raises Int8Error when a blob is not on its grid (the simulation did not quantize it)."""
-    writer = {}
-    for i, ly in enumerate(net.layers):
-        for j, name in enumerate(net._top_ids[i]):
-            g = None
-            if ly.param.HasField("quantization_param"):
-                qo = ly.param.quantization_param.qparam_out
-                g = QGrid.of(qo[j]) if j < len(qo) and qo[j].quantize else None
-            writer[name] = g
-    out = {}
-    for name, g in writer.items():
-        if g is None:
-            continue
-        y = net.blobs[name].data.astype(np.float64) * g.st + g.off
-        r = np.rint(y)
-        if r.size and np.abs(y - r).max() > 1e-3:
-            raise Int8Error(f"blob '{name}' is not on its quantization grid (max distance {np.abs(y - r).max():.3g})")
-        out[name] = np.clip(r, g.lo, g.hi).astype(np.int16)
-    return out
 
 
 def run_net(net, start, end):

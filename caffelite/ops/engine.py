@@ -79,6 +79,16 @@ def net_runner(net):
     return fn if fn is not None and sparse_allowed(net) else None
 
 
+def run_whole_net(net, start, end) -> bool:
+    """Run layers ``start``..``end`` of ``net`` on its whole-net engine; False when it has none (the Net then
+    runs its layers one by one)."""
+    fn = net_runner(net)
+    if fn is None or not fn(net, start, end):
+        return False
+    net._fused_chains = []  # nothing was fused: a backward re-runs nothing
+    return True
+
+
 def resolve(requested: str | None = None) -> str:
     """The engine to use: ``requested`` if given, else ``$CAFFELITE_ENGINE``, else ``"auto"``; validated."""
     source = "engine"

@@ -13,24 +13,21 @@ sums stay below 2**53, which :func:`check_bounds` guarantees with room to spare)
 compiled kernel of ``caffelite/_native/cint8.c`` when it is built and takes the geometry, else the reference.
 Both give the same integers bit for bit (tests compare every instruction set the CPU runs).
 
-``CAFFELITE_NATIVE=0`` turns the compiled kernel off; ``CAFFELITE_NATIVE_ISA=generic|avx2|avx512`` caps its
-instruction set (avx512 means VNNI where the CPU has it).
+The ctypes side of the compiled kernel (loading, instruction sets, packings) is :mod:`caffelite.ops.int8_lib`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .im2col import ConvGeometry, window_view
-from .native import _POOLS, _thread_count, load_library
-
-_MAX_KW = 32
-ISAS = ("generic", "avx2", "avx512bw", "vnni")
+from .int8_lib import (_LIB, ISAS, _chunking, _Epi, _Geom, _Sparse, _sparse_chunking, available, info,  # noqa: F401
+                       native_ok, pack_input, pack_input4, pack_weights, pack_weights4, quantize_float,
+                       supported_isas)
 
 
 @dataclass
@@ -105,162 +102,6 @@ def conv_int_reference(q, w, b_unused, g: ConvGeometry, group: int, rq: Requant)
     return out.reshape(n, cout, ho, wo)
 
 
-# ------------------------------------------------------------------------------------------------------
-# the compiled kernel
-
-
-class _Geom(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int) for name in
-                ("N", "G", "P", "Hp", "S", "Wq", "Cout", "Mg", "nmb", "kh", "kw", "sh", "dh", "Ho", "Wo", "rg", "bg",
-                 "has_sum")]
-    _fields_ += [("tap_off", ctypes.c_long * _MAX_KW)]
-
-
-class _Epi(ctypes.Structure):
-    _fields_ = [("A", ctypes.c_void_p), ("B", ctypes.c_void_p), ("C", ctypes.c_void_p), ("relu", ctypes.c_int),
-                ("ties_away", ctypes.c_int), ("slope", ctypes.c_double), ("off", ctypes.c_double),
-                ("lo", ctypes.c_double), ("hi", ctypes.c_double)]
-
-
-class _Lib:
-    """The loaded integer kernel library: supported instruction sets, the one in use, threads."""
-
-    def __init__(self, path: str):
-        lib = ctypes.CDLL(path)
-        if lib.ci8_geom_size() != ctypes.sizeof(_Geom) or lib.ci8_epi_size() != ctypes.sizeof(_Epi):
-            raise ImportError(f"{path}: struct layout mismatch (rebuild caffelite: pip install -e .)")
-        ptr, lng = ctypes.c_void_p, ctypes.c_long
-        lib.ci8_conv_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
-        lib.ci8_sparse_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
-        lib.ci8_group_sums.argtypes = [ctypes.c_int, ptr, ptr, ptr, lng, lng]
-        i = ctypes.c_int
-        lib.ci8_pack.argtypes = [i, ptr, i, i, i, i, i, i, i, i, i, i, ptr, lng, lng]
-        dbl = ctypes.c_double
-        lib.ci8_quantize.argtypes = [ptr, dbl, dbl, dbl, dbl, i, ptr, lng, lng]
-        self.lib = lib
-        mask = lib.ci8_isa_mask()
-        self.supported = [name for k, name in enumerate(ISAS) if mask >> k & 1]
-        cap = os.environ.get("CAFFELITE_NATIVE_ISA", "").strip()
-        if cap:
-            allowed = {"generic": ISAS[:1], "avx2": ISAS[:2], "avx512": ISAS}.get(cap)
-            if allowed is None or cap.replace("avx512", "avx512bw") not in self.supported:
-                raise ImportError(f"CAFFELITE_NATIVE_ISA={cap}: not one this CPU runs")
-            self.supported = [s for s in self.supported if s in allowed]
-        self.isa = self.supported[-1]
-        self.mb = lib.ci8_tile_channels()
-        self.threads = _thread_count()
-
-    def width(self, isa: str) -> int:
-        return self.lib.ci8_vector_width(ISAS.index(isa))
-
-    def run(self, args, ntasks: int, isa: str | None, fn=None):
-        """``fn(isa code, *args, t0, t1)`` (``fn(*args, t0, t1)`` when ``isa`` is None) over the threads."""
-        fn = fn or self.lib.ci8_conv_fwd
-        if isa is not None:
-            args = (ISAS.index(isa), *args)
-        parts = max(1, min(self.threads, ntasks))
-        if parts <= 1:
-            rc = [fn(*args, 0, ntasks)]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-            pool = _POOLS.get(self.threads)
-            if pool is None:
-                pool = _POOLS[self.threads] = ThreadPoolExecutor(self.threads)
-            bounds = [ntasks * k // parts for k in range(parts + 1)]
-            futs = [pool.submit(fn, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
-            rc = [f.result() for f in futs]
-        if any(rc):
-            raise RuntimeError(f"integer convolution kernel failed (codes {rc})")
-
-
-_LIB = load_library("caffelite._native._cint8", _Lib)
-
-
-def available() -> bool:
-    """Whether the compiled integer kernel is built and loaded."""
-    return _LIB is not None
-
-
-def info() -> str:
-    """One line: the integer kernel's instruction set and threads, or why it is off."""
-    if _LIB is None:
-        return "int8 conv kernel: off (not built, CAFFELITE_NATIVE=0, or a load warning above)"
-    return f"int8 conv kernel: {_LIB.isa} ({', '.join(_LIB.supported)} supported), {_LIB.threads} threads"
-
-
-def supported_isas() -> list:
-    """Instruction sets the compiled kernel runs on this CPU ([] when it is not loaded)."""
-    return [] if _LIB is None else list(_LIB.supported)
-
-
-def native_ok(g: ConvGeometry, out_width: int, isa: str | None = None) -> bool:
-    """Whether the compiled kernel takes this geometry (kernel width, output row at least one vector)."""
-    if _LIB is None or g.kw > _MAX_KW:
-        return False
-    return _LIB.width(isa or _LIB.isa) <= out_width
-
-
-def quantize_float(x, st: float, off: float, lo: int, hi: int, ties: str = "even"):
-    """Integers (int16) of float32 ``x`` on a grid: ``x*st + off`` in float64, clip to [lo, hi], round (ties even
-    or away): :class:`~caffelite.jacinto.int8_engine.QGrid`'s quantizer, compiled when available."""
-    if _LIB is None or not isinstance(x, np.ndarray) or x.dtype != np.float32:
-        y = np.asarray(x).astype(np.float64) * np.float64(st) + np.float64(off)
-        np.clip(y, lo, hi, out=y)
-        r = np.rint(y)
-        if ties == "away":
-            d = y - r
-            r += (d == 0.5) & (y > 0)
-            r -= (d == -0.5) & (y < 0)
-        return r.astype(np.int16)
-    xc = np.ascontiguousarray(x)
-    out = np.empty(xc.shape, np.int16)
-    if xc.size:  # element ranges, one per thread
-        _LIB.run((xc.ctypes.data, float(st), float(off), float(lo), float(hi), int(ties == "away"), out.ctypes.data),
-                 xc.size, None, _LIB.lib.ci8_quantize)
-    return out
-
-
-def pack_input(q, group: int, g: ConvGeometry, ho: int, wo: int, native: bool = True):
-    """``q`` (N, C, H, W) integers -> the kernel's int32 pairs (N, G*P, Hp, S, Wq) (zero padding, channels of
-    each group padded to an even count, columns split into stride phases); returns (array, Hp, Wq, P)."""
-    n, c, h, w = q.shape
-    cg = c // group
-    p = (cg + 1) // 2
-    hb, wb = g.padded_extent(h, w, ho, wo)
-    s = g.sw
-    wb = -(-wb // s) * s
-    wq = wb // s
-    if native and _LIB is not None:
-        qc = np.ascontiguousarray(q, np.int16)
-        packed = np.empty((n, group * p, hb, s, wq), np.int32)
-        _LIB.run((qc.ctypes.data, group, cg, h, w, p, hb, s, wq, g.ph, g.pw, packed.ctypes.data), n * group * p,
-                 _LIB.isa, _LIB.lib.ci8_pack)
-        return packed, hb, wq, p
-    full = np.zeros((n, group, 2 * p, hb, wb), np.int16)
-    full[:, :, :cg, g.ph:g.ph + h, g.pw:g.pw + w] = q.reshape(n, group, cg, h, w)
-    # (n, g, p, 2, hb, wq, s) -> (n, g, p, hb, s, wq, 2)
-    pairs = full.reshape(n, group, p, 2, hb, wq, s).transpose(0, 1, 2, 4, 6, 5, 3)
-    packed = np.ascontiguousarray(pairs).view(np.int32).reshape(n, group * p, hb, s, wq)
-    return packed, hb, wq, p
-
-
-def pack_weights(w, group: int, mb: int):
-    """(Cout, Cg, kh, kw) integers -> int32 pairs (G, nmb, P, kh, kw, MB), zero past each group's channels."""
-    cout, cg, kh, kw = w.shape
-    mg = cout // group
-    nmb = -(-mg // mb)
-    p = (cg + 1) // 2
-    full = np.zeros((group, nmb * mb, 2 * p, kh, kw), np.int16)
-    full[:, :mg, :cg] = w.reshape(group, mg, cg, kh, kw)
-    # (g, nmb, mb, p, 2, kh, kw) -> (g, nmb, p, kh, kw, mb, 2)
-    t = full.reshape(group, nmb, mb, p, 2, kh, kw).transpose(0, 1, 3, 5, 6, 2, 4)
-    return np.ascontiguousarray(t).view(np.int32).reshape(group, nmb, p, kh, kw, mb)
-
-
-class _Sparse(ctypes.Structure):
-    _fields_ = [("ptr", ctypes.c_void_p), ("off", ctypes.c_void_p), ("w", ctypes.c_void_p)]
-
-
 class PackedConv:
     """A convolution's packed integer weights and epilogue, ready for repeated :meth:`forward` calls.
 
@@ -268,11 +109,17 @@ class PackedConv:
     the sums are exact either way); :func:`sparse_worthwhile` says when it pays.
     """
 
-    def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, sparse: bool = False):
+    def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, sparse: bool = False, u8_input: bool = False):
         self.w = np.asarray(w, np.int16)
         self.g, self.group, self.rq = g, int(group), rq
         self.sparse = bool(sparse)
-        self.wpk = pack_weights(self.w, self.group, _LIB.mb) if _LIB is not None else None
+        # u8 x s8 (vpdpbusd, four channels per lane): inputs known to lie in 0..255, weights in -128..127
+        self.quads = (bool(u8_input) and not self.sparse and _LIB is not None and "vnni" in _LIB.supported
+                      and int(self.w.min(initial=0)) >= -128 and int(self.w.max(initial=0)) <= 127)
+        if self.quads:
+            self.wpk = pack_weights4(self.w, self.group, _LIB.mb)
+        else:
+            self.wpk = pack_weights(self.w, self.group, _LIB.mb) if _LIB is not None else None
         self._abc = [np.ascontiguousarray(a, np.float64) for a in (rq.A, rq.B, rq.C)]
         self._soff = None
         if self.sparse and _LIB is not None:
@@ -310,7 +157,13 @@ class PackedConv:
         if isa is None or not native_ok(g, wo, isa):
             return conv_int_reference(q, self.w, None, g, self.group, self.rq)
         lib = _LIB
-        xs, hp, wq, p = pack_input(q, self.group, g, ho, wo)
+        quads = self.quads and isa == "vnni"
+        if quads:
+            xs, hp, wq, p = pack_input4(q, self.group, g, ho, wo)
+        else:
+            xs, hp, wq, p = pack_input(q, self.group, g, ho, wo)
+            if self.quads:  # another instruction set asked for: the pairs layout of the weights
+                self.quads, self.wpk = False, pack_weights(self.w, self.group, lib.mb)
         cout = self.w.shape[0]
         mg = cout // self.group
         geom = _Geom(N=n, G=self.group, P=p, Hp=hp, S=g.sw, Wq=wq, Cout=cout, Mg=mg, nmb=-(-mg // lib.mb),
@@ -320,8 +173,12 @@ class PackedConv:
         gsum = None
         if self.rq.has_sum:
             gsum = np.empty((n, self.group, hp, g.sw, wq), np.int32)
-            lib.run((xs.ctypes.data, gsum.ctypes.data, ctypes.byref(geom)), n * self.group, isa,
-                    lib.lib.ci8_group_sums)
+            if quads:
+                lib.run((xs.ctypes.data, gsum.ctypes.data, ctypes.byref(geom)), n * self.group, None,
+                        lib.lib.ci8_group_sums4)
+            else:
+                lib.run((xs.ctypes.data, gsum.ctypes.data, ctypes.byref(geom)), n * self.group, isa,
+                        lib.lib.ci8_group_sums)
         rq = self.rq
         e = _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
                  int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
@@ -336,8 +193,11 @@ class PackedConv:
                     ntasks, isa, lib.lib.ci8_sparse_fwd)
             return out
         ntasks = _chunking(geom, n, lib.threads, lib.mb)
-        lib.run((xs.ctypes.data, gp, self.wpk.ctypes.data, ctypes.byref(e), out.ctypes.data, ctypes.byref(geom)),
-                ntasks, isa)
+        args = (xs.ctypes.data, gp, self.wpk.ctypes.data, ctypes.byref(e), out.ctypes.data, ctypes.byref(geom))
+        if quads:
+            lib.run((4, *args), ntasks, None)
+        else:
+            lib.run(args, ntasks, isa)
         return out
 
 
@@ -345,8 +205,9 @@ class AutoConv:
     """The dense and the sparse kernel of one convolution (same integers): the first ``trials`` calls alternate
     between them and time each; later calls run the faster (on this machine, for this layer and shape)."""
 
-    def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, trials: int = 2, times: dict | None = None):
-        self.dense = PackedConv(w, g, group, rq)
+    def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, trials: int = 2, times: dict | None = None,
+                 u8_input: bool = False):
+        self.dense = PackedConv(w, g, group, rq, u8_input=u8_input)
         self.sparse_conv = PackedConv(w, g, group, rq, sparse=True)
         self.w, self.g, self.group, self.rq = self.dense.w, g, int(group), rq
         # ``times`` may be shared by the AutoConvs of one layer (e.g. under different output scales)
@@ -393,36 +254,6 @@ SPARSE_MAX_NONZERO_PAIRS = 0.4
 def sparse_worthwhile(w, group: int) -> bool:
     """Whether the sparse integer kernel should run this layer's weights."""
     return _LIB is not None and nonzero_pair_fraction(w, group) <= SPARSE_MAX_NONZERO_PAIRS
-
-
-def _sparse_chunking(p: _Geom, n: int, threads: int) -> int:
-    p.bg = max(1, min(p.Cout, 8))
-    p.rg = max(1, min(p.Ho, max(1, (64 << 10) // max(1, p.Wo * 2 * 8))))
-    while n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg) < 4 * threads and (p.rg > 1 or p.bg > 1):
-        if p.rg >= p.bg:
-            p.rg = -(-p.rg // 2)
-        else:
-            p.bg = -(-p.bg // 2)
-    return n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg)
-
-
-#: cache budget of one task: packed weights of its channel blocks and the input rows it reads
-CHUNK_WEIGHT_BYTES = 128 << 10
-CHUNK_INPUT_BYTES = 256 << 10
-
-
-def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
-    nblk = p.G * p.nmb
-    p.bg = max(1, min(nblk, CHUNK_WEIGHT_BYTES // max(1, p.P * p.kh * p.kw * mb * 4)))
-    row_bytes = p.P * p.S * p.Wq * 4
-    rows_in = max(1, CHUNK_INPUT_BYTES // max(1, row_bytes))
-    p.rg = max(1, min(p.Ho, (rows_in - (p.kh - 1) * p.dh) // p.sh))
-    while n * -(-p.Ho // p.rg) * -(-nblk // p.bg) < 4 * threads and (p.rg > 1 or p.bg > 1):
-        if p.rg >= p.bg:
-            p.rg = -(-p.rg // 2)
-        else:
-            p.bg = -(-p.bg // 2)
-    return n * -(-p.Ho // p.rg) * -(-nblk // p.bg)
 
 
 def conv_int(q, w, g: ConvGeometry, group: int, rq: Requant, isa: str | None = None, sparse: bool = False):

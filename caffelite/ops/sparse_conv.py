@@ -43,9 +43,15 @@ class _Taps(ctypes.Structure):
                 ("otab", ctypes.c_void_p)]
 
 
+class _ColsTaps(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_void_p), ("off", ctypes.c_void_p), ("val", ctypes.c_void_p),
+                ("otab", ctypes.c_void_p)]
+
+
 class _SGeom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in
-                ("N", "C", "Hp", "S", "Wq", "Cout", "Cg", "Mg", "sh", "Ho", "Wo", "rg", "mb", "nch")]
+                ("N", "C", "Hp", "S", "Wq", "Cout", "Cg", "Mg", "sh", "Ho", "Wo", "rg", "mb", "nch", "K", "kr",
+                 "pitch")]
 
 
 class _Lib(native.KernelLibrary):
@@ -56,10 +62,12 @@ class _Lib(native.KernelLibrary):
     def __init__(self, path: str):
         lib = ctypes.CDLL(path)
         if (lib.cs_geom_size() != ctypes.sizeof(_SGeom) or lib.cs_taps_size() != ctypes.sizeof(_Taps)
+                or lib.cs_cols_taps_size() != ctypes.sizeof(_ColsTaps)
                 or lib.cs_epilogue_size() != ctypes.sizeof(native._Epilogue)):
             raise ImportError(f"{path}: struct layout mismatch (rebuild caffelite: pip install -e .)")
         ptr, lng = ctypes.c_void_p, ctypes.c_long
         lib.cs_sparse_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, lng, lng]
+        lib.cs_sparse_cols_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, lng, lng]
         super().__init__(lib, lib.cs_isa_mask())
 
     def isa_for(self, width: int):
@@ -106,6 +114,7 @@ class SparsePack:
     source: int = 0          # address of the weight array packed (a replaced array is repacked)
     otabs: dict = field(default_factory=dict)
     chunk_ptrs: dict = field(default_factory=dict)
+    col_offs: dict = field(default_factory=dict)
 
     @property
     def nnz(self) -> int:
@@ -113,8 +122,9 @@ class SparsePack:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the pack (tap lists; the per-size offset tables are a few KB each, not counted)."""
-        return int(self.ptr.nbytes + self.idx.nbytes + self.val.nbytes)
+        """Bytes held by the pack: tap lists plus the cached per-chunking pointers and per-size offset tables."""
+        cached = sum(a.nbytes for a in (*self.otabs.values(), *self.chunk_ptrs.values(), *self.col_offs.values()))
+        return int(self.ptr.nbytes + self.idx.nbytes + self.val.nbytes + cached)
 
     def matches(self, w) -> bool:
         return self.source == w.__array_interface__["data"][0] and tuple(w.shape) == self.shape
@@ -133,6 +143,15 @@ class SparsePack:
             tab = np.searchsorted(keys, np.arange(cout, dtype=np.int64)[:, None] * k + bounds[None, :]
                                   ).astype(np.int32)
             self.chunk_ptrs[kc] = tab
+        return tab
+
+    def col_off(self, kr: int, pitch: int) -> np.ndarray:
+        """int32 per tap: its row in the column block of its chunk (``kr`` tap positions) times ``pitch``."""
+        key = (kr, pitch)
+        tab = self.col_offs.get(key)
+        if tab is None:
+            tab = ((self.idx.astype(np.int64) % kr) * pitch).astype(np.int32)
+            self.col_offs = {key: tab}  # one chunking at a time
         return tab
 
     def otab(self, g: ConvGeometry, hp: int, wq: int) -> np.ndarray:
@@ -224,17 +243,66 @@ TASK_INPUT_BYTES = 384 << 10
 TASK_CHANNELS = 32
 #: L1 budget of the input one input-channel chunk reads for one output tile (reused by all the task's channels)
 CHUNK_L1_BYTES = 24 << 10
+#: column-block kernel: L1 budget of one chunk's block, and pixel vectors per tile
+COLS_L1_BYTES = 16 << 10
+COLS_TILE_VECTORS = 4
+#: the column-block kernel runs a layer when its group's output channels times the weights' density reach this
+#: (the copy into the block is shared by that many multiply-adds per tap position); measured with
+#: bench/sparse_breakeven.py --kernels
+COLS_MIN_CHANNEL_DENSITY = 4.0
 
 
-def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift=None, relu_slope=None):
+def choose_kernel(pack: SparsePack) -> str:
+    """"cols" (column-block kernel) or "direct" (direct sparse kernel) for this pack."""
+    cout, cg, kh, kw = pack.shape
+    density = pack.nnz / max(1, cout * cg * kh * kw)
+    return "cols" if cout // pack.group * density >= COLS_MIN_CHANNEL_DENSITY else "direct"
+
+
+def _epilogue(b, scale, shift, relu_slope):
+    keep = [None if a is None else np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in (b, scale, shift)]
+    if (keep[1] is None) != (keep[2] is None):
+        raise ValueError("scale and shift go together")
+    e = native._Epilogue(*[None if a is None else a.ctypes.data for a in keep], relu_slope is not None,
+                         0.0 if relu_slope is None else float(relu_slope))
+    return e, keep
+
+
+def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift=None, relu_slope=None,
+                 kernel=None):
     """Sparse convolution forward into ``out`` (N, Cout, Ho, Wo) with the dense kernel's optional epilogue
-    (``* scale + shift`` per channel, then a ReLU with ``relu_slope``). Call only when :func:`usable`."""
+    (``* scale + shift`` per channel, then a ReLU with ``relu_slope``). Call only when :func:`usable`.
+    ``kernel``: "direct", "cols" or None (:func:`choose_kernel`); both give the same values."""
     lib = _LIB
     n, cout, ho, wo = out.shape
     xs, hp, wq = native._phase_split(x, g, ho, wo, "pad_sparse")
     cin = x.shape[1]
     p = _SGeom(N=n, C=cin, Hp=hp, S=g.sw, Wq=wq, Cout=cout, Cg=cin // pack.group, Mg=cout // pack.group,
                sh=g.sh, Ho=ho, Wo=wo)
+    isa = lib.isa_for(wo)
+    e, keep = _epilogue(b, scale, shift, relu_slope)
+    otab = pack.otab(g, hp, wq)
+    kernel = kernel or choose_kernel(pack)
+    if kernel == "cols":
+        vw = lib.lib.cs_vector_width(native._ISAS.index(isa))
+        nvmax = lib.lib.cs_tile_pixels(native._ISAS.index(isa)) // vw
+        p.pitch = min(COLS_TILE_VECTORS, nvmax, -(-(ho * wo) // vw)) * vw
+        taps_per_ch = g.kh * g.kw
+        p.K = p.Cg * taps_per_ch
+        kc = max(1, min(p.Cg, COLS_L1_BYTES // (taps_per_ch * p.pitch * 4)))
+        p.kr = kc * taps_per_ch
+        p.nch = -(-p.Cg // kc)
+        ngroups = pack.group
+        p.rg = ho
+        while n * -(-ho // p.rg) * ngroups < 8 * lib.threads and p.rg > 1:
+            p.rg = -(-p.rg // 2)
+        ntasks = n * -(-ho // p.rg) * ngroups
+        cptr = pack.chunk_ptr(kc)
+        off = pack.col_off(p.kr, p.pitch)
+        taps = _ColsTaps(cptr.ctypes.data, off.ctypes.data, pack.val.ctypes.data, otab.ctypes.data)
+        lib.run(lib.lib.cs_sparse_cols_fwd, (xs.ctypes.data, ctypes.byref(taps), ctypes.byref(e), out.ctypes.data,
+                                             ctypes.byref(p)), ntasks, isa)
+        return out
     row_bytes = p.Cg * p.S * p.Wq * 4
     p.rg = max(1, min(ho, (max(1, TASK_INPUT_BYTES // row_bytes) - (g.kh - 1) * g.dh) // g.sh))
     p.mb = min(cout, TASK_CHANNELS)
@@ -244,7 +312,6 @@ def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift
         else:
             p.mb = -(-p.mb // 2)
     ntasks = n * -(-ho // p.rg) * -(-cout // p.mb)
-    isa = lib.isa_for(wo)
     # input one channel contributes to a tile: its rows (a tile may cover several output rows) x their span
     tile = lib.lib.cs_tile_pixels(native._ISAS.index(isa))
     rows = min(ho, -(-tile // wo)) * g.sh + (g.kh - 1) * g.dh
@@ -252,13 +319,7 @@ def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift
     kc = max(1, min(p.Cg, CHUNK_L1_BYTES // (rows * span * 4)))
     p.nch = -(-p.Cg // kc)
     cptr = pack.chunk_ptr(kc)
-    otab = pack.otab(g, hp, wq)
     taps = _Taps(cptr.ctypes.data, pack.idx.ctypes.data, pack.val.ctypes.data, otab.ctypes.data)
-    keep = [None if a is None else np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in (b, scale, shift)]
-    if (keep[1] is None) != (keep[2] is None):
-        raise ValueError("scale and shift go together")
-    e = native._Epilogue(*[None if a is None else a.ctypes.data for a in keep], relu_slope is not None,
-                         0.0 if relu_slope is None else float(relu_slope))
     lib.run(lib.lib.cs_sparse_fwd, (xs.ctypes.data, ctypes.byref(taps), ctypes.byref(e), out.ctypes.data,
                                     ctypes.byref(p)), ntasks, isa)
     return out

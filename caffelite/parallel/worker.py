@@ -9,7 +9,6 @@ root logs. At the end every replica reports its speed to the root, which logs NV
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -72,18 +71,11 @@ def inline_nets(param, base_dir, n_devices):
     return changed
 
 
-def _get_solver(param, flavor):
-    from ..solvers import get_solver
-    kwargs = {}
-    if flavor and "flavor" in inspect.signature(get_solver).parameters:
-        kwargs["flavor"] = flavor
-    return get_solver(param, **kwargs)
-
-
 def run_replica(config, comm):
     """Build this replica's solver, keep it in step through ``comm``, train; returns the solver."""
-    from ..commands import train as train_cmd
+    from .. import jacinto
     from ..solvers import read_solver_param
+    from ..solvers.setup import SignalHandler, hms, prepare_training
 
     path = config["solver"]
     param = read_solver_param(path)
@@ -96,17 +88,14 @@ def run_replica(config, comm):
         # shares of a shuffled ImageData list stay disjoint
         seed = int(np.random.SeedSequence().entropy % (2**31)) if comm.is_root else 0
         param.random_seed = int(comm.broadcast_scalar(seed))
-    solver = _get_solver(param, config.get("flavor"))
-    handler = train_cmd.SignalHandler(config["sigint_effect"], config["sighup_effect"]).install()
-    solver.requested_action = handler
-    solver.snapshot_form = config["snapshot_format"] or None
-    if hasattr(train_cmd, "attach_jacinto"):
-        train_cmd.attach_jacinto(solver.net, solver)
+    # the handler is installed once the solver is built; the jacinto hooks follow the launcher's environment
+    handler = SignalHandler(config["sigint_effect"], config["sighup_effect"])
+    solver, _ = prepare_training(param, handler, flavor=config.get("flavor") or "bvlc",
+                                 snapshot_format=config["snapshot_format"],
+                                 attach=lambda s: jacinto.attach_from_proto(s.net, s),
+                                 snapshot=config["snapshot"], weights=config["weights"])
     if config["snapshot"]:
-        glog.info(f"Resuming from {config['snapshot']}", "caffe.cpp:252")
-        solver.restore(config["snapshot"])
-    elif config["weights"]:
-        train_cmd.copy_weights(solver, config["weights"])
+        solver.restore(config["snapshot"])  # before the replicas compare and broadcast their parameters
     replica = DataParallel(solver, comm).attach()
     replica.broadcast_parameters()
     stamps = []
@@ -115,7 +104,7 @@ def run_replica(config, comm):
         glog.info(f"Starting Optimization on {comm.size} devices ({comm.name})", "caffe.cpp:239")
         t0 = time.perf_counter()
         solver.solve()
-        glog.info(f"Optimization Done in {train_cmd._hms(time.perf_counter() - t0)}", "caffe.cpp:250")
+        glog.info(f"Optimization Done in {hms(time.perf_counter() - t0)}", "caffe.cpp:250")
         _log_performance(solver, comm, stamps, config)
         replica.sync_statistics()  # Solve's closing display forward updated them once more, locally
         if not replica.check_identical():

@@ -137,7 +137,7 @@ FULL = dict(synthetic_train=2975, synthetic_val=500, synthetic_size=(2048, 1024)
 
 
 def _wh(text):
-    from ..commands.data import parse_size
+    from ..data.sizes import parse_size
 
     return parse_size(text)
 

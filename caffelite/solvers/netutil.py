@@ -6,7 +6,6 @@ their lr/decay multipliers, forward/backward, outputs with loss weights, weight 
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import numpy as np
@@ -82,18 +81,8 @@ def _make_net(net_param, phase, state_param=None, level=0, stages=()):
         if s not in st.stage:
             st.stage.append(s)
     p.state.CopyFrom(st)
-    kwargs = {}
-    try:
-        sig = inspect.signature(Net)
-        if "extensions" in sig.parameters:  # the solver's own extensions install what its nets need, once
-            kwargs["extensions"] = False
-        if "level" in sig.parameters:
-            kwargs["level"] = st.level
-        if "stages" in sig.parameters:
-            kwargs["stages"] = list(st.stage)
-    except (TypeError, ValueError):  # pragma: no cover
-        pass
-    return Net(p, phase, **kwargs)
+    # no net extensions: the solver's own extensions install what its nets need, once
+    return Net(p, phase, extensions=False, level=st.level, stages=list(st.stage))
 
 
 def build_train_net(sp, level=0, stages=(), base_dir=None):

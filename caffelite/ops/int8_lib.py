@@ -1,0 +1,234 @@
+"""The compiled integer convolution library (``caffelite/_native/cint8.c``) through ctypes: loading, the
+instruction sets this CPU runs, the input/weight packings and the task chunking. :mod:`caffelite.ops.int8` is the
+op built on it (and re-exports what tests and callers use).
+
+``CAFFELITE_NATIVE=0`` turns the library off; ``CAFFELITE_NATIVE_ISA=generic|avx2|avx512`` caps its instruction
+set (avx512 means VNNI where the CPU has it). Instruction sets: generic (portable C), avx2 (vpmaddwd), avx512bw
+(vpmaddwd), vnni (vpdpwssd; vpdpbusd for u8 x s8 quads).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+from .im2col import ConvGeometry
+from .native import _POOLS, _thread_count, load_library
+
+
+_MAX_KW = 32
+ISAS = ("generic", "avx2", "avx512bw", "vnni")
+
+class _Geom(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in
+                ("N", "G", "P", "Hp", "S", "Wq", "Cout", "Mg", "nmb", "kh", "kw", "sh", "dh", "Ho", "Wo", "rg", "bg",
+                 "has_sum")]
+    _fields_ += [("tap_off", ctypes.c_long * _MAX_KW)]
+
+
+class _Epi(ctypes.Structure):
+    _fields_ = [("A", ctypes.c_void_p), ("B", ctypes.c_void_p), ("C", ctypes.c_void_p), ("relu", ctypes.c_int),
+                ("ties_away", ctypes.c_int), ("slope", ctypes.c_double), ("off", ctypes.c_double),
+                ("lo", ctypes.c_double), ("hi", ctypes.c_double)]
+
+
+class _Lib:
+    """The loaded integer kernel library: supported instruction sets, the one in use, threads."""
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        if lib.ci8_geom_size() != ctypes.sizeof(_Geom) or lib.ci8_epi_size() != ctypes.sizeof(_Epi):
+            raise ImportError(f"{path}: struct layout mismatch (rebuild caffelite: pip install -e .)")
+        ptr, lng = ctypes.c_void_p, ctypes.c_long
+        lib.ci8_conv_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
+        lib.ci8_sparse_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
+        lib.ci8_group_sums.argtypes = [ctypes.c_int, ptr, ptr, ptr, lng, lng]
+        i = ctypes.c_int
+        lib.ci8_pack.argtypes = [i, ptr, i, i, i, i, i, i, i, i, i, i, ptr, lng, lng]
+        lib.ci8_pack4.argtypes = [ptr, i, i, i, i, i, i, i, i, i, i, ptr, lng, lng]
+        lib.ci8_group_sums4.argtypes = [ptr, ptr, ptr, lng, lng]
+        dbl = ctypes.c_double
+        lib.ci8_quantize.argtypes = [ptr, dbl, dbl, dbl, dbl, i, ptr, lng, lng]
+        self.lib = lib
+        mask = lib.ci8_isa_mask()
+        self.supported = [name for k, name in enumerate(ISAS) if mask >> k & 1]
+        cap = os.environ.get("CAFFELITE_NATIVE_ISA", "").strip()
+        if cap:
+            allowed = {"generic": ISAS[:1], "avx2": ISAS[:2], "avx512": ISAS}.get(cap)
+            if allowed is None or cap.replace("avx512", "avx512bw") not in self.supported:
+                raise ImportError(f"CAFFELITE_NATIVE_ISA={cap}: not one this CPU runs")
+            self.supported = [s for s in self.supported if s in allowed]
+        self.isa = self.supported[-1]
+        self.mb = lib.ci8_tile_channels()
+        self.threads = _thread_count()
+
+    def width(self, isa: str) -> int:
+        return self.lib.ci8_vector_width(ISAS.index(isa))
+
+    def run(self, args, ntasks: int, isa: str | None, fn=None):
+        """``fn(isa code, *args, t0, t1)`` (``fn(*args, t0, t1)`` when ``isa`` is None) over the threads."""
+        fn = fn or self.lib.ci8_conv_fwd
+        if isa is not None:
+            args = (ISAS.index(isa), *args)
+        parts = max(1, min(self.threads, ntasks))
+        if parts <= 1:
+            rc = [fn(*args, 0, ntasks)]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = _POOLS.get(self.threads)
+            if pool is None:
+                pool = _POOLS[self.threads] = ThreadPoolExecutor(self.threads)
+            bounds = [ntasks * k // parts for k in range(parts + 1)]
+            futs = [pool.submit(fn, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
+            rc = [f.result() for f in futs]
+        if any(rc):
+            raise RuntimeError(f"integer convolution kernel failed (codes {rc})")
+
+
+_LIB = load_library("caffelite._native._cint8", _Lib)
+
+
+def available() -> bool:
+    """Whether the compiled integer kernel is built and loaded."""
+    return _LIB is not None
+
+
+def info() -> str:
+    """One line: the integer kernel's instruction set and threads, or why it is off."""
+    if _LIB is None:
+        return "int8 conv kernel: off (not built, CAFFELITE_NATIVE=0, or a load warning above)"
+    return f"int8 conv kernel: {_LIB.isa} ({', '.join(_LIB.supported)} supported), {_LIB.threads} threads"
+
+
+def supported_isas() -> list:
+    """Instruction sets the compiled kernel runs on this CPU ([] when it is not loaded)."""
+    return [] if _LIB is None else list(_LIB.supported)
+
+
+def native_ok(g: ConvGeometry, out_width: int, isa: str | None = None) -> bool:
+    """Whether the compiled kernel takes this geometry (kernel width, output row at least one vector)."""
+    if _LIB is None or g.kw > _MAX_KW:
+        return False
+    return _LIB.width(isa or _LIB.isa) <= out_width
+
+
+def quantize_float(x, st: float, off: float, lo: int, hi: int, ties: str = "even"):
+    """Integers (int16) of float32 ``x`` on a grid: ``x*st + off`` in float64, clip to [lo, hi], round (ties even
+    or away): :class:`~caffelite.jacinto.int8_engine.QGrid`'s quantizer, compiled when available."""
+    if _LIB is None or not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        y = np.asarray(x).astype(np.float64) * np.float64(st) + np.float64(off)
+        np.clip(y, lo, hi, out=y)
+        r = np.rint(y)
+        if ties == "away":
+            d = y - r
+            r += (d == 0.5) & (y > 0)
+            r -= (d == -0.5) & (y < 0)
+        return r.astype(np.int16)
+    xc = np.ascontiguousarray(x)
+    out = np.empty(xc.shape, np.int16)
+    if xc.size:  # element ranges, one per thread
+        _LIB.run((xc.ctypes.data, float(st), float(off), float(lo), float(hi), int(ties == "away"), out.ctypes.data),
+                 xc.size, None, _LIB.lib.ci8_quantize)
+    return out
+
+
+def pack_input(q, group: int, g: ConvGeometry, ho: int, wo: int, native: bool = True):
+    """``q`` (N, C, H, W) integers -> the kernel's int32 pairs (N, G*P, Hp, S, Wq) (zero padding, channels of
+    each group padded to an even count, columns split into stride phases); returns (array, Hp, Wq, P)."""
+    n, c, h, w = q.shape
+    cg = c // group
+    p = (cg + 1) // 2
+    hb, wb = g.padded_extent(h, w, ho, wo)
+    s = g.sw
+    wb = -(-wb // s) * s
+    wq = wb // s
+    if native and _LIB is not None:
+        qc = np.ascontiguousarray(q, np.int16)
+        packed = np.empty((n, group * p, hb, s, wq), np.int32)
+        _LIB.run((qc.ctypes.data, group, cg, h, w, p, hb, s, wq, g.ph, g.pw, packed.ctypes.data), n * group * p,
+                 _LIB.isa, _LIB.lib.ci8_pack)
+        return packed, hb, wq, p
+    full = np.zeros((n, group, 2 * p, hb, wb), np.int16)
+    full[:, :, :cg, g.ph:g.ph + h, g.pw:g.pw + w] = q.reshape(n, group, cg, h, w)
+    # (n, g, p, 2, hb, wq, s) -> (n, g, p, hb, s, wq, 2)
+    pairs = full.reshape(n, group, p, 2, hb, wq, s).transpose(0, 1, 2, 4, 6, 5, 3)
+    packed = np.ascontiguousarray(pairs).view(np.int32).reshape(n, group * p, hb, s, wq)
+    return packed, hb, wq, p
+
+
+def pack_input4(q, group: int, g: ConvGeometry, ho: int, wo: int):
+    """``q`` (N, C, H, W) integers in 0..255 -> int32 lanes of four uint8 channels (N, G*Q, Hp, S, Wq) for the
+    u8 x s8 kernel (layout as :func:`pack_input`, four channels per lane); returns (array, Hp, Wq, Q)."""
+    n, c, h, w = q.shape
+    cg = c // group
+    nq = (cg + 3) // 4
+    hb, wb = g.padded_extent(h, w, ho, wo)
+    s = g.sw
+    wb = -(-wb // s) * s
+    wq = wb // s
+    qc = np.ascontiguousarray(q, np.int16)
+    packed = np.empty((n, group * nq, hb, s, wq), np.int32)
+    _LIB.run((qc.ctypes.data, group, cg, h, w, nq, hb, s, wq, g.ph, g.pw, packed.ctypes.data), n * group * nq,
+             None, _LIB.lib.ci8_pack4)
+    return packed, hb, wq, nq
+
+
+def pack_weights4(w, group: int, mb: int):
+    """(Cout, Cg, kh, kw) integers in -128..127 -> int32 lanes of four int8 channels (G, nmb, Q, kh, kw, MB)."""
+    cout, cg, kh, kw = w.shape
+    mg = cout // group
+    nmb = -(-mg // mb)
+    nq = (cg + 3) // 4
+    full = np.zeros((group, nmb * mb, 4 * nq, kh, kw), np.int8)
+    full[:, :mg, :cg] = w.reshape(group, mg, cg, kh, kw)
+    t = full.reshape(group, nmb, mb, nq, 4, kh, kw).transpose(0, 1, 3, 5, 6, 2, 4)
+    return np.ascontiguousarray(t).view(np.int32).reshape(group, nmb, nq, kh, kw, mb)
+
+
+def pack_weights(w, group: int, mb: int):
+    """(Cout, Cg, kh, kw) integers -> int32 pairs (G, nmb, P, kh, kw, MB), zero past each group's channels."""
+    cout, cg, kh, kw = w.shape
+    mg = cout // group
+    nmb = -(-mg // mb)
+    p = (cg + 1) // 2
+    full = np.zeros((group, nmb * mb, 2 * p, kh, kw), np.int16)
+    full[:, :mg, :cg] = w.reshape(group, mg, cg, kh, kw)
+    # (g, nmb, mb, p, 2, kh, kw) -> (g, nmb, p, kh, kw, mb, 2)
+    t = full.reshape(group, nmb, mb, p, 2, kh, kw).transpose(0, 1, 3, 5, 6, 2, 4)
+    return np.ascontiguousarray(t).view(np.int32).reshape(group, nmb, p, kh, kw, mb)
+
+
+class _Sparse(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_void_p), ("off", ctypes.c_void_p), ("w", ctypes.c_void_p)]
+
+
+def _sparse_chunking(p: _Geom, n: int, threads: int) -> int:
+    p.bg = max(1, min(p.Cout, 8))
+    p.rg = max(1, min(p.Ho, max(1, (64 << 10) // max(1, p.Wo * 2 * 8))))
+    while n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg) < 4 * threads and (p.rg > 1 or p.bg > 1):
+        if p.rg >= p.bg:
+            p.rg = -(-p.rg // 2)
+        else:
+            p.bg = -(-p.bg // 2)
+    return n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg)
+
+
+#: cache budget of one task: packed weights of its channel blocks and the input rows it reads
+CHUNK_WEIGHT_BYTES = 128 << 10
+CHUNK_INPUT_BYTES = 256 << 10
+
+
+def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
+    nblk = p.G * p.nmb
+    p.bg = max(1, min(nblk, CHUNK_WEIGHT_BYTES // max(1, p.P * p.kh * p.kw * mb * 4)))
+    row_bytes = p.P * p.S * p.Wq * 4
+    rows_in = max(1, CHUNK_INPUT_BYTES // max(1, row_bytes))
+    p.rg = max(1, min(p.Ho, (rows_in - (p.kh - 1) * p.dh) // p.sh))
+    while n * -(-p.Ho // p.rg) * -(-nblk // p.bg) < 4 * threads and (p.rg > 1 or p.bg > 1):
+        if p.rg >= p.bg:
+            p.rg = -(-p.rg // 2)
+        else:
+            p.bg = -(-p.bg // 2)
+    return n * -(-p.Ho // p.rg) * -(-nblk // p.bg)
