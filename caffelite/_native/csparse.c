@@ -22,7 +22,8 @@ struct sgeom {
     int sh, Ho, Wo;       /* row stride, output size */
     int rg, mb;           /* task: output rows, output channels */
     int nch;              /* input-channel chunks summed one after the other (partial sums in the output) */
-    int K, kr, pitch;     /* column-block kernel: tap positions per group (Cg*kh*kw), per chunk, floats per row */
+    int kc, kh, kw, dh;   /* row-block kernel: input channels per chunk, kernel rows, columns, row dilation */
+    int ni, rt, vt;       /* row-block kernel: block rows per (channel, kernel column), tile rows, tile vectors */
 };
 
 struct sparse_taps {
@@ -32,7 +33,7 @@ struct sparse_taps {
     const long *otab;
 };
 
-/* the column-block kernel's taps (sparse_cols_kernel.h) */
+/* the row-block kernel's taps (sparse_cols_kernel.h) */
 struct cols_taps {
     const int32_t *ptr;
     const int32_t *off;
@@ -107,14 +108,15 @@ int cs_sparse_fwd(int isa, const float *x, const struct sparse_taps *tp, const s
     return 0;
 }
 
-/* Column-block forward (sparse_cols_kernel.h) for tasks t0..t1; p->pitch must be a multiple of the vector
- * width, at most NV vectors. */
+/* Row-block forward (sparse_cols_kernel.h) for tasks t0..t1: tiles of p->rt output rows x p->vt (1..2)
+ * vectors (at most 8 vectors, 4 in the portable build), p->vt * vector width <= Wo. */
 int cs_sparse_cols_fwd(int isa, const float *x, const struct cols_taps *tp, const struct epilogue *e, float *out,
                        const struct sgeom *p, long t0, long t1)
 {
     const int vw = cs_vector_width(isa);
     if (p->Wo < vw) return -4;
-    if (p->pitch % vw || p->pitch > cs_tile_pixels(isa) || p->pitch <= 0) return -3;
+    if (p->rt < 1 || p->vt < 1 || p->vt > 2 || p->rt * p->vt > cs_tile_pixels(isa) / vw || p->vt * vw > p->Wo)
+        return -3;
 #if HAVE_X86
     if (isa == 2) return cfwd_avx512(x, tp, e, out, p, t0, t1);
     if (isa == 1) return cfwd_avx2(x, tp, e, out, p, t0, t1);

@@ -1,93 +1,138 @@
-/* One instantiation of the sparse column-block convolution forward for one vector width.
+/* One instantiation of the sparse row-block convolution forward for one vector width.
  *
  * Included by csparse.c after sparse_kernel.h, with the same macros (VW, NV, FN, TARGET).
  *
  * Why: the direct sparse kernel (sparse_kernel.h) loads each tap's input at an arbitrary float offset, so most
  * vector loads straddle two cache lines, and a load is all a tap costs besides its multiply-add. Here a tile of
- * P = T*VW output pixels first copies, per input-channel chunk, the input each tap position reads into an
- * aligned block ("cols": kr rows of P floats, row r = tap position q*kr + r, pixel vectors in the tile's order),
- * once; then every output channel of the group sums val[k] * cols[off[k] ..] with aligned loads from L1.
- * The copy costs kr vector moves per pixel vector and chunk; the multiply-adds Mg * kr * density: it pays when
- * the group has many output channels (the Python side picks the kernel per layer).
+ * R output rows x V pixel vectors first copies, per input-channel chunk, the input it reads into an aligned
+ * block, once: for each channel c of the chunk and kernel column j, the ni input rows under the tile's rows,
+ * shifted so that column j's pixels start on a vector boundary (layout [c][j][row][V*VW floats]). A tap
+ * (c, i, j) of output row r then reads block row (c, j, r*sh + i*dh): every output channel of the group sums
+ * val[k] * block[off[k] + r*sh*V*VW + u*VW] with aligned loads from L1. Kernel rows share the copied rows, so
+ * the copy costs kw * ni / R vector moves per output vector and input channel, against Mg * density
+ * multiply-adds per tap position: it pays when the group has many output channels (the Python side picks the
+ * kernel per layer).
  *
  * Layouts as sparse_kernel.h, plus
- *   off   int32 per tap: (idx % kr) * P, the tap's row in the block of its chunk (kr = kc*kh*kw)
- *   otab  (Cg*kh*kw) long: where tap position r reads relative to a pixel's origin (as sparse_kernel.h)
- * The sums are the direct kernel's (one accumulator per output value, taps in idx order, partial sums stored
- * as float32 between chunks), so both kernels give the same bits as the dense kernel.
+ *   off   int32 per tap: ((c % kc) * kw + j) * ni + i * dh) * V * VW, the tap's first block row
+ *   otab  (Cg*kh*kw) long: where tap position (c, i, j) reads relative to a pixel's origin (sparse_kernel.h);
+ *         the copy uses the entries with i = 0
+ * The sums are the direct kernel's (one accumulator per output value, taps in idx order, partial sums kept as
+ * float32 between chunks), so both kernels give the dense kernel's bits. A row's last tile may overlap the
+ * previous one: it recomputes the same sums and stores the same values.
  */
 
-/* T pixel vectors of output channel m over its taps of chunk q, reading the chunk's block `cols` (P floats
- * per row, 64-byte aligned). */
-TARGET static inline __attribute__((always_inline)) void FN(ctile)(
-    const float *cols, const struct cols_taps *tp, const struct epilogue *e, float *ob, float *ab,
-    const struct sgeom *p, const int *ys, const int *xs, const int *skip, int m, int q, const int T)
+/* R x V accumulators of output channel m over its taps of chunk q; partial sums in ab between chunks. */
+TARGET static inline __attribute__((always_inline)) void FN(rtile)(
+    const float *blk, const struct cols_taps *tp, const struct epilogue *e, float *ob, float *ab,
+    const struct sgeom *p, int y, int xt, int m, int q, const int R, const int V)
 {
     FN(vec) acc[NV];
+    const long rs = (long)p->sh * V * VW;
 #pragma GCC unroll 8
-    for (int v = 0; v < T; v++) acc[v] = q == 0 ? (FN(vec)){0} : *(const FN(vec) *)(ab + v * VW);
+    for (int v = 0; v < R * V; v++) acc[v] = q == 0 ? (FN(vec)){0} : *(const FN(vec) *)(ab + v * VW);
     const int32_t *cp = tp->ptr + (long)m * (p->nch + 1) + q;
     const int k1 = cp[1];
     const int32_t *off = tp->off;
     const float *val = tp->val;
     for (int k = cp[0]; k < k1; k++) {
-        const float *src = cols + off[k];
+        const float *src = blk + off[k];
         const float wk = val[k];
 #pragma GCC unroll 8
-        for (int v = 0; v < T; v++) acc[v] += *(const FN(vec) *)(src + v * VW) * wk;
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+            for (int u = 0; u < V; u++) acc[r * V + u] += *(const FN(vec) *)(src + r * rs + u * VW) * wk;
     }
     if (q + 1 < p->nch) {
 #pragma GCC unroll 8
-        for (int v = 0; v < T; v++) *(FN(vec) *)(ab + v * VW) = acc[v];
-    } else {
-        FN(sstore)(acc, e, ob, p, ys, xs, skip, m, 1, T);
+        for (int v = 0; v < R * V; v++) *(FN(vec) *)(ab + v * VW) = acc[v];
+        return;
     }
-}
-
-/* Copy rows r0..r1 of the tap-position table for T pixel vectors into the aligned block. */
-TARGET static inline __attribute__((always_inline)) void FN(cbuild)(
-    float *cols, const float *xg, const long *otab, int r0, int r1, int pitch, const long *src0, const int T)
-{
-    for (int r = r0; r < r1; r++) {
-        const float *s = xg + otab[r];
-        float *d = cols + (long)(r - r0) * pitch;
+    const float bm = e->bias ? e->bias[m] : 0.0f;
 #pragma GCC unroll 8
-        for (int v = 0; v < T; v++) *(FN(vec) *)(d + v * VW) = *(const FN(uvec) *)(s + src0[v]);
+    for (int v = 0; v < R * V; v++) {
+        FN(vec) o = acc[v] + bm;
+        if (e->scale) { o = o * e->scale[m]; o = o + e->shift[m]; }
+        if (e->relu) {
+            const FN(ivec) neg = o < 0.0f;
+            o = (FN(vec))(((FN(ivec))(o * e->slope) & neg) | ((FN(ivec))o & ~neg));
+        }
+        *(FN(uvec) *)(ob + (long)(y + v / V) * p->Wo + xt + v % V * VW) = o;
     }
 }
 
-TARGET static inline __attribute__((always_inline)) void FN(ctiles)(
-    float *cols, float *accb, const float *xg, const struct cols_taps *tp, const struct epilogue *e, float *obase,
-    const struct sgeom *p, const int *ys, const int *xs, const int *skip, int m0, int m1, const int T)
+/* Copy the block of channels c0..c1 for the tile at output row y, column xt (R rows); prefetch the input of
+ * the next chunk's channels pc0..pc1 (the copy reads rows scattered over the input planes, which the hardware
+ * prefetchers do not follow). */
+TARGET static inline __attribute__((always_inline)) void FN(rbuild)(
+    float *blk, const float *xg, const long *otab, const struct sgeom *p, int y, int xt, int c0, int c1, int pc0,
+    int pc1, const int R, const int V)
 {
-    long src0[NV];
     const long rowlen = (long)p->S * p->Wq;
-    const long ostride = (long)p->Ho * p->Wo;
-    for (int v = 0; v < T; v++) src0[v] = (long)ys[v] * p->sh * rowlen + xs[v];
-    for (int q = 0; q < p->nch; q++) {
-        const int r0 = q * p->kr, r1 = r0 + p->kr < p->K ? r0 + p->kr : p->K;
-#ifndef EXP_NOBUILD
-        FN(cbuild)(cols, xg, tp->otab, r0, r1, p->pitch, src0, T);
-#endif
-        for (int m = m0; m < m1; m++)
-            FN(ctile)(cols, tp, e, obase + m * ostride, accb + (long)(m - m0) * p->pitch, p, ys, xs, skip, m, q, T);
+    const int nrow = (R - 1) * p->sh + (p->kh - 1) * p->dh + 1;
+    const long base = (long)y * p->sh * rowlen + xt;
+    for (int c = c0; c < c1; c++)
+        for (int j = 0; j < p->kw; j++) {
+            const float *s = xg + otab[(long)c * p->kh * p->kw + j] + base;
+            float *d = blk + ((long)(c - c0) * p->kw + j) * p->ni * V * VW;
+            for (int i = 0; i < nrow; i++, s += rowlen, d += V * VW)
+#pragma GCC unroll 2
+                for (int u = 0; u < V; u++) *(FN(vec) *)(d + u * VW) = *(const FN(uvec) *)(s + u * VW);
+        }
+    for (int c = pc0; c < pc1; c++) {
+        const float *s = xg + otab[(long)c * p->kh * p->kw] + base;
+        for (int i = 0; i < nrow; i++, s += rowlen) {
+            __builtin_prefetch(s);
+            __builtin_prefetch(s + V * VW + p->kw - 2);
+        }
     }
 }
+
+TARGET static inline __attribute__((always_inline)) void FN(rtiles)(
+    float *blk, float *accb, const float *xg, const struct cols_taps *tp, const struct epilogue *e, float *obase,
+    const struct sgeom *p, int y, int xt, int m0, int m1, const int R, const int V)
+{
+    const long ostride = (long)p->Ho * p->Wo;
+    for (int q = 0; q < p->nch; q++) {
+        const int c0 = q * p->kc, c1 = c0 + p->kc < p->Cg ? c0 + p->kc : p->Cg;
+        const int pc1 = c1 + p->kc < p->Cg ? c1 + p->kc : p->Cg;
+        FN(rbuild)(blk, xg, tp->otab, p, y, xt, c0, c1, c1, pc1, R, V);
+        for (int m = m0; m < m1; m++)
+            FN(rtile)(blk, tp, e, obase + m * ostride, accb + (long)(m - m0) * R * V * VW, p, y, xt, m, q, R, V);
+    }
+}
+
+/* all the tiles of rows y0..y1 for V vectors per tile (R = p->rt rows, fewer for the last rows) */
+#define RTILES_ROWS(V)                                                                                         \
+    for (int y = y0; y < y1; y += p->rt) {                                                                     \
+        const int R = y1 - y < p->rt ? y1 - y : p->rt;                                                         \
+        for (int xt = 0; xt < p->Wo; xt += (V) * VW) {                                                        \
+            const int x0 = xt + (V) * VW <= p->Wo ? xt : p->Wo - (V) * VW;                                     \
+            switch (R) {                                                                                       \
+            case 1: FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 1, V); break;                    \
+            case 2: FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 2, V); break;                    \
+            case 3: if (3 * (V) <= NV) FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 3, V); break; \
+            case 4: if (4 * (V) <= NV) FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 4, V); break; \
+            default: if (8 * (V) <= NV) FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 8 / (V), V); \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
 
 /* Tasks t0..t1; a task is (image n, up to p->rg output rows, group g) and covers all the group's output
- * channels, so each block is built once per tile and chunk. Returns -1 when the block cannot be allocated. */
+ * channels, so each block is built once per tile and chunk. p->rt is 1, 2, 3, 4 or 8 / p->vt, and p->rg a
+ * multiple of it. Returns -1 when the block cannot be allocated. */
 TARGET static int FN(cfwd)(const float *x, const struct cols_taps *tp, const struct epilogue *e, float *out,
                            const struct sgeom *p, long t0, long t1)
 {
     const int nrg = (p->Ho + p->rg - 1) / p->rg, G = p->Cout / p->Mg;
     const long plane = (long)p->Hp * p->S * p->Wq;
-    const int vrow = (p->Wo + VW - 1) / VW;
-    const int tmax = p->pitch / VW;
+    const size_t tile = (size_t)p->rt * p->vt * VW;
     /* the block, then the partial sums of the group's channels between chunks (contiguous: output channels are
      * a page or more apart) */
-    float *cols = aligned_alloc(64, ((size_t)p->kr + (size_t)p->Mg) * p->pitch * sizeof(float));
-    if (!cols) return -1;
-    float *accb = cols + (size_t)p->kr * p->pitch;
+    float *blk = aligned_alloc(64, ((size_t)p->kc * p->kw * p->ni * p->vt * VW + (size_t)p->Mg * tile)
+                                       * sizeof(float));
+    if (!blk) return -1;
+    float *accb = blk + (size_t)p->kc * p->kw * p->ni * p->vt * VW;
     for (long t = t0; t < t1; t++) {
         const long n = t / ((long)nrg * G);
         const int rgi = (int)(t / G % nrg), g = (int)(t % G);
@@ -95,32 +140,13 @@ TARGET static int FN(cfwd)(const float *x, const struct cols_taps *tp, const str
         const int m0 = g * p->Mg, m1 = m0 + p->Mg;
         const float *xg = x + (n * p->C + (long)g * p->Cg) * plane;
         float *obase = out + n * p->Cout * (long)p->Ho * p->Wo;
-        const int nvec = (y1 - y0) * vrow;
-        int ys[NV], xs[NV], skip[NV];
-        for (int k = 0; k < nvec;) {
-            const int left = nvec - k;
-            const int T = left >= tmax ? tmax : left;
-            for (int v = 0; v < T; v++) {
-                const int kv = k + v, r = kv % vrow;
-                ys[v] = y0 + kv / vrow;
-                xs[v] = r * VW + VW <= p->Wo ? r * VW : p->Wo - VW;
-                skip[v] = r * VW - xs[v];
-            }
-            switch (T) {
-#if NV > 7
-            case 8: FN(ctiles)(cols, accb, xg, tp, e, obase, p, ys, xs, skip, m0, m1, 8); break;
-            case 7: FN(ctiles)(cols, accb, xg, tp, e, obase, p, ys, xs, skip, m0, m1, 7); break;
-            case 6: FN(ctiles)(cols, accb, xg, tp, e, obase, p, ys, xs, skip, m0, m1, 6); break;
-            case 5: FN(ctiles)(cols, accb, xg, tp, e, obase, p, ys, xs, skip, m0, m1, 5); break;
-#endif
-            case 4: FN(ctiles)(cols, accb, xg, tp, e, obase, p, ys, xs, skip, m0, m1, 4); break;
-            case 3: FN(ctiles)(cols, accb, xg, tp, e, obase, p, ys, xs, skip, m0, m1, 3); break;
-            case 2: FN(ctiles)(cols, accb, xg, tp, e, obase, p, ys, xs, skip, m0, m1, 2); break;
-            default: FN(ctiles)(cols, accb, xg, tp, e, obase, p, ys, xs, skip, m0, m1, 1); break;
-            }
-            k += T;
+        if (p->vt == 2) {
+            RTILES_ROWS(2)
+        } else {
+            RTILES_ROWS(1)
         }
     }
-    free(cols);
+    free(blk);
     return 0;
 }
+#undef RTILES_ROWS
