@@ -1,6 +1,7 @@
 """Benchmark: the zero fraction from which the sparse convolution kernel beats the dense path, per layer.
 
     python bench/sparse_breakeven.py [--shape 1,3,512,1024] [--runs 5] [--threads 2] [--fractions 0.3,...]
+                                     [--only conv1a,...] [--kernel auto|direct|cols]
 
 For every Convolution of jsegnet21v2's deploy net at ``--shape`` (plus a 1x1 and a depthwise 3x3 layer of
 typical size, which jsegnet21v2 does not have as convolutions), weights pruned per output channel to each zero
@@ -10,17 +11,25 @@ forward the dense engine runs (:func:`caffelite.ops.conv.conv_forward`: the comp
 medians of ``--runs`` interleaved runs, and prints sparse/dense per fraction and the break-even fraction
 (linear interpolation between the measured points where the ratio crosses 1).
 
+``--kernel`` times one sparse kernel (direct, or the row-block "cols" kernel) instead of the one
+:func:`caffelite.ops.sparse_conv.choose_kernel` picks per layer: how ``COLS_MIN_GROUP_CHANNELS`` was set.
+
 How ``AUTO_MIN_ZERO_FRACTION`` in caffelite/ops/sparse_conv.py was set: the largest break-even of each kind of
 layer over the layers, rounded up to the next 0.1 (a margin for machine noise). Measured on the project machine
-(2-core AMD EPYC with AVX-512, 2 threads, shared with other work: +-10-30% noise per point; two runs):
+(2-core AMD EPYC with AVX-512, 2 threads, shared with other work: +-10-30% noise per point; two runs, the
+second on conv1a, conv1b, res2a_branch2b, ctx_final and the 1x1 and depthwise layers only):
 
-    kind       break-even zero fraction over the layers     threshold
-    direct     0.30 .. 0.67 (conv1a 0.65-0.67, conv1b 0.30-0.62)   0.7
-    pointwise  0.77 (a second run under heavy load: 0.30)        0.8
-    depthwise  0.30 (both runs)                                  0.4
+    kind       break-even zero fraction over the layers                        threshold
+    direct     <=0.30 (the res*, out*, ctx_conv* layers), 0.54-0.61 (conv1a,   0.7
+               conv1b, ctx_final)
+    pointwise  <=0.30 (both runs; 0.46x BLAS at 0.8)                           0.4
+    depthwise  <=0.30 (both runs)                                              0.4
 
-At 80% zeros the sparse kernel took 0.49-0.75x the dense direct kernel's time per layer (one vector load per
-multiply-add against the dense kernel's one per eight, so it cannot reach the 0.2x the zero count suggests).
+At 80% zeros the sparse kernels took 0.30-0.52x the dense direct kernel's time on the layers with 16 or more
+output channels per group (row-block kernel), 0.60-0.83x on conv1a (3 input channels, 5x5 stride 2), conv1b and
+ctx_final (8 channels per group: direct sparse kernel). One vector load per multiply-add against the dense
+kernel's one per eight bounds it at about 0.25x on this CPU (a micro-benchmark of the inner loop from L1 runs
+at ~0.75 of the dense kernel's multiply-add rate).
 """
 
 from __future__ import annotations
@@ -73,8 +82,9 @@ def jseg_layers(shape):
     return out
 
 
-def time_layer(xs, ws, group, g, fractions, runs, rng):
-    """{fraction: (dense median s, sparse median s)} for one layer shape."""
+def time_layer(xs, ws, group, g, fractions, runs, rng, kernel=None):
+    """{fraction: (dense median s, sparse median s)} for one layer shape (``kernel``: the sparse kernel,
+    None: the one :func:`caffelite.ops.sparse_conv.choose_kernel` picks)."""
     from caffelite.ops import conv as K
     from caffelite.ops import sparse_conv as S
     x = rng.standard_normal(xs).astype(np.float32)
@@ -87,13 +97,13 @@ def time_layer(xs, ws, group, g, fractions, runs, rng):
         w = prune_per_channel(w0.copy(), f)
         pk = S.pack_weights(w, group)
         K.conv_forward(x, w, b, g, group, out)
-        S.conv_forward(x, pk, b, g, out)
+        S.conv_forward(x, pk, b, g, out, kernel=kernel)
         td, ts = [], []
         for _ in range(runs):  # interleaved: both see the same machine conditions
             t0 = time.perf_counter()
             K.conv_forward(x, w, b, g, group, out)
             t1 = time.perf_counter()
-            S.conv_forward(x, pk, b, g, out)
+            S.conv_forward(x, pk, b, g, out, kernel=kernel)
             t2 = time.perf_counter()
             td.append(t1 - t0)
             ts.append(t2 - t1)
@@ -119,6 +129,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fractions", default="0.3,0.5,0.6,0.7,0.8,0.9,0.95")
     ap.add_argument("--only", default="", help="comma-separated layer names (default: all)")
+    ap.add_argument("--kernel", choices=("auto", "direct", "cols"), default="auto",
+                    help="sparse kernel: direct, row-block (cols), or the one chosen per layer (auto)")
     a = ap.parse_args(argv)
     from caffelite.ops import native, sparse_conv
     if not sparse_conv.available():
@@ -138,7 +150,7 @@ def main(argv=None):
             continue
         kind = "depthwise" if ws[1] == 1 and group == ws[0] and group > 1 else \
             "pointwise" if g.is_pointwise else "direct"
-        res = time_layer(xs, ws, group, g, fractions, a.runs, rng)
+        res = time_layer(xs, ws, group, g, fractions, a.runs, rng, None if a.kernel == "auto" else a.kernel)
         be = break_even(res)
         by_kind.setdefault(kind, []).append(be)
         dense_ms = statistics.median(d for d, _ in res.values()) * 1e3

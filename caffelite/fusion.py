@@ -49,7 +49,9 @@ class Chain:
 def plan(net) -> dict:
     """The chains of ``net`` keyed by convolution layer index (only chains with at least one follower)."""
     chains = {}
-    layers, tops, bottoms = net.layers, net._top_ids, net._bottom_ids
+    layers = net.layers
+    tops = [net.top_ids(k) for k in range(len(layers))]
+    bottoms = [net.bottom_ids(k) for k in range(len(layers))]
     i = 0
     while i < len(layers):
         if layers[i].type != "Convolution" or len(tops[i]) != 1 or len(bottoms[i]) != 1:
@@ -67,7 +69,7 @@ def plan(net) -> dict:
             else:
                 break
             j += 1
-        if ch.last != i and not any(net._loss_tops[k] for k in range(i, ch.last + 1)):
+        if ch.last != i and not any(net.loss_tops(k) for k in range(i, ch.last + 1)):
             chains[i] = ch
         i = ch.last + 1
     return chains
@@ -78,7 +80,7 @@ def _affine(net, ch: Chain):
     is not in an inference state now (e.g. BatchNorm using batch statistics)."""
     scale = shift = None
     for j in ch.affines:
-        ab = net.layers[j].inference_affine(net._bottom_vecs[j])
+        ab = net.layers[j].inference_affine(net.bottom_vecs(j))
         if ab is None:
             return None
         a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in ab)
@@ -94,7 +96,7 @@ def _affine(net, ch: Chain):
 def run(net, ch: Chain) -> bool:
     """Run the whole chain as one convolution forward; False (nothing done) when it cannot be fused now."""
     conv = net.layers[ch.conv]
-    bottom, top = net._bottom_vecs[ch.conv], net._top_vecs[ch.conv]
+    bottom, top = net.bottom_vecs(ch.conv), net.top_vecs(ch.conv)
     if not native.usable(bottom[0].data, top[0].data, conv.blobs[0].data):
         return False  # only the compiled kernel folds the followers in (CuPy and float64 run layer by layer)
     ab = _affine(net, ch)
@@ -107,5 +109,5 @@ def run(net, ch: Chain) -> bool:
     if not conv.forward_fused(bottom, top, ab[0], ab[1], slope):
         return False
     for j in ch.affines + ([ch.relu] if ch.relu is not None else []):
-        net.layers[j].reshape(net._bottom_vecs[j], net._top_vecs[j])  # keep Caffe's reshape-before-forward
+        net.layers[j].reshape(net.bottom_vecs(j), net.top_vecs(j))  # keep Caffe's reshape-before-forward
     return True

@@ -63,17 +63,17 @@ def add_debug_info_hooks(net) -> None:
     log = logging.getLogger("caffelite")
 
     def forward(net, i, layer, bottom, top):
-        name = net._layer_names[i]
-        for blob_name, t in zip(net._top_ids[i], top, strict=True):
+        name = net.layer_name(i)
+        for blob_name, t in zip(net.top_ids(i), top, strict=True):
             log.info(f"    [Forward] Layer {name}, top blob {blob_name} data: {_mean_abs(t.data):g}")
         for k, b in enumerate(layer.blobs):
             log.info(f"    [Forward] Layer {name}, param blob {_param_display_name(layer, k)} data: "
                      f"{_mean_abs(b.data):g}")
 
     def backward(net, i, layer, bottom, top):
-        name = net._layer_names[i]
-        for j, (blob_name, b) in enumerate(zip(net._bottom_ids[i], bottom, strict=True)):
-            if net._bottom_need_backward[i][j]:
+        name = net.layer_name(i)
+        for j, (blob_name, b) in enumerate(zip(net.bottom_ids(i), bottom, strict=True)):
+            if net.bottom_need_backward(i)[j]:
                 log.info(f"    [Backward] Layer {name}, bottom blob {blob_name} diff: {_mean_abs(b.diff):g}")
         for k, b in enumerate(layer.blobs):
             if k < len(layer.param_propagate_down) and layer.param_propagate_down[k]:

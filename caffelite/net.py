@@ -23,7 +23,8 @@ from .extensions import apply_net_extensions
 from .hooks import HookSet, add_debug_info_hooks
 from .layer import TEST, TRAIN, create_layer
 from .net_pycaffe import PycaffeNetMixin
-from .netweights import append_params, copy_from, load_net_param, save_net, to_proto
+from .net_mixins import GraphAccess, WeightsAndEngines
+from .netweights import append_params, load_net_param
 from .ops import engine as _engine
 
 log = logging.getLogger("caffelite")
@@ -57,7 +58,7 @@ def _named(layer, fn, bottom, top):
         raise layer.error(f"{type(e).__name__}: {e} (bottom shapes {shapes})") from e
 
 
-class Net(PycaffeNetMixin):
+class Net(GraphAccess, WeightsAndEngines, PycaffeNetMixin):
     """A Caffe network (pycaffe-compatible).
 
     ``Net(prototxt, weights, phase)``, ``Net(prototxt, phase, weights=...)`` or ``Net(net_param, phase)``;
@@ -418,58 +419,6 @@ class Net(PycaffeNetMixin):
 
     def remove_hook(self, event, fn):
         self.hooks.remove(event, fn)
-
-    # ------------------------------------------------------------------------------------------------
-    # weights
-    # ------------------------------------------------------------------------------------------------
-    def copy_from(self, weights):
-        """Copy params by layer name from a caffemodel path or a NetParameter with blobs (Caffe's
-        CopyTrainedLayersFrom); logs copied and ignored layers."""
-        copy_from(self, weights)
-        self.repack()
-
-    @property
-    def engine(self) -> str:
-        """The convolution engine asked for: "dense", "sparse", "int8" or "auto" (:mod:`caffelite.ops.engine`;
-        default ``$CAFFELITE_ENGINE``, else "auto"). Setting it (None: that default) re-plans every layer."""
-        return self._engine
-
-    @engine.setter
-    def engine(self, value):
-        self._engine = _engine.resolve(value)
-        _engine.plan(self, self._engine)
-
-    def repack(self):
-        """Re-plan the engines and rebuild packed weights: call after editing weights in place."""
-        if self._engine is not None:
-            _engine.plan(self, self._engine)
-
-    def share_weights_from(self, other: Net):
-        """Share param data with the same-named layers of ``other`` (Caffe's ShareTrainedLayersWith)."""
-        for name, layer in other.layer_dict.items():
-            mine = self.layer_dict.get(name)
-            if mine is None or not layer.blobs:
-                continue
-            if len(mine.blobs) != len(layer.blobs):
-                raise mine.error(f"Incompatible number of blobs for layer {name}: {len(layer.blobs)} vs "
-                                 f"{len(mine.blobs)}")
-            for j, (dst, src) in enumerate(zip(mine.blobs, layer.blobs, strict=True)):
-                if dst.shape != src.shape:
-                    raise mine.error(f"Cannot share param {j} weights from layer '{name}'; shape mismatch. "
-                                     f"Source param shape is {list(src.shape)}; target param shape is "
-                                     f"{list(dst.shape)}")
-                dst.set_data_array(src.data)
-        self._weights_shared = True  # the other net changes them: never packed (caffelite.ops.engine)
-        self.repack()
-
-    def to_proto(self, form="jacinto", write_diff=False):
-        """A NetParameter of this net (every layer, Split layers included) with its blobs."""
-        return to_proto(self, form, write_diff)
-
-    def save(self, path, form="jacinto", write_diff=False):
-        """Write the weights as a caffemodel (caffe-jacinto's form by default; ``form="bvlc"`` for BVLC),
-        streamed from the blobs (the bytes of ``to_proto(form, write_diff).SerializeToString()``)."""
-        save_net(self, path, form, write_diff)
 
     def __repr__(self):
         return f"<caffelite.Net '{self.name}' ({len(self.layers)} layers, phase " \

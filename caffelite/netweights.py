@@ -237,7 +237,7 @@ def copy_trained_layers(net, param, path=None, dialect_name=None, arrays=None):
 def _skeleton(net):
     """The net's NetParameter (layers as built, Split layers included) without blob values."""
     out = caffe_pb2.NetParameter()
-    out.CopyFrom(net._param)
+    out.CopyFrom(net.net_param)
     del out.layer[:]
     # caffe-jacinto 0.17's file format (docs/jacinto-spec.md §h): a net with `quantize: true` is saved under the name
     # "<name>___QUANTIZED__SEE_END_OFTHE_FILE" (quantize and net_quantization_param are kept by the copy).

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import re
 
 import pytest
 
@@ -29,13 +30,22 @@ def _cfg(out, extra=()):
 def test_flagship_runs_every_stage_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     results = seg.run_pipeline(_cfg(out))
-    assert list(results) == ["initial", "l1reg", "sparse", "test", "test_quantize"]
-    for r in results.values():
+    assert list(results) == ["initial", "l1reg", "sparse", "test", "test_quantize", "speed"]
+    speed = results["speed"]
+    for r in (results[k] for k in seg.STAGES):
         assert 0.0 <= r["mean_iou"] <= 1.0 and 0.0 <= r["pixel_accuracy"] <= 1.0
     assert results["initial"]["zero_weights"] == 0.0
     assert results["sparse"]["zero_weights"] > 0.3  # thresholding ran (factor starts at 0.5)
     table = (out / "results.md").read_text()
     assert "| Sparse + quantized (8-bit) inference |" in table and "Overall impact" in table
+    # the last table: the final model's forward time per engine at the deploy size, 4 rows, ratios to float dense
+    engines = ["float dense", "float sparse", "int8", "sparse + int8"]
+    assert list(speed["seconds"]) == engines and speed["shape"] == [1, 3, 64, 96]
+    assert all(v > 0 for v in speed["seconds"].values())
+    rows = [ln for ln in table.split("| engine (1x3x64x96) |")[1].splitlines()[2:] if ln.startswith("|")]
+    assert [ln.split("|")[1].strip() for ln in rows] == engines
+    assert rows[0].endswith("| 1.00x |") and all(re.search(r"\| [\d.]+ ms \| [\d.]+x \|$", ln) for ln in rows)
+    assert (out / "stages" / "test_quantize" / seg.RANGES_FILE).exists()
     assert os.listdir(out / "overlays" / "initial" / "overlay")
     for stage in seg.STAGES:
         assert (out / "stages" / stage / "run.log.txt").exists()

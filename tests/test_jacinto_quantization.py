@@ -119,6 +119,37 @@ def test_freeze_save_load_ranges(tmp_path):
     assert h2.frozen
 
 
+def test_loaded_ranges_quantize_like_the_calibrated_net(tmp_path):
+    """Ranges saved after calibration and further forwards (the saved counter is past quantization_start) and
+    loaded into a fresh net: its forwards are those of the calibrated net from forward quantization_start on,
+    bit for bit (flags switched on, weights quantized at the end of the first one), not float forwards."""
+    net, hook = _net()
+    hook.freeze_ranges(after=hook.start)
+    for k in range(hook.start):
+        net.forward(data=_input(seed=k))
+    ref = []
+    for seed in (4, 5):
+        net.forward(data=_input(seed=seed))
+        ref.append(net.blobs["out_deconv_final_up8"].data.copy())
+    net.forward(data=_input(seed=6))
+    path = tmp_path / "ranges.json"
+    hook.save_ranges(path)
+    assert hook.infer_count > hook.start + 1
+    fresh, fh = _net()
+    fh.load_ranges(path)
+    outs = []
+    for seed in (4, 5):
+        fresh.forward(data=_input(seed=seed))
+        outs.append(fresh.blobs["out_deconv_final_up8"].data.copy())
+    assert any(fh.flags_on) and fh.frozen
+    for a, b in zip(outs, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+    flt, _ = _net(quantize=False)
+    flt.fusion = False
+    flt.forward(data=_input(seed=5))
+    assert not np.array_equal(outs[1], flt.blobs["out_deconv_final_up8"].data)
+
+
 def test_quant_ranges_option(tmp_path):
     from caffelite.jacinto import quant_ranges_option
     # freeze: ranges measured on forward 0 only, so forward 1's output no longer depends on what came between

@@ -1,8 +1,9 @@
-"""The sparse convolution kernel (caffelite/ops/sparse_conv.py, caffelite/_native/csparse.c) against the dense path.
+"""The sparse convolution kernels (caffelite/ops/sparse_conv.py, caffelite/_native/csparse.c) against the dense path.
 
-Weights with 50-95% zeros; every geometry the layers meet (strides, pads, dilation, groups incl. jsegnet21v2's
-grouped 3x3 and depthwise, 1x1, odd widths, batches), every instruction set this CPU runs, thread counts
-(bitwise equal), the fused BatchNorm/Scale/ReLU epilogue, and the fixture nets with sparse weights.
+Both kernels (direct and row-block), weights with 50-95% zeros; every geometry the layers meet (strides, pads,
+dilation, groups incl. jsegnet21v2's grouped 3x3 and depthwise, 1x1, odd widths, batches), every instruction set
+this CPU runs, the row-block kernel's tilings and chunkings, thread counts (bitwise equal), the fused
+BatchNorm/Scale/ReLU epilogue, and the fixture nets with sparse weights.
 """
 
 from __future__ import annotations
@@ -67,9 +68,13 @@ def _geom(k, s, p, d):
     return ConvGeometry(kh, kw, sh, sw, ph, pw, dh, dw)
 
 
+KERNELS = ["direct", "cols"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("fraction", [0.5, 0.8, 0.95])
 @pytest.mark.parametrize("case", GEOMS)
-def test_matches_dense_path(case, fraction):
+def test_matches_dense_path(case, fraction, kernel):
     n, cin, h, w_, cout, group, k, s, p, d = case
     rng = np.random.default_rng(hash((case, fraction)) % 2**32)
     g = _geom(k, s, p, d)
@@ -86,7 +91,7 @@ def test_matches_dense_path(case, fraction):
             continue
         with using_isa(sparse_conv._LIB, isa):
             assert sparse_conv.usable(x, out)
-            sparse_conv.conv_forward(x, pk, b, g, out)
+            sparse_conv.conv_forward(x, pk, b, g, out, kernel=kernel)
         _close(out, want)
         if native.usable(x, w) and native.supports(g, wo) and not g.is_pointwise and cin != group:
             # the dense kernel sums the same products in the same order: equal to the bit
@@ -96,7 +101,80 @@ def test_matches_dense_path(case, fraction):
             np.testing.assert_array_equal(out, dense)
 
 
-def test_bitwise_same_for_any_thread_count():
+def _dense_native(x, w, b, g, group, out_shape, **epilogue):
+    out = np.empty(out_shape, np.float32)
+    native.conv_forward(x, w, b, g, group, out, **epilogue)
+    return out
+
+
+# (N, Cin, H, W, Cout, group, k, stride, pad, dilation) for the row-block kernel's tilings: heights that leave
+# 1-3 rows after the last full tile, widths that end with an overlapping tile
+TILING_GEOMS = [
+    (1, 24, 13, 37, 32, 1, 3, 1, 1, 1),
+    (2, 32, 19, 50, 32, 4, 3, 2, 1, 1),
+    (1, 16, 15, 40, 24, 2, 3, 1, 2, 2),
+    (1, 3, 23, 70, 16, 1, 5, 2, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", TILING_GEOMS)
+@pytest.mark.parametrize("rows,vectors,block", [(1, 1, 64), (2, 2, 16 << 10), (3, 1, 2048), (4, 2, 1),
+                                                (8, 1, 16 << 10), (4, 2, 1 << 20)])
+def test_row_block_tilings_equal_dense(case, rows, vectors, block, monkeypatch):
+    """Every tile shape (rows x vectors), and blocks from one channel per chunk to all channels in one: the
+    dense kernel's bits, with and without the epilogue."""
+    monkeypatch.setattr(sparse_conv, "TILE_ROWS", rows)
+    monkeypatch.setattr(sparse_conv, "TILE_VECTORS", vectors)
+    monkeypatch.setattr(sparse_conv, "BLOCK_L1_BYTES", block)
+    n, cin, h, w_, cout, group, k, s, p, d = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    g = _geom(k, s, p, d)
+    x = rng.standard_normal((n, cin, h, w_)).astype(np.float32)
+    w = _sparse_weights(rng, (cout, cin // group, g.kh, g.kw), 0.8)
+    b = rng.standard_normal(cout).astype(np.float32)
+    scale = rng.uniform(0.5, 2, cout).astype(np.float32)
+    shift = rng.standard_normal(cout).astype(np.float32)
+    ho, wo = g.out_shape(h, w_)
+    pk = sparse_conv.pack_weights(w, group)
+    for isa in sparse_conv._LIB.supported:
+        if sparse_conv._LIB.lib.cs_vector_width(native._ISAS.index(isa)) > wo:
+            continue
+        for epi in ({}, {"scale": scale, "shift": shift, "relu_slope": 0.1}):
+            out = np.full((n, cout, ho, wo), np.nan, np.float32)
+            with using_isa(sparse_conv._LIB, isa):
+                sparse_conv.conv_forward(x, pk, b, g, out, kernel="cols", **epi)
+            with using_isa(native._LIB, isa):
+                want = _dense_native(x, w, b, g, group, out.shape, **epi)
+            np.testing.assert_array_equal(out, want)
+
+
+def test_row_block_too_tall_for_its_offsets_runs_direct():
+    """A block whose rows one channel alone cannot address with uint16 offsets (a very dilated kernel): the
+    direct kernel runs instead, with the same result."""
+    rng = np.random.default_rng(7)
+    g = ConvGeometry(3, 11, 1, 1, 0, 0, 200, 1)
+    x = rng.standard_normal((1, 2, 410, 44)).astype(np.float32)
+    w = _sparse_weights(rng, (16, 2, 3, 11), 0.8)
+    ho, wo = g.out_shape(410, 44)
+    out = np.empty((1, 16, ho, wo), np.float32)
+    sparse_conv.conv_forward(x, sparse_conv.pack_weights(w, 1), None, g, out, kernel="cols")
+    np.testing.assert_array_equal(out, _dense_native(x, w, None, g, 1, out.shape))
+
+
+def test_kernel_choice_by_channels_per_group():
+    rng = np.random.default_rng(6)
+    n = sparse_conv.COLS_MIN_GROUP_CHANNELS
+
+    def pick(cout, cg, group):
+        return sparse_conv.choose_kernel(sparse_conv.pack_weights(_sparse_weights(rng, (cout, cg, 3, 3), 0.8), group))
+
+    assert pick(4 * n, 32, 4) == "cols"
+    assert pick(4 * (n - 1), 8, 4) == "direct"
+    assert pick(32, 1, 32) == "cols"  # depthwise
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_bitwise_same_for_any_thread_count(kernel):
     rng = np.random.default_rng(1)
     g = _geom(3, 1, 1, 1)
     x = rng.standard_normal((2, 64, 23, 45)).astype(np.float32)
@@ -106,15 +184,16 @@ def test_bitwise_same_for_any_thread_count():
     for threads in (1, 2, 3, 5):
         out = np.empty((2, 96, 23, 45), np.float32)
         with using_isa(sparse_conv._LIB, sparse_conv._LIB.isa, threads=threads):
-            sparse_conv.conv_forward(x, pk, None, g, out)
+            sparse_conv.conv_forward(x, pk, None, g, out, kernel=kernel)
         outs.append(out)
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("slope", [None, 0.0, 0.1])
 @pytest.mark.parametrize("affine", [False, True])
-def test_fused_epilogue(slope, affine):
+def test_fused_epilogue(slope, affine, kernel):
     rng = np.random.default_rng(2)
     g = _geom(3, 1, 1, 1)
     x = rng.standard_normal((1, 32, 19, 41)).astype(np.float32)
@@ -128,7 +207,7 @@ def test_fused_epilogue(slope, affine):
     if slope is not None:
         want = np.where(want < 0, want * slope, want)
     out = np.empty((1, 24, 19, 41), np.float32)
-    sparse_conv.conv_forward(x, sparse_conv.pack_weights(w, 4), b, g, out, scale, shift, slope)
+    sparse_conv.conv_forward(x, sparse_conv.pack_weights(w, 4), b, g, out, scale, shift, slope, kernel=kernel)
     _close(out, want)
     dense = np.empty_like(out)
     native.conv_forward(x, w, b, g, 4, dense, scale=scale, shift=shift, relu_slope=slope)

@@ -2,10 +2,16 @@
  *
  * Why: models trained with caffe-jacinto's sparsity have ~80% zero convolution weights; the dense kernel
  * (cconv.c) multiplies by them anyway. Here each output channel keeps only its nonzero (input channel, ky, kx)
- * taps, packed once when the weights are loaded (caffelite/ops/sparse_conv.py), and the kernel sums
- * tap x shifted input row vectors for up to 8 pixel vectors at a time (4 in the portable build). One vector load per multiply-add (the
- * dense kernel shares a load among 8 output channels), so it wins only when enough weights are zero: the
- * break-even zero fraction is measured by bench/sparse_breakeven.py.
+ * taps, packed once when the weights are loaded (caffelite/ops/sparse_conv.py). Two kernels, chosen per layer
+ * by the Python side:
+ *   - row-block (sparse_cols_kernel.h): the input a tile of output rows x pixel vectors reads is copied once per
+ *     input-channel chunk into an aligned L1 block shared by all the group's output channels; each tap is then
+ *     an aligned vector load and a multiply-add per pixel vector;
+ *   - direct (sparse_kernel.h): tap x shifted input row vectors for up to 8 pixel vectors at a time (4 in the
+ *     portable build), unaligned loads, no copy: for groups with few output channels.
+ * One vector load per multiply-add either way (the dense kernel shares a load among 8 output channels), so
+ * sparse wins only when enough weights are zero: the break-even zero fraction is measured by
+ * bench/sparse_breakeven.py.
  *
  * Plain C called through ctypes, which releases the GIL; the Python side splits the task range over threads.
  * Each output value is computed by one task in a fixed order: results do not depend on the thread count.
@@ -36,7 +42,7 @@ struct sparse_taps {
 /* the row-block kernel's taps (sparse_cols_kernel.h) */
 struct cols_taps {
     const int32_t *ptr;
-    const int32_t *off;
+    const uint16_t *off;  /* floats from the block's start: blocks are at most 64K floats */
     const float *val;
     const long *otab;
 };
@@ -108,14 +114,16 @@ int cs_sparse_fwd(int isa, const float *x, const struct sparse_taps *tp, const s
     return 0;
 }
 
-/* Row-block forward (sparse_cols_kernel.h) for tasks t0..t1: tiles of p->rt output rows x p->vt (1..2)
- * vectors (at most 8 vectors, 4 in the portable build), p->vt * vector width <= Wo. */
+/* Row-block forward (sparse_cols_kernel.h) for tasks t0..t1: tiles of p->rt (1..4 or 8) output rows x p->vt
+ * (1..2) vectors (at most 8 vectors, 4 in the portable build), p->vt * vector width <= Wo. */
 int cs_sparse_cols_fwd(int isa, const float *x, const struct cols_taps *tp, const struct epilogue *e, float *out,
                        const struct sgeom *p, long t0, long t1)
 {
     const int vw = cs_vector_width(isa);
     if (p->Wo < vw) return -4;
-    if (p->rt < 1 || p->vt < 1 || p->vt > 2 || p->rt * p->vt > cs_tile_pixels(isa) / vw || p->vt * vw > p->Wo)
+    if (p->rt < 1 || (p->rt > 4 && p->rt != 8) || p->vt < 1 || p->vt > 2 || p->rt * p->vt > cs_tile_pixels(isa) / vw
+        || p->vt * vw > p->Wo || p->ni < (p->rt - 1) * p->sh + (p->kh - 1) * p->dh + 1
+        || (long)p->kc * p->kw * p->ni * p->vt * vw > 65536)
         return -3;
 #if HAVE_X86
     if (isa == 2) return cfwd_avx512(x, tp, e, out, p, t0, t1);

@@ -14,7 +14,7 @@
  * kernel per layer).
  *
  * Layouts as sparse_kernel.h, plus
- *   off   int32 per tap: ((c % kc) * kw + j) * ni + i * dh) * V * VW, the tap's first block row
+ *   off   uint16 per tap: ((c % kc) * kw + j) * ni + i * dh) * V * VW, the tap's first block row
  *   otab  (Cg*kh*kw) long: where tap position (c, i, j) reads relative to a pixel's origin (sparse_kernel.h);
  *         the copy uses the entries with i = 0
  * The sums are the direct kernel's (one accumulator per output value, taps in idx order, partial sums kept as
@@ -33,7 +33,7 @@ TARGET static inline __attribute__((always_inline)) void FN(rtile)(
     for (int v = 0; v < R * V; v++) acc[v] = q == 0 ? (FN(vec)){0} : *(const FN(vec) *)(ab + v * VW);
     const int32_t *cp = tp->ptr + (long)m * (p->nch + 1) + q;
     const int k1 = cp[1];
-    const int32_t *off = tp->off;
+    const uint16_t *off = tp->off;
     const float *val = tp->val;
     for (int k = cp[0]; k < k1; k++) {
         const float *src = blk + off[k];
@@ -61,12 +61,11 @@ TARGET static inline __attribute__((always_inline)) void FN(rtile)(
     }
 }
 
-/* Copy the block of channels c0..c1 for the tile at output row y, column xt (R rows); prefetch the input of
- * the next chunk's channels pc0..pc1 (the copy reads rows scattered over the input planes, which the hardware
- * prefetchers do not follow). */
+/* Copy the block of channels c0..c1 for the tile at output row y, column xt (R rows). (Software prefetch of
+ * the next chunk's input was measured: no gain.) */
 TARGET static inline __attribute__((always_inline)) void FN(rbuild)(
-    float *blk, const float *xg, const long *otab, const struct sgeom *p, int y, int xt, int c0, int c1, int pc0,
-    int pc1, const int R, const int V)
+    float *blk, const float *xg, const long *otab, const struct sgeom *p, int y, int xt, int c0, int c1,
+    const int R, const int V)
 {
     const long rowlen = (long)p->S * p->Wq;
     const int nrow = (R - 1) * p->sh + (p->kh - 1) * p->dh + 1;
@@ -79,13 +78,6 @@ TARGET static inline __attribute__((always_inline)) void FN(rbuild)(
 #pragma GCC unroll 2
                 for (int u = 0; u < V; u++) *(FN(vec) *)(d + u * VW) = *(const FN(uvec) *)(s + u * VW);
         }
-    for (int c = pc0; c < pc1; c++) {
-        const float *s = xg + otab[(long)c * p->kh * p->kw] + base;
-        for (int i = 0; i < nrow; i++, s += rowlen) {
-            __builtin_prefetch(s);
-            __builtin_prefetch(s + V * VW + p->kw - 2);
-        }
-    }
 }
 
 TARGET static inline __attribute__((always_inline)) void FN(rtiles)(
@@ -95,17 +87,16 @@ TARGET static inline __attribute__((always_inline)) void FN(rtiles)(
     const long ostride = (long)p->Ho * p->Wo;
     for (int q = 0; q < p->nch; q++) {
         const int c0 = q * p->kc, c1 = c0 + p->kc < p->Cg ? c0 + p->kc : p->Cg;
-        const int pc1 = c1 + p->kc < p->Cg ? c1 + p->kc : p->Cg;
-        FN(rbuild)(blk, xg, tp->otab, p, y, xt, c0, c1, c1, pc1, R, V);
+        FN(rbuild)(blk, xg, tp->otab, p, y, xt, c0, c1, R, V);
         for (int m = m0; m < m1; m++)
             FN(rtile)(blk, tp, e, obase + m * ostride, accb + (long)(m - m0) * R * V * VW, p, y, xt, m, q, R, V);
     }
 }
 
-/* all the tiles of rows y0..y1 for V vectors per tile (R = p->rt rows, fewer for the last rows) */
+/* all the tiles of rows y0..y1 for V vectors per tile: R = p->rt rows, the last rows in tiles of 4, 3, 2, 1 */
 #define RTILES_ROWS(V)                                                                                         \
-    for (int y = y0; y < y1; y += p->rt) {                                                                     \
-        const int R = y1 - y < p->rt ? y1 - y : p->rt;                                                         \
+    for (int y = y0; y < y1;) {                                                                                \
+        const int R = y1 - y >= p->rt ? p->rt : y1 - y >= 4 ? 4 : y1 - y;                                      \
         for (int xt = 0; xt < p->Wo; xt += (V) * VW) {                                                        \
             const int x0 = xt + (V) * VW <= p->Wo ? xt : p->Wo - (V) * VW;                                     \
             switch (R) {                                                                                       \
@@ -113,14 +104,14 @@ TARGET static inline __attribute__((always_inline)) void FN(rtiles)(
             case 2: FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 2, V); break;                    \
             case 3: if (3 * (V) <= NV) FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 3, V); break; \
             case 4: if (4 * (V) <= NV) FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 4, V); break; \
-            default: if (8 * (V) <= NV) FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 8 / (V), V); \
+            default: if (8 * (V) <= NV) FN(rtiles)(blk, accb, xg, tp, e, obase, p, y, x0, m0, m1, 8, V); break; \
             }                                                                                                  \
         }                                                                                                      \
+        y += R;                                                                                                \
     }
 
 /* Tasks t0..t1; a task is (image n, up to p->rg output rows, group g) and covers all the group's output
- * channels, so each block is built once per tile and chunk. p->rt is 1, 2, 3, 4 or 8 / p->vt, and p->rg a
- * multiple of it. Returns -1 when the block cannot be allocated. */
+ * channels, so each block is built once per tile and chunk. p->rt is 1, 2, 3, 4 or 8 (csparse.c checks). Returns -1 when the block cannot be allocated. */
 TARGET static int FN(cfwd)(const float *x, const struct cols_taps *tp, const struct epilogue *e, float *out,
                            const struct sgeom *p, long t0, long t1)
 {

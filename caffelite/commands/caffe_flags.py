@@ -159,13 +159,6 @@ def apply_quant_ranges(hooks, option):
         finish = quant_ranges_option(quant, mode, path)
     except (OSError, ValueError, KeyError) as e:
         raise CaffeliteError(f"--quant-ranges {mode} {path or ''}: {e}".replace("  ", " ")) from None
-    if mode == "load":
-        for h in quant:
-            # load_ranges moves the hook's forward counter past quantization_start, where the per-layer
-            # flags are switched on (§b.3); switch them on now so the first batch is quantized with the
-            # loaded ranges (a no-op where the hook already did)
-            if getattr(h, "enabled", False) and h.infer_count > h.start and not any(h.flags_on):
-                h.enable_selected_layers(h.start)
     return finish
 
 

@@ -38,6 +38,11 @@ def add_arguments(p):
     p.add_argument("--quant-ranges", "--quant_ranges", dest="quant_ranges", default=None, metavar="FILE",
                    help="quantized nets: ranges saved by `caffelite test --quant-ranges save FILE` (default: the "
                         "quantization_param stored in the caffemodel)")
+    p.add_argument("--qdq-form", "--qdq_form", dest="qdq_form", choices=("runtime", "exact"), default="runtime",
+                   help="quantized nets: 'runtime' (default) writes QuantizeLinear(x, 1/s) -> DequantizeLinear, the "
+                        "int8 pattern OpenVINO/TensorRT fuse; 'exact' rounds x*s in float64 first, as the "
+                        "simulation does, so the quantizer matches it bit for bit in ONNX Runtime (float64 ops "
+                        "that int8 runtimes do not fuse)")
 
 
 def run(args) -> int:
@@ -71,6 +76,6 @@ def run(args) -> int:
     meta = {"source_model": os.path.abspath(args.model), "source_weights": os.path.abspath(args.weights or ""),
             "source_dialect": report.dialect}
     export_onnx(net, args.onnx, opset=args.opset or DEFAULT_OPSET, dynamic_batch=args.dynamic_batch,
-                fold_bn=args.fold_bn, input_shape=shape, metadata=meta)
+                fold_bn=args.fold_bn, input_shape=shape, metadata=meta, qdq_form=args.qdq_form)
     print(f"wrote {args.onnx}")
     return 0

@@ -30,7 +30,7 @@ def check_net_param(net_param):
 
 
 def _check_inputs(net):
-    check_net_param(net._param)
+    check_net_param(net.net_param)
     if not net.outputs:
         raise ExportError(f"net '{net.name}' has no output blob (every top is consumed) to export")
     if not net.inputs:
@@ -38,14 +38,16 @@ def _check_inputs(net):
 
 
 def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False, fold_bn=False, input_shape=None,
-                metadata=None):
+                metadata=None, qdq_form="runtime"):
     """Write ``net`` (a built TEST-phase :class:`~caffelite.net.Net`) as an ONNX model at ``path``.
 
     ``opset``: ONNX opset (13 or newer); ``dynamic_batch``: a symbolic batch axis on inputs and outputs;
     ``fold_bn``: fold BatchNorm/Scale into the preceding convolutions; ``input_shape``: reshape the (single)
     input first, e.g. ``(1, 3, 512, 1024)``; ``metadata``: extra ``{key: value}`` model properties.
     A quantized net (``quantize: true``) must have run its calibrated simulation (see
-    :mod:`caffelite.export.onnx_quant`); it is exported with QuantizeLinear/DequantizeLinear pairs.
+    :mod:`caffelite.export.onnx_quant`); it is exported with QuantizeLinear/DequantizeLinear pairs, in the
+    ``qdq_form`` "runtime" (the int8 pattern runtimes fuse; default) or "exact" (jacinto's quantizer bit for
+    bit, see ``onnx_quant.QDQ_FORMS``).
     The model passes ``onnx.checker.check_model(full_check=True)`` and is written atomically.
     Raises :class:`ExportError` (naming the layer and the reason) for anything with no faithful mapping.
     Returns the ``onnx.ModelProto``.
@@ -56,6 +58,8 @@ def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False, fold_bn=Fal
     from .onnx_layers import CONVERTERS
 
     _check_inputs(net)
+    if qdq_form not in onnx_quant.QDQ_FORMS:
+        raise CaffeliteError(f"qdq form {qdq_form!r}: expected one of {', '.join(onnx_quant.QDQ_FORMS)}")
     if input_shape is not None:
         if len(net.inputs) != 1:
             raise CaffeliteError(f"input shape: net '{net.name}' has {len(net.inputs)} inputs; reshape them "
@@ -68,7 +72,7 @@ def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False, fold_bn=Fal
         if fold_bn:
             raise ExportError(f"net '{net.name}': --fold-bn would change the weights the quantized simulation "
                               "used; export the quantized net unfolded")
-        qhook = onnx_quant.QdqHook(net, sim)
+        qhook = onnx_quant.QdqHook(net, sim, qdq_form)
     folded, identities = onnx_fold.plan(net) if fold_bn else ({}, ())
     meta = {"caffelite_net": net.name, "caffelite_fold_bn": str(bool(fold_bn)).lower()}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})

@@ -28,7 +28,7 @@ def plan(net):
     writer = {}  # blob -> index of the conv whose output it still is (through folded layers)
     for i, layer in enumerate(net.layers):
         t = layer.param.type
-        bots, tops = net._bottom_ids[i], net._top_ids[i]
+        bots, tops = net.bottom_ids(i), net.top_ids(i)
         src = writer.get(bots[0]) if len(bots) == 1 else None
         aff = None
         if src is not None and len(tops) == 1:

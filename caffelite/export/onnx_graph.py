@@ -66,11 +66,11 @@ class GraphBuilder:
 
     def bottom(self, j):
         """The current ONNX name of bottom ``j`` of the layer being converted."""
-        return self.current[self.net._bottom_ids[self.layer][j]]
+        return self.current[self.net.bottom_ids(self.layer)[j]]
 
     def top(self, j):
         """A fresh ONNX name for top ``j`` of the layer being converted (it becomes the blob's current name)."""
-        blob = self.net._top_ids[self.layer][j]
+        blob = self.net.top_ids(self.layer)[j]
         name = self.fresh(blob if blob not in self.current else f"{blob}/{self.layer_name}")
         self.current[blob] = name
         return name
@@ -80,17 +80,17 @@ class GraphBuilder:
 
     @property
     def layer_name(self):
-        return self.net._layer_names[self.layer]
+        return self.net.layer_name(self.layer)
 
     @property
     def layer_type(self):
         return self.net.layers[self.layer].param.type
 
     def bottom_shape(self, j):
-        return tuple(self.net._bottom_vecs[self.layer][j].shape)
+        return tuple(self.net.bottom_vecs(self.layer)[j].shape)
 
     def top_shape(self, j):
-        return tuple(self.net._top_vecs[self.layer][j].shape)
+        return tuple(self.net.top_vecs(self.layer)[j].shape)
 
     # -- graph pieces ---------------------------------------------------------------------------------
     def node(self, op, inputs, outputs=None, hint=None, **attrs):
@@ -183,7 +183,7 @@ def build_model(net, converters, opset=DEFAULT_OPSET, dynamic_batch=False, hook=
         g.layer = i
         t = layer.param.type
         if i in identities:
-            g.set_current(net._top_ids[i][0], g.bottom(0))
+            g.set_current(net.top_ids(i)[0], g.bottom(0))
             continue
         conv = converters.get(t)
         if conv is None:

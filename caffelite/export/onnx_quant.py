@@ -8,7 +8,11 @@ dequantized grid is jacinto's, the saturation range is jacinto's, and QuantizeLi
 jacinto's GPU kernel (its CPU code rounds half away from zero; see ``ties``). For a power-of-two scale
 (``power2_scale_activations``: ``s = 2^fl``) ``x / inv == x * s`` exactly, so the rounding decisions are
 jacinto's bit for bit; for other scales ``x / inv`` and ``x * s`` can differ in the last bit, which changes a
-value only when it lies within one float32 ulp of a rounding boundary.
+value only when it lies within one float32 ulp of a rounding boundary. The "exact" form (``QDQ_FORMS``) rounds
+``x * s`` formed in float64 instead, jacinto's decisions at any scale in a runtime that computes float64 (ONNX
+Runtime; OpenVINO's CPU plugin computes it in float32). Neither form fixes the order in which a runtime sums a
+convolution: float32 sums in another order than the simulation's still move an occasional value across a
+rounding boundary (an exact, integer accumulation would too: the simulation's own float32 sums are not exact).
 
 Weights were quantized in place by the simulation (once, at forward ``quantization_start``), so the net's
 float weights are already jacinto's dequantized values and are exported as they are; where they lie exactly
@@ -70,10 +74,7 @@ def prepare(net, weights=None, ranges=None, error=ValueError):
     ranges make the zeros irrelevant). Returns the hook."""
     hook = attach_quantization(net)
     if ranges:
-        hook.load_ranges(ranges)
-        # the file's forward counter is past quantization_start when it was saved after calibration; the
-        # flags switch on only at forward == start, so this fresh net starts there
-        hook.infer_count = hook.start
+        hook.load_ranges(ranges)  # a fresh net: its next forward is forward quantization_start
     else:
         used = hook.load_ranges_from_caffemodel(weights) if weights else 0
         if not used:
@@ -87,6 +88,15 @@ def prepare(net, weights=None, ranges=None, error=ValueError):
     return hook
 
 
+#: "runtime": QuantizeLinear(x, 1/s) -> DequantizeLinear(1/s), the int8 pattern runtimes (OpenVINO, TensorRT)
+#: recognise; ONNX Runtime computes ``x / (1/s)`` in float32, which can differ from jacinto's exact ``x*s`` by
+#: one level when ``x*s`` lies within an ulp of a rounding boundary (never for power-of-two scales).
+#: "exact": ``Round(Cast<double>(x) * s)`` -> QuantizeLinear(scale 1) -> DequantizeLinear(1/s): jacinto's
+#: quantizer bit for bit at any scale where float64 is computed as such (ONNX Runtime; OpenVINO's CPU plugin
+#: lowers it to float32, TensorRT has no float64), at the cost of ops that int8 runtimes do not fuse.
+QDQ_FORMS = ("runtime", "exact")
+
+
 def _pow2_bits(scale):
     m, e = math.frexp(scale)
     return e - 1 if m == 0.5 else None
@@ -95,14 +105,17 @@ def _pow2_bits(scale):
 class QdqHook:
     """Adds the QDQ pairs after each quantizing layer and gives quantized weights integer initializers."""
 
-    def __init__(self, net, hook=None):
+    def __init__(self, net, hook=None, form="runtime"):
+        if form not in QDQ_FORMS:
+            raise ValueError(f"qdq form must be one of {QDQ_FORMS}, not {form!r}")
         self.net = net
+        self.form = form
         self.ties = getattr(hook, "ties", "even")
         self.blobs = {}  # ONNX tensor -> {"bits", "fracbits" | "scale", "signed"} for the metadata
 
     @staticmethod
     def wanted(net):
-        return wants_quantization(net._param) and bool(net._param.quantize)
+        return wants_quantization(net.net_param) and bool(net.net_param.quantize)
 
     def _qp(self, layer):
         return layer.param.quantization_param if layer.param.HasField("quantization_param") else None
@@ -167,16 +180,32 @@ class QdqHook:
             dt = np.uint8 if unsigned else np.int8
             scale = g.const(f"{blob}/q_scale", np.float32(1) / st)
             zp = g.const(f"{blob}/q_zero", int(q.offset), dt)
-            y = g.node("QuantizeLinear", [x, scale, zp], hint=f"{blob}/quantized")
+            if self.form == "exact":
+                y = self._exact_quantize(g, blob, x, st, zp)
+            else:
+                y = g.node("QuantizeLinear", [x, scale, zp], hint=f"{blob}/quantized")
             dq = g.node("DequantizeLinear", [y, scale, zp], hint=f"{blob}/dequantized")
             g.set_current(blob, dq)
             self.blobs[blob] = self._describe(8, st, not unsigned)
 
+    @staticmethod
+    def _exact_quantize(g, blob, x, st, zp):
+        """The integers jacinto rounds to, ``rint(x*s)``, with ``x*s`` formed in float64 where it is exact (as
+        the simulation does), then QuantizeLinear with scale 1 adds the zero point and saturates."""
+        x64 = g.node("Cast", [x], hint=f"{blob}/f64", to=g.onnx.TensorProto.DOUBLE)
+        y64 = g.node("Mul", [x64, g.const(f"{blob}/q_mul", np.float64(st), np.float64)], hint=f"{blob}/scaled")
+        r64 = g.node("Round", [y64], hint=f"{blob}/rounded")  # half to even, like jacinto's GPU kernel
+        # an integer: exact in float32 up to 2^24, and larger values saturate the same after float32 rounding
+        r32 = g.node("Cast", [r64], hint=f"{blob}/rounded_f32", to=g.onnx.TensorProto.FLOAT)
+        one = g.const(f"{blob}/q_one", 1.0)
+        return g.node("QuantizeLinear", [r32, one, zp], hint=f"{blob}/quantized")
+
     def metadata(self):
-        """Model metadata: fractional bits (or scale) per quantized blob and the rounding note."""
+        """Model metadata: fractional bits (or scale) per quantized blob, the QDQ form and the rounding note."""
         note = "QuantizeLinear rounds half to even, as jacinto's GPU kernel"
         if self.ties != "even":
             note += "; the simulation rounded half away from zero (jacinto's CPU code): exact ties may differ"
         return {"quantization": "caffe-jacinto dynamic fixed point as QuantizeLinear/DequantizeLinear",
+                "quantization_qdq_form": self.form,
                 "quantization_rounding": note,
                 "quantization_blobs": json.dumps(self.blobs, sort_keys=True)}

@@ -26,7 +26,9 @@ from ..proto import caffe_pb2
 
 def find_chains(net):
     """``[(conv index, bn index, scale index or None)]`` of the foldable Convolution→BatchNorm[→Scale] chains."""
-    layers, bots, tops = net.layers, net._bottom_ids, net._top_ids
+    layers = net.layers
+    bots = [net.bottom_ids(k) for k in range(len(layers))]
+    tops = [net.top_ids(k) for k in range(len(layers))]
     out = []
     for i, ly in enumerate(layers[:-1]):
         if ly.param.type != "Convolution" or not tops[i]:
@@ -108,7 +110,7 @@ def fold_batchnorm(net, model_param=None, remove=False):
         bn_lp = by_name_w[bn.param.name]
         c = mean.size
         if remove:
-            last = net._top_ids[k if k is not None else j][0]
+            last = net.top_ids(k if k is not None else j)[0]
             for p in (by_name_w.get(name), by_name_m.get(name)):
                 if p is not None:
                     p.top[0] = last

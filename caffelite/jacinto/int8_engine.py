@@ -72,9 +72,7 @@ class Int8Net:
     def _begin(self):
         h = self.hook
         k = h.infer_count
-        # flags are switched on at forward `start`; ranges loaded into a fresh net may have moved the counter past
-        # it without that forward, so switch them on here too (what jacinto's forward `start` would have done)
-        if k == h.start or (k > h.start and not any(h.flags_on)):
+        if k == h.start:  # flags are switched on at forward `start` (ranges loaded into a fresh net: this forward)
             h.enable_selected_layers(k)
         h.set_params(k)
         self._check_ranges()
@@ -145,7 +143,7 @@ class Int8Net:
         while i < n:
             ly = net.layers[i]
             t = ly.type
-            bots, tops = net._bottom_ids[i], net._top_ids[i]
+            bots, tops = net.bottom_ids(i), net.top_ids(i)
             step = None
             if t == "Convolution":
                 ch = chains.get(i)
@@ -180,7 +178,7 @@ class Int8Net:
             # grids after the step: the last layer's flagged tops are integers; other tops are float
             if step[0] not in ("split",):
                 for k in range(i, last + 1):
-                    for j, b in enumerate(net._top_ids[k]):
+                    for j, b in enumerate(net.top_ids(k)):
                         g = self._out_grid(k, j)
                         if g is not None:
                             grids[b] = g
@@ -193,8 +191,8 @@ class Int8Net:
         """An integer convolution step for layer ``i`` and its in-place ``members``, or None (float path)."""
         net = self.net
         ly = net.layers[i]
-        bname = net._bottom_ids[i][0] if len(net._bottom_ids[i]) == 1 else None
-        if bname is None or bname not in grids or len(net._top_ids[i]) != 1:
+        bname = net.bottom_ids(i)[0] if len(net.bottom_ids(i)) == 1 else None
+        if bname is None or bname not in grids or len(net.top_ids(i)) != 1:
             return None
         gin = grids[bname]
         last = members[-1] if members else i
@@ -237,7 +235,7 @@ class Int8Net:
             if f.type == "ReLU":
                 relu, slope = True, float(np.float32(f.param.relu_param.negative_slope))
                 continue
-            ab = f.inference_affine(net._bottom_vecs[m])
+            ab = f.inference_affine(net.bottom_vecs(m))
             if ab is None:
                 return None
             fa, fb = (np.asarray(v, np.float64).reshape(-1) for v in ab)
@@ -295,7 +293,7 @@ class Int8Net:
         mismatch = {}
         for st in self._steps:
             kind, i, last = st[0], st[1], st[2]
-            bots, tops = net._bottom_ids[i], net._top_ids[last]
+            bots, tops = net.bottom_ids(i), net.top_ids(last)
             if teacher is not None:
                 for b in bots:
                     if b in ints and b in teacher:
@@ -348,7 +346,7 @@ class Int8Net:
     def _run_on_ints(self, i, q):
         """A compare/select layer (MAX pooling, ArgMax) run on the integers themselves (exact in float32: the
         order of the integers is the order of their dequantized values, ties included)."""
-        layer, b, t = self.net.layers[i], self.net._bottom_vecs[i], self.net._top_vecs[i]
+        layer, b, t = self.net.layers[i], self.net.bottom_vecs(i), self.net.top_vecs(i)
         k = _tiling_pool(layer, q.shape)
         if k:  # non-overlapping windows tiling the input exactly: element-wise maxima of strided views, in int16
             out = q[:, :, ::k[0], ::k[1]].copy()
@@ -367,14 +365,14 @@ class Int8Net:
     def _float_step(self, i, ints):
         """The layer's float forward on the dequantized inputs; flagged outputs are quantized (§b.5)."""
         net = self.net
-        layer, b, t = net.layers[i], net._bottom_vecs[i], net._top_vecs[i]
-        for j, name in enumerate(net._bottom_ids[i]):
+        layer, b, t = net.layers[i], net.bottom_vecs(i), net.top_vecs(i)
+        for j, name in enumerate(net.bottom_ids(i)):
             if name in ints:
                 q, g = ints[name]
                 b[j].data[...] = g.dequantize(q)
         layer.reshape(b, t)
         layer.forward(b, t)
-        for j, name in enumerate(net._top_ids[i]):
+        for j, name in enumerate(net.top_ids(i)):
             g = self._out_grid(i, j)
             if g is not None:
                 ints[name] = (g.quantize(t[j].data, self.ties), g)

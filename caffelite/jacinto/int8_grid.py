@@ -63,7 +63,7 @@ def find_hook(net):
 
 def check_ready(net, hook=None):
     """Raise :class:`Int8Error` (one line saying what to do) unless ``net`` can run in integers now."""
-    p = net._param
+    p = net.net_param
     if not p.quantize:
         raise Int8Error(f"net '{net.name}': the int8 engine runs quantized nets only; add 'quantize: true' to the "
                         "prototxt (and get ranges by calibration) or use the dense engine")
@@ -96,7 +96,7 @@ def simulation_ints(net):
     quantizer); raises Int8Error when a blob is not on its grid (the simulation did not quantize it)."""
     writer = {}
     for i, ly in enumerate(net.layers):
-        for j, name in enumerate(net._top_ids[i]):
+        for j, name in enumerate(net.top_ids(i)):
             g = None
             if ly.param.HasField("quantization_param"):
                 qo = ly.param.quantization_param.qparam_out

@@ -1,7 +1,7 @@
 """Graph facts quantization needs (docs/jacinto-spec.md §b.3): "next", "prev" and "prev2" of each layer, and which
 outputs are merged into the next layer (not quantized).
 
-Works on a built Net: ``net.layers`` (``layer.param``) and ``net._bottom_ids`` / ``net._top_ids`` (blob names),
+Works on a built Net: ``net.layers`` (``layer.param``) and ``net.bottom_ids(i)`` / ``net.top_ids(i)`` (blob names),
 Split layers included, as jacinto's runtime net.
 """
 
@@ -16,8 +16,8 @@ class LayerGraph:
     def __init__(self, net):
         self.types = [ly.param.type for ly in net.layers]
         self.names = [ly.param.name for ly in net.layers]
-        self.bottoms = [list(b) for b in net._bottom_ids]
-        self.tops = [list(t) for t in net._top_ids]
+        self.bottoms = [list(net.bottom_ids(i)) for i in range(len(net.layers))]
+        self.tops = [list(net.top_ids(i)) for i in range(len(net.layers))]
         n = len(self.types)
         # writer[i][j] = (layer index, top index) of the last layer before i that wrote bottom j of layer i
         self.writer = []

@@ -36,6 +36,6 @@ def quantized_net_proto(net):
     """``net.to_proto()`` with jacinto's quantized-model name suffix (§h) when the net quantizes; every layer's
     runtime quantization_param (flags, scales, ranges) is in it, as jacinto writes them."""
     p = net.to_proto()
-    if net._param.quantize and not p.name.endswith(QUANTIZED_SUFFIX):
+    if net.net_param.quantize and not p.name.endswith(QUANTIZED_SUFFIX):
         p.name = f"{p.name}{QUANTIZED_SUFFIX}"
     return p

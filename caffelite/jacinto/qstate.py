@@ -81,11 +81,17 @@ class RangeState:
         atomic_write(path, json.dumps({"infer_count": self.infer_count, "ranges": self.ranges()}, indent=1))
 
     def load_ranges(self, path, freeze=True):
-        """Read :meth:`save_ranges` output; by default freeze them and skip the measuring forwards."""
+        """Read :meth:`save_ranges` output; by default freeze them and skip the measuring forwards.
+
+        A net that has not reached ``quantization_start`` yet moves there, whatever counter the file holds: its
+        next forward is then jacinto's forward ``quantization_start`` after calibration (flags switched on,
+        weights quantized at its end) with these ranges. A net already past it keeps its counter (its flags are
+        on and its weights quantized)."""
         with open(path) as f:
             data = json.load(f)
         self.set_ranges(data["ranges"])
-        self.infer_count = max(self.infer_count, int(data.get("infer_count", self.start)))
+        # not the file's counter: the flags switch on only at forward == quantization_start (§b.3)
+        self.infer_count = max(self.infer_count, self.start)
         if freeze:
             self.freeze_ranges(True)
 

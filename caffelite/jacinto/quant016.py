@@ -108,7 +108,7 @@ class Quantization016Hook(QuantizationHook):
         else:
             e, beta = (f32(1.0) if self.power2 else f32(1.2)), f32(0.1)
         for i, ly in enumerate(self.net.layers):
-            tops = self.net._top_vecs[i]
+            tops = self.net.top_vecs(i)
             if tops:
                 mins = [backend.to_numpy(t.data.min()) for t in tops if t.data.size]
                 maxs = [backend.to_numpy(t.data.max()) for t in tops if t.data.size]

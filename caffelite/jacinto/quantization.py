@@ -52,7 +52,7 @@ class QuantizationHook(RangeState):
     version = "0.17"
 
     def __init__(self, net, ties="even"):
-        p = net._param
+        p = net.net_param
         check_quantization(p)
         self.net = net
         self.qnet = p.net_quantization_param
@@ -144,9 +144,9 @@ class QuantizationHook(RangeState):
             return (f32(1) - beta) * old.astype(np.float32) + beta * new
 
         for i in range(len(self.net.layers)):
-            for j, b in enumerate(self.net._bottom_vecs[i]):
+            for j, b in enumerate(self.net.bottom_vecs(i)):
                 self.r_in[i][j] = blend(self.r_in[i][j], minmax(b) * e)
-            for j, t in enumerate(self.net._top_vecs[i]):
+            for j, t in enumerate(self.net.top_vecs(i)):
                 self.r_out[i][j] = blend(self.r_out[i][j], minmax(t) * e)
             for j, w in enumerate(self.net.layers[i].blobs):
                 self.r_w[i][j] = minmax(w)

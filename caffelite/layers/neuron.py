@@ -15,58 +15,10 @@ import numpy as np
 
 from .. import backend
 from ..layer import TRAIN, Layer, register
-from ..ops import native_bn
-from .eltwise import copy_into, filled_param_blob, param_propagate
+from .eltwise import copy_into
 
 # Caffe's BNLL clamps exp's argument at this value (bnll_layer.cpp kBNLL_THRESHOLD).
 _BNLL_THRESHOLD = 50.0
-
-#: elements per block of ReLU's forward and backward on the CPU
-RELU_BLOCK = 1 << 17
-_ZEROS = {}
-
-
-def _zeros(dtype):
-    """A read-only block of RELU_BLOCK zeros of ``dtype``, shared by all ReLU layers."""
-    z = _ZEROS.get(dtype)
-    if z is None or z.size < RELU_BLOCK:
-        z = np.zeros(RELU_BLOCK, dtype)
-        z.flags.writeable = False
-        _ZEROS[dtype] = z
-    return z
-
-
-def relu_into(x, out):
-    """``out = max(x, 0)`` (``out`` may be ``x``). NumPy's maximum against a scalar runs a scalar loop; against an
-    array of zeros it runs its vector loop, 3-4x faster and with the same results (NaN kept, −0 → +0), so on
-    the CPU the input goes by blocks against a block of zeros that stays in cache."""
-    xp = backend.get_array_module(x)
-    if xp is not np or not (x.flags.c_contiguous and out.flags.c_contiguous):
-        xp.maximum(x, 0, out=out)
-        return
-    xf, of = x.reshape(-1), out.reshape(-1)
-    n = xf.size
-    z = _zeros(xf.dtype)
-    for i in range(0, n, RELU_BLOCK):
-        j = min(i + RELU_BLOCK, n)
-        np.maximum(xf[i:j], z[:j - i], out=of[i:j])
-
-
-def relu_grad_into(x, dy, out):
-    """``out = dy·[x > 0]`` (``out`` may be ``dy``), by blocks on the CPU so that the mask stays in cache."""
-    xp = backend.get_array_module(x)
-    if xp is not np or not (x.flags.c_contiguous and dy.flags.c_contiguous and out.flags.c_contiguous):
-        xp.multiply(dy, x > 0, out=out)
-        return
-    xf, df, of = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
-    n = xf.size
-    mask = np.empty(min(n, RELU_BLOCK), bool)
-    for i in range(0, n, RELU_BLOCK):
-        j = min(i + RELU_BLOCK, n)
-        m = mask[:j - i]
-        np.greater(xf[i:j], 0, out=m)
-        np.multiply(df[i:j], m, out=of[i:j])
-
 
 class NeuronLayer(Layer):
     """Base of the element-wise layers: shape the top like the bottom, save the input when needed."""
@@ -118,105 +70,6 @@ class NeuronLayer(Layer):
     def df(self, xp, x, y, dy):
         """The bottom diff, from the input ``x`` (the output when in place and not saved), ``y`` and ``dy``."""
         raise NotImplementedError
-
-
-@register("ReLU")
-class ReLULayer(NeuronLayer):
-    """``y = max(x, 0) + negative_slope * min(x, 0)``."""
-
-    param_fields = {"relu_param": ("negative_slope", "engine")}
-
-    def setup(self, bottom, top):
-        self.slope = float(self.param.relu_param.negative_slope)
-
-    def _input_needed(self):
-        # With slope >= 0 the output has the input's sign, so (y > 0) == (x > 0): nothing to save.
-        return self.slope < 0
-
-    def forward(self, bottom, top):
-        x, y = bottom[0].data, top[0].data
-        if native_bn.usable(x, y):
-            # the compiled kernel (caffelite/ops/native_bn.py), in place too; with a negative slope the input
-            # cannot be recovered from the output, so it is saved first when backward will need it
-            self._save_input(bottom, top)
-            native_bn.relu_forward(x, y, self.slope)
-        elif self.slope == 0:
-            # the hot path of every net: write straight into the top (works in place too)
-            relu_into(x, y)
-            self._saved_x = None
-        else:
-            super().forward(bottom, top)
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            x = self._input(bottom)  # in place and not saved: the output, same sign
-            if native_bn.usable(x, top[0].diff, bottom[0].diff):
-                native_bn.relu_backward(x, top[0].diff, bottom[0].diff, self.slope)
-                return
-        if propagate_down[0] and self.slope == 0:
-            # x: the output when in place (same sign test)
-            relu_grad_into(bottom[0].data, top[0].diff, bottom[0].diff)
-        else:
-            super().backward(top, propagate_down, bottom)
-
-    def f(self, xp, x):
-        return xp.where(x > 0, x, x * x.dtype.type(self.slope))
-
-    def df(self, xp, x, y, dy):
-        # Caffe: dy * ((x > 0) + slope * (x <= 0)).
-        return xp.where(x > 0, dy, dy * dy.dtype.type(self.slope))
-
-
-@register("PReLU")
-class PReLULayer(NeuronLayer):
-    """ReLU with a learned negative slope per channel (axis 1) or one shared slope (``channel_shared``)."""
-
-    param_fields = {"prelu_param": ("filler", "channel_shared")}
-
-    needs_input = True
-
-    def setup(self, bottom, top):
-        p = self.param.prelu_param
-        if len(bottom[0].shape) < 2:
-            raise self.error("Number of axes of bottom blob must be >=2.")
-        self.channel_shared = bool(p.channel_shared)
-        shape = () if self.channel_shared else (bottom[0].shape[1],)
-        # Caffe's default slope filler is constant 0.25.
-        self.blobs = [filled_param_blob(shape, p.filler if p.HasField("filler") else None, 0.25, bottom[0])]
-
-    def reshape(self, bottom, top):
-        if not self.channel_shared and bottom[0].shape[1] != self.blobs[0].count:
-            raise self.error(f"PReLU has {self.blobs[0].count} slopes but the bottom has "
-                             f"{bottom[0].shape[1]} channels")
-        super().reshape(bottom, top)
-
-    def _slope(self, x):
-        a = self.blobs[0].data.astype(x.dtype, copy=False)
-        if self.channel_shared:
-            return a.reshape(())
-        return a.reshape((1, -1) + (1,) * (x.ndim - 2))
-
-    def f(self, xp, x):
-        return xp.where(x > 0, x, x * self._slope(x))
-
-    def df(self, xp, x, y, dy):
-        neg = x <= 0
-        if param_propagate(self, 0):
-            # slope diff accumulates sum(dy * x) over the non-positive inputs
-            g = xp.where(neg, dy * x, 0)
-            if self.channel_shared:
-                self.blobs[0].diff[...] += g.sum()
-            else:
-                axes = (0,) + tuple(range(2, x.ndim))
-                self.blobs[0].diff[...] += g.sum(axis=axes)
-        return xp.where(neg, dy * self._slope(x), dy)
-
-    def backward(self, top, propagate_down, bottom):
-        x = self._input(bottom)
-        xp = backend.get_array_module(x)
-        dx = self.df(xp, x, top[0].data, top[0].diff)  # also accumulates the slope diff
-        if propagate_down[0]:
-            bottom[0].diff[...] = dx
 
 
 @register("Sigmoid")

@@ -3,7 +3,7 @@
 Engines (:data:`ENGINES`):
 - ``"dense"``: the float path of :mod:`caffelite.ops.conv` (compiled direct kernel, BLAS for 1x1, NumPy
   reference otherwise);
-- ``"sparse"``: the compiled sparse direct kernel (:mod:`caffelite.ops.sparse_conv`), which skips the zero
+- ``"sparse"``: the compiled sparse kernels (:mod:`caffelite.ops.sparse_conv`), which skip the zero
   weights; same sums in the same order as the dense kernel, so the same values;
 - ``"int8"``: an integer engine registered with :func:`register` (none is built in here);
 - ``"auto"`` (the default): per layer, the engine measured to be faster for its weights (for ``sparse``:
@@ -117,7 +117,7 @@ def is_conv(layer) -> bool:
 def sparse_allowed(net) -> bool:
     """Whether ``net`` may run packed (sparse/int8) weights at all: TEST phase, NumPy, weights not shared."""
     from ..layer import TEST
-    return net.phase == TEST and not getattr(net, "_weights_shared", False) and getattr(net, "xp", np) is np
+    return net.phase == TEST and not getattr(net, "weights_shared", False) and getattr(net, "xp", np) is np
 
 
 def plan(net, requested: str) -> None:

@@ -5,13 +5,23 @@ nonzero taps in (input channel, ky, kx) order: ``ptr`` (Cout+1, int32) delimits 
 (uint16) is the tap's position c*kh*kw + i*kw + j inside the group, ``val`` (float32) its weight. That is 6
 bytes per nonzero weight plus 4 per channel: at 80% zeros about 0.3x the dense float32 weights. The table of
 input offsets per tap position depends on the input size; it is built on the first forward at a size and
-cached on the pack (one entry per position, not per weight).
+cached on the pack (one entry per position, not per weight), as are the row-block kernel's per-tap block offsets
+(uint16: 2 more bytes per nonzero weight, about 0.42x in all on jsegnet21v2).
 
-The kernel (``caffelite/_native/csparse.c``) sums, for each output channel and a few pixel vectors at a time,
-tap x shifted input vectors in the dense kernel's order, with the dense kernel's fused BatchNorm/Scale/ReLU
-epilogue; skipping zero products leaves float sums of finite values unchanged, so the result equals the
-dense kernel's to the bit (and the NumPy reference to float rounding). Each output value is computed by one
-task: results do not depend on the thread count (``CAFFELITE_NUM_THREADS``, shared with the dense kernels).
+Two compiled kernels (``caffelite/_native/csparse.c``), chosen per layer by :func:`choose_kernel`:
+
+- the row-block kernel (``sparse_cols_kernel.h``): per tile of output rows x pixel vectors and input-channel
+  chunk, the input the tile reads is copied once into an aligned L1 block (one row per channel, kernel column
+  and input row), then every output channel sums its taps x aligned block vectors. Used when a group has
+  enough output channels to share the copy (:data:`COLS_MIN_CHANNEL_DENSITY`) and for depthwise layers;
+- the direct kernel (``sparse_kernel.h``): tap x shifted (unaligned) input vectors, no copy; for groups with
+  few output channels.
+
+Both sum each output channel's taps in the dense kernel's order, with the dense kernel's fused
+BatchNorm/Scale/ReLU epilogue; skipping zero products leaves float sums of finite values unchanged, so the
+result equals the dense kernel's to the bit (and the NumPy reference to float rounding). Each output value is
+computed by one task: results do not depend on the thread count (``CAFFELITE_NUM_THREADS``, shared with the
+dense kernels).
 
 When the layer runs sparse is decided by :mod:`caffelite.ops.engine`; whether sparse pays off for a layer is
 its zero fraction against :data:`AUTO_MIN_ZERO_FRACTION`, measured by ``bench/sparse_breakeven.py``.
@@ -30,10 +40,11 @@ from .im2col import ConvGeometry
 
 #: zero fraction from which ``auto`` runs a layer sparse, by kind of layer: the largest break-even measured by
 #: bench/sparse_breakeven.py (jsegnet21v2's layer shapes at 512x1024, 2 threads, AVX-512, against the path dense
-#: takes: the direct kernel, BLAS for 1x1, NumPy shifts for depthwise) rounded up to the next 0.1. Measured
-#: break-evens: direct 0.30-0.67 (conv1a's 3-channel input and small-group layers the latest), pointwise 0.77,
-#: depthwise 0.30 (the dense depthwise path is NumPy, so sparse wins almost always).
-AUTO_MIN_ZERO_FRACTION = {"direct": 0.7, "pointwise": 0.8, "depthwise": 0.4}
+#: takes: the direct kernel, BLAS for 1x1, NumPy shifts for depthwise; sparse with the kernel choose_kernel picks)
+#: rounded up to the next 0.1. Measured break-evens (two runs): direct <=0.30-0.61 (conv1a's 3-channel input,
+#: conv1b's and ctx_final's 8-channel groups on the direct sparse kernel the latest: 0.54-0.61), pointwise
+#: <=0.30, depthwise <=0.30 (0.3 is the lowest fraction measured).
+AUTO_MIN_ZERO_FRACTION = {"direct": 0.7, "pointwise": 0.4, "depthwise": 0.4}
 #: largest Cg*kh*kw a pack can index (uint16 tap positions); wider layers run dense
 MAX_TAP_POSITIONS = 1 << 16
 
@@ -50,8 +61,8 @@ class _ColsTaps(ctypes.Structure):
 
 class _SGeom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in
-                ("N", "C", "Hp", "S", "Wq", "Cout", "Cg", "Mg", "sh", "Ho", "Wo", "rg", "mb", "nch", "K", "kr",
-                 "pitch")]
+                ("N", "C", "Hp", "S", "Wq", "Cout", "Cg", "Mg", "sh", "Ho", "Wo", "rg", "mb", "nch", "kc", "kh",
+                 "kw", "dh", "ni", "rt", "vt")]
 
 
 class _Lib(native.KernelLibrary):
@@ -145,12 +156,16 @@ class SparsePack:
             self.chunk_ptrs[kc] = tab
         return tab
 
-    def col_off(self, kr: int, pitch: int) -> np.ndarray:
-        """int32 per tap: its row in the column block of its chunk (``kr`` tap positions) times ``pitch``."""
-        key = (kr, pitch)
+    def block_off(self, kc: int, ni: int, dh: int, row: int) -> np.ndarray:
+        """uint16 per tap (c, i, j): its first row in the row-block kernel's block, ((c % kc) * kw + j) * ni + i * dh,
+        times ``row`` floats (the caller keeps blocks within 64K floats)."""
+        key = (kc, ni, dh, row)
         tab = self.col_offs.get(key)
         if tab is None:
-            tab = ((self.idx.astype(np.int64) % kr) * pitch).astype(np.int32)
+            kh, kw = self.shape[2:]
+            c, rest = np.divmod(self.idx.astype(np.int64), kh * kw)
+            i, j = np.divmod(rest, kw)
+            tab = ((((c % kc) * kw + j) * ni + i * dh) * row).astype(np.uint16)
             self.col_offs = {key: tab}  # one chunking at a time
         return tab
 
@@ -243,20 +258,23 @@ TASK_INPUT_BYTES = 384 << 10
 TASK_CHANNELS = 32
 #: L1 budget of the input one input-channel chunk reads for one output tile (reused by all the task's channels)
 CHUNK_L1_BYTES = 24 << 10
-#: column-block kernel: L1 budget of one chunk's block, and pixel vectors per tile
-COLS_L1_BYTES = 16 << 10
-COLS_TILE_VECTORS = 4
-#: the column-block kernel runs a layer when its group's output channels times the weights' density reach this
-#: (the copy into the block is shared by that many multiply-adds per tap position); measured with
-#: bench/sparse_breakeven.py --kernels
-COLS_MIN_CHANNEL_DENSITY = 4.0
+#: row-block kernel: L1 budget of one chunk's block, output rows and pixel vectors per tile (measured best of
+#: 16-32 KB, 2x2 / 4x2 / 8x1 tiles with bench/sparse_breakeven.py's layers)
+BLOCK_L1_BYTES = 32 << 10
+TILE_ROWS = 4
+TILE_VECTORS = 2
+#: the row-block kernel runs a layer whose groups have at least this many output channels (they share the
+#: copy into the block), and depthwise layers (the direct kernel's per-tile costs dominate their one-channel
+#: groups); measured with bench/sparse_breakeven.py at 50-90% zeros: groups of 8 channels (conv1b, ctx_final)
+#: run faster on the direct kernel, groups of 16 and more and depthwise layers on the row-block kernel
+COLS_MIN_GROUP_CHANNELS = 16
 
 
 def choose_kernel(pack: SparsePack) -> str:
-    """"cols" (column-block kernel) or "direct" (direct sparse kernel) for this pack."""
-    cout, cg, kh, kw = pack.shape
-    density = pack.nnz / max(1, cout * cg * kh * kw)
-    return "cols" if cout // pack.group * density >= COLS_MIN_CHANNEL_DENSITY else "direct"
+    """"cols" (row-block kernel) or "direct" (direct sparse kernel) for this pack: see
+    :data:`COLS_MIN_GROUP_CHANNELS`."""
+    cout, cg = pack.shape[:2]
+    return "cols" if cg == 1 or cout // pack.group >= COLS_MIN_GROUP_CHANNELS else "direct"
 
 
 def _epilogue(b, scale, shift, relu_slope):
@@ -266,6 +284,36 @@ def _epilogue(b, scale, shift, relu_slope):
     e = native._Epilogue(*[None if a is None else a.ctypes.data for a in keep], relu_slope is not None,
                          0.0 if relu_slope is None else float(relu_slope))
     return e, keep
+
+
+def _run_cols(lib, xs, pack: SparsePack, g: ConvGeometry, p: _SGeom, e, otab, out, isa: str) -> bool:
+    """The row-block kernel's forward; False (nothing done) when one channel's block would not fit the uint16
+    tap offsets (kernels of some 40+ taps per row)."""
+    n, _, ho, wo = out.shape
+    code = native._ISAS.index(isa)
+    vw = lib.lib.cs_vector_width(code)
+    nvmax = lib.lib.cs_tile_pixels(code) // vw
+    p.vt = max(1, min(TILE_VECTORS, wo // vw, nvmax))
+    p.rt = max(1, min(TILE_ROWS, nvmax // p.vt, ho))
+    if p.rt > 4:
+        p.rt = 8 if p.rt == 8 else 4
+    p.kh, p.kw, p.dh = g.kh, g.kw, g.dh
+    p.ni = (p.rt - 1) * g.sh + (g.kh - 1) * g.dh + 1
+    slab = g.kw * p.ni * p.vt * vw  # floats per input channel
+    if slab > 1 << 16:
+        return False
+    p.kc = max(1, min(p.Cg, BLOCK_L1_BYTES // (slab * 4), (1 << 16) // slab))
+    p.nch = -(-p.Cg // p.kc)
+    p.rg = ho
+    while n * -(-ho // p.rg) * pack.group < 8 * lib.threads and p.rg > p.rt:
+        p.rg = max(p.rt, -(-p.rg // 2))
+    ntasks = n * -(-ho // p.rg) * pack.group
+    cptr = pack.chunk_ptr(p.kc)
+    off = pack.block_off(p.kc, p.ni, g.dh, p.vt * vw)
+    taps = _ColsTaps(cptr.ctypes.data, off.ctypes.data, pack.val.ctypes.data, otab.ctypes.data)
+    lib.run(lib.lib.cs_sparse_cols_fwd, (xs.ctypes.data, ctypes.byref(taps), ctypes.byref(e), out.ctypes.data,
+                                         ctypes.byref(p)), ntasks, isa)
+    return True
 
 
 def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift=None, relu_slope=None,
@@ -280,28 +328,10 @@ def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift
     p = _SGeom(N=n, C=cin, Hp=hp, S=g.sw, Wq=wq, Cout=cout, Cg=cin // pack.group, Mg=cout // pack.group,
                sh=g.sh, Ho=ho, Wo=wo)
     isa = lib.isa_for(wo)
-    e, keep = _epilogue(b, scale, shift, relu_slope)
+    e, keep = _epilogue(b, scale, shift, relu_slope)  # keep: the arrays e points into, alive during the call
     otab = pack.otab(g, hp, wq)
     kernel = kernel or choose_kernel(pack)
-    if kernel == "cols":
-        vw = lib.lib.cs_vector_width(native._ISAS.index(isa))
-        nvmax = lib.lib.cs_tile_pixels(native._ISAS.index(isa)) // vw
-        p.pitch = min(COLS_TILE_VECTORS, nvmax, -(-(ho * wo) // vw)) * vw
-        taps_per_ch = g.kh * g.kw
-        p.K = p.Cg * taps_per_ch
-        kc = max(1, min(p.Cg, COLS_L1_BYTES // (taps_per_ch * p.pitch * 4)))
-        p.kr = kc * taps_per_ch
-        p.nch = -(-p.Cg // kc)
-        ngroups = pack.group
-        p.rg = ho
-        while n * -(-ho // p.rg) * ngroups < 8 * lib.threads and p.rg > 1:
-            p.rg = -(-p.rg // 2)
-        ntasks = n * -(-ho // p.rg) * ngroups
-        cptr = pack.chunk_ptr(kc)
-        off = pack.col_off(p.kr, p.pitch)
-        taps = _ColsTaps(cptr.ctypes.data, off.ctypes.data, pack.val.ctypes.data, otab.ctypes.data)
-        lib.run(lib.lib.cs_sparse_cols_fwd, (xs.ctypes.data, ctypes.byref(taps), ctypes.byref(e), out.ctypes.data,
-                                             ctypes.byref(p)), ntasks, isa)
+    if kernel == "cols" and _run_cols(lib, xs, pack, g, p, e, otab, out, isa):
         return out
     row_bytes = p.Cg * p.S * p.Wq * 4
     p.rg = max(1, min(ho, (max(1, TASK_INPUT_BYTES // row_bytes) - (g.kh - 1) * g.dh) // g.sh))

@@ -3,8 +3,8 @@
 Python 3 counterpart of caffe-jacinto-models' ``train_cityscapes_segmentation.sh`` (docs/jacinto-spec.md §g): every
 stage is run with ``caffelite train`` / ``caffelite test`` (its log in ``<stage>/run.log.txt``), evaluated with
 the deploy net (pixel accuracy and mean IoU in jacinto's convention, §g.4), and summarised in the seed's
-table. Each stage is resumable: a finished stage is skipped, an interrupted one resumes from its last
-snapshot.
+table, followed by the final model's forward time per engine (float dense / sparse, int8, sparse + int8).
+Each stage is resumable: a finished stage is skipped, an interrupted one resumes from its last snapshot.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from ..io_files import atomic_write
 from .stages import STAGES, TRAIN_STAGES, StageConfig, write_stage
 
 PREFIX = "cityscapes5_jsegnet21v2"
+#: the quantized stage's calibrated ranges (a ``save_ranges`` file of its deploy net), in its stage folder
+RANGES_FILE = "quant_ranges.json"
+#: forwards per engine for the speed table (after one warm-up each; the median is reported)
+SPEED_RUNS = 5
 
 
 @dataclass
@@ -258,20 +262,51 @@ def evaluate_stage(stage_dir, weights, paths, cfg: RunConfig, overlays_dir=None)
 
     deploy = os.path.join(stage_dir, "deploy.prototxt")
     seg = Segmenter(deploy, weights)
-    jacinto.attach_from_proto(seg.net)  # installs quantization when deploy says `quantize: true`
+    hooks = jacinto.attach_from_proto(seg.net)  # installs quantization when deploy says `quantize: true`
     acc = evaluate_lists(seg, paths["val"]["image_list"], paths["val"]["label_list"], num_classes=5,
                          num_images=cfg.eval_images or 0, progress=False)
     scores = acc.scores()["jacinto"]
+    if hooks.quantization:  # the ranges calibrated on the val images, for the int8 engine (speed table)
+        hooks.quantization[0].save_ranges(os.path.join(stage_dir, RANGES_FILE))
     if overlays_dir and cfg.overlays:
         with open(paths["val"]["image_list"]) as f:
             imgs = [ln.strip() for ln in f if ln.strip()][: cfg.overlays]
         run_inference(seg, imgs, overlays_dir, blend=True, progress=False)
-    if seg.net._param.quantize:  # the final sparse + quantized model, for ONNX runtimes (needs the onnx extra)
+    if seg.net.net_param.quantize:  # the final sparse + quantized model, for ONNX runtimes (needs the onnx extra)
         from ..export import write_deploy_onnx
         print(f"[{os.path.basename(stage_dir)}] " + write_deploy_onnx(
             seg.net, os.path.join(stage_dir, "deploy.onnx"), deploy, weights)[1], flush=True)
     return dict(pixel_accuracy=float(scores["pixel_accuracy"]), mean_iou=float(scores["mean_iou"]),
                 iou=[float(v) for v in scores["iou"]], zero_weights=zero_weight_fraction(weights, deploy))
+
+
+def calibrate_ranges(deploy, weights, image_list, label_list, path, num_images=0) -> str:
+    """Write the ranges a quantized stage calibrates, as :func:`evaluate_stage` does (the ``deploy`` net's
+    simulation over the val images; the running ranges it ends with) to ``path`` (for a run folder written before
+    the stage saved them, or a copy elsewhere). Returns ``path``."""
+    from .. import jacinto
+    from ..data.infer import Segmenter, evaluate_lists
+
+    seg = Segmenter(deploy, weights)
+    hooks = jacinto.attach_from_proto(seg.net)
+    if not hooks.quantization:
+        raise RuntimeError(f"{deploy} does not quantize (no 'quantize: true')")
+    evaluate_lists(seg, image_list, label_list, num_classes=5, num_images=num_images, progress=False)
+    hooks.quantization[0].save_ranges(path)
+    return path
+
+
+def speed_step(stage_dir, weights, paths, cfg: RunConfig) -> dict:
+    """Forward time of the final model at the deploy size on each engine (medians of ``SPEED_RUNS`` forwards,
+    interleaved): ``{"shape": [N, C, H, W], "seconds": {engine: s}}``."""
+    from ..jacinto.int8_speed import engine_times
+
+    ranges = os.path.join(stage_dir, RANGES_FILE)
+    if not os.path.exists(ranges):
+        calibrate_ranges(os.path.join(stage_dir, "deploy.prototxt"), weights, paths["val"]["image_list"],
+                         paths["val"]["label_list"], ranges, cfg.eval_images or 0)
+    times, shape = engine_times(os.path.join(stage_dir, "deploy.prototxt"), weights, ranges, runs=SPEED_RUNS)
+    return {"shape": list(shape), "seconds": times}
 
 
 ROWS = (("initial", "Initial L2 regularized training"), ("l1reg", "L1 regularized fine tuning"),
@@ -307,7 +342,10 @@ def run_pipeline(cfg: RunConfig) -> dict:
     st.val_label_lmdb = os.path.abspath(paths["val"]["label_lmdb"])
     st.num_val_images = paths["val"]["count"]
     results_path = os.path.join(cfg.out, "results.json")
-    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
     weights = cfg.weights
     for stage in STAGES:
         sdir = os.path.join(cfg.out, "stages", stage)
@@ -322,11 +360,19 @@ def run_pipeline(cfg: RunConfig) -> dict:
             over = os.path.join(cfg.out, "overlays", stage) if stage in ("initial", "test_quantize") else None
             results[stage] = evaluate_stage(sdir, weights, paths, cfg, over)
             results[stage]["seconds"] = round(time.time() - t, 1)
+            results.pop("speed", None)  # timed on the previous final model
             atomic_write(results_path, json.dumps(results, indent=1))
         r = results[stage]
         print(f"[{stage}] pixel accuracy {100 * r['pixel_accuracy']:.2f}%, mean IoU {100 * r['mean_iou']:.2f}%, "
               f"zero weights {100 * r['zero_weights']:.1f}% ({r['seconds']} s)", flush=True)
-    table = format_table(results)
+    if "speed" not in results:
+        t = time.time()
+        print("[speed] forward time per engine at the deploy size", flush=True)
+        results["speed"] = speed_step(os.path.join(cfg.out, "stages", "test_quantize"), weights, paths, cfg)
+        results["speed"]["seconds_taken"] = round(time.time() - t, 1)
+        atomic_write(results_path, json.dumps(results, indent=1))
+    from ..jacinto.int8_speed import speed_table
+    table = format_table(results) + "\n\n" + speed_table(results["speed"]["seconds"], results["speed"]["shape"])
     atomic_write(os.path.join(cfg.out, "results.md"), table + "\n")
     print("\n" + table)
     print(f"\nDone in {time.time() - t0:.0f} s. Results: {cfg.out}/results.md, overlays: {cfg.out}/overlays/")

@@ -290,7 +290,7 @@ def first_non_finite(net):
             if not found:
                 for j, t in enumerate(top):
                     if not _finite(t.data):
-                        found.append((names[i], net._top_ids[i][j]))
+                        found.append((names[i], net.top_ids(i)[j]))
                         break
 
         net.add_hook("after_forward", check)
