@@ -14,9 +14,11 @@ import os
 import sys
 
 from .errors import CaffeliteError
+from .registry import Registry
 
 #: subcommand -> (module under caffelite.commands, one-line help)
-COMMANDS = {
+COMMANDS = Registry("command")
+for _name, _entry in {
     "train": ("train", "train or fine-tune a model (Caffe's `caffe train`)"),
     "test": ("test", "score a model (Caffe's `caffe test`)"),
     "time": ("time", "benchmark forward/backward per layer (Caffe's `caffe time`)"),
@@ -34,7 +36,8 @@ COMMANDS = {
     "draw": ("draw", "draw a net prototxt as a graph image (BVLC's draw_net.py)"),
     "pyrun": ("pyrun", "run an unmodified pycaffe script (`import caffe`) on caffelite"),
     "export": ("export", "export a deploy net and its weights to ONNX"),
-}
+}.items():
+    COMMANDS.add(_name, _entry)
 
 #: global flag letting nets with Python layers (python_param) import their module
 ALLOW_PYTHON = "--allow-python-layers"

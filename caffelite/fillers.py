@@ -18,24 +18,20 @@ import numpy as np
 
 from . import backend
 from .errors import NetError
+from .registry import Registry
 
-_FILLERS: dict[str, type] = {}
+_FILLERS = Registry("filler")
 
 
 def register_filler(*names):
     """Class decorator: register a :class:`Filler` subclass under Caffe filler type strings."""
 
-    def deco(cls):
-        for n in names:
-            _FILLERS[n] = cls
-        return cls
-
-    return deco
+    return _FILLERS.decorator(*names)
 
 
 def filler_types() -> list[str]:
     """All registered filler type strings, sorted."""
-    return sorted(_FILLERS)
+    return _FILLERS.names()
 
 
 class Filler:

@@ -13,12 +13,13 @@ import logging
 
 from .errors import NetError, UnsupportedError
 from . import backend
+from .registry import Registry
 
 log = logging.getLogger("caffelite")
 
 TRAIN, TEST = 0, 1
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY = Registry("layer type")
 
 
 def register(*type_names):
@@ -26,9 +27,7 @@ def register(*type_names):
 
     def deco(cls):
         for t in type_names:
-            if t in _REGISTRY and _REGISTRY[t] is not cls:
-                raise RuntimeError(f"layer type {t!r} registered twice")
-            _REGISTRY[t] = cls
+            _REGISTRY.add(t, cls)
         if not getattr(cls, "type", None) or cls.type == Layer.type:
             cls.type = type_names[0]
         return cls
@@ -39,7 +38,7 @@ def register(*type_names):
 def registered_types() -> list[str]:
     """All registered Caffe type strings, sorted."""
     _load_builtin_layers()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def layer_class(type_name: str, layer_name: str | None = None) -> type:
@@ -48,7 +47,7 @@ def layer_class(type_name: str, layer_name: str | None = None) -> type:
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        raise NetError(f"unknown layer type '{type_name}' (known types: {', '.join(sorted(_REGISTRY))})",
+        raise NetError(f"unknown layer type '{type_name}' (known types: {', '.join(_REGISTRY.names())})",
                        layer_name, type_name) from None
 
 

@@ -86,6 +86,7 @@ class Net(GraphAccess, WeightsAndEngines, PycaffeNetMixin):
         self.hooks = HookSet()
         self.loss = 0.0
         self.iter = None  # the owning solver's iteration (set_iteration)
+        self._iter_layers = None  # the layers that read it (found on the first set_iteration)
         self._engine = None  # set below, once the weights are in (caffelite.ops.engine)
         self._build(param, extras, phase, level, stages)
         if any(len(layer.param.blobs) for layer in self.layers):
@@ -409,9 +410,10 @@ class Net(GraphAccess, WeightsAndEngines, PycaffeNetMixin):
         solver's iteration, not count its own forwards. ``None`` (the default) lets such layers count.
         """
         self.iter = None if it is None else int(it)
-        for layer in self.layers:
-            if hasattr(layer, "solver_iter"):
-                layer.solver_iter = self.iter
+        if self._iter_layers is None:  # found once: this runs before every forward of a training step
+            self._iter_layers = [layer for layer in self.layers if hasattr(layer, "solver_iter")]
+        for layer in self._iter_layers:
+            layer.solver_iter = self.iter
 
     def add_hook(self, event, fn):
         """Call ``fn`` at ``event`` (see :mod:`caffelite.hooks`)."""

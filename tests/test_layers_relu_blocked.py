@@ -1,4 +1,4 @@
-"""ReLU's blocked CPU passes (caffelite/layers/neuron.py) against the plain expressions, bitwise.
+"""ReLU's blocked CPU passes (caffelite/ops/relu.py, run by the ReLU layer) against the plain expressions, bitwise.
 
 Forward with slope 0 runs NumPy's maximum against a block of zeros (its vector loop) instead of the scalar 0;
 backward multiplies by a mask built block by block. Both must give exactly ``maximum(x, 0)`` and
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-import caffelite.layers.neuron as neuron
 from caffelite.blob import Blob
 from caffelite.layer import TRAIN, create_layer
 from caffelite.ops import native
+from caffelite.ops import relu as R
 from caffelite.proto import caffe_pb2
 
 
@@ -65,7 +65,7 @@ def _bits(a):
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1,), (2, 130)])
 def test_relu_bitwise_equals_plain_expressions(monkeypatch, block, slope, in_place, dtype, shape):
     if block is not None:  # several blocks, a partial last one
-        monkeypatch.setattr(neuron, "RELU_BLOCK", block)
+        monkeypatch.setattr(R, "RELU_BLOCK", block)
     extra = f"relu_param {{ negative_slope: {slope} }}" if slope else ""
     layer, b, t = _layer(extra, shape, in_place, dtype)
     x, dy = _data(shape, dtype, seed=len(shape) + int(abs(slope) * 10))
@@ -82,21 +82,21 @@ def test_relu_bitwise_equals_plain_expressions(monkeypatch, block, slope, in_pla
 
 
 def test_relu_shares_a_read_only_zeros_block():
-    z = neuron._zeros(np.dtype(np.float32))
-    assert not z.flags.writeable and not z.any() and z.size >= neuron.RELU_BLOCK
+    z = R._zeros(np.dtype(np.float32))
+    assert not z.flags.writeable and not z.any() and z.size >= R.RELU_BLOCK
     x = np.array([-1.0, 2.0, -0.0], np.float32)
-    neuron.relu_into(x, x)  # in place
+    R.relu_into(x, x)  # in place
     assert x.tolist() == [0.0, 2.0, 0.0] and not z.any()
 
 
 def test_relu_grad_into_in_place_and_empty():
     x = np.array([[1.0, -1.0], [0.0, 3.0]], np.float32)
     dy = np.array([[5.0, 6.0], [7.0, -8.0]], np.float32)
-    neuron.relu_grad_into(x, dy, dy)
+    R.relu_grad_into(x, dy, dy)
     assert dy.tolist() == [[5.0, 0.0], [0.0, -8.0]]
     e = np.zeros((0, 3), np.float32)
-    neuron.relu_into(e, e)
-    neuron.relu_grad_into(e, e, e)
+    R.relu_into(e, e)
+    R.relu_grad_into(e, e, e)
 
 
 def test_relu_non_contiguous_blob_arrays():

@@ -1,5 +1,8 @@
 """Element-wise activation ("neuron") layers: one bottom, one top of the same shape, in-place allowed.
 
+The base class :class:`NeuronLayer` and the smooth/arithmetic activations live here; the ReLU family (ReLU,
+PReLU) is in :mod:`caffelite.layers.relu`.
+
 Each layer gives a forward function of the input and a backward function of (input, output, top diff).
 Caffe computes some backwards from the bottom data; when such a layer runs in place the bottom has been
 overwritten by the output, so we keep a copy of the input in forward (as Caffe's PReLU does) whenever
@@ -19,6 +22,7 @@ from .eltwise import copy_into
 
 # Caffe's BNLL clamps exp's argument at this value (bnll_layer.cpp kBNLL_THRESHOLD).
 _BNLL_THRESHOLD = 50.0
+
 
 class NeuronLayer(Layer):
     """Base of the element-wise layers: shape the top like the bottom, save the input when needed."""

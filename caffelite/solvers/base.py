@@ -27,9 +27,10 @@ from ..errors import SolverError
 from ..extensions import apply_solver_extensions
 from . import display as display_mod
 from . import netutil
+from ..registry import Registry
 from .lr_policy import LRSchedule
 
-_SOLVERS: dict[str, type] = {}
+_SOLVERS = Registry("solver")
 _LEGACY: dict[int, str] = {}
 
 HOOK_EVENTS = ("on_start", "on_gradients_ready", "after_update", "on_snapshot", "on_restore", "on_solve_end")
@@ -40,7 +41,7 @@ def register_solver(type_name, legacy=None):
     """Class decorator registering a solver under its ``type`` string (and legacy ``solver_type`` enum)."""
 
     def deco(cls):
-        _SOLVERS[type_name] = cls
+        _SOLVERS.add(type_name, cls)
         cls.type = type_name
         if legacy is not None:
             _LEGACY[legacy] = type_name
@@ -55,7 +56,7 @@ def solver_class(param):
     if param.HasField("solver_type") and not param.HasField("type"):
         name = _LEGACY.get(param.solver_type, str(param.solver_type))
     if name not in _SOLVERS:
-        raise SolverError(f"Unknown solver type: '{name}' (known: {', '.join(sorted(_SOLVERS))})")
+        raise SolverError(f"Unknown solver type: '{name}' (known: {', '.join(_SOLVERS.names())})")
     return _SOLVERS[name]
 
 

@@ -17,23 +17,20 @@ import math
 import numpy as np
 
 from ..errors import SolverError
+from ..registry import Registry
 
-_POLICIES = {}
+_POLICIES = Registry("lr_policy")
 
 
 def policy(name):
     """Decorator registering ``fn(sp, it, sched) -> rate`` under the Caffe ``lr_policy`` string ``name``."""
 
-    def deco(fn):
-        _POLICIES[name] = fn
-        return fn
-
-    return deco
+    return _POLICIES.decorator(name)
 
 
 def known_policies():
     """The registered lr_policy strings."""
-    return sorted(_POLICIES)
+    return _POLICIES.names()
 
 
 def _need(sp, field, policy_name):

@@ -148,17 +148,14 @@ def param_mults(net):
 
 
 def set_solver_iter(net, it):
-    """Tell layers that read the owning solver's iteration (``solver_iter``, e.g. caffe-jacinto's CUDNN
-    BatchNorm, which overwrites its running statistics during iteration 0: docs/jacinto-spec.md §d.3) where we are."""
-    layers = getattr(net, "_iter_layers", None)
-    if layers is None:
-        layers = [l for l in (getattr(net, "layers", None) or []) if hasattr(l, "solver_iter")]
-        try:
-            net._iter_layers = layers
-        except AttributeError:  # pragma: no cover - a net object without a __dict__
-            pass
-    for layer in layers:
-        layer.solver_iter = it
+    """Tell ``net`` the owning solver's iteration: :meth:`caffelite.net.Net.set_iteration` is the one way (a
+    stand-in net object without it gets ``solver_iter`` set on the layers that read it)."""
+    if hasattr(net, "set_iteration"):
+        net.set_iteration(it)
+        return
+    for layer in getattr(net, "layers", None) or []:
+        if hasattr(layer, "solver_iter"):
+            layer.solver_iter = it
 
 
 def clear_param_diffs(net):
