@@ -1,4 +1,5 @@
-"""BatchNorm's blocked TRAIN passes (caffelite/layers/batch_norm.py) against the plain two-pass form.
+"""BatchNorm's blocked TRAIN passes (caffelite/ops/batch_norm.py, run by the BatchNorm layer) against the plain
+two-pass form.
 
 The blocked forward/backward promise the same float operations in the same order as the straightforward
 whole-array code, so in float32 the outputs, the running statistics and every diff must be bitwise equal to
@@ -9,7 +10,7 @@ also checked against the textbook formulas.
 import numpy as np
 import pytest
 
-import caffelite.layers.batch_norm as bn
+import caffelite.ops.batch_norm as bn
 from caffelite.ops import native
 from helpers import bits_equal
 from native_case import forward_backward, set_scale_bias, single_layer
@@ -192,10 +193,10 @@ def test_reshape_between_iterations_remakes_the_buffers():
 
 
 def test_blocks_are_whole_rows():
-    rows = bn._row_blocks(np, 10, 100, 4)
+    rows = bn.row_blocks(np, 10, 100, 4)
     covered = [i for s in rows for i in range(s.start, s.stop)]
     assert covered == list(range(10))
-    assert bn._row_blocks(np, 0, 5, 4) == [slice(0, 0)]
+    assert bn.row_blocks(np, 0, 5, 4) == [slice(0, 0)]
 
 
 def _strided(shape, dtype):

@@ -26,8 +26,8 @@ from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..layer import TEST, Layer, register
-from ..ops import native_bn
-from .eltwise import copy_into
+from ..ops import batch_norm as B
+from .common import copy_into
 
 #: caffe-jacinto's floor on eps (docs/jacinto-spec.md §d.1; also cuDNN's CUDNN_BN_MIN_EPSILON)
 JACINTO_MIN_EPS = 1e-5
@@ -45,25 +45,6 @@ def has_scale_bias(layer_param) -> bool:
     """docs/jacinto-spec.md §d.1: ``scale_bias``, forced true when either filler is given."""
     bp = layer_param.batch_norm_param
     return bool(bp.scale_bias or bp.HasField("scale_filler") or bp.HasField("bias_filler"))
-
-
-def _chan_sum(a):
-    """Per-channel sums of an (N, C, S) array: the contiguous axis first (pairwise, fast), then N."""
-    return a.sum(axis=2).sum(axis=0)
-
-
-#: bytes of the input one block of the blocked TRAIN passes covers (NumPy): its temporaries then stay in a
-#: core's L2 cache, so each pass reads and writes the large arrays once instead of once per operation
-BLOCK_BYTES = 1 << 20
-
-
-def _row_blocks(xp, rows, row_len, itemsize):
-    """Slices over the rows of an (N·C, S) view: whole rows (a row's sum is then bitwise the one of
-    ``_chan_sum``), about :data:`BLOCK_BYTES` each on the CPU; one block on a GPU (no gain from blocking)."""
-    if xp is not np:
-        return [slice(0, rows)]
-    k = max(1, BLOCK_BYTES // max(1, row_len * itemsize))
-    return [slice(i, min(i + k, rows)) for i in range(0, rows, k)] or [slice(0, rows)]
 
 
 def _as_vec(a):
@@ -308,13 +289,10 @@ class BatchNormLayer(Layer):
                 self._x = self._xbuf = copy_into(self._xbuf, x)
             else:
                 self._x = None
-            # written straight into the top: a few whole-array passes, no temporaries (the deploy hot path)
-            xp.subtract(x, self.mean, out=y)
-            xp.multiply(y, self.inv_std if gamma is None else self.inv_std * gamma, out=y)
-            if gamma is not None:
-                xp.add(y, self._vec(self.blobs[4].data), out=y)
+            B.inference_forward(x, y, self.mean, self.inv_std, gamma,
+                                None if gamma is None else self._vec(self.blobs[4].data))
             return
-        self._train_forward(xp, x, top[0].data, gamma)
+        self._train_forward(x, top[0].data)
 
     def _scratch(self, name, shape, like):
         """A work array kept on the layer across iterations (made anew when the shape or dtype changes)."""
@@ -325,69 +303,15 @@ class BatchNormLayer(Layer):
             setattr(self, name, buf)
         return buf
 
-    def _rows(self, xp, v):
-        """A per-channel vector as an (N·C, 1) column matching the rows of the (N·C, S) views."""
-        return xp.tile(v.reshape(-1), self.n)[:, None]
-
-    def _train_forward(self, xp, x, top_data, gamma):
-        """Batch statistics: the compiled kernel for C-contiguous float32 NumPy arrays when it is built and
-        enabled (:mod:`caffelite.ops.native_bn`), else the NumPy passes below (the reference)."""
-        beta = self.blobs[4].data if gamma is not None else None
-        if native_bn.usable(x, top_data, gamma, beta):
-            self.xhat = self._scratch("_xhbuf", x.shape, x) if self.needs_backward else None
-            mean, var, inv = native_bn.bn_train_forward(
-                x, top_data.reshape(x.shape), self.xhat, None if gamma is None else gamma.reshape(-1),
-                None if beta is None else beta.reshape(-1), self.eps)
-            self._update_running(mean, var)
-            self.inv_std = self._vec(inv)
-            return
-        self._numpy_train_forward(xp, x, top_data, gamma)
-
-    def _numpy_train_forward(self, xp, x, top_data, gamma):
-        """Batch statistics, in blocks of whole rows of the (N·C, S) view so that the temporaries stay in
-        cache: one pass for Σx, one writing x − μ and its per-row Σ(x − μ)², one scaling that to x̂ (kept for
-        backward) and writing y. Each value comes from the same float operations, in the same order, as the
-        plain two-pass form ``σ² = Σ(x − μ)²/m`` (biased), ``x̂ = (x − μ)·(σ² + eps)^-½``, ``y = x̂·γ + β``, and
-        each row's sum is NumPy's pairwise sum of the whole row, so the results are bitwise those of it."""
-        n, c = self.n, self.channels
-        rows = n * c
-        xr = x.reshape(rows, -1)
-        yr = top_data.reshape(xr.shape) if top_data.flags.c_contiguous else xp.empty(xr.shape, xr.dtype)
-        blocks = _row_blocks(xp, rows, xr.shape[1], xr.dtype.itemsize)
-        tmp = self._scratch("_tmp", (blocks[0].stop, xr.shape[1]), xr)
-        keep = self.needs_backward
-        # x̂ (N, C, S), kept for backward (an in-place successor such as ReLU may rewrite the top before it)
-        self.xhat = self._scratch("_xhbuf", x.shape, x) if keep else None
-        xh = self.xhat.reshape(xr.shape) if keep else None
-        mean = _chan_sum(x) / self.m
-        mrow = self._rows(xp, mean)
-        sq = xp.empty(rows, xr.dtype)
-        for b in blocks:
-            t = tmp[:b.stop - b.start]
-            d = xh[b] if keep else t
-            xp.subtract(xr[b], mrow[b], out=d)
-            xp.multiply(d, d, out=t)
-            t.sum(axis=1, out=sq[b])
-        var = sq.reshape(n, c).sum(axis=0) / self.m  # two-pass, biased
+    def _train_forward(self, x, top_data):
+        """Batch statistics (:func:`caffelite.ops.batch_norm.train_forward`); x̂ is kept for backward (an in-place
+        successor such as ReLU may rewrite the top before it)."""
+        gamma = self.blobs[3].data.reshape(-1) if self.scale_bias else None
+        beta = self.blobs[4].data.reshape(-1) if self.scale_bias else None
+        self.xhat = self._scratch("_xhbuf", x.shape, x) if self.needs_backward else None
+        mean, var, inv = B.train_forward(x, top_data, gamma, beta, self.eps, self.xhat, self._scratch)
         self._update_running(mean, var)
-        self.inv_std = self._vec(1 / xp.sqrt(var + self.eps))
-        irow = self._rows(xp, self.inv_std)
-        if gamma is not None:
-            grow, brow = self._rows(xp, gamma), self._rows(xp, self.blobs[4].data)
-        for b in blocks:
-            if keep:
-                t = xh[b]
-            else:
-                t = tmp[:b.stop - b.start]
-                xp.subtract(xr[b], mrow[b], out=t)
-            xp.multiply(t, irow[b], out=t)  # x̂
-            if gamma is None:
-                yr[b] = t
-            else:
-                xp.multiply(t, grow[b], out=yr[b])
-                xp.add(yr[b], brow[b], out=yr[b])
-        if not top_data.flags.c_contiguous:
-            top_data[...] = yr.reshape(top_data.shape)
+        self.inv_std = self._vec(inv)
 
     def _global_xhat(self):
         """x̂ under global statistics, rebuilt for dγ from the input kept by forward."""
@@ -404,7 +328,7 @@ class BatchNormLayer(Layer):
         scale = self.inv_std
         if self.scale_bias:
             xhat = self._global_xhat()
-            self._param_diffs(_chan_sum(dy * xhat), _chan_sum(dy))
+            self._param_diffs(B.chan_sum(dy * xhat), B.chan_sum(dy))
             scale = scale * self._vec(self.blobs[3].data)
         if propagate_down[0]:
             xp.multiply(dy, scale, out=self._view(bottom[0].diff))
@@ -417,60 +341,14 @@ class BatchNormLayer(Layer):
             self.blobs[4].diff[...] += dbeta
 
     def _train_backward(self, top, propagate_down, bottom):
-        """Batch statistics: the compiled kernel when it takes the arrays (as forward), else the NumPy passes."""
+        """Batch statistics (:func:`caffelite.ops.batch_norm.train_backward`), from the x̂ forward kept."""
         if self.xhat is None:
             raise self.error("backward after a TRAIN forward that kept nothing (needs_backward was False)")
-        dy = top[0].diff
-        diff = bottom[0].diff if propagate_down[0] else None
-        if native_bn.usable(dy, self.xhat, diff):
-            scale = self.inv_std.reshape(-1)
-            if self.scale_bias:
-                scale = scale * self.blobs[3].data.reshape(-1)
-            dgamma, dbeta = native_bn.bn_train_backward(
-                dy.reshape(self.xhat.shape), self.xhat, np.ascontiguousarray(scale, np.float32),
-                None if diff is None else diff.reshape(self.xhat.shape))
-            if self.scale_bias:
-                self._param_diffs(dgamma, dbeta)
-            return
-        self._numpy_train_backward(top, propagate_down, bottom)
-
-    def _numpy_train_backward(self, top, propagate_down, bottom):
-        """Batch statistics: ``dγ = Σ dy·x̂``, ``dβ = Σ dy``, ``dx = γ/σ · (dy − x̂·dγ/m − dβ/m)`` (§d.4; BVLC with
-        γ = 1), in blocks as forward: one pass for the two sums, one writing dx, with the float operations of
-        the plain form in its order (bitwise equal to it)."""
-        dy = top[0].diff
-        xp = get_array_module(dy)
-        n, c = self.n, self.channels
-        rows = n * c
-        xh = self.xhat.reshape(rows, -1)
-        dyr = dy.reshape(xh.shape)
-        blocks = _row_blocks(xp, rows, xh.shape[1], xh.dtype.itemsize)  # as forward's (which may have run native)
-        tmp = self._scratch("_tmp", (blocks[0].stop, xh.shape[1]), xh)
-        gs, bs = xp.empty(rows, xh.dtype), xp.empty(rows, xh.dtype)
-        for b in blocks:
-            t = tmp[:b.stop - b.start]
-            xp.multiply(dyr[b], xh[b], out=t)
-            t.sum(axis=1, out=gs[b])
-            dyr[b].sum(axis=1, out=bs[b])
-        dgamma = gs.reshape(n, c).sum(axis=0)
-        dbeta = bs.reshape(n, c).sum(axis=0)
-        scale = self.inv_std
+        gamma = self.blobs[3].data.reshape(-1) if self.scale_bias else None
+        dgamma, dbeta = B.train_backward(top[0].diff, self.xhat, self.inv_std.reshape(-1), gamma,
+                                         bottom[0].diff if propagate_down[0] else None, self._scratch)
         if self.scale_bias:
             self._param_diffs(dgamma, dbeta)
-            scale = scale * self._vec(self.blobs[3].data)
-        if not propagate_down[0]:
-            return
-        arow, brow, srow = self._rows(xp, dgamma / self.m), self._rows(xp, dbeta / self.m), self._rows(xp, scale)
-        diff = bottom[0].diff
-        dxr = diff.reshape(xh.shape) if diff.flags.c_contiguous else xp.empty(xh.shape, diff.dtype)
-        for b in blocks:
-            t = tmp[:b.stop - b.start]
-            xp.multiply(xh[b], arow[b], out=t)
-            xp.subtract(dyr[b], t, out=t)
-            xp.subtract(t, brow[b], out=t)
-            xp.multiply(t, srow[b], out=dxr[b])
-        if not diff.flags.c_contiguous:
-            diff[...] = dxr.reshape(diff.shape)
 
 
 __all__ = ["BatchNormLayer", "convert_blobs", "split_for_bvlc", "is_jacinto_param", "has_scale_bias"]

@@ -9,34 +9,14 @@ The arithmetic lives in :mod:`caffelite.ops.conv` (batched group GEMMs, no im2co
 
 from __future__ import annotations
 
-from ..blob import Blob
 from ..layer import Layer, register
 from ..ops import ConvGeometry
 from ..ops import conv as K
 from ..ops import conv_dispatch
-from ..proto import caffe_pb2
+from .common import make_param_blob, param_propagate
 
 
 # -- helpers shared by the parameterised layers of this family ------------------------------------------
-def make_param_blob(shape, filler_param, like):
-    """A new parameter Blob (dtype/module of Blob ``like``), filled as ``filler_param`` says.
-
-    Caffe's default FillerParameter is ``constant 0``; an unset filler field gives that default.
-    """
-    blob = Blob(shape, like.dtype, like.xp)
-    if filler_param is None:
-        filler_param = caffe_pb2.FillerParameter()
-    from ..fillers import fill
-    fill(blob, filler_param)
-    return blob
-
-
-def param_propagate(layer, k) -> bool:
-    """Whether the Net wants param ``k``'s diff (``param_propagate_down``; unset means yes)."""
-    ppd = getattr(layer, "param_propagate_down", None)
-    return not ppd or k >= len(ppd) or bool(ppd[k])
-
-
 def _pair(layer, cp, name, default, allow_zero):
     """One value per spatial axis from ``name`` (repeated) or ``name_h``/``name_w`` (Caffe's rules)."""
     rep = list(getattr(cp, name))

@@ -8,7 +8,7 @@ the index bottom is impossible (Caffe: "Can't backpropagate to EmbedLayer input"
 from __future__ import annotations
 
 from ..layer import Layer, register
-from .conv import make_param_blob, param_propagate
+from .common import make_param_blob, param_propagate
 
 
 @register("Embed")

@@ -7,7 +7,7 @@ The bottom is flattened from ``axis`` on: (M, K) with M the product of the leadi
 from __future__ import annotations
 
 from ..layer import Layer, register
-from .conv import make_param_blob, param_propagate
+from .common import make_param_blob, param_propagate
 
 
 @register("InnerProduct")

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import backend
 from ..layer import TRAIN, Layer, register
-from .eltwise import copy_into
+from .common import copy_into
 
 # Caffe's BNLL clamps exp's argument at this value (bnll_layer.cpp kBNLL_THRESHOLD).
 _BNLL_THRESHOLD = 50.0

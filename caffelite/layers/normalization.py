@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..layer import Layer, register
-from .eltwise import copy_into
+from .common import copy_into
 from .batch_norm import BatchNormLayer, convert_blobs, split_for_bvlc  # noqa: F401  (re-exported)
 
 

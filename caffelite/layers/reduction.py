@@ -7,7 +7,7 @@ import numpy as np
 from .. import backend
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .eltwise import canonical_axis
+from .common import canonical_axis
 
 _R = caffe_pb2.ReductionParameter
 SUM, ASUM, SUMSQ, MEAN = _R.SUM, _R.ASUM, _R.SUMSQ, _R.MEAN

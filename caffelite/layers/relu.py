@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import backend
 from ..layer import register
 from ..ops import relu as R
-from .eltwise import filled_param_blob, param_propagate
+from .common import filled_param_blob, param_propagate
 from .neuron import NeuronLayer
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..layer import Layer, register
-from .eltwise import canonical_axis
+from .common import canonical_axis
 
 __all__ = ["SoftmaxLayer", "canonical_axis", "softmax", "split_axis"]
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import backend
 from ..layer import Layer, register
-from .eltwise import canonical_axis
+from .common import canonical_axis
 
 
 def _prod(dims) -> int:
