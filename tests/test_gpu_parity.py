@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -23,14 +24,20 @@ import numpy as np
 import pytest
 
 from caffelite import backend, kernels
+from caffelite.jacinto import fixed_point
+from caffelite.jacinto import fixed_point_kernel as kq
 from caffelite.kernels import batchnorm as kbn
 from caffelite.kernels import im2col as kim
 from caffelite.kernels import pool as kpool
-from caffelite.kernels import quantize as kq
-from caffelite.kernels import softmax_loss as ksl
+from caffelite.ops import batch_norm as obn
+from caffelite.ops import native
+from caffelite.ops import pool as opool
 from caffelite.ops.im2col import ConvGeometry
 from caffelite.ops.pool import pooled_size
+
 from helpers import assert_close
+
+oim = importlib.import_module("caffelite.ops.im2col")  # the module (the package re-exports its im2col function)
 
 CXX = shutil.which("g++") or shutil.which("c++")
 _C_TYPES = {"int32": "int", "int64": "long long", "float64": "double", "float32": "float", "bool": "bool"}
@@ -140,16 +147,32 @@ def _emulated_kernel(name, kind, *args, key=None, **kwargs):
     return EmulatedElementwise(*args, **kwargs) if kind == "elementwise" else EmulatedRaw(*args, **kwargs)
 
 
+KERNEL_MODULES = (kim, kpool, kbn, kq)
+#: the dispatchers that send CuPy arrays to those kernels (their ``on_gpu`` test)
+DISPATCHERS = (oim, opool, obn, fixed_point)
+
+
 @pytest.fixture
 def emulate(monkeypatch):
-    """Route the kernel modules' GPU branch to the C++ emulation, with NumPy standing in for CuPy."""
+    """Build the kernel modules' kernels through the C++ emulation, with NumPy standing in for CuPy."""
     if CXX is None:
         pytest.skip("no C++ compiler to emulate the CUDA kernels")
-    for mod in (kim, kpool, kbn, ksl, kq):
-        monkeypatch.setattr(mod, "on_gpu", lambda *a: True)
+    for mod in KERNEL_MODULES:
         monkeypatch.setattr(mod, "kernel", _emulated_kernel)
-        monkeypatch.setattr(mod, "cupy_module", lambda: np)
+        if hasattr(mod, "cupy_module"):
+            monkeypatch.setattr(mod, "cupy_module", lambda: np)
     yield
+
+
+@pytest.fixture
+def gpu_route(emulate, monkeypatch):
+    """``emulate``, plus ``gpu_route(True/False)``: whether the ops dispatchers treat every array as a CuPy one
+    (and so take the kernel route). The compiled CPU kernels are off: they would take float32 NumPy arrays first."""
+    def route(flag):
+        for mod in DISPATCHERS:
+            monkeypatch.setattr(mod, "on_gpu", lambda *a: flag)
+    with native.enabled(False):
+        yield route
 
 
 GEOMS = [ConvGeometry(3, 3, 1, 1, 1, 1), ConvGeometry(3, 2, 2, 1, 0, 1), ConvGeometry(3, 3, 2, 2, 2, 2, 2, 2),
@@ -209,9 +232,9 @@ def test_bn_stats_kernel_source(dtype, emulate):
 
 @pytest.mark.parametrize("use_native", [False, True])
 def test_bn_stats_reference_matches_the_batch_norm_layer(use_native):
-    """The NumPy body the kernel is held to gives the BatchNorm layer's own TRAIN statistics (a jacinto layer
-    stores the first batch's mean and biased variance as they are), from either of the layer's CPU paths."""
-    from caffelite.ops import native
+    """The reference the kernel is held to (ops.batch_norm.batch_stats) gives the BatchNorm layer's own TRAIN
+    statistics (a jacinto layer stores the first batch's mean and biased variance as they are), from either of
+    the layer's CPU paths."""
     from native_case import single_layer
 
     x = _rand((2, 3, 10), 4) + 1
@@ -219,69 +242,120 @@ def test_bn_stats_reference_matches_the_batch_norm_layer(use_native):
     b.data[...] = x
     with native.enabled(use_native):
         layer.forward([b], [t])
-    mean, var = kbn.channel_stats(x)
+    mean, var = obn.batch_stats(x)
     np.testing.assert_allclose(mean, layer.blobs[0].data, rtol=1e-6)
     np.testing.assert_allclose(var, layer.blobs[1].data, rtol=1e-5)
 
 
-def _softmax(x):
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(x.dtype)
-
-
-@pytest.mark.parametrize("ignore,weights", [(None, None), (255, None), (1, [1.0, 2.0, 0.5, 3.0])])
-def test_softmax_loss_kernel_source(ignore, weights, emulate, monkeypatch):
-    prob = _softmax(_rand((2, 4, 6), 5))
-    prob[0, 2, 0] = 0.0  # clamped at FLT_MIN
-    label = np.random.default_rng(6).integers(0, 4, (2, 6)).astype(np.float32)
-    label[0, 0] = 2
-    if ignore == 255:
-        label[1, :3] = 255
-    loss, valid = ksl.softmax_loss_forward(prob, label, ignore, weights)
-    dx = ksl.softmax_loss_backward(prob, label, 0.25, ignore)
-    monkeypatch.setattr(ksl, "on_gpu", lambda *a: False)
-    rloss, rvalid = ksl.softmax_loss_forward(prob, label, ignore, weights)
-    rdx = ksl.softmax_loss_backward(prob, label, 0.25, ignore)
-    np.testing.assert_allclose(loss, rloss, rtol=1e-6)
-    np.testing.assert_array_equal(valid, rvalid)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-6, atol=1e-7)
-    assert float(rloss[0, 0]) == pytest.approx(-np.log(np.finfo(np.float32).tiny) * (weights[2] if weights else 1),
-                                               rel=1e-5)
-
-
 @pytest.mark.parametrize("ties", ["even", "away"])
 @pytest.mark.parametrize("unsigned,offset", [(False, 0.0), (True, 3.0)])
-def test_fixed_point_kernel_source(ties, unsigned, offset, emulate, monkeypatch):
+def test_fixed_point_kernel_source(ties, unsigned, offset, gpu_route):
+    """jacinto's quantizer takes the kernel on CuPy arrays (NEAREST), bitwise equal to its generic body; in place
+    too; STOCHASTIC stays on the generic body."""
     x = np.concatenate([_rand(200, 7) * 3, np.asarray([0.5, -0.5, 1.5, -2.5, 100.0, -100.0], np.float32) / 4])
-    got = kq.quantize(x, 4.0, offset, 8, unsigned, True, ties)
-    monkeypatch.setattr(kq, "on_gpu", lambda *a: False)
-    want = kq.quantize(x, 4.0, offset, 8, unsigned, True, ties)
-    np.testing.assert_array_equal(got, want)
+    for clip in (True, False):
+        gpu_route(False)
+        want = fixed_point.quantize(x, 4.0, offset, 8, unsigned, fixed_point.NEAREST, clip, ties)
+        gpu_route(True)
+        got = fixed_point.quantize(x, 4.0, offset, 8, unsigned, fixed_point.NEAREST, clip, ties)
+        np.testing.assert_array_equal(got, want)
+        inplace = x.copy()
+        assert fixed_point.quantize(inplace, 4.0, offset, 8, unsigned, out=inplace, ties=ties, clip=clip) is inplace
+        np.testing.assert_array_equal(inplace, want)
+    u = np.random.default_rng(8).random(x.shape)
+    gpu_route(True)
+    sto = fixed_point.quantize(x, 4.0, offset, 8, unsigned, fixed_point.STOCHASTIC, uniform=u, ties=ties)
+    gpu_route(False)
+    np.testing.assert_array_equal(
+        sto, fixed_point.quantize(x, 4.0, offset, 8, unsigned, fixed_point.STOCHASTIC, uniform=u, ties=ties))
 
 
-def test_every_listed_kernel_is_built_through_the_emulation(emulate, monkeypatch):
-    """Each name in ``kernels.KERNELS`` (the list the GPU parity tests iterate over) is the one kernel an entry
-    point exercised by the emulated tests above builds, and no entry point builds an unlisted one."""
+@pytest.mark.parametrize("g", GEOMS[:3], ids=str)
+def test_im2col_dispatch_takes_the_kernel_on_gpu_arrays(g, gpu_route):
+    """ops.im2col / col2im send CuPy arrays to the named kernels (workspace output, ``out``, ``accumulate``)."""
+    x = _rand((2, 3, 7, 6))
+    gpu_route(False)
+    want = oim.im2col(x, g).copy()
+    cols = _rand(want.shape, 1)
+    want_img = oim.col2im(cols, g, 7, 6)
+    base = _rand((2, 3, 7, 6), 2)
+    want_acc = oim.col2im(cols, g, 7, 6, out=base.copy(), accumulate=True)
+    gpu_route(True)
+    np.testing.assert_array_equal(oim.im2col(x, g), want)
+    np.testing.assert_allclose(oim.col2im(cols, g, 7, 6), want_img, rtol=1e-6, atol=1e-6)
+    out = np.full_like(base, np.nan)
+    assert oim.col2im(cols, g, 7, 6, out=out) is out
+    np.testing.assert_allclose(out, want_img, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(oim.col2im(cols, g, 7, 6, out=base.copy(), accumulate=True), want_acc,
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k,s,p", POOLS[:3])
+def test_max_pool_dispatch_takes_the_kernel_on_gpu_arrays(k, s, p, gpu_route):
+    """ops.pool's MAX forward/backward send CuPy arrays to the kernels, with the layer's argmax type (uint8 here,
+    through an int32 scratch) or none."""
+    x = _rand((2, 3, 7, 7))
+    ho, wo = pooled_size(7, k[0], s[0], p[0]), pooled_size(7, k[1], s[1], p[1])
+    dt = opool.argmax_dtype(k)
+    res = {}
+    for route in (False, True):
+        gpu_route(route)
+        out, arg = np.empty((2, 3, ho, wo), np.float32), np.empty((2, 3, ho, wo), dt)
+        opool.max_pool_forward(x, k, s, p, ho, wo, out, arg)
+        plain = np.empty_like(out)
+        opool.max_pool_forward(x, k, s, p, ho, wo, plain)
+        dx = np.empty_like(x)
+        opool.max_pool_backward(_rand(out.shape, 2), arg, k, s, p, 7, 7, dx)
+        res[route] = out, arg, plain, dx
+    for a, b in zip(res[True], res[False], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert res[True][1].dtype == dt
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("keep", [False, True])
+def test_batch_norm_dispatch_takes_the_kernel_on_gpu_arrays(affine, keep, gpu_route):
+    """ops.batch_norm's TRAIN forward on CuPy arrays: μ, σ² from the ``bn_stats`` kernel, the rest the reference
+    expressions; backward the reference. Against the NumPy route (the blocked passes)."""
+    x = (_rand((3, 4, 25), 3) * 2 + 7)
+    dy = _rand(x.shape, 4)
+    gamma, beta = (_rand(4, 5), _rand(4, 6)) if affine else (None, None)
+    res = {}
+    for route in (False, True):
+        gpu_route(route)
+        y, xhat = np.empty_like(x), np.empty_like(x) if keep else None
+        stats = obn.train_forward(x, y, gamma, beta, 1e-5, xhat)
+        got = [y, *stats]
+        if keep:
+            dx = np.empty_like(x)
+            got += [dx, *obn.train_backward(dy, xhat, stats[2], gamma, dx), xhat]
+        res[route] = got
+    for a, b in zip(res[True], res[False], strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_every_listed_kernel_is_built_through_the_dispatchers(gpu_route, monkeypatch):
+    """Each name in ``kernels.KERNELS`` (the core's kernels, which the GPU parity tests iterate over) and in the
+    jacinto quantizer's list is the one kernel a dispatcher builds on CuPy arrays, and none builds another."""
     built = []
 
     def recording(name, kind, *args, **kwargs):
         built.append(name)
         return _emulated_kernel(name, kind, *args, **kwargs)
 
-    for mod in (kim, kpool, kbn, ksl, kq):
+    for mod in KERNEL_MODULES:
         monkeypatch.setattr(mod, "kernel", recording)
+    gpu_route(True)
     g = GEOMS[0]
     x = _rand((1, 2, 5, 5))
-    kim.col2im(kim.im2col(x, g), g, 5, 5)
+    oim.col2im(oim.im2col(x, g), g, 5, 5)
     out, arg = np.empty((1, 2, 3, 3), np.float32), np.empty((1, 2, 3, 3), np.int32)
-    kpool.max_pool_forward(x, (3, 3), (2, 2), (1, 1), 3, 3, out, arg)
-    kpool.max_pool_backward(out, arg, (3, 3), (2, 2), (1, 1), 5, 5, np.empty_like(x))
-    kbn.channel_stats(x.reshape(1, 2, 25))
-    prob, label = _softmax(_rand((1, 3, 4), 1)), np.asarray([[0, 1, 2, 1]], np.float32)
-    ksl.softmax_loss_forward(prob, label, None, None)
-    ksl.softmax_loss_backward(prob, label, 1.0, None)
-    kq.quantize(x, 4.0, 0.0, 8, False, True, "even")
-    assert sorted(set(built)) == sorted(kernels.KERNELS)
+    opool.max_pool_forward(x, (3, 3), (2, 2), (1, 1), 3, 3, out, arg)
+    opool.max_pool_backward(out, arg, (3, 3), (2, 2), (1, 1), 5, 5, np.empty_like(x))
+    x3 = x.reshape(1, 2, 25)
+    obn.train_forward(x3, np.empty_like(x3), None, None, 1e-5)
+    fixed_point.quantize(x, 4.0)
+    assert sorted(set(built)) == sorted(kernels.KERNELS + kq.KERNELS)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -309,10 +383,10 @@ def gpu():
 @pytest.mark.parametrize("g", GEOMS, ids=str)
 def test_im2col_col2im_on_gpu(g, gpu):
     x = _rand((2, 3, 7, 6))
-    cols = kim.im2col(gpu.asarray(x), g)
-    _close(cols, kim.im2col(x, g), what="im2col")
+    cols = oim.im2col(gpu.asarray(x), g)
+    _close(cols, oim.im2col(x, g), what="im2col")
     dc = _rand(cols.shape, 1)
-    _close(kim.col2im(gpu.asarray(dc), g, 7, 6), kim.col2im(dc, g, 7, 6), what="col2im")
+    _close(oim.col2im(gpu.asarray(dc), g, 7, 6), oim.col2im(dc, g, 7, 6), what="col2im")
 
 
 @pytest.mark.gpu
@@ -321,39 +395,31 @@ def test_max_pool_on_gpu(k, s, p, gpu):
     x = _rand((2, 3, 7, 7))
     ho, wo = pooled_size(7, k[0], s[0], p[0]), pooled_size(7, k[1], s[1], p[1])
     out, arg = np.empty((2, 3, ho, wo), np.float32), np.empty((2, 3, ho, wo), np.int32)
-    kpool.max_pool_forward(x, k, s, p, ho, wo, out, arg)
+    opool.max_pool_forward(x, k, s, p, ho, wo, out, arg)
     gout, garg = gpu.empty(out.shape, np.float32), gpu.empty(arg.shape, np.int32)
-    kpool.max_pool_forward(gpu.asarray(x), k, s, p, ho, wo, gout, garg)
+    opool.max_pool_forward(gpu.asarray(x), k, s, p, ho, wo, gout, garg)
     _close(gout, out, what="max")
     np.testing.assert_array_equal(backend.to_numpy(garg), arg)
     dy = _rand(out.shape, 2)
     dx, gdx = np.empty_like(x), gpu.empty(x.shape, np.float32)
-    kpool.max_pool_backward(dy, arg, k, s, p, 7, 7, dx)
-    kpool.max_pool_backward(gpu.asarray(dy), garg, k, s, p, 7, 7, gdx)
+    opool.max_pool_backward(dy, arg, k, s, p, 7, 7, dx)
+    opool.max_pool_backward(gpu.asarray(dy), garg, k, s, p, 7, 7, gdx)
     _close(gdx, dx, what="max backward")
 
 
 @pytest.mark.gpu
-def test_bn_stats_softmax_loss_and_quantizer_on_gpu(gpu):
+def test_bn_stats_and_quantizer_on_gpu(gpu):
     x = _rand((4, 8, 50), 3) * 3 + 2
     m, v = kbn.channel_stats(gpu.asarray(x))
-    rm, rv = kbn.channel_stats(x)
+    rm, rv = obn.batch_stats(x)
     _close(m, rm, what="mean")
     _close(v, rv, what="var")
-    prob = _softmax(_rand((2, 5, 30), 4))
-    label = np.random.default_rng(5).integers(0, 5, (2, 30)).astype(np.float32)
-    label[0, :4] = 255
-    loss, valid = ksl.softmax_loss_forward(gpu.asarray(prob), gpu.asarray(label), 255, [1, 2, 3, 4, 5])
-    rloss, rvalid = ksl.softmax_loss_forward(prob, label, 255, [1, 2, 3, 4, 5])
-    _close(loss, rloss, what="loss")
-    np.testing.assert_array_equal(backend.to_numpy(valid), rvalid)
-    _close(ksl.softmax_loss_backward(gpu.asarray(prob), gpu.asarray(label), 0.5, 255),
-           ksl.softmax_loss_backward(prob, label, 0.5, 255), what="dx")
     q = _rand(1000, 6) * 4
     for ties in ("even", "away"):
-        np.testing.assert_array_equal(backend.to_numpy(kq.quantize(gpu.asarray(q), 8.0, ties=ties)),
-                                      kq.quantize(q, 8.0, ties=ties))
-    assert {name for name, _ in kernels.compiled()} >= set(kernels.KERNELS)
+        np.testing.assert_array_equal(backend.to_numpy(fixed_point.quantize(gpu.asarray(q), 8.0, ties=ties)),
+                                      fixed_point.quantize(q, 8.0, ties=ties))
+    # the earlier GPU tests ran the im2col and pooling kernels
+    assert {name for name, _ in kernels.compiled()} >= set(kernels.KERNELS + kq.KERNELS)
 
 
 def _layer_cases():

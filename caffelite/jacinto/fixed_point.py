@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
+from ..kernels import on_gpu
+from . import fixed_point_kernel
 
 #: rounding schemes (QuantizationParameter_Rounding)
 NEAREST, STOCHASTIC = 0, 1
@@ -50,6 +52,9 @@ def quantize(x, scale, offset=0.0, bitwidth=8, unsigned_quant=False, rounding=NE
     scale32 = np.float32(scale)
     off = np.float64(np.float32(offset))
     inv = np.float64(np.float32(1.0) / scale32)  # jacinto: inverse computed once, in float32
+    if rounding == NEAREST and on_gpu(x):  # the named kernel: the same float64 steps in one pass
+        lo, hi = int_range(bitwidth, unsigned_quant)
+        return fixed_point_kernel.quantize(x, np.float64(scale32), off, inv, lo, hi, clip, ties == "even", out=out)
     y = x.astype(xp.float64)  # one float64 working array, updated in place (blobs can be large)
     y *= np.float64(scale32)
     y += off

@@ -1,26 +1,28 @@
-"""Named CuPy kernels for the measured GPU hotspots, each with the NumPy body it must agree with.
+"""Named CuPy kernels for the measured GPU hotspots, run by the :mod:`caffelite.ops` dispatchers on CuPy arrays.
 
-ARCHITECTURE.md rule 3: layers write one ``xp`` body; a GPU kernel replaces it only where that body is slow
-on CuPy (many small launches, scatter-adds, float64 temporaries), and is tested for parity against it
-(``tests/test_gpu_parity.py``, ``pytest -m gpu``). Every public function here takes the same arrays as the
-generic body and dispatches on the array module: NumPy arrays run the reference (the generic body itself,
-or a transcription of the layer's formula), CuPy arrays run the kernel.
+Layers write one ``xp`` body (or call an op); a GPU kernel replaces that body only where it is slow on CuPy
+(many small launches, scatter-adds, float64 temporaries). The modules here hold GPU-only bodies: the choice
+between the compiled CPU kernels, these kernels and the ``xp`` reference is made in :mod:`caffelite.ops`
+(``tests/test_gpu_parity.py`` holds each kernel to the reference: on a GPU with ``pytest -m gpu``, and
+everywhere by compiling the CUDA sources as C++).
 
 Kernels are CUDA source strings compiled lazily — on first use, once per (name, dtype) — through
 :func:`kernel`, which reaches CuPy only through :mod:`caffelite.backend`.
 
 =====================  =============================================================  ==================
-name                   what                                                           module
+name                   what                                                           module (dispatcher)
 =====================  =============================================================  ==================
 ``im2col``             columns (N, C, kh, kw, Ho, Wo) of a padded/strided/dilated x    :mod:`.im2col`
+                                                                                      (ops.im2col)
 ``col2im``             the adjoint, gathered per pixel (no atomics)                    :mod:`.im2col`
-``max_pool_fwd``       MAX pooling with the window-offset argmax (first max wins)      :mod:`.pool`
-``max_pool_bwd``       its gradient, gathered per input pixel                          :mod:`.pool`
+                                                                                      (ops.im2col)
+``max_pool_fwd``       MAX pooling with the window-offset argmax (first max wins)      :mod:`.pool` (ops.pool)
+``max_pool_bwd``       its gradient, gathered per input pixel                          :mod:`.pool` (ops.pool)
 ``bn_stats``           per-channel mean and biased variance, two passes, one block/C   :mod:`.batchnorm`
-``softmax_loss_fwd``   per-location −log(max(p_label, FLT_MIN))·w and valid flags      :mod:`.softmax_loss`
-``softmax_loss_bwd``   (p − onehot)·valid·scale                                        :mod:`.softmax_loss`
-``fixed_point``        jacinto's Trim2FixedPoint, NEAREST, in float64 (§b.5)            :mod:`.quantize`
+                                                                                      (ops.batch_norm)
 =====================  =============================================================  ==================
+
+Extensions may define further kernels through :func:`kernel` (their own names; :func:`compiled` lists all).
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from .. import backend
 __all__ = ["kernel", "on_gpu", "KERNELS", "compiled"]
 
 #: every kernel name this package defines (the parity tests iterate over it)
-KERNELS = ("im2col", "col2im", "max_pool_fwd", "max_pool_bwd", "bn_stats", "softmax_loss_fwd",
-           "softmax_loss_bwd", "fixed_point")
+KERNELS = ("im2col", "col2im", "max_pool_fwd", "max_pool_bwd", "bn_stats")
 
 _CACHE: dict = {}
 

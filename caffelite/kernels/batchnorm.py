@@ -1,7 +1,8 @@
-"""BatchNorm batch statistics as one CUDA kernel; the reference is the layer's two-pass formula.
+"""BatchNorm batch statistics as one CUDA kernel, run by :mod:`caffelite.ops.batch_norm` on CuPy arrays; the
+reference is :func:`caffelite.ops.batch_norm.batch_stats` (the two-pass formula).
 
 For x viewed as (N, C, S) (S = H·W), per channel: ``mean = Σx / m`` and the biased ``var = Σ(x − mean)² / m``
-with ``m = N·S`` (caffelite/layers/batch_norm.py, docs/jacinto-spec.md §d.3). One thread block per channel makes
+with ``m = N·S`` (jacinto.md §d.3). One thread block per channel makes
 both passes over the channel's N·S values, accumulating in float64 (so the result is at least as exact as
 the float32 pairwise sums of the generic body), and reduces in shared memory. The generic body costs
 several full-size temporaries and launches per layer on CuPy; this is two reads of x.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import cupy_module
-from . import kernel, on_gpu
+from . import kernel
 
 __all__ = ["channel_stats", "BN_STATS_SRC"]
 
@@ -61,14 +62,7 @@ _TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
 def channel_stats(x3):
-    """``(mean, var)`` per channel of ``x3`` (N, C, S): the mean and the biased (two-pass) variance."""
-    if not on_gpu(x3):
-        xp = np
-        m = x3.shape[0] * x3.shape[2]
-        mean = x3.sum(axis=2).sum(axis=0) / x3.dtype.type(m)
-        d = x3 - mean.reshape(1, -1, 1)
-        var = (d * d).sum(axis=2).sum(axis=0) / x3.dtype.type(m)
-        return mean.astype(x3.dtype), xp.asarray(var, dtype=x3.dtype)
+    """``(mean, var)`` per channel of the CuPy ``x3`` (N, C, S): the mean and the biased (two-pass) variance."""
     cp = cupy_module()
     t = _TYPES.get(np.dtype(x3.dtype))
     if t is None:

@@ -1,4 +1,5 @@
-"""im2col / col2im as CUDA kernels; the reference is caffelite/ops/im2col.py (the generic ``xp`` body).
+"""im2col / col2im as CUDA kernels, run by :mod:`caffelite.ops.im2col` on CuPy arrays; the reference is the
+generic ``xp`` body there.
 
 Layouts are the generic body's: columns (N, C, kh, kw, Ho, Wo) contiguous, Caffe's row order. col2im gathers:
 one thread per image pixel sums the column entries that read it, in the generic body's (kh, kw) order, so
@@ -10,9 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import cupy_module
-from ..ops.im2col import col2im as _col2im_ref
-from ..ops.im2col import im2col as _im2col_ref
-from . import kernel, on_gpu
+from . import kernel
 
 __all__ = ["im2col", "col2im", "IM2COL_SRC", "COL2IM_SRC"]
 
@@ -61,10 +60,8 @@ def _geom_args(g, c, h, w, ho, wo):
 
 
 def im2col(x, g, out=None):
-    """Columns (N, C, kh, kw, Ho, Wo) of ``x`` (N, C, H, W) for geometry ``g`` (an ops ConvGeometry)."""
-    if not on_gpu(x):
-        res = _im2col_ref(x, g, out=out)
-        return res if out is not None else res.copy()
+    """Columns (N, C, kh, kw, Ho, Wo) of the C-contiguous CuPy ``x`` (N, C, H, W) for geometry ``g`` (an ops
+    ConvGeometry), into ``out`` when given."""
     n, c, h, w = x.shape
     ho, wo = g.out_shape(h, w)
     if out is None:
@@ -75,9 +72,7 @@ def im2col(x, g, out=None):
 
 
 def col2im(cols, g, h, w, out=None):
-    """Sum columns (N, C, kh, kw, Ho, Wo) back into a new (or ``out``) image (N, C, h, w)."""
-    if not on_gpu(cols):
-        return _col2im_ref(cols, g, h, w, out=out)
+    """Sum C-contiguous CuPy columns (N, C, kh, kw, Ho, Wo) back into a new (or ``out``) image (N, C, h, w)."""
     n, c, kh, kw, ho, wo = cols.shape
     if out is None:
         out = cupy_module().empty((n, c, h, w), dtype=cols.dtype)

@@ -1,4 +1,5 @@
-"""MAX pooling with argmax, forward and backward, as CUDA kernels; reference :mod:`caffelite.ops.pool`.
+"""MAX pooling with argmax, forward and backward, as CUDA kernels, run by :mod:`caffelite.ops.pool` on CuPy
+arrays; the reference is the generic ``xp`` body there.
 
 Same rules as the generic body: window (ph, pw) covers rows [ph*s - p, ph*s - p + k) clipped to the image,
 padding never wins, the FIRST maximum in row-major order wins (strict ``>``), and the recorded argmax is the
@@ -11,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import cupy_module
-from ..ops import pool as ref
-from . import kernel, on_gpu
+from . import kernel
 
 __all__ = ["max_pool_forward", "max_pool_backward", "MAX_POOL_FWD_SRC", "MAX_POOL_BWD_SRC"]
 
@@ -67,9 +67,8 @@ def _args(k, s, p, h, w, ho, wo):
 
 
 def max_pool_forward(x, k, s, p, ho, wo, out, argmax_out):
-    """MAX pooling of ``x`` (N, C, H, W) into ``out`` (N, C, ho, wo), offsets into ``argmax_out`` (int32)."""
-    if not on_gpu(x):
-        return ref.max_pool_forward(x, k, s, p, ho, wo, out, argmax_out)
+    """MAX pooling of the C-contiguous CuPy ``x`` (N, C, H, W) into ``out`` (N, C, ho, wo), offsets into
+    ``argmax_out`` (int32)."""
     h, w = x.shape[2:]
     kern = kernel("max_pool_fwd", "elementwise", f"raw T x, {_ARGS}", "T y, int32 argmax", MAX_POOL_FWD_SRC)
     kern(x, *_args(k, s, p, h, w, ho, wo), out, argmax_out)
@@ -77,9 +76,7 @@ def max_pool_forward(x, k, s, p, ho, wo, out, argmax_out):
 
 
 def max_pool_backward(dy, argmax, k, s, p, h, w, dx):
-    """Assign ``dx`` (N, C, h, w): each top diff goes to its window's winner."""
-    if not on_gpu(dy):
-        return ref.max_pool_backward(dy, argmax, k, s, p, h, w, dx)
+    """Assign ``dx`` (N, C, h, w, CuPy): each top diff goes to its window's winner."""
     ho, wo = dy.shape[2:]
     cp = cupy_module()
     argmax = cp.ascontiguousarray(argmax, dtype=np.int32)

@@ -1,4 +1,7 @@
-"""Shared vectorised kernels for the compute-heavy layers (convolution, pooling).
+"""The hot ops of the compute-heavy layers (convolution, BatchNorm, ReLU, pooling): each chooses its body in one
+place — a compiled CPU kernel (float32 NumPy, when built and :func:`native.enabled <.native.enabled>`), a named
+CuPy kernel (:mod:`caffelite.kernels`, on CuPy arrays), or its plain ``xp`` reference body (cache-blocked CPU
+variants are functions of their own, tested against that reference). Layers call these ops only.
 
 Every function takes arrays of one module (NumPy or CuPy) and works on that module: the module is taken
 from the inputs with :func:`caffelite.backend.get_array_module`. No per-element Python loops: the only
@@ -12,6 +15,8 @@ Python loops run over kernel offsets (at most kh*kw iterations of whole-array op
   :mod:`.conv` hands float32 NumPy work to when they are built; also the inference epilogue used by
   :mod:`caffelite.fusion`.
 - :mod:`.pool`: MAX/AVE pooling forward/backward with Caffe's window and divisor rules.
+- :mod:`.batch_norm`: BatchNorm's batch statistics, normalisation and gradients; :mod:`.relu`: ReLU;
+  :mod:`.native_bn`: the compiled kernels both hand float32 NumPy work to.
 - :mod:`.engine`: which engine (dense, sparse, int8, auto) runs each convolution of a net;
   :mod:`.conv_dispatch`: the one place a Convolution's forward follows that choice;
   :mod:`.sparse_conv`: packed nonzero weights and the compiled sparse kernel.

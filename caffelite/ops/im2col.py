@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_array_module
+from ..kernels import im2col as kim
+from ..kernels import on_gpu
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,16 @@ def im2col(x, g: ConvGeometry, out=None, slot: str = "cols"):
     """Columns of ``x`` (N, C, H, W): a contiguous (N, C, kh, kw, Ho, Wo) array (Caffe's row order).
 
     ``out`` may be given (contiguous, that shape); otherwise the shared scratch ``slot`` is used, so the
-    result is only valid until the next call that uses the same slot.
+    result is only valid until the next call that uses the same slot. On CuPy arrays the named kernel
+    ``im2col`` (:mod:`caffelite.kernels.im2col`) fills it; elsewhere a copy of the strided window view.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
     ho, wo = g.out_shape(h, w)
+    if on_gpu(x):
+        if out is None:
+            out = workspace(slot, (n, c, g.kh, g.kw, ho, wo), x.dtype, xp)
+        return kim.im2col(xp.ascontiguousarray(x), g, out)
     hb, wb = g.padded_extent(h, w, ho, wo)
     xpad = pad_into(x, g.ph, g.pw, hb, wb)
     view = window_view(xpad, g, ho, wo)
@@ -129,9 +136,16 @@ def im2col(x, g: ConvGeometry, out=None, slot: str = "cols"):
 def col2im(cols, g: ConvGeometry, h: int, w: int, out=None, accumulate: bool = False):
     """Sum columns (N, C, kh, kw, Ho, Wo) back into an image (N, C, h, w) (the adjoint of :func:`im2col`).
 
-    Writes into ``out`` when given (adding to it when ``accumulate``), else returns a new array.
+    Writes into ``out`` when given (adding to it when ``accumulate``), else returns a new array. On CuPy arrays
+    the named kernel ``col2im`` (:mod:`caffelite.kernels.im2col`) gathers the sums; elsewhere slice-adds.
     """
     xp = get_array_module(cols)
+    if on_gpu(cols):
+        cols = xp.ascontiguousarray(cols)
+        if out is None or not accumulate:
+            return kim.col2im(cols, g, h, w, out=out)
+        out += kim.col2im(cols, g, h, w)
+        return out
     n, c, kh, kw, ho, wo = cols.shape
     hb, wb = g.padded_extent(h, w, ho, wo)
     buf = workspace("col2im", (n, c, hb, wb), cols.dtype, xp)

@@ -176,6 +176,12 @@ def enabled(flag: bool):
         _ENABLED = old
 
 
+def is_enabled() -> bool:
+    """Whether compiled kernels may run now (False inside ``enabled(False)``); every native kernel module reads
+    the switch through this function."""
+    return _ENABLED
+
+
 def info() -> str:
     """One line for logs and benchmarks: instruction set and thread count, or why the kernels are off."""
     if _LIB is None:

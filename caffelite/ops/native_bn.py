@@ -4,7 +4,7 @@ Built by ``pip install`` beside the convolution kernels (:mod:`caffelite.ops.nat
 ``CAFFELITE_NATIVE=0`` turns both off, ``native.enabled(False)`` forces the NumPy path within a block,
 ``CAFFELITE_NATIVE_ISA`` forces an instruction set, ``CAFFELITE_NUM_THREADS`` sets the thread count.
 
-What runs here (C-contiguous float32 NumPy arrays only; the layers fall back to their NumPy code otherwise):
+What runs here (C-contiguous float32 NumPy arrays only; chosen by :mod:`.batch_norm` and :mod:`.relu`):
 - :func:`bn_train_forward` / :func:`bn_train_backward`: BatchNorm with batch statistics, one task per channel,
   sums in float64 (forward: one shifted pass for both sums, see :data:`ONE_PASS`).
 - :func:`relu_forward` / :func:`relu_backward`: ReLU with any negative slope, NumPy's NaN and −0 results.
@@ -75,7 +75,7 @@ def info() -> str:
 def usable(*arrays) -> bool:
     """Whether the kernels take these arrays now: built, enabled (:func:`caffelite.ops.native.enabled`), and
     every array a C-contiguous float32 NumPy array (None entries are ignored)."""
-    return _LIB is not None and native._ENABLED and all(
+    return _LIB is not None and native.is_enabled() and all(
         a is None or (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous)
         for a in arrays)
 

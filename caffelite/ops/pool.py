@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from ..kernels import on_gpu
+from ..kernels import pool as kpool
 from .im2col import ConvGeometry, pad_into, window_view, workspace
 
 
@@ -46,8 +48,11 @@ def _tiles(k, s, p, h, w, ho, wo) -> bool:
 def max_pool_forward(x, k, s, p, ho, wo, out, argmax_out=None):
     """MAX pooling of x (N, C, H, W) into ``out`` (N, C, ho, wo). When ``argmax_out`` (integer, same shape;
     see :func:`argmax_dtype`) is given it receives each window's winning offset index i*kw + j (see
-    :func:`offsets_to_mask`)."""
+    :func:`offsets_to_mask`). On CuPy arrays the named kernel ``max_pool_fwd`` (:mod:`caffelite.kernels.pool`)
+    runs instead of the body below."""
     xp = get_array_module(x)
+    if on_gpu(x):
+        return _gpu_max_pool_forward(xp, x, k, s, p, ho, wo, out, argmax_out)
     n, c, h, w = x.shape
     if _tiles(k, s, p, h, w, ho, wo) and (ho == 1 and wo == 1):
         # global pooling: one reduction over the whole plane
@@ -219,6 +224,17 @@ def _tiled_backward_2x2(dy, argmax, dx):
     return dx
 
 
+def _gpu_max_pool_forward(xp, x, k, s, p, ho, wo, out, argmax_out):
+    """The kernel writes int32 window offsets: into ``argmax_out`` itself when that is int32 and contiguous, else
+    into a scratch copied over (the layer's narrower offset type), or dropped when no argmax is wanted."""
+    direct = argmax_out is not None and argmax_out.dtype == np.int32 and argmax_out.flags.c_contiguous
+    arg = argmax_out if direct else workspace("pool_arg32", out.shape, np.int32, xp)
+    kpool.max_pool_forward(xp.ascontiguousarray(x), k, s, p, ho, wo, out, arg)
+    if argmax_out is not None and not direct:
+        argmax_out[...] = arg
+    return out
+
+
 def argmax_dtype(k):
     """The narrowest integer type for window offsets 0..k_h*k_w-1 (less memory traffic in backward)."""
     return np.uint8 if k[0] * k[1] <= 255 else np.int32
@@ -248,8 +264,11 @@ def _scatter_target(dx, k, s, p, h, w, ho, wo, xp):
 
 
 def max_pool_backward(dy, argmax, k, s, p, h, w, dx):
-    """Assign ``dx`` (N, C, h, w): each top diff goes to its window's winner."""
+    """Assign ``dx`` (N, C, h, w): each top diff goes to its window's winner (on CuPy arrays: the named kernel
+    ``max_pool_bwd``, :mod:`caffelite.kernels.pool`)."""
     xp = get_array_module(dy)
+    if on_gpu(dy):
+        return kpool.max_pool_backward(dy, argmax, k, s, p, h, w, dx)
     n, c, ho, wo = dy.shape
     if _tiles(k, s, p, h, w, ho, wo) and (ho == 1 and wo == 1):
         dx[...] = 0
