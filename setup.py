@@ -16,6 +16,7 @@ setup(ext_modules=[
               extra_compile_args=["-O3", "-std=gnu11"], optional=True),
     # -ffp-contract=off: the integer kernel's double epilogue must round as its NumPy reference does
     Extension("caffelite._native._cint8", sources=["caffelite/_native/cint8.c"],
-              depends=["caffelite/_native/cint8_kernel.h", "caffelite/_native/isa.h"],
+              depends=["caffelite/_native/cint8_kernel.h", "caffelite/_native/cint8_undef.h",
+                       "caffelite/_native/isa.h"],
               extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off"], optional=True),
 ])

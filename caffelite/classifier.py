@@ -12,6 +12,23 @@ from .net import Net
 __all__ = ["Classifier"]
 
 
+
+def input_transformer(name, shape, mean=None, input_scale=None, raw_scale=None, channel_swap=None):
+    """A :class:`caffelite.io.Transformer` for input ``name`` of ``shape``: H x W x C images to C x H x W, with
+    pycaffe's optional mean, input scale, raw scale and channel swap (Classifier's and Detector's set-up)."""
+    t = pyio.Transformer({name: shape})
+    t.set_transpose(name, (2, 0, 1))
+    if mean is not None:
+        t.set_mean(name, mean)
+    if input_scale is not None:
+        t.set_input_scale(name, input_scale)
+    if raw_scale is not None:
+        t.set_raw_scale(name, raw_scale)
+    if channel_swap is not None:
+        t.set_channel_swap(name, channel_swap)
+    return t
+
+
 class Classifier(Net):
     """``Classifier(model_file, pretrained_file, image_dims=None, mean=None, input_scale=None, raw_scale=None,
     channel_swap=None)``: images are resized to ``image_dims`` (default: the input's H×W) and cropped to the
@@ -25,16 +42,7 @@ class Classifier(Net):
             raise self._no_input_error()
         in_ = self.inputs[0]
         shape = self.blobs[in_].shape
-        self.transformer = pyio.Transformer({in_: shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(in_, shape, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(shape[2:])
         self.image_dims = np.array(image_dims if image_dims is not None else self.crop_dims)
 

@@ -85,18 +85,7 @@ static inline gvec gdot2(gvec acc, gvec x, gvec w)
 #define FN(x) x##_generic
 #define TARGET
 #include "cint8_kernel.h"
-#undef VW
-#undef NV
-#undef NVS
-#undef VADD
-#undef VEC
-#undef VZERO
-#undef VLOAD
-#undef VSTORE
-#undef VBCAST
-#undef VDOT2
-#undef FN
-#undef TARGET
+#include "cint8_undef.h"
 
 #if HAVE_X86
 #include <immintrin.h>
@@ -113,18 +102,7 @@ static inline gvec gdot2(gvec acc, gvec x, gvec w)
 #define FN(x) x##_avx2
 #define TARGET __attribute__((target("avx2")))
 #include "cint8_kernel.h"
-#undef VW
-#undef NV
-#undef NVS
-#undef VADD
-#undef VEC
-#undef VZERO
-#undef VLOAD
-#undef VSTORE
-#undef VBCAST
-#undef VDOT2
-#undef FN
-#undef TARGET
+#include "cint8_undef.h"
 
 #define VW 16
 #define NV 3
@@ -160,18 +138,7 @@ static inline gvec gdot2(gvec acc, gvec x, gvec w)
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
 #include "cint8_kernel.h"
 #undef QUADS
-#undef VW
-#undef NV
-#undef NVS
-#undef VADD
-#undef VEC
-#undef VZERO
-#undef VLOAD
-#undef VSTORE
-#undef VBCAST
-#undef VDOT2
-#undef FN
-#undef TARGET
+#include "cint8_undef.h"
 #undef EPI512
 #endif
 
