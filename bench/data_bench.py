@@ -1,4 +1,4 @@
-"""Data-pipeline throughput against the training step: does the net ever wait on data? (issue 6, "Data layers")
+"""Data-pipeline throughput against the training step: does the net ever wait on data?
 
 1. Builds a temporary pair of Cityscapes-sized LMDBs (raw uint8 Datums, 3x1024x2048 BGR images and 1x1024x2048
    labels, as §g.2 writes them) and times caffe-jacinto's ImageLabelData layer the way the seed's train net

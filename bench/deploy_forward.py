@@ -1,4 +1,4 @@
-"""Benchmark: jsegnet21v2 deploy forward on the CPU (issue 3, "Speed").
+"""Benchmark: jsegnet21v2 deploy forward on the CPU.
 
     python bench/deploy_forward.py [--shape 1,3,512,1024] [--runs 7] [--peer torch] [--profile]
     python bench/deploy_forward.py --prune 0.8 --engine dense,sparse --peers torch,openvino,onnxruntime
@@ -12,7 +12,7 @@ two rounds so both see the same machine conditions, and the caffelite/peer ratio
 
 Sparse/engine comparison: ``--weights W.caffemodel`` runs a real trained model instead of random weights;
 ``--prune F`` zeroes, per output channel, the fraction F of smallest-magnitude weights of every Convolution
-caffe-jacinto's sparsity would prune (jacinto.md §a.3: (ni >= 32 or no >= 32), group < no, kernel > 2x2; on
+caffe-jacinto's sparsity would prune (docs/jacinto-spec.md §a.3: (ni >= 32 or no >= 32), group < no, kernel > 2x2; on
 jsegnet21v2 that is every convolution), i.e. the per-channel pattern the flagship's sparse stage leaves, at an
 exact fraction. ``--engine dense,sparse,auto`` times each listed engine (``Net.engine``). ``--peers
 torch,openvino,onnxruntime`` runs each peer in its own interpreter (PyTorch fp32 best of NCHW/channels_last,

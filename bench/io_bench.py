@@ -8,7 +8,7 @@ extra memory over the file size. Then the Net level, on an AlexNet deploy net of
 alone (the net already built: what loading the weights costs on top of the net), and ``net.save`` (streamed
 from the blobs). Each measurement runs in a fresh subprocess so the peak (VmHWM - VmRSS before, the
 high-water mark reset through /proc/self/clear_refs where a net was built first) is its own.
-Goal (issue 2): load <= 1.5 s, peak extra memory <= 1.5x the file.
+Goal: load <= 1.5 s, peak extra memory <= 1.5x the file.
 
 Usage: python bench/io_bench.py [--dir DIR] [--keep]
 """

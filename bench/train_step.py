@@ -1,4 +1,4 @@
-"""Benchmark: one jsegnet21v2 training iteration on the CPU (forward + backward + SGD update; issue 3 "Speed").
+"""Benchmark: one jsegnet21v2 training iteration on the CPU (forward + backward + SGD update).
 
     python bench/train_step.py [--batch 2] [--crop 640] [--runs 5] [--peer torch] [--profile]
 

@@ -1,4 +1,4 @@
-"""The backend without a GPU: every GPU request fails with one clear DeviceError line (issue 7)."""
+"""The backend without a GPU: every GPU request fails with one clear DeviceError line."""
 
 from __future__ import annotations
 

@@ -273,7 +273,7 @@ def test_progress_bar_only_on_a_terminal(case, monkeypatch, tty):
 
 def test_reference_jacinto_runs_test_at_zero_despite_test_initialization_false():
     """Why --flavor jacinto ignores test_initialization: the reference solvers say `false`, their logs still
-    show the one-batch initial test (jacinto.md §c.3), and BVLC's fixture (field unset) tests at 0 too."""
+    show the one-batch initial test (docs/jacinto-spec.md §c.3), and BVLC's fixture (field unset) tests at 0 too."""
     from conftest import REFERENCE
     for stage in ("initial", "l1reg", "sparse"):
         folder = os.path.join(REFERENCE, "cityscapes5_jsegnet21v2", stage)

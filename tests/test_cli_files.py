@@ -51,7 +51,7 @@ def test_convert_caffemodel_bvlc_jacinto_bvlc(tmp_path, capsys):
     b = {l.name: [io.blob_to_array(x) for x in l.blobs] for l in bnet.layer}
     got = [io.blob_to_array(x) for x in bn[0].blobs]
     s = b["conv1/bn"][2][0]
-    k = 0.0 if s == 0 else 1.0 / s  # jacinto.md §d.5
+    k = 0.0 if s == 0 else 1.0 / s  # docs/jacinto-spec.md §d.5
     np.testing.assert_allclose(got[0], b["conv1/bn"][0] * np.float32(k), rtol=1e-6)
     np.testing.assert_allclose(got[1], b["conv1/bn"][1] * np.float32(k), rtol=1e-6)
     np.testing.assert_array_equal(got[3], b["conv1/scale"][0])

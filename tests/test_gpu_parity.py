@@ -1,4 +1,4 @@
-"""NumPy ↔ CuPy parity (issue 7), and the CUDA kernel sources checked on the CPU.
+"""NumPy ↔ CuPy parity, and the CUDA kernel sources checked on the CPU.
 
 Two layers of checks:
 
@@ -361,7 +361,7 @@ def test_every_listed_kernel_is_built_through_the_dispatchers(gpu_route, monkeyp
 # ------------------------------------------------------------------------------------------------------
 # On a GPU (pytest -m gpu): the real kernels, every layer fixture, every solver trajectory, jsegnet21v2 TRAIN
 
-RTOL = 1e-4  # issue 7: float32, rtol 1e-4
+RTOL = 1e-4  # float32, rtol 1e-4
 
 
 def _close(got, want, what=""):

@@ -1,5 +1,5 @@
 """The jacinto parts of the command line: ``caffelite test --display_sparsity`` in caffe-jacinto's format
-(REF:test/run.log, jacinto.md §a.4, §i) on the jsegnet21v2 fixture with pruned weights."""
+(REF:test/run.log, docs/jacinto-spec.md §a.4, §i) on the jsegnet21v2 fixture with pruned weights."""
 
 import os
 

@@ -156,7 +156,7 @@ def test_default_and_jacinto_fillers():
     layer.setup([x], [Blob(())])
     np.testing.assert_array_equal(layer.blobs[0].data, 2.0)
     np.testing.assert_array_equal(layer.blobs[1].data, -1.0)
-    # caffe-jacinto's data/bias: a Bias with a constant -128 filler (jacinto.md §f)
+    # caffe-jacinto's data/bias: a Bias with a constant -128 filler (docs/jacinto-spec.md §f)
     layer = create_layer(P('name: "data/bias" type: "Bias" bottom: "x" top: "y" '
                            'bias_param { filler { type: "constant" value: -128 } }'))
     layer.setup([x], [Blob(())])

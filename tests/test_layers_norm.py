@@ -1,5 +1,5 @@
 """BatchNorm (BVLC and caffe-jacinto semantics), LRN, MVN and Softmax: real-Caffe fixtures, float64 gradient
-checks, and closed-form checks of the caffe-jacinto 5-blob BatchNorm (jacinto.md §d; no fixture exists)."""
+checks, and closed-form checks of the caffe-jacinto 5-blob BatchNorm (docs/jacinto-spec.md §d; no fixture exists)."""
 
 import numpy as np
 import pytest

@@ -169,7 +169,7 @@ def test_reference_caffe_test_logs(path, tmp_path):
 
 
 def test_jacinto_017_lines_and_caffelite_017_flavor(tmp_path, monkeypatch, capfd):
-    """caffe-jacinto 0.17's forms (jacinto.md §i): epoch counter, `m/wd/gs` rate line, `Initial Test` banners,
+    """caffe-jacinto 0.17's forms (docs/jacinto-spec.md §i): epoch counter, `m/wd/gs` rate line, `Initial Test` banners,
     `[MultiGPU]` prefix; and caffelite's own --flavor jacinto log reads back the same way."""
     text = "\n".join([
         "I1003 06:19:42.162161 13372 solver.cpp:264] Initial Test started...",

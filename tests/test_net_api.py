@@ -282,7 +282,7 @@ def test_init_log_in_caffe_format(caplog):
 
 def test_batchnorm_legacy_digits_order_is_permuted():
     """A 5-blob BatchNorm stored as [γ, β, mean, var, reserved] (NVCaffe/DIGITS) is permuted on load
-    (spec jacinto.md §d.5)."""
+    (docs/jacinto-spec.md §d.5)."""
     from conftest import REFERENCE
     proto = os.path.join(REFERENCE, "cifar10_jacintonet11v2", "test", "deploy.prototxt")
     caffelite.set_random_seed(3)

@@ -160,7 +160,7 @@ def test_jsegnet_train_step():
 def test_jacinto_prototxt_with_bvlc_weights(tmp_path):
     """The real caffe-jacinto deploy.prototxt (5-blob BatchNorm with scale_bias, no Scale layers) loads the
     BVLC caffemodel (3-blob BatchNorm + '<bn>/scale' Scale layers): statistics divided by s, γ/β taken from
-    the Scale layers (spec jacinto.md §d.5); every blob then matches BVLC Caffe's. Saving in caffe-jacinto's
+    the Scale layers (docs/jacinto-spec.md §d.5); every blob then matches BVLC Caffe's. Saving in caffe-jacinto's
     form and reloading gives the same net."""
     d, meta = _case("jsegnet21v2_deploy")
     from conftest import REFERENCE

@@ -19,7 +19,7 @@ from caffelite.proto import caffe_pb2
 
 @pytest.mark.parametrize("batch, n, expected", [(16, 3, 6), (4, 3, 2), (8, 2, 4), (7, 2, 4), (5, 1, 5), (1, 4, 1)])
 def test_batch_per_device_is_nvcaffes_ceil_to_multiple(batch, n, expected):
-    # jacinto.md §c.3: 16 → 6 per GPU on 3 GPUs (effective 18); test 4 → 2
+    # docs/jacinto-spec.md §c.3: 16 → 6 per GPU on 3 GPUs (effective 18); test 4 → 2
     assert batch_per_device(batch, n) == expected
 
 

@@ -1,6 +1,6 @@
 """Data parallel on the CPU through MPI (mpi4py + MPICH from ``caffelite[mpi]``), launched by caffelite.
 
-The central check (issue 7): a 2-process run with the CPU all-reduce equals a 1-process run with the doubled
+The central check: a 2-process run with the CPU all-reduce equals a 1-process run with the doubled
 batch. The nets read the solvers fixture LMDB; the net has no BatchNorm (its batch statistics would make
 two half batches differ from one whole batch by design).
 """

@@ -1,4 +1,4 @@
-"""The flagship's stage files: what jacinto.md §g.5 says each stage's nets and solver contain."""
+"""The flagship's stage files: what docs/jacinto-spec.md §g.5 says each stage's nets and solver contain."""
 
 import os
 

@@ -2,7 +2,7 @@
 
 * Boolean flags accept every gflags spelling: ``--flag``, ``--flag=true|false|1|0|yes|no`` and ``--noflag``
   (``-flag`` and ``-flag=x`` are normalised to ``--`` by :func:`caffelite.cli.main`).
-* ``--quant-ranges freeze|save FILE|load FILE`` (beyond caffe-jacinto, issue 5): quantized evaluation that does
+* ``--quant-ranges freeze|save FILE|load FILE`` (beyond caffe-jacinto): quantized evaluation that does
   not depend on the order of the images (docs/jacinto-spec.md §b.4: its running ranges follow every batch).
 * A progress bar on a terminal only; while it shows, log lines are written above it (``tqdm.write``), so
   redirected logs stay byte-for-byte Caffe's lines.

@@ -1,4 +1,4 @@
-"""The range state of a quantization hook beyond the forward pass (beyond caffe-jacinto, issue 5): freezing,
+"""The range state of a quantization hook beyond the forward pass (beyond caffe-jacinto): freezing,
 saving and loading the running ranges (``--quant-ranges``), seeding them from a quantized caffemodel, the snapshot
 state that makes a resumed quantized run exact, and sharing the root's ranges in a data-parallel run.
 
@@ -128,7 +128,7 @@ class RangeState:
 
     def share_ranges(self):
         """Replace the ranges by the root's in a data-parallel run (each replica measured its own batch): the
-        ranges, hence every scale and offset, are decided once (issue 5). A no-op on one device."""
+        ranges, hence every scale and offset, are decided once. A no-op on one device."""
         from .. import parallel
         from ..parallel.comm import flatten, unflatten
         if parallel.current() is None:

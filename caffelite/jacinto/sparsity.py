@@ -194,7 +194,7 @@ class SparsityHook:
 
     def share(self, net):
         """Broadcast the root's factor, masks and Convolution weights to every replica of a data-parallel run
-        (issue 5: identical masks everywhere); does nothing on one device."""
+        (identical masks everywhere); does nothing on one device."""
         from .. import parallel
         if parallel.current() is None or not self.masks:
             return

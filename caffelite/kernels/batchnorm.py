@@ -2,7 +2,7 @@
 reference is :func:`caffelite.ops.batch_norm.batch_stats` (the two-pass formula).
 
 For x viewed as (N, C, S) (S = H·W), per channel: ``mean = Σx / m`` and the biased ``var = Σ(x − mean)² / m``
-with ``m = N·S`` (jacinto.md §d.3). One thread block per channel makes
+with ``m = N·S`` (docs/jacinto-spec.md §d.3). One thread block per channel makes
 both passes over the channel's N·S values, accumulating in float64 (so the result is at least as exact as
 the float32 pairwise sums of the generic body), and reduces in shared memory. The generic body costs
 several full-size temporaries and launches per layer on CuPy; this is two reads of x.
