@@ -10,7 +10,7 @@ quantizes the weights at the end of forward ``quantization_start``; with frozen 
 irrelevant), then every val image of the list:
 
 - ArgMax agreement over all pixels at the net's output size;
-- pixel accuracy and mean IoU in jacinto's convention (caffelite.data.metrics) of each engine at the label size;
+- pixel accuracy and mean IoU in jacinto's convention (caffelite.segmentation.metrics) of each engine at the label size;
 - per layer, teacher-forced (each integer step reads the simulation's integers of its inputs): how many output
   elements differ from the simulation's integers (a third net);
 - free-running (the engine's own integers): the fraction of each blob's elements that differ, in net order,
@@ -53,7 +53,7 @@ def run_files(run_dir):
 
 
 class _EngineNet:
-    """What :class:`~caffelite.data.infer.Segmenter` calls (``forward(**inputs)``), run by the int8 engine."""
+    """What :class:`~caffelite.segmentation.infer.Segmenter` calls (``forward(**inputs)``), run by the int8 engine."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -66,7 +66,7 @@ def _quantized(deploy, weights, ranges, engine):
     """A Segmenter of the deploy net with the loaded ranges, after one forward of zeros; run by the int8 engine
     when ``engine`` (then also returns the engine)."""
     from caffelite import jacinto
-    from caffelite.data.infer import Segmenter
+    from caffelite.segmentation.infer import Segmenter
     from caffelite.jacinto.int8_engine import Int8Net
 
     seg = Segmenter(deploy, weights)
@@ -107,9 +107,9 @@ def measure(deploy, weights, image_list, label_list, ranges, num_images=0, num_c
     """The figures described in the module docstring, as a dict. Three nets, each one forward per image (so
     their parameters follow the same per-forward sequence): the simulation, the free-running engine and the
     teacher-forced engine."""
-    from caffelite.data.infer import _read_label, load_image
-    from caffelite.data.lmdb_tools import _load_pair_lists
-    from caffelite.data.metrics import ConfusionAccumulator
+    from caffelite.segmentation.infer import _read_label, load_image
+    from caffelite.segmentation.lmdbs import _load_pair_lists
+    from caffelite.segmentation.metrics import ConfusionAccumulator
     from caffelite.data.imageops import resize_lanczos_pil
     from caffelite.jacinto.int8_engine import simulation_ints
 

@@ -150,9 +150,9 @@ def main(argv=None):
 
     from caffelite import jacinto
     from caffelite.data.imageops import resize_lanczos_pil, resize_nearest_pil
-    from caffelite.data.infer import Segmenter, _read_label, evaluate_lists
-    from caffelite.data.lmdb_tools import _load_pair_lists
-    from caffelite.data.metrics import ConfusionAccumulator
+    from caffelite.segmentation.infer import Segmenter, _read_label, evaluate_lists
+    from caffelite.segmentation.lmdbs import _load_pair_lists
+    from caffelite.segmentation.metrics import ConfusionAccumulator
     from caffelite.data.reader import load_image
     from caffelite.export import export_onnx
 

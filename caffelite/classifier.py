@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import pyio
+from .io import pycaffe as pyio
 from .layer import TEST
 from .net import Net
 

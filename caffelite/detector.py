@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import pyio
+from .io import pycaffe as pyio
 from .classifier import input_transformer
 from .errors import UnsupportedError
 from .layer import TEST

@@ -11,7 +11,7 @@ import os
 import shutil
 
 from .errors import CaffeliteError
-from .io_files import atomic_write
+from .io.files import atomic_write
 
 __all__ = ["get_pydot_graph", "draw_net", "draw_net_to_file", "get_layer_label", "choose_color_by_layertype",
            "get_edge_label", "get_layer_lr_mult"]

@@ -5,7 +5,7 @@ insert Split layers (:func:`graph.insert_splits`), create each layer from the re
 and tops (in-place tops reuse the bottom's Blob), set up and reshape, record loss weights, share params by
 ``ParamSpec.name``, and work out which layers and bottoms need backward (:func:`graph.prune_backward`;
 each layer learns it as ``layer.needs_backward``). Weight files are read through :mod:`caffelite.io`;
-copying by layer name lives in :mod:`caffelite.netweights`. ``debug_info`` logs as Caffe's does
+copying by layer name lives in :mod:`caffelite.io.netweights`. ``debug_info`` logs as Caffe's does
 (:func:`hooks.add_debug_info_hooks`); a solver tells the net its iteration with :meth:`Net.set_iteration`.
 """
 
@@ -24,7 +24,7 @@ from .hooks import HookSet, add_debug_info_hooks
 from .layer import TEST, TRAIN, create_layer
 from .net_pycaffe import PycaffeNetMixin
 from .net_mixins import GraphAccess, WeightsAndEngines
-from .netweights import append_params, load_net_param
+from .io.netweights import append_params, load_net_param
 from .ops import engine as _engine
 
 log = logging.getLogger("caffelite")

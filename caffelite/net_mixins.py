@@ -11,7 +11,7 @@ own: read them, do not modify them.
 
 from __future__ import annotations
 
-from .netweights import copy_from, save_net, to_proto
+from .io.netweights import copy_from, save_net, to_proto
 from .ops import engine as _engine
 
 

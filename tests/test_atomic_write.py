@@ -1,5 +1,5 @@
 """Every file caffelite writes gets the user's umask (0644 under 022, 0600 under 077) and is written atomically
-through one helper (caffelite.io_files.atomic_open): caffemodel, prototxt, solverstate + sidecar, converted
+through one helper (caffelite.io.files.atomic_open): caffemodel, prototxt, solverstate + sidecar, converted
 files, PNG, lists, LMDB."""
 
 import os
@@ -11,7 +11,7 @@ import pytest
 import caffelite
 from caffelite import cli
 from caffelite import io as cio
-from caffelite.io_files import atomic_open, atomic_write
+from caffelite.io.files import atomic_open, atomic_write
 
 NET = """
 name: "tiny"
@@ -75,9 +75,9 @@ def test_every_writer(tmp_path, umask, monkeypatch):
     assert cli.main(["convert", "--to", "bvlc", "w.caffemodel", "w_bvlc.caffemodel"]) == 0
     assert cli.main(["convert", "--to", "bvlc", "train.prototxt", "bvlc.prototxt"]) == 0
     assert cli.main(["upgrade", "train.prototxt", "up.prototxt"]) == 0
-    from caffelite.data.cityscapes import create_lists
-    from caffelite.data.lmdb_tools import create_segmentation_lmdbs
-    from caffelite.data.synthetic import generate_dataset
+    from caffelite.segmentation.cityscapes import create_lists
+    from caffelite.segmentation.lmdbs import create_segmentation_lmdbs
+    from caffelite.segmentation.synthetic import generate_dataset
     generate_dataset(str(tmp_path / "cs"), 2, 1, (64, 32), seed=0)       # PNGs
     lists = create_lists(str(tmp_path / "cs"), str(tmp_path / "lists"), workers=1)  # lists + label PNGs
     il, ll = lists["train"]

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from caffelite.cli import main
-from caffelite.data.cityscapes import LABEL_MAP_5, DatasetError, create_lists, map_labels
+from caffelite.segmentation.cityscapes import LABEL_MAP_5, DatasetError, create_lists, map_labels
 from caffelite.data.datum import datum_to_array
 from caffelite.data.lmdb_io import LMDBReader, LMDBWriter
-from caffelite.data.lmdb_tools import create_segmentation_lmdbs, validate_segmentation_lmdbs
+from caffelite.segmentation.lmdbs import create_segmentation_lmdbs, validate_segmentation_lmdbs
 
 
 def test_label_table_is_jacintos():

@@ -18,7 +18,7 @@ import pytest
 from caffelite import cli
 from caffelite import log as glog
 from caffelite.errors import SolverError
-from caffelite.io_blob import blob_to_array
+from caffelite.io.blobs import blob_to_array
 from caffelite.proto import caffe_pb2
 
 from helpers import all_close as _close

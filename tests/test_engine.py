@@ -287,7 +287,7 @@ def test_jacinto_quantization_rewriting_weights_is_followed(monkeypatch):
 def test_infer_and_eval_nets_use_auto(monkeypatch, tmp_path):
     """``caffelite infer`` / ``eval`` build their net through Segmenter: TEST phase, engine auto, so a pruned
     model runs its convolutions sparse."""
-    from caffelite.data.infer import Segmenter
+    from caffelite.segmentation.infer import Segmenter
     monkeypatch.delenv(engine.ENV_VAR, raising=False)
     d = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy")
     net = caffelite.Net(os.path.join(d, "deploy.prototxt"), os.path.join(d, "weights.caffemodel.xz"), caffelite.TEST)

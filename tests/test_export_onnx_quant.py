@@ -306,7 +306,7 @@ def test_flagship_writes_deploy_onnx_of_its_quantized_model(tmp_path):
     forward of its evaluation. Replaying that evaluation gives the simulation's state at export time."""
     import glob
 
-    from caffelite.data.infer import Segmenter, evaluate_lists, run_inference
+    from caffelite.segmentation.infer import Segmenter, evaluate_lists, run_inference
     from caffelite.pipeline import segmentation as seg
     from test_flagship import _cfg
 

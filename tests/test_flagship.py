@@ -8,7 +8,7 @@ import re
 import pytest
 
 from caffelite.commands import flagship
-from caffelite.data.cityscapes import DatasetError
+from caffelite.segmentation.cityscapes import DatasetError
 from caffelite.pipeline import segmentation as seg
 
 

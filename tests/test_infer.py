@@ -8,8 +8,9 @@ from PIL import Image
 
 import caffelite
 from caffelite.cli import main
-from caffelite.data.cityscapes import PALETTE_5
-from caffelite.data.infer import InputError, Segmenter, chroma_blend, collect_inputs, evaluate_lists, run_inference
+from caffelite.segmentation.cityscapes import PALETTE_5
+from caffelite.segmentation.infer import (InputError, Segmenter, chroma_blend, collect_inputs, evaluate_lists,
+                                          run_inference)
 
 DEPLOY = """name: "t"
 input: "data"

@@ -13,8 +13,8 @@ import pytest
 
 import caffelite
 from caffelite import io
-from caffelite.io_weights import LazyBlob
-from caffelite.netweights import to_proto
+from caffelite.io.weights import LazyBlob
+from caffelite.io.netweights import to_proto
 from conftest import FIXTURES
 
 CIFAR = os.path.join(FIXTURES, "nets", "cifar10_quick")

@@ -30,7 +30,7 @@ def test_fold_arrays_hand_case():
 def _model(tmp_path, jacinto_bn):
     """The jsegnet21v2 fixture at a small size, in BVLC BN+Scale form or converted to jacinto's 5-blob BN."""
     from caffelite import io
-    from caffelite.io_bn import bvlc_bn_to_jacinto
+    from caffelite.io.batchnorm import bvlc_bn_to_jacinto
     p = io.read_net(os.path.join(JSEG, "deploy.prototxt"))
     p.layer[0].input_param.shape[0].dim[:] = [1, 3, *SIZE]
     w = io.read_weights(os.path.join(JSEG, "weights.caffemodel.xz"))

@@ -22,7 +22,7 @@ def records():
 def pruned(tmp_path_factory):
     """The deploy net at 32x64 and its weights with 70 % of conv1a's weights set to exactly 0."""
     from caffelite import io
-    from caffelite.io_blob import array_to_blob, blob_to_array
+    from caffelite.io.blobs import array_to_blob, blob_to_array
     d = tmp_path_factory.mktemp("pruned")
     p = io.read_net(os.path.join(JSEG, "deploy.prototxt"))
     p.layer[0].input_param.shape[0].dim[:] = [1, 3, 32, 64]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from caffelite.data.metrics import (ConfusionAccumulator, LabelError, confusion_matrix, jacinto_scores,
+from caffelite.segmentation.metrics import (ConfusionAccumulator, LabelError, confusion_matrix, jacinto_scores,
                                     nanmean_scores)
 
 

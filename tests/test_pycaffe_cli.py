@@ -158,6 +158,6 @@ def test_help_and_docstrings_cite_no_internal_documents():
     r = _run(["--help"])
     assert r.returncode == 0 and "§" not in r.stdout and ".md" not in r.stdout
     import caffelite.net_spec
-    import caffelite.pyio
-    for mod in (caffelite.pyio, caffelite.net_spec, caffelite.coord_map, caffelite.draw):
+    import caffelite.io.pycaffe
+    for mod in (caffelite.io.pycaffe, caffelite.net_spec, caffelite.coord_map, caffelite.draw):
         assert "§" not in (mod.__doc__ or "")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from caffelite.errors import SolverError
-from caffelite.io_blob import blob_to_array
+from caffelite.io.blobs import blob_to_array
 from caffelite.proto import caffe_pb2
 from caffelite.solvers import SGDSolver, get_solver, solver_class
 

@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from caffelite.cli import main
-from caffelite.data.cityscapes import LABEL_MAP_5, create_lists, map_labels
-from caffelite.data.synthetic import render_scene
+from caffelite.segmentation.cityscapes import LABEL_MAP_5, create_lists, map_labels
+from caffelite.segmentation.synthetic import render_scene
 
 
 def test_scene_uses_real_label_ids_and_all_five_classes():
@@ -58,7 +58,7 @@ def test_cli_layout_and_lists(tmp_path):
 def test_synthetic_to_lmdb_to_image_label_data(tmp_path):
     """The whole data flow at toy size: generate, list, LMDBs, then the ImageLabelData layer feeds 5 classes."""
     import caffelite
-    from caffelite.data.lmdb_tools import create_segmentation_lmdbs
+    from caffelite.segmentation.lmdbs import create_segmentation_lmdbs
 
     out = tmp_path / "syn"
     main(["data", "synthetic-cityscapes", "--out", str(out), "--train", "6", "--val", "0", "--size", "64x32"])
@@ -92,7 +92,7 @@ def _stride8_upper_bound(lab5, stride=8):
 def test_objects_are_big_enough_to_learn_at_256x128():
     """At the quick run's 256x128, persons and signs/lights are several output cells wide: a stride-8 predictor
     can reach a high mean IoU, so the flagship's >= 70% target is about learning, not about resolution."""
-    from caffelite.data.metrics import ConfusionAccumulator
+    from caffelite.segmentation.metrics import ConfusionAccumulator
 
     acc = ConfusionAccumulator(5)
     widths = {2: [], 3: []}

@@ -6,9 +6,9 @@ import pytest
 
 from caffelite import cli
 from caffelite import io as cio
-from caffelite.dialects import foreign_fields
-from caffelite.io_blob import array_to_blob, varint
-from caffelite.io_wire import tag
+from caffelite.io.dialects import foreign_fields
+from caffelite.io.blobs import array_to_blob, varint
+from caffelite.io.wire import tag
 from caffelite.proto import caffe_pb2
 
 

@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from caffelite import io
 from caffelite.errors import FileFormatError
 from caffelite.proto import caffe_pb2
-from caffelite.upgrade import upgrade_net, upgrade_solver
+from caffelite.io.upgrade import upgrade_net, upgrade_solver
 from conftest import FIXTURES
 
 LEGACY = os.path.join(FIXTURES, "legacy")

@@ -21,8 +21,8 @@ def run(args) -> int:
     from google.protobuf import text_format
 
     from .. import io
-    from ..dialects import NetReport, jacinto_msg_to_bvlc
-    from ..io_blob import convert_blob_form
+    from ..io.dialects import NetReport, jacinto_msg_to_bvlc
+    from ..io.blobs import convert_blob_form
 
     kind = io.file_kind(args.input)
     to = args.to

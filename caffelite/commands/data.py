@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..data.sizes import parse_size
+from ..segmentation.sizes import parse_size
 from ..errors import CaffeliteError
 
 
@@ -75,7 +75,7 @@ def _tty():
 
 
 def _lists(a):
-    from ..data.cityscapes import create_lists
+    from ..segmentation.cityscapes import create_lists
 
     res = create_lists(a.root, a.out, [s for s in a.splits.split(",") if s], progress=_tty())
     for split, (il, ll) in res.items():
@@ -86,7 +86,7 @@ def _lists(a):
 
 
 def _lmdb(a):
-    from ..data.lmdb_tools import create_segmentation_lmdbs
+    from ..segmentation.lmdbs import create_segmentation_lmdbs
 
     t = time.time()
     n = create_segmentation_lmdbs(a.image_list, a.label_list, a.image_lmdb, a.label_lmdb, seed=a.seed,
@@ -97,7 +97,7 @@ def _lmdb(a):
 
 
 def _validate(a):
-    from ..data.lmdb_tools import validate_segmentation_lmdbs
+    from ..segmentation.lmdbs import validate_segmentation_lmdbs
 
     s = validate_segmentation_lmdbs(a.image_lmdb, a.label_lmdb, a.num_classes or None)
     shapes = ", ".join("x".join(str(v) for v in sh) for sh in s["shapes"])
@@ -106,7 +106,7 @@ def _validate(a):
 
 
 def _synthetic(a):
-    from ..data.synthetic import generate_dataset
+    from ..segmentation.synthetic import generate_dataset
 
     size = parse_size(a.size)
     if size is None:

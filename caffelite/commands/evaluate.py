@@ -64,7 +64,7 @@ def save_confusion_png(matrix, names, path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     fig.tight_layout()
-    from ..io_files import atomic_open
+    from ..io.files import atomic_open
 
     with atomic_open(path) as f:
         fig.savefig(f, dpi=100, format=os.path.splitext(path)[1][1:].lower() or "png")
@@ -73,9 +73,9 @@ def save_confusion_png(matrix, names, path) -> None:
 
 def run(args) -> int:
     from .. import backend
-    from ..data.cityscapes import CLASS_NAMES_5
-    from ..data.infer import Segmenter, evaluate_lists
-    from ..data.sizes import parse_size
+    from ..segmentation.cityscapes import CLASS_NAMES_5
+    from ..segmentation.infer import Segmenter, evaluate_lists
+    from ..segmentation.sizes import parse_size
 
     if args.confusion_png:  # fail before the long run if the extra is missing
         try:
@@ -96,7 +96,7 @@ def run(args) -> int:
     if len(names) != k:
         raise CaffeliteError(f"--class-names has {len(names)} names for {k} classes")
     seg = Segmenter(args.model, args.weights or None, resize=parse_size(args.resize))
-    from ..data.metrics import jacinto_scores
+    from ..segmentation.metrics import jacinto_scores
 
     total = args.num_images
     if not total:

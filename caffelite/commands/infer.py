@@ -18,8 +18,8 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from .. import backend
-    from ..data.infer import Segmenter, run_inference
-    from ..data.sizes import parse_size
+    from ..segmentation.infer import Segmenter, run_inference
+    from ..segmentation.sizes import parse_size
 
     if args.gpu not in (None, "", "-1"):
         backend.set_mode_gpu()

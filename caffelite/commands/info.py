@@ -59,7 +59,7 @@ def _notes(report, out):
 def _foreign(msg, out, root="net"):
     """List the fields of other Caffe forks that the file carries: caffelite keeps them, byte for byte, in
     every conversion, but does not know what they mean."""
-    from ..dialects import foreign_fields
+    from ..io.dialects import foreign_fields
 
     for ff in foreign_fields(msg):
         out.append(f"kept, not understood: {ff.describe(root)}")
@@ -76,7 +76,7 @@ def describe_net(net, report, out, arrays=None):
     ``auto engine`` is the engine ``auto`` would run a Convolution with on this machine in a TEST net
     (:mod:`caffelite.ops.engine`: sparse when enough weights are zero and the sparse kernels are built).
     """
-    from ..io_blob import blob_shape, blob_to_array
+    from ..io.blobs import blob_shape, blob_to_array
 
     from ..ops import engine
 
@@ -211,7 +211,7 @@ def run(args) -> int:
     from google.protobuf import text_format
 
     from .. import io
-    from ..io_blob import blob_shape
+    from ..io.blobs import blob_shape
 
     kind = io.file_kind(args.file)
     out = []

@@ -47,7 +47,7 @@ def optimize(model, weights, output_model, remove_bn=False, phase="TEST", form="
     if d:
         os.makedirs(d, exist_ok=True)
     if form == "bvlc":  # BVLC has no 5-blob BatchNorm: split into BatchNorm + Scale (docs/jacinto-spec.md §d.5)
-        from ..io_bn import jacinto_bn_to_bvlc
+        from ..io.batchnorm import jacinto_bn_to_bvlc
         jacinto_bn_to_bvlc(new_model)
         jacinto_bn_to_bvlc(new_weights)
     io.write_text(new_model, proto_path, "bvlc" if form == "bvlc" else "jacinto017")

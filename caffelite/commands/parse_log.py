@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import CaffeliteError
-from ..io_files import atomic_write
+from ..io.files import atomic_write
 
 
 def add_arguments(p):

@@ -99,7 +99,7 @@ def run(args) -> int:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    from ..io_files import atomic_open
+    from ..io.files import atomic_open
 
     with atomic_open(args.output) as f:  # format from the name, as savefig(path) picks it
         fig.savefig(f, dpi=100, format=os.path.splitext(args.output)[1][1:].lower() or "png")

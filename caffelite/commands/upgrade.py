@@ -21,7 +21,7 @@ def run(args) -> int:
 
     from .. import io
     from ..errors import FileFormatError
-    from ..upgrade import upgrade_solver
+    from ..io.upgrade import upgrade_solver
 
     kind = io.file_kind(args.input)
     if kind in ("binaryproto", "solverstate"):

@@ -224,7 +224,7 @@ def _max_ir(onnx, opset):
 def save_model(model, path):
     """Check ``model`` (``full_check``: shapes and types inferred) and write it atomically (temp + rename)."""
     onnx = require_onnx()
-    from ..io_files import atomic_write
+    from ..io.files import atomic_write
 
     try:
         onnx.checker.check_model(model, full_check=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..io_blob import array_to_blob, blob_to_array
+from ..io.blobs import array_to_blob, blob_to_array
 from ..proto import caffe_pb2
 
 

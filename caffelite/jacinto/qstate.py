@@ -77,7 +77,7 @@ class RangeState:
 
     def save_ranges(self, path):
         """Write the running ranges (and the forward counter) as JSON."""
-        from ..io_files import atomic_write
+        from ..io.files import atomic_write
         atomic_write(path, json.dumps({"infer_count": self.infer_count, "ranges": self.ranges()}, indent=1))
 
     def load_ranges(self, path, freeze=True):

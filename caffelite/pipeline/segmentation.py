@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io_files import atomic_write
+from ..io.files import atomic_write
 from .stages import STAGES, TRAIN_STAGES, StageConfig, write_stage
 
 PREFIX = "cityscapes5_jsegnet21v2"
@@ -141,7 +141,7 @@ FULL = dict(synthetic_train=2975, synthetic_val=500, synthetic_size=(2048, 1024)
 
 
 def _wh(text):
-    from ..data.sizes import parse_size
+    from ..segmentation.sizes import parse_size
 
     return parse_size(text)
 
@@ -181,8 +181,8 @@ def config_from_args(args) -> RunConfig:
 
 def prepare_data(cfg: RunConfig) -> dict:
     """Dataset (synthetic when no root) → lists → image/label LMDBs; returns the paths. Idempotent."""
-    from ..data.cityscapes import create_lists
-    from ..data.lmdb_tools import create_segmentation_lmdbs
+    from ..segmentation.cityscapes import create_lists
+    from ..segmentation.lmdbs import create_segmentation_lmdbs
 
     data = os.path.join(cfg.out, "data")
     os.makedirs(data, exist_ok=True)
@@ -190,7 +190,7 @@ def prepare_data(cfg: RunConfig) -> dict:
     if root is None:
         root = os.path.join(data, "cityscapes")
         if not os.path.exists(os.path.join(root, ".complete")):
-            from ..data.synthetic import generate_dataset
+            from ..segmentation.synthetic import generate_dataset
 
             print(f"[data] synthetic Cityscapes: {cfg.synthetic_train} train + {cfg.synthetic_val} val images, "
                   f"{cfg.synthetic_size[0]}x{cfg.synthetic_size[1]} -> {root}", flush=True)
@@ -258,7 +258,7 @@ def _test_stage(stage, stage_dir, weights, cfg: RunConfig):
 def evaluate_stage(stage_dir, weights, paths, cfg: RunConfig, overlays_dir=None) -> dict:
     """Pixel accuracy / mean IoU of the stage's deploy net on the val list (§g.4), plus zero-weight fraction."""
     from .. import jacinto
-    from ..data.infer import Segmenter, evaluate_lists, run_inference
+    from ..segmentation.infer import Segmenter, evaluate_lists, run_inference
 
     deploy = os.path.join(stage_dir, "deploy.prototxt")
     seg = Segmenter(deploy, weights)
@@ -285,7 +285,7 @@ def calibrate_ranges(deploy, weights, image_list, label_list, path, num_images=0
     simulation over the val images; the running ranges it ends with) to ``path`` (for a run folder written before
     the stage saved them, or a copy elsewhere). Returns ``path``."""
     from .. import jacinto
-    from ..data.infer import Segmenter, evaluate_lists
+    from ..segmentation.infer import Segmenter, evaluate_lists
 
     seg = Segmenter(deploy, weights)
     hooks = jacinto.attach_from_proto(seg.net)

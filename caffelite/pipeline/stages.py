@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import text_format
 
-from ..io_files import atomic_write
+from ..io.files import atomic_write
 from ..proto import caffe_pb2
 
 TEMPLATE_NET = "cityscapes5_jsegnet21v2"  # package data: caffelite.models.prototxt_path(TEMPLATE_NET, ...)

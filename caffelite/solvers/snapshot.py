@@ -13,7 +13,7 @@ Files for a snapshot at iteration N (Caffe's names, docs/jacinto-spec.md §h):
   arrays are npz members, everything else is a JSON manifest.
 
 Each file is written to a temporary name in the same folder, fsynced and renamed over the target
-(:func:`caffelite.io_files.atomic_open`), in the order caffemodel, sidecar, solverstate: the ``.solverstate``
+(:func:`caffelite.io.files.atomic_open`), in the order caffemodel, sidecar, solverstate: the ``.solverstate``
 appears last, so its presence implies complete companions, and a crash at any moment leaves the previous
 snapshot intact and the newest complete one findable (:func:`latest_snapshot`). A state without its sidecar
 (written by Caffe, or copied without it) still resumes, with one warning naming what starts fresh.
@@ -29,8 +29,8 @@ import numpy as np
 from .. import backend
 from .. import log as glog
 from ..errors import FileFormatError, SolverError
-from ..io_files import atomic_open, atomic_write
-from ..io_blob import array_to_blob, blob_to_array
+from ..io.files import atomic_open, atomic_write
+from ..io.blobs import array_to_blob, blob_to_array
 from . import netutil
 
 SIDECAR_SUFFIX = ".extra.npz"
@@ -182,7 +182,7 @@ def read_state(path):
     try:
         from .. import io
         reader = getattr(io, "read_solverstate", None)
-    except ImportError:  # pragma: no cover - io.py not there yet
+    except ImportError:  # pragma: no cover - caffelite.io not there yet
         reader = None
     if reader is not None:
         return reader(path)

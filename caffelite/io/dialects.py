@@ -13,7 +13,7 @@ In memory caffelite always holds caffe-jacinto 0.17 classes:
   BVLC ``recurrent_param`` (146) is moved to jacinto's 151; solver 41/42 are reported and dropped.
 - 0.16 -> 0.17 copies fields by name (:func:`convert_by_name`); fields without a 0.17 namesake are reported.
 - 0.17 -> BVLC (``convert --to bvlc``): jacinto-only fields are removed and reported; BatchNorm may be split
-  into BVLC's BatchNorm + Scale (:mod:`caffelite.io_bn`).
+  into BVLC's BatchNorm + Scale (:mod:`caffelite.io.batchnorm`).
 - Fields that no schema declares (other forks', e.g. numbers 10000+ inside ``memory_data_param``) are kept,
   not understood, at any depth, and written back byte for byte in every form (:func:`foreign_fields`).
 """
@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from google.protobuf import unknown_fields
 
-from .proto import caffe_pb2, dialect
+from ..proto import caffe_pb2, dialect
 
 log = logging.getLogger("caffelite.dialects")
 
@@ -116,7 +116,7 @@ def foreign_fields(msg, path=()) -> list[ForeignField]:
     BVLC-only fields read into jacinto classes are *not* foreign (their conversion is the dialects' business);
     these are fields of other forks, which caffelite keeps byte for byte through every conversion
     (:func:`restore_foreign_fields`) without understanding them."""
-    from .io_wire import unknown_field_bytes
+    from .wire import unknown_field_bytes
 
     out = []
     mname = msg.DESCRIPTOR.name
@@ -169,7 +169,7 @@ def restore_foreign_fields(msg, fields, report: NetReport | None = None):
             continue
         key = id(sub)
         if key not in seen:
-            from .io_wire import unknown_field_bytes
+            from .wire import unknown_field_bytes
             seen[key] = [unknown_field_bytes(f) for f in unknown_fields.UnknownFieldSet(sub)
                          if f.wire_type in WIRE_NAMES]
         if ff.raw in seen[key]:
@@ -196,7 +196,7 @@ def guess_jacinto_version(raw: bytes) -> str:
     NetQuantizationParameter field 3 is 0.17 ``bitwidth_weights`` (> 1) but 0.16 enum ``rounding_scheme``.
     Ties go to 0.17.
     """
-    from .io_wire import iter_fields
+    from .wire import iter_fields
 
     v16 = v17 = 0
     try:

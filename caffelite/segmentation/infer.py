@@ -15,12 +15,12 @@ import os
 import numpy as np
 
 from .. import backend
+from ..data.imageops import resize_lanczos_pil, resize_nearest_pil
+from ..data.reader import load_image, read_image_list
 from ..errors import CaffeliteError
-from ..io_files import atomic_write, save_png
+from ..io.files import atomic_write, save_png
 from .cityscapes import PALETTE_5
-from .imageops import resize_lanczos_pil, resize_nearest_pil
 from .metrics import ConfusionAccumulator
-from .reader import load_image, read_image_list
 
 __all__ = ["Segmenter", "collect_inputs", "chroma_blend", "colorize", "run_inference", "evaluate_lists",
            "InputError"]
@@ -206,7 +206,7 @@ def _read_label(path, source_list):
 def evaluate_lists(seg: Segmenter, image_list, label_list, num_classes=5, num_images=0, progress=None,
                    callback=None) -> ConfusionAccumulator:
     """Accumulate the confusion matrix over paired lists (labels at full resolution, §g.4)."""
-    from .lmdb_tools import _load_pair_lists
+    from .lmdbs import _load_pair_lists
 
     imgs, labs = _load_pair_lists(image_list, label_list)
     if num_images:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FileFormatError
-from .io_blob import RAW_DTYPES, check_shape, has_field, payload_chunks, varint
-from .proto import caffe_pb2
+from ..errors import FileFormatError
+from ..proto import caffe_pb2
+from .blobs import RAW_DTYPES, check_shape, has_field, payload_chunks, varint
 
 #: BlobProto payload fields: number -> (name, kind); kind "f4"/"f8" packed floats, "raw" bytes
 PAYLOAD = {5: ("data", "f4"), 6: ("diff", "f4"), 8: ("double_data", "f8"), 9: ("double_diff", "f8"),
@@ -63,7 +63,7 @@ def _unknown_bytes(msg) -> list:
 def encode_blob(blob, form=None) -> list:
     """Wire chunks of a BlobProto. ``form``: None keeps its encoding, "jacinto" writes raw FLOAT, "bvlc"
     writes packed ``data``/``diff`` (double_data kept as is, as BVLC writes doubles)."""
-    from .io_blob import blob_diff_to_array, blob_to_array
+    from .blobs import blob_diff_to_array, blob_to_array
 
     has_raw = has_field(blob, "raw_data") or has_field(blob, "raw_diff")  # BVLC's BlobProto has no raw_*
     has_dbl = bool(len(blob.double_data) or len(blob.double_diff))
@@ -104,7 +104,7 @@ def _nbytes(chunks) -> int:
 
 
 def encode_array_blob(arr, form="jacinto") -> list:
-    """Wire chunks of the BlobProto that :func:`caffelite.io_blob.array_to_blob` would build from ``arr``
+    """Wire chunks of the BlobProto that :func:`caffelite.io.blobs.array_to_blob` would build from ``arr``
     (or from a ``(data, diff)`` pair, diff included), streamed from the arrays' memory (no protobuf copy)."""
     arr, diff = arr if isinstance(arr, tuple) else (arr, None)
     a = np.ascontiguousarray(np.asarray(arr), dtype="<f4")
@@ -260,7 +260,7 @@ def _read_blob(r: _Reader, end, where, lazy=False):
         else:
             r.f.seek(start)
             skel.append(r.raw_field(start, end))
-    from .io_files import parse_binary
+    from .files import parse_binary
 
     blob = parse_binary(caffe_pb2.BlobProto, b"".join(skel), where, "blob (BlobProto)")
     count = check_shape(_shape_of(blob), where)

@@ -11,7 +11,7 @@ import secrets
 
 from google.protobuf import message as pb_message
 
-from .errors import FileFormatError
+from ..errors import FileFormatError
 
 #: refuse to decompress an ``.xz`` beyond this (a decompression bomb would otherwise exhaust memory)
 MAX_FILE_BYTES = 1 << 34

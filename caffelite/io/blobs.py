@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FileFormatError
-from .proto import caffe_pb2
+from ..errors import FileFormatError
+from ..proto import caffe_pb2
 
 #: Caffe's Type enum values used for raw_data (docs/jacinto-spec.md §h: DOUBLE 0, FLOAT 1, FLOAT16 2)
 RAW_DTYPES = {0: np.dtype("<f8"), 1: np.dtype("<f4"), 2: np.dtype("<f2")}

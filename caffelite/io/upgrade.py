@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 
-from .errors import FileFormatError
-from .proto import caffe_pb2
+from ..errors import FileFormatError
+from ..proto import caffe_pb2
 
 log = logging.getLogger("caffelite.upgrade")
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io_blob import array_to_blob, blob_to_array
-from .proto import caffe_pb2
+from ..proto import caffe_pb2
+from .blobs import array_to_blob, blob_to_array
 
 
 def _arrays(layer):

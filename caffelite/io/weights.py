@@ -1,7 +1,7 @@
 """Binary caffemodel reading and writing (see :mod:`caffelite.io` for the public API).
 
 ``read_weights`` parses the whole file with protobuf (the message holds every value); ``load_weights``
-streams blob payloads straight into numpy arrays (:mod:`caffelite.io_wire`) and is what a Net should use for
+streams blob payloads straight into numpy arrays (:mod:`caffelite.io.wire`) and is what a Net should use for
 big files; ``write_weights`` streams payloads from array memory. Dialect detection of binary nets
 (docs/jacinto-spec.md §h: NVCaffe writes ``raw_data`` and sets ``forward_type``... on every layer; BVLC writes packed
 ``data`` and may carry message fields 145-148) lives here too.
@@ -13,19 +13,19 @@ import os
 
 import numpy as np
 
+from ..errors import FileFormatError
+from ..proto import caffe_pb2, dialect
 from . import upgrade as _upgrade
 from .dialects import (NetReport, convert_by_name, detect_bvlc_in_jacinto_net, foreign_fields, guess_jacinto_version,
                        restore_foreign_fields, unknown_numbers)
-from .errors import FileFormatError
-from .io_blob import blob_shape, blob_to_array, check_blob
-from .io_files import parse_binary as _parse_binary
-from .io_files import atomic_write, check_strings, read_bytes
-from .io_wire import iter_net_chunks, scan_weights
-from .proto import caffe_pb2, dialect
+from .blobs import blob_shape, blob_to_array, check_blob
+from .files import parse_binary as _parse_binary
+from .files import atomic_write, check_strings, read_bytes
+from .wire import iter_net_chunks, scan_weights
 
 
 def _binary_net_dialect(net, forms=None, raw=b"") -> str:
-    """Decide the dialect of a binary NetParameter parsed with the 0.17 class (see :mod:`caffelite.dialects`)."""
+    """Decide the dialect of a binary NetParameter parsed with the 0.17 class (see :mod:`caffelite.io.dialects`)."""
     jacinto_marks = False
     for l in net.layer:
         nums = unknown_numbers(l)

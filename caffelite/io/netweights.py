@@ -15,9 +15,9 @@ import os
 
 import numpy as np
 
-from . import backend
-from .errors import FileFormatError, NetError
-from .proto import caffe_pb2
+from .. import backend
+from ..errors import FileFormatError, NetError
+from ..proto import caffe_pb2
 
 log = logging.getLogger("caffelite")
 
@@ -25,12 +25,12 @@ log = logging.getLogger("caffelite")
 def load_net_param(model):
     """(NetParameter in the jacinto-0.17 form, {layer name: BVLC LayerParameter extras}) for ``model``:
     a prototxt path or a NetParameter of any dialect (legacy forms are upgraded)."""
-    from . import io
+    from .. import io
     if not isinstance(model, (str, bytes, os.PathLike)) and not hasattr(model, "layer"):
         raise TypeError(f"Net expects a prototxt path or a NetParameter, got {type(model).__name__}")
     if isinstance(model, bytes):
         model = os.fsdecode(model)
-    from .proto import dialect
+    from ..proto import dialect
     if hasattr(model, "layer") and model.DESCRIPTOR.file.pool is dialect("bvlc").POOL:
         # a BVLC message: convert here so BVLC-only options (clip_param...) reach the layers as extras
         from .dialects import NetReport, bvlc_net_to_jacinto
@@ -47,14 +47,14 @@ def read_weights_param(weights, lazy=False):
     too) or a NetParameter with blobs.
 
     A path is streamed by :func:`caffelite.io.load_weights` (the message keeps shapes only, the values are in
-    the arrays; ``lazy``: :class:`~caffelite.io_weights.LazyBlob` s still in the file). A NetParameter keeps
+    the arrays; ``lazy``: :class:`~caffelite.io.weights.LazyBlob` s still in the file). A NetParameter keeps
     its values in its blobs (arrays None).
     """
     if hasattr(weights, "layer"):
         if not isinstance(weights, caffe_pb2.NetParameter):  # another dialect's class: same wire format
             weights = caffe_pb2.NetParameter.FromString(weights.SerializeToString())
         return weights, None, None
-    from . import io
+    from .. import io
     path = os.fsdecode(weights)
     if not os.path.exists(path):
         raise FileFormatError(path, "no such weights file")
@@ -124,7 +124,7 @@ def append_params(self):
 
 
 def _blob_array(bp, where):
-    from .io_blob import blob_to_array
+    from .blobs import blob_to_array
     return blob_to_array(bp, where=where)
 
 
@@ -253,7 +253,7 @@ def _skeleton(net):
 
 def to_proto(net, form="jacinto", write_diff=False):
     """The net's NetParameter (layers as built, Split layers included) with every layer's blobs."""
-    from .io_blob import array_to_blob
+    from .blobs import array_to_blob
     out = _skeleton(net)
     for lp, layer in zip(out.layer, net.layers, strict=True):
         for b in layer.blobs:
@@ -282,7 +282,7 @@ class _HostBlobs(dict):
 def save_net(net, path, form="jacinto", write_diff=False):
     """Write ``net``'s weights as a caffemodel (same bytes as ``to_proto(...).SerializeToString()``),
     streaming every blob from the net's own memory (no protobuf copy of the values)."""
-    from . import io
+    from .. import io
     names = [l.name for l in net.layers]
     if len(set(names)) != len(names):  # blobs are matched by layer name: duplicates need the message route
         return write_weights_param(to_proto(net, form, write_diff), path, form)
@@ -291,5 +291,5 @@ def save_net(net, path, form="jacinto", write_diff=False):
 
 def write_weights_param(param, path, form="jacinto"):
     """Write NetParameter ``param`` (blobs already in ``form``) to ``path``, atomically."""
-    from . import io
+    from .. import io
     io.write_weights(param, path, form=form)

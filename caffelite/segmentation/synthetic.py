@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from ..io_files import save_png
+from ..io.files import save_png
 
 __all__ = ["render_scene", "generate_dataset", "TRAIN_CITIES", "VAL_CITIES"]
 

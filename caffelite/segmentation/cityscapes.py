@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import CaffeliteError
-from ..io_files import atomic_write, save_png
+from ..data import DatasetError
+from ..io.files import atomic_write, save_png
 
 __all__ = ["LABEL_MAP_5", "PALETTE_5", "CLASS_NAMES_5", "label_lut", "map_labels", "create_lists",
            "image_label_pairs", "DatasetError"]
@@ -38,10 +38,6 @@ CLASS_NAMES_5 = ("background", "road", "person/two-wheeler", "road sign", "vehic
 #: the 5-class palette (RGB) of infer_cityscapes_segmentation.sh (§g.3); other ids are black
 PALETTE_5 = np.zeros((256, 3), dtype=np.uint8)
 PALETTE_5[:5] = [(0, 0, 0), (128, 64, 128), (220, 20, 60), (250, 170, 30), (0, 0, 142)]
-
-
-class DatasetError(CaffeliteError, ValueError):
-    """A dataset folder or list that cannot be used (missing folders, unpaired files, bad label ids)."""
 
 
 def label_lut(mapping=None) -> tuple[np.ndarray, np.ndarray]:

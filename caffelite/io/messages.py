@@ -1,21 +1,7 @@
-"""Every read and write of Caffe files: net/solver prototxt, caffemodel, binaryproto (mean), solverstate.
-
-Public API (all return caffe-jacinto 0.17 messages, :mod:`caffelite.proto`'s ``caffe_pb2``):
-
-- :func:`read_net` / :func:`read_net_ex` / :func:`parse_net_text`: a net prototxt (or binary net), dialect
-  detected (jacinto 0.17, jacinto 0.16, BVLC) and legacy forms upgraded (V0/V1, input fields, BatchNorm);
-- :func:`read_solver`: a solver prototxt (``solver_type`` upgraded);
-- :func:`read_weights`: a binary ``.caffemodel`` (``.xz`` accepted), upgraded like upgrade_net_proto_binary;
-- :func:`load_weights`: the same, streaming blob values into numpy arrays (use this for big files: about 1x
-  the file in memory; the returned message keeps blob shapes only); ``lazy=True`` leaves the values in the
-  file until each is read into its destination (what ``Net.copy_from`` does: nothing held twice);
-- :func:`write_weights` (jacinto raw FLOAT form by default, or BVLC packed form; ``arrays=`` streams a Net's
-  values without copying them into protobuf), :func:`write_text` (``dialect_name="bvlc"`` for BVLC text);
-- :func:`read_binaryproto` / :func:`write_binaryproto`, :func:`read_solverstate` / :func:`write_solverstate`;
-- :func:`blob_to_array` / :func:`array_to_blob` (re-exported from :mod:`caffelite.io_blob`).
-
-Every write is atomic (a temp file in the same folder, then ``os.replace``). Bad input raises
-:class:`~caffelite.errors.FileFormatError` naming the file (and line/column for text).
+"""Reading and writing Caffe's messages by file: net and solver prototxt (dialect detected, legacy forms
+upgraded), in-memory dialect conversion, BVLC text output, binaryproto (mean files), solverstate, and guessing
+what a file holds. Binary nets and caffemodels go through :mod:`caffelite.io.weights`. These are the readers
+behind :mod:`caffelite.io`'s public API.
 """
 
 from __future__ import annotations
@@ -26,29 +12,15 @@ import re
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
+from ..errors import FileFormatError
+from ..proto import caffe_pb2, dialect
 from . import upgrade as _upgrade
+from .blobs import array_to_blob, blob_to_array, check_blob
 from .dialects import NetReport, bvlc_net_to_jacinto, bvlc_solver_to_jacinto, convert_by_name, \
     detect_bvlc_in_jacinto_net, jacinto_msg_to_bvlc, looks_bvlc, unknown_numbers
-from .errors import FileFormatError
-from .io_blob import array_to_blob, blob_diff_to_array, blob_shape, blob_to_array, check_blob
-from .io_files import atomic_write, check_strings, is_text_file, read_bytes
-from .io_files import parse_binary as _parse_binary
-from .io_weights import load_weights, parse_net_binary, read_weights, read_weights_ex, \
-    serialize_weights, write_weights
-from .proto import caffe_pb2, dialect
-from .pyio import Transformer, array_to_blobproto, array_to_datum, arraylist_to_blobprotovector_str, \
-    blobproto_to_array, blobprotovector_str_to_arraylist, datum_to_array, load_image, oversample, resize_image
-
-__all__ = [
-    "NetReport", "read_net", "read_net_ex", "parse_net_text", "read_solver", "read_solver_ex", "read_weights",
-    "read_weights_ex", "write_weights", "write_text", "read_binaryproto", "write_binaryproto",
-    "read_solverstate", "write_solverstate", "blob_to_array", "array_to_blob", "blob_diff_to_array",
-    "blob_shape", "atomic_write", "read_bytes", "is_text_file", "file_kind", "read_text_any", "parse_net_binary",
-    "serialize_weights", "check_blob", "load_weights", "convert_net",
-    # pycaffe's caffe.io helpers (caffelite.pyio)
-    "Transformer", "load_image", "resize_image", "oversample", "blobproto_to_array", "array_to_blobproto",
-    "arraylist_to_blobprotovector_str", "blobprotovector_str_to_arraylist", "array_to_datum", "datum_to_array",
-]
+from .files import atomic_write, check_strings, is_text_file, read_bytes
+from .files import parse_binary as _parse_binary
+from .weights import parse_net_binary
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -171,7 +143,7 @@ def convert_net(net, to: str, report: NetReport | None = None):
     Blob encodings are left as they are: write with ``write_weights(form=...)``.
     """
     from .dialects import foreign_fields, restore_foreign_fields
-    from .io_bn import bvlc_bn_to_jacinto, jacinto_bn_to_bvlc
+    from .batchnorm import bvlc_bn_to_jacinto, jacinto_bn_to_bvlc
 
     source = report.dialect if report is not None else "jacinto017"
     if to not in ("bvlc", "jacinto"):
@@ -200,7 +172,7 @@ def write_text(msg, path, dialect_name: str = "jacinto017") -> None:
 def _read_message(path, cls, what):
     """``(path, message)``: a whole binary file parsed as ``cls``; an empty file or one with a field that ``cls``
     declares in another wire type (another kind of file) is refused. Numbers no schema declares are another
-    fork's fields: kept (:func:`caffelite.dialects.foreign_fields`)."""
+    fork's fields: kept (:func:`caffelite.io.dialects.foreign_fields`)."""
     path = os.fspath(path)
     data = read_bytes(path)
     msg = _parse_binary(cls, data, path, what)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import datum as _datum
-from .io_blob import array_to_blob, blob_diff_to_array, blob_to_array
-from .proto import caffe_pb2
+from ..data import datum as _datum
+from ..proto import caffe_pb2
+from .blobs import array_to_blob, blob_diff_to_array, blob_to_array
 
 __all__ = ["Transformer", "load_image", "resize_image", "oversample", "blobproto_to_array", "array_to_blobproto",
            "arraylist_to_blobprotovector_str", "blobprotovector_str_to_arraylist", "array_to_datum",
