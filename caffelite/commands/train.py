@@ -16,12 +16,12 @@ the initial test, with one batch (docs/jacinto-spec.md §c.3). ``--flavor bvlc``
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from .. import log as glog
-from ..errors import CaffeliteError, DeviceError, SolverError
-from .caffe_flags import add_quant_ranges, apply_quant_ranges, progress_bar, stages
+from ..errors import CaffeliteError, SolverError
+from ..solvers.setup import SignalHandler, hms, prepare_training
+from .caffe_flags import add_quant_ranges, apply_quant_ranges, parse_gpus, progress_bar, select_device, stages
 
 EFFECTS = ("stop", "snapshot", "none")
 
@@ -50,87 +50,8 @@ def add_arguments(p):
     jacinto.add_version_argument(p)
 
 
-def parse_gpus(spec):
-    """``"0,1"`` → [0, 1]; ``"all"`` → every visible device; ``""`` → []. Space or comma separated."""
-    spec = (spec or "").strip()
-    if not spec:
-        return []
-    from .. import backend
-    if spec == "all":
-        if not backend.cupy_available():
-            raise DeviceError("--gpu all: no CUDA GPU is available (CuPy missing or no device); "
-                                      "train on the CPU by leaving out --gpu")
-        return list(range(backend.device_count()))
-    try:
-        return [int(t) for t in spec.replace(",", " ").split()]
-    except ValueError:
-        raise CaffeliteError(f"--gpu: expected device ids like '0' or '0,1' or 'all', got '{spec}'") from None
-
-
-def select_device(gpus, solver_param=None, command="train"):
-    """Set CPU or GPU mode as ``caffe`` does (``--gpu`` first, then an explicit ``solver_mode: GPU``).
-
-    Single-device commands (test, time) use the first of several ids, as caffe-jacinto does (§i)."""
-    from .. import backend
-    if not gpus and solver_param is not None and solver_param.HasField("solver_mode") \
-            and solver_param.solver_mode == 1:
-        if backend.cupy_available():
-            gpus = [solver_param.device_id]
-        else:
-            glog.warning("The solver asks for GPU mode but no CUDA GPU is available; using the CPU.",
-                         "caffe.cpp:197")
-    if not gpus:
-        glog.info("Use CPU.", "caffe.cpp:197")
-        backend.set_mode_cpu()
-        return []
-    if len(gpus) > 1:
-        if command == "train":  # run() hands several devices to the launcher before getting here
-            raise CaffeliteError("train: several GPUs are trained by caffelite.parallel.launch")
-        for g in reversed(gpus[1:]):
-            glog.info(f"Not using GPU #{g} for single-GPU function", "caffe.cpp:269")
-    backend.set_device(gpus[0])
-    backend.set_mode_gpu()  # DeviceError (one clear line) without CuPy or a device
-    glog.info(f"Use GPU with device ID {gpus[0]}" if command != "train" else f"Using GPUs {gpus[0]}",
-              "caffe.cpp:281" if command != "train" else "caffe.cpp:206")
-    return gpus[:1]
-
-
-class SignalHandler:
-    """Caffe's SignalHandler: remember SIGINT/SIGHUP and report the configured effect once per signal."""
-
-    def __init__(self, sigint_effect="stop", sighup_effect="snapshot"):
-        self.effects = {signal.SIGINT: sigint_effect}
-        if hasattr(signal, "SIGHUP"):
-            self.effects[signal.SIGHUP] = sighup_effect
-        self._got = []
-        self._old = {}
-
-    def _handle(self, signum, frame):
-        self._got.append(signum)
-
-    def install(self):
-        for s in self.effects:
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not in the main thread: leave the defaults alone
-                pass
-        return self
-
-    def restore(self):
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        self._old.clear()
-
-    def __call__(self):
-        """The requested action: "stop", "snapshot" or "none" (Caffe's GetRequestedAction)."""
-        if not self._got:
-            return "none"
-        s = self._got.pop(0)
-        return self.effects.get(s, "none")
-
-
 def run(args) -> int:
-    from ..solvers import get_solver, read_solver_param
+    from ..solvers import read_solver_param
 
     if not args.solver:
         raise SolverError("Need a solver definition to train.")
@@ -146,16 +67,15 @@ def run(args) -> int:
     select_device(gpus, param)
     handler = SignalHandler(args.sigint_effect, args.sighup_effect).install()
     try:
-        # bare solver: the jacinto hooks are attached once, below, with the command's --jacinto_version
-        solver = get_solver(param, flavor=args.flavor, extensions=False)
-        solver.requested_action = handler
-        solver.snapshot_form = args.snapshot_form or None
-        hooks = attach_jacinto(solver.net, solver, getattr(args, "jacinto_version", None))
-        finish_ranges = apply_quant_ranges(hooks, args.quant_ranges)
-        if args.snapshot:
-            glog.info(f"Resuming from {args.snapshot}", "caffe.cpp:252")
-        elif args.weights:
-            copy_weights(solver, args.weights)
+        # bare solver: the jacinto hooks are attached once, with the command's --jacinto_version, then the
+        # --quant-ranges option applied to them (its result: what to call after the run)
+        def attach(solver):
+            hooks = attach_jacinto(solver.net, solver, getattr(args, "jacinto_version", None))
+            return apply_quant_ranges(hooks, args.quant_ranges)
+
+        solver, finish_ranges = prepare_training(param, handler, flavor=args.flavor, extensions=False,
+                                                 snapshot_format=args.snapshot_form, attach=attach,
+                                                 snapshot=args.snapshot, weights=args.weights)
         glog.info("Starting Optimization", "caffe.cpp:239")
         t0 = time.perf_counter()
         with progress_bar(param.max_iter, unit="iter") as bar:
@@ -167,7 +87,7 @@ def run(args) -> int:
         if args.flavor == "bvlc":
             glog.info("Optimization Done.", "caffe.cpp:250")
         else:
-            glog.info(f"Optimization Done in {_hms(time.perf_counter() - t0)}", "caffe.cpp:250")
+            glog.info(f"Optimization Done in {hms(time.perf_counter() - t0)}", "caffe.cpp:250")
     finally:
         handler.restore()
     return 0
@@ -200,20 +120,3 @@ def attach_jacinto(net, solver=None, version=None):
     from .. import jacinto
 
     return jacinto.attach_from_proto(net, solver, version=version)
-
-
-def copy_weights(solver, weights):
-    """Caffe's CopyLayers: each comma-separated caffemodel into the train net and every test net, in turn."""
-    for w in [w for w in weights.split(",") if w]:
-        if not os.path.exists(w):
-            raise FileNotFoundError(2, "No such file or directory", w)
-        glog.info(f"Finetuning from {w}", "solver.cpp:72")
-        solver.net.copy_from(w)
-        for t in solver.test_nets:
-            t.copy_from(w)
-
-
-def _hms(seconds):
-    s = int(seconds)
-    h, m = s // 3600, (s // 60) % 60
-    return (f"{h}h " if h else "") + (f"{m}m " if h or m else "") + f"{s % 60}s"
