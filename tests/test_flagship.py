@@ -79,3 +79,32 @@ def test_missing_gtfine_is_one_clear_error(tmp_path):
     with pytest.raises(DatasetError) as e:
         seg.prepare_data(cfg)
     assert "gtFine" in str(e.value)
+
+
+def test_a_failing_stage_command_is_one_error_naming_stage_command_and_status(tmp_path, monkeypatch):
+    """A stage's ``caffelite`` command that fails raises StageError (a CaffeliteError, so the CLI prints it and
+    exits 2) naming the stage, the command and its exit status, with the command's last output; the log keeps
+    the output and the pipe from the child is closed."""
+    import subprocess
+
+    from caffelite.errors import CaffeliteError
+
+    procs = []
+    real_popen = subprocess.Popen
+
+    def spy(*args, **kwargs):
+        procs.append(real_popen(*args, **kwargs))
+        return procs[-1]
+
+    monkeypatch.setattr(seg.subprocess, "Popen", spy)
+    log = tmp_path / "run.log.txt"
+    with pytest.raises(seg.StageError) as e:
+        seg._caffelite(["train", "--solver", "missing_solver.prototxt"], str(log), str(tmp_path), stage="initial")
+    err = e.value
+    assert isinstance(err, CaffeliteError) and isinstance(err, RuntimeError)
+    assert err.stage == "initial" and err.returncode == 2 and err.command[:2] == ["train", "--solver"]
+    first = str(err).splitlines()[0]
+    assert first.startswith("stage 'initial': `caffelite train --solver missing_solver.prototxt` failed with exit "
+                            "status 2") and str(log) in first
+    assert "missing_solver.prototxt" in err.tail and err.tail.splitlines()[-1] in log.read_text()
+    assert len(procs) == 1 and procs[0].stdout.closed and procs[0].returncode == 2

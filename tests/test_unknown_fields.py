@@ -6,7 +6,7 @@ import pytest
 
 from caffelite import cli
 from caffelite import io as cio
-from caffelite.io.dialects import foreign_fields
+from caffelite.io.foreign import foreign_fields
 from caffelite.io.blobs import array_to_blob, varint
 from caffelite.io.wire import tag
 from caffelite.proto import caffe_pb2
@@ -116,3 +116,12 @@ def test_declared_number_with_wrong_wire_type_still_refused(tmp_path):
     (tmp_path / "x.solverstate").write_bytes(st.SerializeToString() + _unk(2, 0, 7))  # learned_net as a varint
     with pytest.raises(Exception, match="not a solverstate"):
         cio.read_solverstate(str(tmp_path / "x.solverstate"))
+
+
+def test_the_helpers_are_still_importable_from_dialects():
+    """They live in caffelite.io.foreign; code that imported them from caffelite.io.dialects keeps working."""
+    from caffelite.io import dialects, foreign
+
+    assert dialects.foreign_fields is foreign.foreign_fields
+    assert dialects.restore_foreign_fields is foreign.restore_foreign_fields
+    assert dialects.ForeignField is foreign.ForeignField

@@ -59,7 +59,7 @@ def _notes(report, out):
 def _foreign(msg, out, root="net"):
     """List the fields of other Caffe forks that the file carries: caffelite keeps them, byte for byte, in
     every conversion, but does not know what they mean."""
-    from ..io.dialects import foreign_fields
+    from ..io.foreign import foreign_fields
 
     for ff in foreign_fields(msg):
         out.append(f"kept, not understood: {ff.describe(root)}")

@@ -24,7 +24,8 @@ The package's modules, by job:
 - ``messages``: net/solver prototxt reading (dialects, upgrades), BVLC text, binaryproto, solverstate;
 - ``weights``: binary nets and caffemodels (streamed or whole); ``wire``: protobuf wire-format streaming;
 - ``blobs``: BlobProto <-> numpy; ``batchnorm``: BVLC <-> jacinto BatchNorm layouts;
-- ``dialects``: dialect detection and conversion; ``upgrade``: legacy net/solver upgrades;
+- ``dialects``: dialect detection and conversion; ``foreign``: other forks' fields, kept byte for byte;
+  ``upgrade``: legacy net/solver upgrades;
 - ``files``: whole-file reads (``.xz``), atomic writes, text/binary sniffing, guarded parsing;
 - ``netweights``: a Net's definition/weights loading and copying by layer name;
 - ``pycaffe``: pycaffe's ``caffe.io`` helpers.

@@ -142,7 +142,7 @@ def convert_net(net, to: str, report: NetReport | None = None):
     Fields no schema declares (other forks') are kept at their place in both directions.
     Blob encodings are left as they are: write with ``write_weights(form=...)``.
     """
-    from .dialects import foreign_fields, restore_foreign_fields
+    from .foreign import foreign_fields, restore_foreign_fields
     from .batchnorm import bvlc_bn_to_jacinto, jacinto_bn_to_bvlc
 
     source = report.dialect if report is not None else "jacinto017"
@@ -172,7 +172,7 @@ def write_text(msg, path, dialect_name: str = "jacinto017") -> None:
 def _read_message(path, cls, what):
     """``(path, message)``: a whole binary file parsed as ``cls``; an empty file or one with a field that ``cls``
     declares in another wire type (another kind of file) is refused. Numbers no schema declares are another
-    fork's fields: kept (:func:`caffelite.io.dialects.foreign_fields`)."""
+    fork's fields: kept (:func:`caffelite.io.foreign.foreign_fields`)."""
     path = os.fspath(path)
     data = read_bytes(path)
     msg = _parse_binary(cls, data, path, what)

@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import FileFormatError
 from ..proto import caffe_pb2, dialect
 from . import upgrade as _upgrade
-from .dialects import (NetReport, convert_by_name, detect_bvlc_in_jacinto_net, foreign_fields, guess_jacinto_version,
-                       restore_foreign_fields, unknown_numbers)
+from .dialects import NetReport, convert_by_name, detect_bvlc_in_jacinto_net, guess_jacinto_version, unknown_numbers
+from .foreign import foreign_fields, restore_foreign_fields
 from .blobs import blob_shape, blob_to_array, check_blob
 from .files import parse_binary as _parse_binary
 from .files import atomic_write, check_strings, read_bytes
@@ -81,7 +81,7 @@ def parse_net_binary(data: bytes, source="<bytes>", upgrade: bool = True):
     net = _parse_binary(caffe_pb2.NetParameter, data, source, "caffemodel (binary NetParameter)")
     check_strings(net, source)
     # a declared number with the wrong wire type (a solverstate's iter in NetParameter's name, say) means another
-    # kind of file; numbers no schema declares are another fork's fields, kept (see dialects.foreign_fields)
+    # kind of file; numbers no schema declares are another fork's fields, kept (see foreign.foreign_fields)
     declared = net.DESCRIPTOR.fields_by_number
     if any(n in declared for n, _ in unknown_numbers(net)) or not (len(net.layer) or len(net.layers)):
         raise FileFormatError(source, "not a caffemodel: no layers (is it a binaryproto, solverstate or "

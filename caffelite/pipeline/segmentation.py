@@ -9,6 +9,7 @@ Each stage is resumable: a finished stage is skipped, an interrupted one resumes
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import CaffeliteError
 from ..io.files import atomic_write
 from .stages import STAGES, TRAIN_STAGES, StageConfig, write_stage
 
@@ -48,27 +50,42 @@ class RunConfig:
     extra_train_args: list = field(default_factory=list)
 
 
-def _caffelite(args, log_path=None, cwd=None, echo=None):
-    """Run ``caffelite ARGS`` in a subprocess (tee its output to ``log_path``); raise on failure."""
-    cmd = [sys.executable, "-m", "caffelite", *map(str, args)]
-    out = open(log_path, "a") if log_path else None
-    try:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        last = []
-        for line in proc.stdout:
-            if out:
-                out.write(line)
-                out.flush()
-            last = (last + [line.rstrip()])[-20:]
-            if echo and echo(line):
-                print("    " + line.rstrip(), flush=True)
-        rc = proc.wait()
-    finally:
-        if out:
-            out.close()
+class StageError(CaffeliteError, RuntimeError):
+    """A flagship stage's ``caffelite`` command failed, or training left no final snapshot: ``stage``, ``command``
+    (the arguments after ``caffelite``), ``returncode``, ``log_path`` (None where moot), its last output ``tail``."""
+
+    def __init__(self, stage, message, command=None, returncode=None, log_path=None, tail=""):
+        where = f"stage '{stage}': " if stage else ""
+        super().__init__(where + message + (f"\n{tail}" if tail else ""))
+        self.stage, self.command, self.returncode, self.log_path, self.tail = stage, command, returncode, log_path, tail
+
+
+def _caffelite(args, log_path=None, cwd=None, echo=None, stage=None):
+    """Run ``caffelite ARGS`` in a subprocess (tee its output to ``log_path``); raise :class:`StageError` naming
+    ``stage``, the command and its exit status when it fails."""
+    args = [str(a) for a in args]
+    cmd = [sys.executable, "-m", "caffelite", *args]
+    last = []
+    with open(log_path, "a") if log_path else contextlib.nullcontext() as out, \
+            subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            for line in proc.stdout:
+                if out:
+                    out.write(line)
+                    out.flush()
+                last = (last + [line.rstrip()])[-20:]
+                if echo and echo(line):
+                    print("    " + line.rstrip(), flush=True)
+        except Exception:
+            # e.g. the log's disk is full: stop the child rather than wait for a whole stage (Ctrl-C is not
+            # caught here: the child gets the same SIGINT and handles it itself)
+            proc.kill()
+            raise
+    rc = proc.returncode  # leaving the Popen block closed its stdout and waited for it
     if rc != 0:
-        tail = "\n".join(last)
-        raise RuntimeError(f"`caffelite {' '.join(map(str, args))}` failed (exit {rc}):\n{tail}")
+        log = f" (log: {log_path})" if log_path else ""
+        raise StageError(stage, f"`caffelite {' '.join(args)}` failed with exit status {rc}{log}", command=args,
+                         returncode=rc, log_path=log_path, tail="\n".join(last))
 
 
 def _echo_train(line: str) -> bool:
@@ -154,7 +171,6 @@ def config_from_args(args) -> RunConfig:
     if args.iters:
         iters = tuple(int(v) for v in args.iters.split(","))
         if len(iters) != 3:
-            from ..errors import CaffeliteError
             raise CaffeliteError("--iters takes three numbers: INITIAL,L1REG,SPARSE")
     sp = pre["sparsity"]
     stage = StageConfig(
@@ -233,12 +249,14 @@ def _train_stage(stage, stage_dir, init_weights, cfg: RunConfig):
             args += ["--weights", os.path.abspath(init_weights)]
         if cfg.stage.gpus:
             args += ["--gpu", cfg.stage.gpus]
-        _caffelite(args + cfg.extra_train_args, os.path.join(stage_dir, "run.log.txt"), stage_dir, _echo_train)
+        _caffelite(args + cfg.extra_train_args, os.path.join(stage_dir, "run.log.txt"), stage_dir, _echo_train,
+                   stage=stage)
     else:
         print(f"[{stage}] already trained ({final_iter} iterations)", flush=True)
     it, weights = latest_snapshot(stage_dir, "caffemodel")
     if it != final_iter:
-        raise RuntimeError(f"[{stage}] expected {PREFIX}_iter_{final_iter}.caffemodel in {stage_dir}")
+        raise StageError(stage, f"training ended without {PREFIX}_iter_{final_iter}.caffemodel in {stage_dir}",
+                         log_path=os.path.join(stage_dir, "run.log.txt"))
     return weights
 
 
@@ -252,7 +270,8 @@ def _test_stage(stage, stage_dir, weights, cfg: RunConfig):
     log = os.path.join(stage_dir, "run.log.txt")
     if os.path.exists(log):
         os.remove(log)
-    _caffelite(args, log, stage_dir, lambda line: "] Loss:" in line or "accuracy" in line and "] " in line[-60:])
+    _caffelite(args, log, stage_dir, lambda line: "] Loss:" in line or "accuracy" in line and "] " in line[-60:],
+               stage=stage)
 
 
 def evaluate_stage(stage_dir, weights, paths, cfg: RunConfig, overlays_dir=None) -> dict:

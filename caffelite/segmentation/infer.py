@@ -179,16 +179,18 @@ def run_inference(seg: Segmenter, inputs, out_dir, blend=True, palette=PALETTE_5
 def _infer_video(seg: Segmenter, path, dst, palette):
     iio = _imageio(path)
     reader = iio.get_reader(path)
-    fps = math.ceil(reader.get_meta_data().get("fps", 25))
-    writer = iio.get_writer(dst, fps=fps)
-    try:
-        for frame in reader:
-            rgb = np.asarray(frame)[..., :3]
-            bgr = np.ascontiguousarray(rgb[..., ::-1])  # the net was trained on BGR
-            pred = seg.predict(bgr.transpose(2, 0, 1), path)
-            writer.append_data(chroma_blend(bgr, pred, palette)[..., ::-1])
+    try:  # nested, so the reader is closed also when the writer cannot be opened
+        fps = math.ceil(reader.get_meta_data().get("fps", 25))
+        writer = iio.get_writer(dst, fps=fps)
+        try:
+            for frame in reader:
+                rgb = np.asarray(frame)[..., :3]
+                bgr = np.ascontiguousarray(rgb[..., ::-1])  # the net was trained on BGR
+                pred = seg.predict(bgr.transpose(2, 0, 1), path)
+                writer.append_data(chroma_blend(bgr, pred, palette)[..., ::-1])
+        finally:
+            writer.close()
     finally:
-        writer.close()
         reader.close()
     return dst
 

@@ -116,8 +116,8 @@ def create_segmentation_lmdbs(image_list, label_list, image_lmdb, label_lmdb, se
 
 def validate_segmentation_lmdbs(image_lmdb, label_lmdb, num_classes=None) -> dict:
     """Check image/label pairing and shapes; returns a summary, raises DatasetError naming the record."""
-    ri, rl = LMDBReader(image_lmdb), LMDBReader(label_lmdb)
-    try:
+    # the first reader is closed even when opening the second one fails
+    with LMDBReader(image_lmdb) as ri, LMDBReader(label_lmdb) as rl:
         if len(ri) != len(rl):
             raise DatasetError(f"{image_lmdb} has {len(ri)} records but {label_lmdb} has {len(rl)}")
         shapes = set()
@@ -145,6 +145,3 @@ def validate_segmentation_lmdbs(image_lmdb, label_lmdb, num_classes=None) -> dic
                                    f"0..{num_classes - 1} and not 255")
         return {"records": len(ri), "shapes": sorted(shapes),
                 "label_counts": {int(k): int(hist[k]) for k in np.flatnonzero(hist)}}
-    finally:
-        ri.close()
-        rl.close()

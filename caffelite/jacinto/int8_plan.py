@@ -1,0 +1,167 @@
+"""The plan of the int8 engine (:class:`~caffelite.jacinto.int8_engine.Int8Net`): how each layer of a quantized net
+runs in integers.
+
+A plan is a list of steps, tuples that start with (kind, first layer, last layer):
+
+- ``("conv", i, last, conv)``: Convolution ``i`` with its merged in-place followers up to ``last`` (§b.3) as one
+  integer convolution, ``conv`` a :class:`caffelite.ops.int8.PackedConv` or :class:`~caffelite.ops.int8.AutoConv`;
+- ``("pool" | "lut", i, i, table, lo)``: MAX pooling or ReLU on the integers, requantized by a lookup table
+  indexed by integer - ``lo``;
+- ``("eltwise", i, i, table, grid1, grid2)``: a two-input Eltwise SUM as a 2-D lookup table;
+- ``("split", i, i)``, ``("argmax", i, i)``: run on the integers as they are;
+- ``("float", i, i)``: the layer's float forward on the dequantized inputs.
+
+Plans depend on the quantization parameters of the forward (they are rebuilt when those change), not on the data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops import int8 as i8op
+from ..ops.im2col import ConvGeometry
+from .int8_grid import QGrid
+
+
+def out_grid(net, i, j):
+    """The grid of output ``j`` of layer ``i`` where jacinto quantizes it, else None (a float output)."""
+    ly = net.layers[i]
+    if not ly.param.HasField("quantization_param"):
+        return None
+    qo = ly.param.quantization_param.qparam_out
+    return QGrid.of(qo[j]) if j < len(qo) and qo[j].quantize else None
+
+
+def plan_steps(net, ties, native=True, sparse=None, auto_times=None):
+    """The steps that run ``net`` in integers, in layer order (see the module docstring for their form).
+
+    ``ties``: the hook's rounding of ties; ``native``/``sparse``: as :class:`~caffelite.jacinto.int8_engine.Int8Net`;
+    ``auto_times``: layer name -> the timings of its dense/sparse choice, kept by the caller so that the plans
+    of one net share them."""
+    from .. import fusion
+
+    auto_times = {} if auto_times is None else auto_times
+    chains = fusion.plan(net)
+    grids = {}  # blob name -> grid of its integers at this point of the plan
+    steps = []
+    i = 0
+    n = len(net.layers)
+    while i < n:
+        ly = net.layers[i]
+        t = ly.type
+        bots, tops = net.bottom_ids(i), net.top_ids(i)
+        step = None
+        if t == "Convolution":
+            ch = chains.get(i)
+            members = [] if ch is None else ch.affines + ([ch.relu] if ch.relu is not None else [])
+            step = conv_step(net, i, members, grids, ties, native, sparse, auto_times)
+        elif t == "Split" and bots[0] in grids:
+            step = ("split", i, i)
+            for b in tops:
+                grids[b] = grids[bots[0]]
+        elif t in ("Pooling", "ReLU") and bots[0] in grids and out_grid(net, i, 0) is not None:
+            src, dst = grids[bots[0]], out_grid(net, i, 0)
+            if t == "Pooling" and ly.param.pooling_param.pool == ly.param.pooling_param.MAX:
+                step = ("pool", i, i, dst.lut_from(src, lambda x: x, ties), src.lo)
+            elif t == "ReLU":
+                slope = np.float32(ly.param.relu_param.negative_slope)
+                step = ("lut", i, i, dst.lut_from(src, lambda x, sl=slope: np.where(x > 0, x, x * sl), ties),
+                        src.lo)
+        elif t == "ArgMax" and bots[0] in grids:
+            step = ("argmax", i, i)
+        elif (t == "Eltwise" and len(bots) == 2 and all(b in grids for b in bots)
+              and ly.param.eltwise_param.operation == 1 and not len(ly.param.eltwise_param.coeff)
+              and out_grid(net, i, 0) is not None):
+            g1, g2, dst = grids[bots[0]], grids[bots[1]], out_grid(net, i, 0)
+            if (g1.hi - g1.lo + 1) * (g2.hi - g2.lo + 1) <= 1 << 17:
+                a = g1.dequantize(np.arange(g1.lo, g1.hi + 1))[:, None]
+                b = g2.dequantize(np.arange(g2.lo, g2.hi + 1))[None, :]
+                step = ("eltwise", i, i, dst.quantize(a + b, ties), g1, g2)
+        if step is None:
+            step = ("float", i, i)
+        steps.append(step)
+        last = step[2]
+        # grids after the step: the last layer's flagged tops are integers; other tops are float
+        if step[0] not in ("split",):
+            for k in range(i, last + 1):
+                for j, b in enumerate(net.top_ids(k)):
+                    g = out_grid(net, k, j)
+                    if g is not None:
+                        grids[b] = g
+                    else:
+                        grids.pop(b, None)
+        i = last + 1
+    return steps
+
+
+def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
+    """An integer convolution step for layer ``i`` and its in-place ``members``, or None (float path).
+
+    ``grids``: blob name -> grid of the integers the plan has for it so far; the other arguments as
+    :func:`plan_steps`."""
+    ly = net.layers[i]
+    bname = net.bottom_ids(i)[0] if len(net.bottom_ids(i)) == 1 else None
+    if bname is None or bname not in grids or len(net.top_ids(i)) != 1:
+        return None
+    gin = grids[bname]
+    last = members[-1] if members else i
+    # only the chain's last output may be quantized (merged outputs, §b.3)
+    for k in [i] + members[:-1] if members else []:
+        if out_grid(net, k, 0) is not None:
+            return None
+    gout = out_grid(net, last, 0)
+    qp = ly.param.quantization_param if ly.param.HasField("quantization_param") else None
+    if gout is None or qp is None or not qp.qparam_w or not qp.qparam_w[0].quantize or gin.off != 0:
+        return None
+    qw = qp.qparam_w[0]
+    if qw.bitwidth > 16:
+        return None
+    wg = QGrid.of(qw)
+    w = ly.blobs[0].data
+    wq = wg.quantize(w, "even").astype(np.int32)  # exact: w is on the grid already
+    # centre on the integer a float zero weight quantizes to, so pruned weights stay zero (the sparse kernel
+    # skips them); the rest of the offset (|zw - off| <= 0.5) goes through the window sums
+    zw = int(np.clip(np.rint(np.float64(wg.off)), wg.lo, wg.hi)) if qw.unsigned_quant else 0
+    u8_input = gin.lo >= 0 and gin.hi <= 255
+    if u8_input and qw.unsigned_quant and qw.bitwidth <= 8 and not (-128 <= wq.min() - zw and wq.max() - zw <= 127):
+        zw = 2 ** (qw.bitwidth - 1)  # 8-bit weights centred into int8 for the u8 x s8 kernel (zeros move)
+    wq -= zw
+    cp = ly.param.convolution_param
+    geom = getattr(ly, "geom", None)
+    if not isinstance(geom, ConvGeometry) or w.ndim != 4:
+        return None
+    group = int(cp.group) or 1
+    try:
+        i8op.check_bounds(wq, max(abs(gin.lo), abs(gin.hi)), ly.param.name)
+    except ValueError:
+        return None
+    cout = w.shape[0]
+    a = np.ones(cout)
+    s = np.zeros(cout)
+    relu, slope = False, 0.0
+    for m in members:
+        f = net.layers[m]
+        if f.type == "ReLU":
+            relu, slope = True, float(np.float32(f.param.relu_param.negative_slope))
+            continue
+        ab = f.inference_affine(net.bottom_vecs(m))
+        if ab is None:
+            return None
+        fa, fb = (np.asarray(v, np.float64).reshape(-1) for v in ab)
+        a, s = a * fa, s * fa + fb
+    bias = np.asarray(ly.blobs[1].data, np.float64).reshape(-1) if len(ly.blobs) > 1 and cp.bias_term \
+        else np.zeros(cout)
+    A = a * gin.inv * wg.inv * gout.st
+    B = A * (zw - wg.off)
+    C = (a * bias + s) * gout.st
+    if relu and slope == 0 and gout.off <= gout.lo:
+        relu = False  # the clip to [lo, hi] after adding off already maps every negative value to lo
+    rq = i8op.Requant(A=A, B=B, C=C, lo=gout.lo, hi=gout.hi, off=gout.off, relu=relu, slope=slope,
+                      ties=ties)
+    wq = wq.astype(np.int16)
+    if sparse is None and native and i8op.sparse_worthwhile(wq, group):
+        times = auto_times.setdefault(ly.param.name, {})  # shared by this layer's plans
+        return ("conv", i, last, i8op.AutoConv(wq, geom, group, rq, times=times, u8_input=u8_input))
+    use_sparse = bool(sparse) and i8op.available()
+    return ("conv", i, last, i8op.PackedConv(wq, geom, group, rq, sparse=use_sparse, u8_input=u8_input))
+
