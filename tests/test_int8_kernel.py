@@ -16,6 +16,7 @@ CASES = [
     (1, 64, 9, 33, 24, 2, 3, 1, 4, 4, False),   # dilation 4, channel blocks not a multiple of 8
     (1, 8, 16, 19, 8, 1, 1, 1, 0, 1, False),    # 1x1, row width not a multiple of any vector
     (1, 6, 12, 34, 10, 1, 3, 2, 1, 2, False),   # stride 2 with dilation 2
+    (1, 8, 9, 150, 12, 1, 3, 1, 1, 1, False),   # wide odd rows: the sparse wide-row tiles and their remainders
 ]
 
 
@@ -151,6 +152,23 @@ def test_pack_input_native_equals_numpy(case):
     b = int8.pack_input(q, group, g, ho, wo, native=False)
     assert a[1:] == b[1:]
     np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
+@pytest.mark.parametrize("case", CASES)
+def test_pack_input4_equals_numpy(case):
+    """The quads layout: four uint8 channels per int32 lane (channel 4k+i in byte i), zero padding and channels."""
+    q, _, g, group, _ = _case(case, 9)
+    q = np.abs(q) % 256
+    n, c, h, w = q.shape
+    ho, wo = g.out_shape(h, w)
+    packed, hb, wq, nq = int8.pack_input4(q, group, g, ho, wo)
+    cg, s = c // group, g.sw
+    full = np.zeros((n, group, 4 * nq, hb, wq * s), np.uint8)
+    full[:, :, :cg, g.ph:g.ph + h, g.pw:g.pw + w] = q.reshape(n, group, cg, h, w)
+    quads = full.reshape(n, group, nq, 4, hb, wq, s).transpose(0, 1, 2, 4, 6, 5, 3)
+    ref = np.ascontiguousarray(quads).view("<i4").reshape(n, group * nq, hb, s, wq)
+    np.testing.assert_array_equal(packed, ref)
 
 
 def test_bounds_check():

@@ -232,21 +232,36 @@ __attribute__((target("avx2"))) int ci8_pack4(const int16_t *x, int G, int Cg, i
     for (long t = t0; t < t1; t++) {
         const long n = t / ((long)G * Q);
         const int g = (int)(t / Q % G), qq = (int)(t % Q);
-        const int16_t *xc[4];
-        for (int k = 0; k < 4; k++)
-            xc[k] = 4 * qq + k < Cg ? x + ((n * G + g) * (long)Cg + 4 * qq + k) * H * W : NULL;
+        const int nk = Cg - 4 * qq < 4 ? Cg - 4 * qq : 4; /* channels of this quad that exist (1..4) */
+        const int16_t *x0 = x + ((n * G + g) * (long)Cg + 4 * qq) * H * W;
+        const long cs = (long)H * W;
         int32_t *o = out + t * (long)Hp * S * Wq;
         for (int r = 0; r < Hp; r++) {
             const int y = r - ph;
             for (int s = 0; s < S; s++) {
                 int32_t *orow = o + ((long)r * S + s) * Wq;
-                for (int q = 0; q < Wq; q++) {
-                    const int xcol = q * S + s - pw;
-                    uint32_t v = 0;
-                    if (y >= 0 && y < H && xcol >= 0 && xcol < W)
-                        for (int k = 0; k < 4; k++)
-                            if (xc[k]) v |= (uint32_t)(uint8_t)xc[k][(long)y * W + xcol] << (8 * k);
-                    orow[q] = (int32_t)v;
+                /* columns q with 0 <= q*S + s - pw < W (as in pack) */
+                int qa = pw - s > 0 ? (pw - s + S - 1) / S : 0;
+                int qb = W - 1 + pw - s >= 0 ? (W - 1 + pw - s) / S + 1 : 0;
+                if (qa > Wq) qa = Wq;
+                if (qb > Wq) qb = Wq;
+                if (qb < qa) qb = qa;
+                if (y < 0 || y >= H) qb = qa;
+                for (int q = 0; q < qa; q++) orow[q] = 0;
+                for (int q = qb; q < Wq; q++) orow[q] = 0;
+                if (qb == qa) continue;
+                const int16_t *r0 = x0 + (long)y * W + s - pw;
+                if (nk == 4 && S == 1) {
+                    const int16_t *r1 = r0 + cs, *r2 = r1 + cs, *r3 = r2 + cs;
+                    for (int q = qa; q < qb; q++)
+                        orow[q] = (int32_t)((uint32_t)(uint8_t)r0[q] | (uint32_t)(uint8_t)r1[q] << 8
+                                            | (uint32_t)(uint8_t)r2[q] << 16 | (uint32_t)(uint8_t)r3[q] << 24);
+                } else {
+                    for (int q = qa; q < qb; q++) {
+                        uint32_t v = 0;
+                        for (int k = 0; k < nk; k++) v |= (uint32_t)(uint8_t)r0[k * cs + (long)q * S] << (8 * k);
+                        orow[q] = (int32_t)v;
+                    }
                 }
             }
         }

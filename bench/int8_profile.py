@@ -1,0 +1,161 @@
+"""Per-layer profile of the int8 engine on jsegnet21v2 (the net and weights of bench/int8_forward.py).
+
+    python bench/int8_profile.py [--shape 1,3,512,1024] [--runs 5] [--sparsity 0.8] [--threads 2] [--weight-bits 8]
+
+Runs the engine's steps one by one with a timer around each (the same calls :class:`Int8Net.forward` makes)
+and splits every integer convolution into input packing, group sums (weight zero-point correction) and the
+kernel (multiply-adds and the requantising epilogue). Prints the median per step and per category.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+if __name__ == "__main__" and "--threads" in sys.argv:  # must be set before NumPy loads OpenBLAS
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
+    os.environ.setdefault("CAFFELITE_NUM_THREADS", sys.argv[sys.argv.index("--threads") + 1])
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from int8_forward import build  # noqa: E402
+
+
+#: category -> seconds of the instrumented calls since the last clear (filled by the wrappers of _instrument)
+_ACC = {}
+
+
+def _instrument(acc):
+    """Wrap the int8 op's packing and kernel calls so their time lands in ``acc[category]``."""
+    from caffelite.ops import int8 as i8op
+    lib = i8op._LIB
+    names = {id(lib.lib.ci8_group_sums): "gsum", id(lib.lib.ci8_group_sums4): "gsum",
+             id(lib.lib.ci8_sparse_fwd): "kernel"}
+
+    def timed(cat, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[cat] = acc.get(cat, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    i8op.pack_input = timed("pack", i8op.pack_input)
+    i8op.pack_input4 = timed("pack", i8op.pack_input4)
+    run = lib.run
+
+    def run_wrapper(args, ntasks, isa, fn=None):
+        cat = names.get(id(fn), "kernel") if fn is not None else "kernel"
+        if fn is lib.lib.ci8_pack or fn is lib.lib.ci8_pack4 or fn is lib.lib.ci8_quantize:
+            return run(args, ntasks, isa, fn)
+        t0 = time.perf_counter()
+        try:
+            return run(args, ntasks, isa, fn)
+        finally:
+            acc[cat] = acc.get(cat, 0.0) + time.perf_counter() - t0
+    lib.run = run_wrapper
+
+
+def profile_forward(eng, x, per):
+    """One forward of Int8Net ``eng`` step by step (Int8Net.forward's loop), times into ``per``."""
+    net = eng.net
+    blob = net.blobs[net.inputs[0]]
+    blob.data[...] = x
+    eng._begin()
+    ints = {}
+    for st in eng._steps:
+        kind, i, last = st[0], st[1], st[2]
+        name = net.layers[i].param.name if last == i else f"{net.layers[i].param.name}..{net.layers[last].param.name}"
+        bots, tops = net.bottom_ids(i), net.top_ids(last)
+        sub = {}
+        _ACC.clear()
+        t0 = time.perf_counter()
+        if kind == "conv":
+            pc = st[3]
+            out = pc.forward(ints[bots[0]][0], isa=eng.isa)
+            ints[tops[0]] = (out, eng._out_grid(last, 0))
+            sub = dict(_ACC)
+            kind = "conv-sparse" if pc.sparse else ("conv-u8" if getattr(getattr(pc, "dense", pc), "quads", False)
+                                                     else "conv")
+        elif kind == "split":
+            for t in tops:
+                ints[t] = ints[bots[0]]
+        elif kind in ("lut", "pool"):
+            q = ints[bots[0]][0]
+            if kind == "pool":
+                q = eng._run_on_ints(i, q)
+                sub["pool-max"] = time.perf_counter() - t0
+            ints[tops[0]] = (st[3][q.astype(np.intp) - st[4]], eng._out_grid(i, 0))
+        elif kind == "argmax":
+            eng._run_on_ints(i, ints[bots[0]][0])
+            for t in tops:
+                ints.pop(t, None)
+        elif kind == "eltwise":
+            lut, g1, g2 = st[3], st[4], st[5]
+            q1 = ints[bots[0]][0].astype(np.intp) - g1.lo
+            q2 = ints[bots[1]][0].astype(np.intp) - g2.lo
+            ints[tops[0]] = (lut[q1, q2], eng._out_grid(i, 0))
+        else:
+            eng._float_step(i, ints)
+            kind = f"float:{net.layers[i].type}"
+        dt = time.perf_counter() - t0
+        rec = per.setdefault(name, {"kind": kind, "total": [], "sub": {}})
+        rec["total"].append(dt)
+        for k, v in sub.items():
+            rec["sub"].setdefault(k, []).append(v)
+    eng._end()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="1,3,512,1024")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--sparsity", type=float, default=0.8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weight-bits", type=int, default=None)
+    a = ap.parse_args(argv)
+    shape = tuple(int(s) for s in a.shape.split(","))
+    from caffelite.jacinto.int8_engine import Int8Net
+    qnet, x, hook = build(shape, True, a.sparsity, weight_bits=a.weight_bits)
+    hook.freeze_ranges(after=2)
+    for _ in range(3):
+        qnet.forward(data=x)
+    _instrument(_ACC)
+    eng = Int8Net(qnet)
+    for _ in range(3):  # the dense/sparse choices are timed on the first forwards
+        eng.forward(data=x)
+    whole = []
+    for _ in range(a.runs):
+        t0 = time.perf_counter()
+        eng.forward(data=x)
+        whole.append(time.perf_counter() - t0)
+    per = {}
+    for _ in range(a.runs):
+        profile_forward(eng, x, per)
+    print(f"whole forward (Int8Net.forward) median {np.median(whole) * 1e3:.1f} ms; load {os.getloadavg()[0]:.2f}")
+    print(f"{'step':44s} {'kind':16s} {'ms':>7s}  split (ms)")
+    cats = {}
+    rows = sorted(per.items(), key=lambda kv: -np.median(kv[1]["total"]))
+    tot = 0.0
+    for name, rec in rows:
+        t = float(np.median(rec["total"])) * 1e3
+        tot += t
+        subs = {k: float(np.median(v)) * 1e3 for k, v in rec["sub"].items()}
+        rest = t - sum(subs.values())
+        for k, v in subs.items():
+            cats[k] = cats.get(k, 0.0) + v
+        other = "other:" + rec["kind"].split(":")[0] if subs else rec["kind"]
+        cats[other] = cats.get(other, 0.0) + rest
+        print(f"{name[:44]:44s} {rec['kind'][:16]:16s} {t:7.2f}  " + " ".join(f"{k}={v:.2f}" for k, v in subs.items()))
+    print(f"sum of steps {tot:.1f} ms; by category:")
+    for k, v in sorted(cats.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:24s} {v:7.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
