@@ -71,37 +71,16 @@ def profile_forward(eng, x, per):
     for st in eng._steps:
         kind, i, last = st[0], st[1], st[2]
         name = net.layers[i].param.name if last == i else f"{net.layers[i].param.name}..{net.layers[last].param.name}"
-        bots, tops = net.bottom_ids(i), net.top_ids(last)
         sub = {}
         _ACC.clear()
         t0 = time.perf_counter()
+        eng.run_step(st, ints)
         if kind == "conv":
             pc = st[3]
-            out = pc.forward(ints[bots[0]][0], isa=eng.isa)
-            ints[tops[0]] = (out, eng._out_grid(last, 0))
             sub = dict(_ACC)
             kind = "conv-sparse" if pc.sparse else ("conv-u8" if getattr(getattr(pc, "dense", pc), "quads", False)
                                                      else "conv")
-        elif kind == "split":
-            for t in tops:
-                ints[t] = ints[bots[0]]
-        elif kind in ("lut", "pool"):
-            q = ints[bots[0]][0]
-            if kind == "pool":
-                q = eng._run_on_ints(i, q)
-                sub["pool-max"] = time.perf_counter() - t0
-            ints[tops[0]] = (st[3][q.astype(np.intp) - st[4]], eng._out_grid(i, 0))
-        elif kind == "argmax":
-            eng._run_on_ints(i, ints[bots[0]][0])
-            for t in tops:
-                ints.pop(t, None)
-        elif kind == "eltwise":
-            lut, g1, g2 = st[3], st[4], st[5]
-            q1 = ints[bots[0]][0].astype(np.intp) - g1.lo
-            q2 = ints[bots[1]][0].astype(np.intp) - g2.lo
-            ints[tops[0]] = (lut[q1, q2], eng._out_grid(i, 0))
-        else:
-            eng._float_step(i, ints)
+        elif kind not in ("split", "lut", "pool", "argmax", "eltwise"):
             kind = f"float:{net.layers[i].type}"
         dt = time.perf_counter() - t0
         rec = per.setdefault(name, {"kind": kind, "total": [], "sub": {}})

@@ -65,6 +65,22 @@ static inline __attribute__((always_inline)) int16_t requant(const struct i8epi 
 
 #include "isa.h"
 
+/* A packed input row's columns q that read the input (0 <= q*S + s - pw < W, input row y inside 0..H-1) are
+ * [*qa, *qb); the packing functions zero the row's other columns here and fill those. */
+static inline void row_span(int s, int S, int pw, int W, int Wq, int y, int H, int32_t *orow, int *qa_, int *qb_)
+{
+    int qa = pw - s > 0 ? (pw - s + S - 1) / S : 0;
+    int qb = W - 1 + pw - s >= 0 ? (W - 1 + pw - s) / S + 1 : 0;
+    if (qa > Wq) qa = Wq;
+    if (qb > Wq) qb = Wq;
+    if (qb < qa) qb = qa;
+    if (y < 0 || y >= H) qb = qa;
+    for (int q = 0; q < qa; q++) orow[q] = 0;
+    for (int q = qb; q < Wq; q++) orow[q] = 0;
+    *qa_ = qa;
+    *qb_ = qb;
+}
+
 /* portable: 4 lanes, the pair product written out (sign-extended halves) */
 typedef int32_t gvec __attribute__((vector_size(16)));
 static inline gvec gdot2(gvec acc, gvec x, gvec w)
@@ -240,15 +256,8 @@ __attribute__((target("avx2"))) int ci8_pack4(const int16_t *x, int G, int Cg, i
             const int y = r - ph;
             for (int s = 0; s < S; s++) {
                 int32_t *orow = o + ((long)r * S + s) * Wq;
-                /* columns q with 0 <= q*S + s - pw < W (as in pack) */
-                int qa = pw - s > 0 ? (pw - s + S - 1) / S : 0;
-                int qb = W - 1 + pw - s >= 0 ? (W - 1 + pw - s) / S + 1 : 0;
-                if (qa > Wq) qa = Wq;
-                if (qb > Wq) qb = Wq;
-                if (qb < qa) qb = qa;
-                if (y < 0 || y >= H) qb = qa;
-                for (int q = 0; q < qa; q++) orow[q] = 0;
-                for (int q = qb; q < Wq; q++) orow[q] = 0;
+                int qa, qb;
+                row_span(s, S, pw, W, Wq, y, H, orow, &qa, &qb);
                 if (qb == qa) continue;
                 const int16_t *r0 = x0 + (long)y * W + s - pw;
                 if (nk == 4 && S == 1) {

@@ -323,15 +323,8 @@ TARGET static void FN(pack)(const int16_t *x, int G, int Cg, int H, int W, int P
             const int y = r - ph;
             for (int s = 0; s < S; s++) {
                 int32_t *orow = o + ((long)r * S + s) * Wq;
-                /* columns q with 0 <= q*S + s - pw < W */
-                int qa = pw - s > 0 ? (pw - s + S - 1) / S : 0;
-                int qb = W - 1 + pw - s >= 0 ? (W - 1 + pw - s) / S + 1 : 0;
-                if (qa > Wq) qa = Wq;
-                if (qb > Wq) qb = Wq;
-                if (qb < qa) qb = qa;
-                if (y < 0 || y >= H) qb = qa;
-                for (int q = 0; q < qa; q++) orow[q] = 0;
-                for (int q = qb; q < Wq; q++) orow[q] = 0;
+                int qa, qb;
+                row_span(s, S, pw, W, Wq, y, H, orow, &qa, &qb);
                 if (qb == qa) continue;
                 const int16_t *r0 = x0 + (long)y * W + s - pw;
                 if (x1) {

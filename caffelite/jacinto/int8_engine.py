@@ -150,6 +150,37 @@ class Int8Net:
             glog.info(f"  {name}: {v}")
 
     # -- forward ---------------------------------------------------------------------------------------
+    def run_step(self, st, ints):
+        """Run one planned step ``st`` (``self._steps``) on ``ints`` ({blob: (integers, grid)}), in place."""
+        kind, i, last = st[0], st[1], st[2]
+        net = self.net
+        bots, tops = net.bottom_ids(i), net.top_ids(last)
+        if kind == "conv":
+            pc = st[3]
+            q = ints[bots[0]][0]
+            out = pc.forward(q, isa=self.isa) if self.native else \
+                i8op.conv_int_reference(q, pc.w, None, pc.g, pc.group, pc.rq)
+            ints[tops[0]] = (out, self._out_grid(last, 0))
+        elif kind == "split":
+            for t in tops:
+                ints[t] = ints[bots[0]]
+        elif kind in ("lut", "pool"):
+            q = ints[bots[0]][0]
+            if kind == "pool":
+                q = self._run_on_ints(i, q)
+            ints[tops[0]] = (st[3][q.astype(np.intp) - st[4]], self._out_grid(i, 0))
+        elif kind == "argmax":
+            self._run_on_ints(i, ints[bots[0]][0])
+            for t in tops:
+                ints.pop(t, None)
+        elif kind == "eltwise":
+            lut, g1, g2 = st[3], st[4], st[5]
+            q1 = ints[bots[0]][0].astype(np.intp) - g1.lo
+            q2 = ints[bots[1]][0].astype(np.intp) - g2.lo
+            ints[tops[0]] = (lut[q1, q2], self._out_grid(i, 0))
+        else:
+            self._float_step(i, ints)
+
     def forward(self, teacher=None, **inputs):
         """Run the net in integers on ``inputs`` (name=array); returns the net outputs (float, as Net.forward).
 
@@ -174,31 +205,7 @@ class Int8Net:
                 for b in bots:
                     if b in ints and b in teacher:
                         ints[b] = (teacher[b], ints[b][1])
-            if kind == "conv":
-                pc = st[3]
-                q = ints[bots[0]][0]
-                out = pc.forward(q, isa=self.isa) if self.native else \
-                    i8op.conv_int_reference(q, pc.w, None, pc.g, pc.group, pc.rq)
-                ints[tops[0]] = (out, self._out_grid(last, 0))
-            elif kind == "split":
-                for t in tops:
-                    ints[t] = ints[bots[0]]
-            elif kind in ("lut", "pool"):
-                q = ints[bots[0]][0]
-                if kind == "pool":
-                    q = self._run_on_ints(i, q)
-                ints[tops[0]] = (st[3][q.astype(np.intp) - st[4]], self._out_grid(i, 0))
-            elif kind == "argmax":
-                self._run_on_ints(i, ints[bots[0]][0])
-                for t in tops:
-                    ints.pop(t, None)
-            elif kind == "eltwise":
-                lut, g1, g2 = st[3], st[4], st[5]
-                q1 = ints[bots[0]][0].astype(np.intp) - g1.lo
-                q2 = ints[bots[1]][0].astype(np.intp) - g2.lo
-                ints[tops[0]] = (lut[q1, q2], self._out_grid(i, 0))
-            else:
-                self._float_step(i, ints)
+            self.run_step(st, ints)
             if teacher is not None:
                 for t in tops:
                     if t in ints and t in teacher and kind != "split":
