@@ -10,21 +10,7 @@ import pytest
 
 import caffelite
 
-NET = """
-name: "tiny_sparse"
-layer { name: "data" type: "DummyData" top: "data" top: "target"
-  dummy_data_param { shape { dim: 4 dim: 3 dim: 12 dim: 12 } shape { dim: 4 dim: 32 dim: 12 dim: 12 }
-                     data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 0.5 } } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-  convolution_param { num_output: 32 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
-  convolution_param { num_output: 32 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
-layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
-layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
-  convolution_param { num_output: 32 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
-layer { name: "loss" type: "EuclideanLoss" bottom: "conv3" bottom: "target" top: "loss" }
-"""
+from test_jacinto_integration import NET  # the tiny sparse net the CLI-side jacinto tests train
 
 SOLVER = """
 net: "train.prototxt"
