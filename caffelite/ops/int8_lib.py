@@ -175,29 +175,28 @@ def pack_input4(q, group: int, g: ConvGeometry, ho: int, wo: int):
     return packed, hb, wq, nq
 
 
-def pack_weights4(w, group: int, mb: int):
-    """(Cout, Cg, kh, kw) integers in -128..127 -> int32 lanes of four int8 channels (G, nmb, Q, kh, kw, MB)."""
+def _pack_lanes(w, group: int, mb: int, lanes: int, dtype):
+    """(Cout, Cg, kh, kw) integers -> int32 words of ``lanes`` input channels each (``dtype`` per channel),
+    laid out (G, nmb, Cg/lanes, kh, kw, MB); zero past each group's channels."""
     cout, cg, kh, kw = w.shape
     mg = cout // group
     nmb = -(-mg // mb)
-    nq = (cg + 3) // 4
-    full = np.zeros((group, nmb * mb, 4 * nq, kh, kw), np.int8)
+    nw = -(-cg // lanes)
+    full = np.zeros((group, nmb * mb, lanes * nw, kh, kw), dtype)
     full[:, :mg, :cg] = w.reshape(group, mg, cg, kh, kw)
-    t = full.reshape(group, nmb, mb, nq, 4, kh, kw).transpose(0, 1, 3, 5, 6, 2, 4)
-    return np.ascontiguousarray(t).view(np.int32).reshape(group, nmb, nq, kh, kw, mb)
+    # (g, nmb, mb, nw, lanes, kh, kw) -> (g, nmb, nw, kh, kw, mb, lanes)
+    t = full.reshape(group, nmb, mb, nw, lanes, kh, kw).transpose(0, 1, 3, 5, 6, 2, 4)
+    return np.ascontiguousarray(t).view(np.int32).reshape(group, nmb, nw, kh, kw, mb)
+
+
+def pack_weights4(w, group: int, mb: int):
+    """(Cout, Cg, kh, kw) integers in -128..127 -> int32 lanes of four int8 channels (G, nmb, Q, kh, kw, MB)."""
+    return _pack_lanes(w, group, mb, 4, np.int8)
 
 
 def pack_weights(w, group: int, mb: int):
     """(Cout, Cg, kh, kw) integers -> int32 pairs (G, nmb, P, kh, kw, MB), zero past each group's channels."""
-    cout, cg, kh, kw = w.shape
-    mg = cout // group
-    nmb = -(-mg // mb)
-    p = (cg + 1) // 2
-    full = np.zeros((group, nmb * mb, 2 * p, kh, kw), np.int16)
-    full[:, :mg, :cg] = w.reshape(group, mg, cg, kh, kw)
-    # (g, nmb, mb, p, 2, kh, kw) -> (g, nmb, p, kh, kw, mb, 2)
-    t = full.reshape(group, nmb, mb, p, 2, kh, kw).transpose(0, 1, 3, 5, 6, 2, 4)
-    return np.ascontiguousarray(t).view(np.int32).reshape(group, nmb, p, kh, kw, mb)
+    return _pack_lanes(w, group, mb, 2, np.int16)
 
 
 class _Sparse(ctypes.Structure):
