@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import collections
-import os
 
 import numpy as np
 
@@ -117,9 +116,13 @@ class PycaffeNetMixin:
 
     def save_hdf5(self, filename, write_diff=False):
         """Write the layers' params in Caffe's HDF5 layout: ``/data/<layer>/<i>`` (and ``/diff/...``)."""
+        import io
+
+        from .io.files import atomic_write
+
         h5py = _h5py()
-        tmp = f"{filename}.tmp{os.getpid()}"
-        with h5py.File(tmp, "w") as f:
+        buf = io.BytesIO()  # built in memory, then written like every caffelite file (atomic, the user's umask)
+        with h5py.File(buf, "w") as f:
             groups = [("data", "data")] + ([("diff", "diff")] if write_diff else [])
             for gname, attr in groups:
                 g = f.create_group(gname)
@@ -127,7 +130,7 @@ class PycaffeNetMixin:
                     lg = g.create_group(name)
                     for i, b in enumerate(layer.blobs):
                         lg.create_dataset(str(i), data=backend.to_numpy(getattr(b, attr)).astype(np.float32))
-        os.replace(tmp, filename)
+        atomic_write(filename, buf.getbuffer())
 
     def load_hdf5(self, filename):
         """Copy params by layer name from a Caffe HDF5 weights file (layers absent from the file are kept)."""

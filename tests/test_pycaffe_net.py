@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+import os
+
 import numpy as np
 import pytest
 
@@ -117,6 +119,10 @@ def test_hdf5_round_trip(tmp_path):
     import h5py
     with h5py.File(tmp_path / "w.h5") as f:  # Caffe's layout: /data/<layer>/<param index>
         assert sorted(f["data"]["conv"]) == ["0", "1"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "w.h5").stat().st_mode & 0o777 == 0o666 & ~umask  # written like every caffelite file
+    assert [q.name for q in tmp_path.iterdir() if q.name.startswith(".tmp")] == []
 
 
 def test_layer_type_list():
