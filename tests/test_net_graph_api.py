@@ -16,8 +16,10 @@ layer { name: "p" type: "Pooling" bottom: "y" top: "z" pooling_param { pool: MAX
 layer { name: "l" type: "EuclideanLoss" bottom: "z" bottom: "z" top: "loss" propagate_down: true propagate_down: false }
 """
 
-PRIVATE = re.compile(r"\bnet\._(bottom_ids|top_ids|bottom_vecs|top_vecs|param|layer_names|loss_tops|"
-                     r"bottom_need_backward|layer_need_backward|blob_need_backward|input_names)\b")
+_FIELDS = (r"(bottom_ids|top_ids|bottom_vecs|top_vecs|param|layer_names|loss_tops|bottom_need_backward|"
+           r"layer_need_backward|blob_need_backward|input_names)")
+#: ``net._top_ids`` and ``getattr(net, "_top_ids", ...)`` alike
+PRIVATE = re.compile(r"\bnet\._" + _FIELDS + r"\b|getattr\(\s*net\s*,\s*[\"']_" + _FIELDS + r"[\"']")
 
 
 def _net(tmp_path):

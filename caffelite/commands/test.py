@@ -17,7 +17,6 @@ from ..errors import CaffeliteError
 from .caffe_flags import add_bool_flag, add_net_flags, add_quant_ranges, apply_quant_ranges, build_net, \
     progress_bar, stages
 from ..solvers.display import loss_msg
-from .train import attach_jacinto
 
 
 def add_arguments(p):
@@ -98,7 +97,9 @@ def run(args) -> int:
     if args.optimize_net:
         net, model_param = optimize_net(net, model_param, net.phase, args.level, stages(args.stage))
     try:
-        hooks = attach_jacinto(net, None, getattr(args, "jacinto_version", None))
+        from .. import jacinto
+
+        hooks = jacinto.attach_from_proto(net, None, version=getattr(args, "jacinto_version", None))
         finish_ranges = apply_quant_ranges(hooks, args.quant_ranges)
         score(net, args.iterations)
         finish_ranges()

@@ -51,6 +51,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from .. import jacinto
     from ..solvers import read_solver_param
 
     if not args.solver:
@@ -70,7 +71,7 @@ def run(args) -> int:
         # bare solver: the jacinto hooks are attached once, with the command's --jacinto_version, then the
         # --quant-ranges option applied to them (its result: what to call after the run)
         def attach(solver):
-            hooks = attach_jacinto(solver.net, solver, getattr(args, "jacinto_version", None))
+            hooks = jacinto.attach_from_proto(solver.net, solver, version=getattr(args, "jacinto_version", None))
             return apply_quant_ranges(hooks, args.quant_ranges)
 
         solver, finish_ranges = prepare_training(param, handler, flavor=args.flavor, extensions=False,
@@ -111,12 +112,3 @@ def _train_parallel(args, gpus):
                              f"(exit status {rc}; see the replicas' messages above)")
     return 0
 
-
-def attach_jacinto(net, solver=None, version=None):
-    """Install caffe-jacinto's sparsity/quantization hooks when the prototxts ask for them.
-
-    ``version`` ("0.16"/"0.17", from ``--jacinto_version``) picks jacinto's behaviour; None lets the
-    environment / solver flavor decide (see :func:`caffelite.jacinto.attach_from_proto`)."""
-    from .. import jacinto
-
-    return jacinto.attach_from_proto(net, solver, version=version)

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from ..errors import CaffeliteError
 from ..extensions import register_net_extension, register_solver_extension
-from . import int8_engine
+from ..ops import engine as _engine
 from .qparams import quantized_net_proto
 from .qstate import quant_ranges_option
 from .quantization import QuantizationHook
@@ -73,7 +73,7 @@ def attach_quantization(net, version=DEFAULT_VERSION, ties="even"):
     ``version``: "0.17" (default) or "0.16" (what produced the reference test_quantize log, §b.6).
     Idempotent: a hook with the same settings already on ``net`` is returned; another version's is replaced.
     """
-    param = getattr(net, "_param", None)  # a stand-in net without a NetParameter asks for nothing
+    param = getattr(net, "net_param", None)  # a stand-in net without a NetParameter asks for nothing
     if param is None or not wants_quantization(param):
         return None
     if version not in VERSIONS:
@@ -136,4 +136,14 @@ def _solver_extension(solver):
 
 register_net_extension("jacinto", _net_extension)
 register_solver_extension("jacinto", _solver_extension)
-int8_engine.register()  # the "int8" engine: quantized nets in integers (caffelite.ops.engine)
+
+
+def _run_int8(net, start, end):
+    """The "int8" whole-net engine (quantized nets in integers); its module and compiled kernels load on the
+    first forward that asks for it, not with every Net."""
+    from .int8_engine import run_net
+
+    return run_net(net, start, end)
+
+
+_engine.register_net("int8", _run_int8)

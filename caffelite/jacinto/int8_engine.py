@@ -299,10 +299,3 @@ def run_net(net, start, end):
     for ly in net.layers:
         ly.engine_used = eng.engine_used.get(ly.param.name)
     return True
-
-
-def register():
-    """Register the ``int8`` engine with :mod:`caffelite.ops.engine` (idempotent)."""
-    from ..ops import engine
-    if hasattr(engine, "register_net"):
-        engine.register_net("int8", run_net)

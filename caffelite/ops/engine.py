@@ -158,9 +158,11 @@ def auto_choice(kind: str, zero_fraction: float, tap_positions: int) -> str:
 def conv_kind_of_param(lp, weight_shape) -> str:
     """The kind of a Convolution LayerParameter with weights of ``weight_shape`` (Cout, Cg, kh, kw): "depthwise"
     (one input and one output channel per group), "pointwise" (1x1, stride 1, no pad) or "direct"."""
+    from .depthwise import is_depthwise
+
     cp = lp.convolution_param
     group = int(cp.group)
-    if len(weight_shape) == 4 and weight_shape[1] == 1 and group == weight_shape[0] and group > 1:
+    if len(weight_shape) == 4 and is_depthwise(weight_shape[1] * group, weight_shape[0], group):
         return "depthwise"
     one = weight_shape[2:] == (1, 1) if len(weight_shape) == 4 else False
     strides = list(cp.stride) + [cp.stride_h, cp.stride_w]

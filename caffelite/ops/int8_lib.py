@@ -134,16 +134,21 @@ def quantize_float(x, st: float, off: float, lo: int, hi: int, ties: str = "even
     return out
 
 
+def _packed_extent(q, g: ConvGeometry, ho: int, wo: int):
+    """(padded rows, columns per stride phase) of the packed input of ``q`` (N, C, H, W): the padded width is
+    rounded up to whole stride phases."""
+    hb, wb = g.padded_extent(q.shape[2], q.shape[3], ho, wo)
+    return hb, -(-wb // g.sw)
+
+
 def pack_input(q, group: int, g: ConvGeometry, ho: int, wo: int, native: bool = True):
     """``q`` (N, C, H, W) integers -> the kernel's int32 pairs (N, G*P, Hp, S, Wq) (zero padding, channels of
     each group padded to an even count, columns split into stride phases); returns (array, Hp, Wq, P)."""
     n, c, h, w = q.shape
     cg = c // group
     p = (cg + 1) // 2
-    hb, wb = g.padded_extent(h, w, ho, wo)
-    s = g.sw
-    wb = -(-wb // s) * s
-    wq = wb // s
+    hb, wq = _packed_extent(q, g, ho, wo)
+    s, wb = g.sw, wq * g.sw
     if native and _LIB is not None:
         qc = np.ascontiguousarray(q, np.int16)
         packed = np.empty((n, group * p, hb, s, wq), np.int32)
@@ -164,10 +169,8 @@ def pack_input4(q, group: int, g: ConvGeometry, ho: int, wo: int):
     n, c, h, w = q.shape
     cg = c // group
     nq = (cg + 3) // 4
-    hb, wb = g.padded_extent(h, w, ho, wo)
+    hb, wq = _packed_extent(q, g, ho, wo)
     s = g.sw
-    wb = -(-wb // s) * s
-    wq = wb // s
     qc = np.ascontiguousarray(q, np.int16)
     packed = np.empty((n, group * nq, hb, s, wq), np.int32)
     _LIB.run((qc.ctypes.data, group, cg, h, w, nq, hb, s, wq, g.ph, g.pw, packed.ctypes.data), n * group * nq,

@@ -141,7 +141,10 @@ def _log_performance(solver, comm, stamps, config):
 
 
 def _train_batch(net):
-    for layer, tops in zip(getattr(net, "layers", []), getattr(net, "_top_vecs", []), strict=False):
+    if not hasattr(net, "top_vecs"):  # a stand-in net object
+        return 0
+    for i, layer in enumerate(net.layers):
+        tops = net.top_vecs(i)
         if hasattr(layer, "batch_size") and tops:
             return int(tops[0].shape[0])
     return 0

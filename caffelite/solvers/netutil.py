@@ -259,9 +259,10 @@ def _replay_start(net):
     """Index of the first layer with bottoms, when replaying from there recomputes the same values (no later
     layer writes in place into a top of the source layers before it); else None."""
     layers = getattr(net, "layers", None)
-    bottoms, tops = getattr(net, "_bottom_ids", None), getattr(net, "_top_ids", None)
-    if not layers or bottoms is None or tops is None:
+    if not layers or not hasattr(net, "bottom_ids"):  # a stand-in net object: no wiring to replay
         return None
+    bottoms = [net.bottom_ids(i) for i in range(len(layers))]
+    tops = [net.top_ids(i) for i in range(len(layers))]
     start = next((i for i, b in enumerate(bottoms) if b), None)
     if start is None:
         return None
