@@ -140,15 +140,21 @@ def test_video_path_with_a_stub_imageio(model, tmp_path, monkeypatch):
         def close(self):
             pass
 
+    fail_at = []
+
     class Writer:
         def __init__(self, path, fps):
             written.update(path=path, fps=fps, frames=[])
+            self.f = open(path, "wb")
 
         def append_data(self, fr):
+            if fail_at and len(written["frames"]) == fail_at[0]:
+                raise KeyboardInterrupt
             written["frames"].append(fr)
+            self.f.write(b"frame")
 
         def close(self):
-            pass
+            self.f.close()
 
     v2 = types.SimpleNamespace(get_reader=lambda p: Reader(), get_writer=lambda p, fps: Writer(p, fps))
     pkg = types.ModuleType("imageio")
@@ -158,10 +164,20 @@ def test_video_path_with_a_stub_imageio(model, tmp_path, monkeypatch):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\0")
     out = run_inference(Segmenter(*model), [str(video)], str(tmp_path / "o"), progress=False)
-    assert out == [str(tmp_path / "o" / "clip_overlay.mp4")] and written["fps"] == 25
+    dst = tmp_path / "o" / "clip_overlay.mp4"
+    assert out == [str(dst)] and written["fps"] == 25
     assert len(written["frames"]) == 3 and written["frames"][0].shape == (16, 24, 3)
     # red input -> class 2 (person, palette crimson): the overlay's red channel dominates there
     assert written["frames"][0][:, :8, 0].mean() > written["frames"][0][:, :8, 2].mean()
+    # the encoder wrote a temporary file with the same extension, renamed over the real name when complete
+    assert written["path"] != str(dst) and written["path"].endswith(".mp4") and dst.read_bytes() == b"frame" * 3
+    assert sorted(os.listdir(tmp_path / "o")) == ["clip_overlay.mp4", "output_name_list.txt", "overlay"]
+    # interrupted mid-video: the previous complete video stays as it was, and no temporary file is left
+    fail_at.append(1)
+    with pytest.raises(KeyboardInterrupt):
+        run_inference(Segmenter(*model), [str(video)], str(tmp_path / "o"), progress=False)
+    assert dst.read_bytes() == b"frame" * 3
+    assert sorted(os.listdir(tmp_path / "o")) == ["clip_overlay.mp4", "output_name_list.txt", "overlay"]
 
 
 def _eval_lists(tmp_path, n=2):

@@ -70,6 +70,33 @@ def atomic_open(path):
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path):
+    """For writers that need a file name rather than a file object (e.g. a video encoder): yields the name of a
+    temporary file in the same folder, with the same extension (encoders pick the container from it); on a clean
+    exit that file is fsynced and renamed over ``path``, on an exception it is removed and ``path`` is left as it
+    was. Its mode comes from the umask, as with :func:`atomic_open`."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(d, f".tmp-{stem}.{os.getpid()}.{secrets.token_hex(4)}{ext}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def atomic_write(path, data) -> None:
     """Write ``data`` (bytes, str (UTF-8), or an iterable of bytes-like chunks) to ``path`` atomically
     (see :func:`atomic_open`)."""

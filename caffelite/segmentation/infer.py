@@ -18,7 +18,7 @@ from .. import backend
 from ..data.imageops import resize_lanczos_pil, resize_nearest_pil
 from ..data.reader import load_image, read_image_list
 from ..errors import CaffeliteError
-from ..io.files import atomic_write, save_png
+from ..io.files import atomic_path, atomic_write, save_png
 from .cityscapes import PALETTE_5
 from .metrics import ConfusionAccumulator
 
@@ -181,15 +181,18 @@ def _infer_video(seg: Segmenter, path, dst, palette):
     reader = iio.get_reader(path)
     try:  # nested, so the reader is closed also when the writer cannot be opened
         fps = math.ceil(reader.get_meta_data().get("fps", 25))
-        writer = iio.get_writer(dst, fps=fps)
-        try:
-            for frame in reader:
-                rgb = np.asarray(frame)[..., :3]
-                bgr = np.ascontiguousarray(rgb[..., ::-1])  # the net was trained on BGR
-                pred = seg.predict(bgr.transpose(2, 0, 1), path)
-                writer.append_data(chroma_blend(bgr, pred, palette)[..., ::-1])
-        finally:
-            writer.close()
+        # the encoder writes a temporary file that replaces `dst` only once complete: an interrupted run
+        # leaves no truncated video (nor a half-overwritten one) under the real name
+        with atomic_path(dst) as tmp:
+            writer = iio.get_writer(tmp, fps=fps)
+            try:
+                for frame in reader:
+                    rgb = np.asarray(frame)[..., :3]
+                    bgr = np.ascontiguousarray(rgb[..., ::-1])  # the net was trained on BGR
+                    pred = seg.predict(bgr.transpose(2, 0, 1), path)
+                    writer.append_data(chroma_blend(bgr, pred, palette)[..., ::-1])
+            finally:
+                writer.close()
     finally:
         reader.close()
     return dst
