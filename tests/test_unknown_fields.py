@@ -103,6 +103,28 @@ def test_solverstate_keeps_them(tmp_path, capsys):
     assert "kept, not understood: solverstate: history[0]: field 10007 (varint)" in capsys.readouterr().out
 
 
+def test_binaryproto_keeps_them_and_its_legacy_dims(tmp_path, capsys):
+    """A mean file as compute_image_mean writes it (legacy num/channels/height/width) with another fork's field:
+    converted either way, the field and the 4-D dims are written back and the values are unchanged."""
+    vals = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4) / 7
+    blob = caffe_pb2.BlobProto(num=1, channels=2, height=3, width=4)
+    blob.data.extend(vals.ravel().tolist())
+    blob.MergeFromString(_unk(10009, 0, 5))
+    src = tmp_path / "mean.binaryproto"
+    src.write_bytes(blob.SerializeToString())
+    for to in ("jacinto", "bvlc"):
+        out = str(tmp_path / f"{to}.binaryproto")
+        assert cli.main(["convert", "--to", to, str(src), out]) == 0
+        back = cio.read_blobproto(out)
+        assert [ff.describe("blob") for ff in foreign_fields(back)] == ["blob: field 10009 (varint)"]
+        assert (back.num, back.channels, back.height, back.width) == (1, 2, 3, 4) and not back.HasField("shape")
+        assert np.array_equal(cio.read_binaryproto(out), vals)
+        assert cli.main(["convert", "--to", "bvlc", out, str(tmp_path / "again.binaryproto")]) == 0
+        assert (tmp_path / "again.binaryproto").read_bytes() == src.read_bytes()  # BVLC form: byte for byte
+    assert cli.main(["info", str(src)]) == 0
+    assert "kept, not understood: blob: field 10009 (varint)" in capsys.readouterr().out
+
+
 def test_declared_number_with_wrong_wire_type_still_refused(tmp_path):
     """Another kind of file is still refused: a declared number in another wire type is no fork's field."""
     net = caffe_pb2.NetParameter()

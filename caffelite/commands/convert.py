@@ -38,7 +38,9 @@ def run(args) -> int:
         io.write_weights(io.convert_net(net, to, report), args.output, form="jacinto" if to == "jacinto" else None)
     elif kind == "binaryproto":
         report = NetReport("jacinto017", args.input)
-        io.write_binaryproto(io.read_binaryproto(args.input), args.output, form=to)
+        # the message itself, not its values: legacy 4-D dims and other forks' fields are written back as read
+        blob = convert_blob_form(io.read_blobproto(args.input), to, where=args.input)
+        io.atomic_write(args.output, blob.SerializeToString())
     elif kind == "solverstate":
         report = NetReport("jacinto017", args.input)
         state = io.read_solverstate(args.input)

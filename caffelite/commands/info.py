@@ -220,10 +220,12 @@ def run(args) -> int:
         describe_net(net, report, out, arrays)
         _foreign(net, out)
     elif kind == "binaryproto":
-        a = io.read_binaryproto(args.file)
+        blob = io.read_blobproto(args.file)
+        a = io.blob_to_array(blob, where=args.file)
         out.append(f"binaryproto: shape {list(a.shape)}, {a.size} values")
         if a.size:
             out.append(f"min {a.min():g}  max {a.max():g}  mean {a.mean():g}")
+        _foreign(blob, out, "blob")
     elif kind == "solverstate":
         s = io.read_solverstate(args.file)
         out.append(f"solverstate: iter {s.iter}, current_step {s.current_step}, learned_net {s.learned_net!r}")

@@ -11,7 +11,8 @@ Public API (all return caffe-jacinto 0.17 messages, :mod:`caffelite.proto`'s ``c
   file until each is read into its destination (what ``Net.copy_from`` does: nothing held twice);
 - :func:`write_weights` (jacinto raw FLOAT form by default, or BVLC packed form; ``arrays=`` streams a Net's
   values without copying them into protobuf), :func:`write_text` (``dialect_name="bvlc"`` for BVLC text);
-- :func:`read_binaryproto` / :func:`write_binaryproto`, :func:`read_solverstate` / :func:`write_solverstate`;
+- :func:`read_binaryproto` / :func:`write_binaryproto` (:func:`read_blobproto`: the message itself),
+  :func:`read_solverstate` / :func:`write_solverstate`;
 - :func:`blob_to_array` / :func:`array_to_blob` (from :mod:`caffelite.io.blobs`);
 - pycaffe's ``caffe.io`` helpers: :class:`Transformer`, :func:`load_image`, :func:`resize_image`, ... (from
   :mod:`caffelite.io.pycaffe`).
@@ -40,7 +41,7 @@ import importlib
 
 __all__ = [
     "NetReport", "read_net", "read_net_ex", "parse_net_text", "read_solver", "read_solver_ex", "read_weights",
-    "read_weights_ex", "write_weights", "write_text", "read_binaryproto", "write_binaryproto",
+    "read_weights_ex", "write_weights", "write_text", "read_binaryproto", "read_blobproto", "write_binaryproto",
     "read_solverstate", "write_solverstate", "blob_to_array", "array_to_blob", "blob_diff_to_array",
     "blob_shape", "atomic_write", "read_bytes", "is_text_file", "file_kind", "read_text_any", "parse_net_binary",
     "serialize_weights", "check_blob", "load_weights", "convert_net",
@@ -53,7 +54,8 @@ __all__ = [
 _HOME = {
     **{n: ("messages", n) for n in (
         "read_net", "read_net_ex", "parse_net_text", "read_solver", "read_solver_ex", "write_text", "convert_net",
-        "read_binaryproto", "write_binaryproto", "read_solverstate", "write_solverstate", "file_kind",
+        "read_binaryproto", "read_blobproto", "write_binaryproto", "read_solverstate", "write_solverstate",
+        "file_kind",
         "read_text_any",
         # helpers the readers use, reachable here as they always were
         "FileFormatError", "caffe_pb2", "dialect", "_parse_text_any", "_text_error", "_net_to_jacinto",

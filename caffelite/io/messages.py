@@ -181,11 +181,18 @@ def _read_message(path, cls, what):
     return path, msg
 
 
-def read_binaryproto(path):
-    """Read a ``.binaryproto`` BlobProto (e.g. a mean file) as a float32 array of its declared shape."""
+def read_blobproto(path):
+    """Read a ``.binaryproto`` as its checked BlobProto message: the declared shape fields as written (legacy
+    num/channels/height/width or ``shape``) and other forks' fields kept as unknown fields, so it can be
+    converted and written back without losing anything."""
     path, blob = _read_message(path, caffe_pb2.BlobProto, "binaryproto (BlobProto)")
     check_blob(blob, path)
-    return blob_to_array(blob, where=path)
+    return blob
+
+
+def read_binaryproto(path):
+    """Read a ``.binaryproto`` BlobProto (e.g. a mean file) as a float32 array of its declared shape."""
+    return blob_to_array(read_blobproto(path), where=os.fspath(path))
 
 
 def write_binaryproto(arr, path, form: str = "bvlc", legacy_4d: bool = False) -> None:
