@@ -107,3 +107,33 @@ def test_v0_unknown_parameter_rejected():
     text_format.Parse('layers { layer { name: "r" type: "relu" num_output: 3 } bottom: "x" top: "y" }', net)
     with pytest.raises(FileFormatError, match="num_output"):
         upgrade_net(net)
+
+
+def _unknown_varint(num, val):
+    from caffelite.io.blobs import varint
+    from caffelite.io.wire import tag
+
+    return tag(num, 0) + varint(val)
+
+
+def test_v1_and_v0_layers_keep_other_forks_fields(caplog):
+    """A legacy layer's field that no schema declares is carried onto the upgraded layer byte for byte (written
+    back in every form); one whose number the new class declares would be misread there: dropped, with a
+    warning naming the layer."""
+    from caffelite.io.foreign import foreign_fields
+
+    v1 = caffe_pb2.NetParameter(input=["x"], input_dim=[1, 1, 2, 2])
+    text_format.Parse('layers { name: "r" type: RELU bottom: "x" top: "y" }', v1)
+    v1.layers[0].MergeFromString(_unknown_varint(10011, 3))
+    upgrade_net(v1)
+    assert [ff.describe() for ff in foreign_fields(v1)] == ["layer 'r': field 10011 (varint)"]
+    assert caffe_pb2.NetParameter.FromString(io.serialize_weights(v1, "bvlc")) == v1
+
+    v0 = caffe_pb2.NetParameter(input=["x"], input_dim=[1, 1, 2, 2])
+    text_format.Parse('layers { layer { name: "r" type: "relu" } bottom: "x" top: "y" }', v0)
+    v0.layers[0].layer.MergeFromString(_unknown_varint(10012, 4) + _unknown_varint(23, 1))  # 23: declared in V1
+    with caplog.at_level("WARNING", logger="caffelite.upgrade"):
+        upgrade_net(v0, "v0.prototxt")
+    assert [ff.describe() for ff in foreign_fields(v0)] == ["layer 'r': field 10012 (varint)"]
+    assert [l.type for l in v0.layer] == ["Input", "ReLU"]
+    assert "v0.prototxt: layer 'r': field 23 of another Caffe fork cannot be kept" in caplog.text

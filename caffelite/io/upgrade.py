@@ -100,6 +100,26 @@ def _fold_padding_layers(net, path):
     net.layers.extend(kept)
 
 
+def _carry_unknown(src, dst, layer_name, path) -> None:
+    """Move the fields no schema of ``src`` declares (another fork's) onto the upgraded ``dst``, byte for byte,
+    where ``dst``'s class does not declare their number either; a number it declares would be misread there, so
+    that field is dropped with a warning naming the layer (never silently)."""
+    from google.protobuf import unknown_fields
+
+    from .wire import unknown_field_bytes
+
+    kept = []
+    for f in unknown_fields.UnknownFieldSet(src):
+        if f.field_number in dst.DESCRIPTOR.fields_by_number:
+            log.warning("%slayer '%s': field %d of another Caffe fork cannot be kept across the legacy upgrade "
+                        "(%s declares that number); dropped", f"{path}: " if path else "", layer_name,
+                        f.field_number, dst.DESCRIPTOR.name)
+        else:
+            kept.append(unknown_field_bytes(f))
+    if kept:
+        dst.MergeFromString(b"".join(kept))
+
+
 def _set(msg, field, value):
     f = msg.DESCRIPTOR.fields_by_name[field]
     if f.is_repeated:
@@ -188,6 +208,8 @@ def _v0_to_v1_layer(conn, path):
             getattr(pmsg, fname).CopyFrom(value)
         else:
             _set(pmsg, fname, value)
+    _carry_unknown(conn, out, v0.name, path)
+    _carry_unknown(v0, out, v0.name, path)
     return out
 
 
@@ -256,6 +278,7 @@ def upgrade_v1_layer(v1, path=None):
         out.exclude.add().CopyFrom(r)
     if v1.HasField("layer"):
         log.error("Input NetParameter has V0 layer -- ignoring.")
+    _carry_unknown(v1, out, v1.name, path)
     return out
 
 
