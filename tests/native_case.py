@@ -59,3 +59,26 @@ def forward_backward(layer, b, t, x, dy, propagate=True):
     t.diff[...] = dy
     layer.backward([t], [propagate], [b])
     return y, b.diff.copy()
+
+
+def check_bn_without_backward_keeps_nothing(make_layer, x):
+    """A BatchNorm that no backward will need (``needs_backward`` False) keeps no saved state, gives the same
+    output and running statistics bit for bit as one that does, and its backward refuses to run.
+    ``make_layer()`` returns a fresh (layer, bottom, top)."""
+    import numpy as np
+    import pytest
+
+    outs = []
+    for needs in (True, False):
+        layer, b, t = make_layer()
+        layer.needs_backward = needs
+        b.data[...] = x
+        layer.forward([b], [t])
+        outs.append((t.data.copy(), [blob.data.copy() for blob in layer.blobs]))
+        assert (layer.xhat is not None) == needs
+    (y0, s0), (y1, s1) = outs
+    assert y0.dtype == y1.dtype and np.array_equal(y0.view(np.uint8), y1.view(np.uint8))
+    for a, c in zip(s0, s1, strict=True):
+        assert np.array_equal(a.view(np.uint8), c.view(np.uint8))
+    with pytest.raises(Exception, match="kept nothing"):
+        layer.backward([t], [True], [b])
