@@ -1,10 +1,13 @@
 """Per-layer profile of the int8 engine on jsegnet21v2 (the net and weights of bench/int8_forward.py).
 
     python bench/int8_profile.py [--shape 1,3,512,1024] [--runs 5] [--sparsity 0.8] [--threads 2] [--weight-bits 8]
+                                 [--compare-glue]
 
 Runs the engine's steps one by one with a timer around each (the same calls :class:`Int8Net.forward` makes)
 and splits every integer convolution into input packing, group sums (weight zero-point correction) and the
 kernel (multiply-adds and the requantising epilogue). Prints the median per step and per category.
+``--compare-glue``: also profiles, interleaved forward by forward, the engine with the non-convolution steps on
+their NumPy path (``Int8Net(compiled=False)``) and prints both (same integers; a check says so).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def _instrument(acc):
     lib = i8op._LIB
     names = {id(lib.lib.ci8_group_sums): "gsum", id(lib.lib.ci8_group_sums4): "gsum",
              id(lib.lib.ci8_sparse_fwd): "kernel"}
+    if hasattr(lib.lib, "ci8_pack16"):  # the paired sparse kernel's planar packing (its group sums included)
+        names[id(lib.lib.ci8_pack16)] = "pack"
 
     def timed(cat, fn):
         def wrapper(*a, **k):
@@ -80,7 +85,9 @@ def profile_forward(eng, x, per):
             sub = dict(_ACC)
             kind = "conv-sparse" if pc.sparse else ("conv-u8" if getattr(getattr(pc, "dense", pc), "quads", False)
                                                      else "conv")
-        elif kind not in ("split", "lut", "pool", "argmax", "eltwise"):
+        elif kind == "deconv":
+            kind = f"deconv-{st[3].mode}" + ("+argmax" if last > i else "")
+        elif kind not in ("split", "lut", "pool", "argmax", "eltwise", "bias"):
             kind = f"float:{net.layers[i].type}"
         dt = time.perf_counter() - t0
         rec = per.setdefault(name, {"kind": kind, "total": [], "sub": {}})
@@ -97,6 +104,7 @@ def main(argv=None):
     ap.add_argument("--sparsity", type=float, default=0.8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weight-bits", type=int, default=None)
+    ap.add_argument("--compare-glue", action="store_true")
     a = ap.parse_args(argv)
     shape = tuple(int(s) for s in a.shape.split(","))
     from caffelite.jacinto.int8_engine import Int8Net
@@ -105,17 +113,39 @@ def main(argv=None):
     for _ in range(3):
         qnet.forward(data=x)
     _instrument(_ACC)
-    eng = Int8Net(qnet)
-    for _ in range(3):  # the dense/sparse choices are timed on the first forwards
-        eng.forward(data=x)
-    whole = []
+    engines = {"compiled": Int8Net(qnet)}
+    if a.compare_glue:
+        engines["numpy glue"] = Int8Net(qnet, compiled=False)
+    labels = {}
+    state = hook.get_state()
+    for name, eng in engines.items():
+        for _ in range(3):  # the dense/sparse choices are timed on the first forwards
+            eng.forward(data=x)
+        hook.set_state(state)  # the same forward for each engine (some scales alternate between forwards)
+        labels[name] = eng.forward(data=x)[qnet.outputs[0]].copy()
+    if a.compare_glue:
+        same = all(np.array_equal(v, labels["compiled"]) for v in labels.values())
+        print(f"net outputs of the engines identical: {same}")
+    whole = {k: [] for k in engines}
+    per = {k: {} for k in engines}
     for _ in range(a.runs):
-        t0 = time.perf_counter()
-        eng.forward(data=x)
-        whole.append(time.perf_counter() - t0)
-    per = {}
+        for name, eng in engines.items():
+            time.sleep(0.05)
+            t0 = time.perf_counter()
+            eng.forward(data=x)
+            whole[name].append(time.perf_counter() - t0)
     for _ in range(a.runs):
-        profile_forward(eng, x, per)
+        for name, eng in engines.items():
+            time.sleep(0.05)
+            profile_forward(eng, x, per[name])
+    for name in engines:
+        if len(engines) > 1:
+            print(f"\n=== {name} ===")
+        report(whole[name], per[name])
+
+
+def report(whole, per):
+    """Print the medians of one engine's profile."""
     print(f"whole forward (Int8Net.forward) median {np.median(whole) * 1e3:.1f} ms; load {os.getloadavg()[0]:.2f}")
     print(f"{'step':44s} {'kind':16s} {'ms':>7s}  split (ms)")
     cats = {}

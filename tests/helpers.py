@@ -64,3 +64,10 @@ def bits_equal(a, b) -> bool:
         return False
     return np.array_equal(np.ascontiguousarray(a).reshape(-1).view(np.uint8),
                           np.ascontiguousarray(b).reshape(-1).view(np.uint8))
+
+
+def load_npz(path) -> dict:
+    """The arrays of an ``.npz`` file as a dict, the file closed again (``np.load`` alone keeps it open until
+    garbage collection, which pytest reports as an unclosed file)."""
+    with np.load(path) as z:
+        return dict(z)

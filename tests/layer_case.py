@@ -32,7 +32,8 @@ def load_case(name):
     d = os.path.join(LAYERS, name)
     with open(os.path.join(d, "meta.json")) as f:
         meta = json.load(f)
-    io = dict(np.load(os.path.join(d, "io.npz")))
+    with np.load(os.path.join(d, "io.npz")) as npz:
+        io = dict(npz)
     return d, meta, io
 
 

@@ -17,6 +17,7 @@ from caffelite.blob import Blob
 from caffelite.proto import caffe_pb2
 
 from conftest import FIXTURES
+from helpers import load_npz
 
 SOLVERS = os.path.join(FIXTURES, "solvers")
 CASES = sorted(d for d in os.listdir(SOLVERS) if not d.startswith("_") and d != "sgd_step_resume")
@@ -44,7 +45,7 @@ def solver_param(case):
 
 
 def trajectory(case):
-    return dict(np.load(os.path.join(case_dir(case), "trajectory.npz")))
+    return dict(load_npz(os.path.join(case_dir(case), "trajectory.npz")))
 
 
 def learnable_layout(case):

@@ -14,6 +14,7 @@ from caffelite.data.transformer import DataTransformer, read_mean_file
 from caffelite.errors import CaffeliteError, FileFormatError
 from caffelite.proto import caffe_pb2
 from conftest import FIXTURES
+from helpers import load_npz
 
 LMDB_DIR = os.path.join(FIXTURES, "lmdb")
 SOLVER_DATA = os.path.join(FIXTURES, "solvers", "_data")
@@ -21,7 +22,7 @@ SOLVER_DATA = os.path.join(FIXTURES, "solvers", "_data")
 
 @pytest.fixture(scope="module")
 def expected():
-    return np.load(os.path.join(LMDB_DIR, "expected.npz"))
+    return load_npz(os.path.join(LMDB_DIR, "expected.npz"))
 
 
 @pytest.mark.parametrize("db", ["resized_lmdb", "gray_lmdb", "encoded_lmdb"])
@@ -161,7 +162,7 @@ def test_convert_imageset_cli(tmp_path):
 
 
 def test_solver_fixture_lmdb_equals_npz():
-    z = np.load(os.path.join(SOLVER_DATA, "data.npz"))
+    z = load_npz(os.path.join(SOLVER_DATA, "data.npz"))
     for split in ("train", "test"):
         r = LMDBReader(os.path.join(SOLVER_DATA, f"{split}_lmdb"))
         assert len(r) == len(z[f"{split}/label"])

@@ -11,6 +11,7 @@ from caffelite.data.datum import array_to_datum
 from caffelite.data.lmdb_io import LMDBWriter
 from caffelite.errors import CaffeliteError
 from conftest import FIXTURES
+from helpers import load_npz
 
 SOLVER_DATA = os.path.join(FIXTURES, "solvers", "_data")
 LMDB_DIR = os.path.join(FIXTURES, "lmdb")
@@ -38,7 +39,7 @@ class _Capture(logging.Handler):
 
 def test_data_layer_feeds_what_caffe_fed(tmp_path):
     """The solvers fixture: scale 1/256, batch 8, key order, wrapping after 64 records (TRAIN) / 20 (TEST)."""
-    z = np.load(os.path.join(SOLVER_DATA, "data.npz"))
+    z = load_npz(os.path.join(SOLVER_DATA, "data.npz"))
     cap = _Capture()
     logging.getLogger("caffelite").addHandler(cap)
     try:
@@ -59,7 +60,7 @@ def test_data_layer_feeds_what_caffe_fed(tmp_path):
 
 def test_data_layer_mean_file_and_encoded(tmp_path):
     """Encoded records decode to the source pixels; a mean.binaryproto is subtracted before scaling."""
-    z = np.load(os.path.join(LMDB_DIR, "expected.npz"))
+    z = load_npz(os.path.join(LMDB_DIR, "expected.npz"))
     mean = os.path.join(LMDB_DIR, "mean.binaryproto")
     net = _net(tmp_path, _data_layer(os.path.join(LMDB_DIR, "resized_lmdb"), 6,
                                      f'mean_file: "{mean}" scale: 0.5'), caffelite.TEST)
@@ -176,7 +177,7 @@ def test_image_label_data_bad_input(tmp_path):
 
 
 def test_image_data_layer(tmp_path):
-    z = np.load(os.path.join(LMDB_DIR, "expected.npz"))
+    z = load_npz(os.path.join(LMDB_DIR, "expected.npz"))
     src = os.path.join(LMDB_DIR, "list.txt")
     text = (f'name: "data" type: "ImageData" top: "data" top: "label" image_data_param {{ source: "{src}" '
             f'root_folder: "{LMDB_DIR}/images/" batch_size: 3 new_height: 16 new_width: 16 }}')

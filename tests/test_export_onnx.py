@@ -20,6 +20,7 @@ from caffelite.export.onnx_layers import CONVERTERS
 from caffelite.models import prototxt_dir
 
 from conftest import FIXTURES, REFERENCE
+from helpers import load_npz
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -69,8 +70,9 @@ def test_layer_fixture_matches_caffe(case, tmp_path):
     d = os.path.join(LAYERS, case)
     w = os.path.join(d, "weights.caffemodel")
     net = _net(os.path.join(d, "net.prototxt"), w if os.path.exists(w) else None)
-    io = np.load(os.path.join(d, "io.npz"))
-    feeds = {k[len("bottom/"):]: io[k] for k in io.files if k.startswith("bottom/")}
+    with np.load(os.path.join(d, "io.npz")) as npz:
+        io = dict(npz)
+    feeds = {k[len("bottom/"):]: io[k] for k in io if k.startswith("bottom/")}
     ours = {k: np.array(v) for k, v in net.forward(**feeds).items()}
     path = tmp_path / "m.onnx"
     export_onnx(net, path)
@@ -78,7 +80,7 @@ def test_layer_fixture_matches_caffe(case, tmp_path):
     assert set(got) == set(net.outputs)
     for name, v in got.items():
         assert_close(v, ours[name], what=f"{case}/{name} vs caffelite")
-        if f"top/{name}" in io.files:
+        if f"top/{name}" in io:
             assert_close(v, io[f"top/{name}"], what=f"{case}/{name} vs Caffe")
 
 
@@ -98,9 +100,9 @@ def _weights(d):
 def test_fixture_nets_match_caffe(name, tmp_path):
     d = os.path.join(NETS, name)
     net = _net(os.path.join(d, "deploy.prototxt"), _weights(d))
-    x = np.load(os.path.join(d, "input.npz"))["data"]
+    x = load_npz(os.path.join(d, "input.npz"))["data"]
     ours = {k: np.array(v) for k, v in net.forward(data=x).items()}
-    caffe = np.load(os.path.join(d, "blobs.npz"))
+    caffe = load_npz(os.path.join(d, "blobs.npz"))
     model = export_onnx(net, tmp_path / "m.onnx")
     if name == "jsegnet21v2_deploy":  # also expose the logits the ArgMax reads
         model.graph.output.append(onnx.helper.make_tensor_value_info("out_deconv_final_up8", 1, None))
@@ -349,8 +351,8 @@ def test_cli_writes_a_model(tmp_path, capsys):
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["source_dialect"] in ("bvlc", "jacinto017", "jacinto016")
     assert meta["source_weights"].endswith("weights.caffemodel.xz") and meta["source_model"].endswith(".prototxt")
-    x = np.load(os.path.join(d, "input.npz"))["data"]
-    assert_close(run_ort(tmp_path / "lenet.onnx", {"data": x})["prob"], np.load(os.path.join(d, "blobs.npz"))["prob"])
+    x = load_npz(os.path.join(d, "input.npz"))["data"]
+    assert_close(run_ort(tmp_path / "lenet.onnx", {"data": x})["prob"], load_npz(os.path.join(d, "blobs.npz"))["prob"])
 
 
 def _bad_cases(tmp_path):

@@ -119,8 +119,8 @@ def test_bilinear_odd_kernel():
 
 def test_bilinear_matches_caffe_deconvolution_weights():
     """fixtures/layers/deconv_bilinear_up2 stores Caffe's own bilinear filler output."""
-    io = np.load(os.path.join(FIXTURES, "layers", "deconv_bilinear_up2", "io.npz"))
-    want = io["param/up/0"]
+    with np.load(os.path.join(FIXTURES, "layers", "deconv_bilinear_up2", "io.npz")) as io:
+        want = io["param/up/0"]
     got = draw(want.shape, type="bilinear")
     np.testing.assert_array_equal(got.astype(np.float32), want)
 

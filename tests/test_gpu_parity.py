@@ -35,7 +35,7 @@ from caffelite.ops import pool as opool
 from caffelite.ops.im2col import ConvGeometry
 from caffelite.ops.pool import pooled_size
 
-from helpers import assert_close
+from helpers import assert_close, load_npz
 
 oim = importlib.import_module("caffelite.ops.im2col")  # the module (the package re-exports its im2col function)
 
@@ -520,7 +520,7 @@ def test_jsegnet21v2_train_step_on_gpu():
     from conftest import FIXTURES
     d = os.path.join(FIXTURES, "nets", "jsegnet21v2_train")
     weights = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy", "weights.caffemodel.xz")
-    inp = np.load(os.path.join(d, "input.npz"))
+    inp = load_npz(os.path.join(d, "input.npz"))
 
     def run(mode):
         (backend.set_mode_gpu if mode == "gpu" else backend.set_mode_cpu)()

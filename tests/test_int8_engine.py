@@ -11,6 +11,7 @@ import caffelite.log  # noqa: F401  (the package's lazy names must not shadow th
 from caffelite.layer import TEST
 
 from conftest import FIXTURES, REFERENCE
+from helpers import load_npz
 
 JSEG = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy")
 SIZE = (64, 128)
@@ -30,7 +31,7 @@ def _net(quantize=True, weight_bits=None):
 
 
 def _input(seed):
-    x = np.load(os.path.join(JSEG, "input.npz"))["data"]
+    x = load_npz(os.path.join(JSEG, "input.npz"))["data"]
     return np.ascontiguousarray(np.roll(x, 7 * seed, axis=3)[:, :, :SIZE[0], :SIZE[1]])
 
 

@@ -20,7 +20,7 @@ CASES = [
 ]
 
 
-def _case(case, seed, has_sum=True, relu=True, slope=0.0, ties="even"):
+def _case(case, seed, has_sum=True, relu=True, slope=0.0, ties="even", off=0.0):
     n, c, h, w, cout, group, k, s, p, d, signed = case
     rng = np.random.default_rng(seed)
     q = rng.integers(-128 if signed else 0, 128 if signed else 256, (n, c, h, w)).astype(np.int16)
@@ -32,7 +32,7 @@ def _case(case, seed, has_sum=True, relu=True, slope=0.0, ties="even"):
         a = np.full(cout, 0.5)
     rq = int8.Requant(A=a, B=a * rng.random(cout) * 300 if has_sum else np.zeros(cout),
                       C=np.round(rng.normal(size=cout) * 60) + (0.5 if ties == "away" else 0.0),
-                      lo=0 if relu else -128, hi=255 if relu else 127, off=0.0, relu=relu, slope=slope, ties=ties)
+                      lo=0 if relu else -128, hi=255 if relu else 127, off=off, relu=relu, slope=slope, ties=ties)
     return q, wt, g, group, rq
 
 
@@ -61,7 +61,7 @@ def test_reference_equals_float_convolution(case):
 @pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("variant", [dict(), dict(has_sum=False), dict(relu=False), dict(slope=0.125),
-                                     dict(ties="away")])
+                                     dict(ties="away"), dict(off=-7.0), dict(relu=False, off=0.5, ties="away")])
 def test_kernel_equals_reference_every_isa(case, variant):
     q, wt, g, group, rq = _case(case, 2, **variant)
     ref = int8.conv_int_reference(q, wt, None, g, group, rq)
@@ -79,19 +79,106 @@ def test_kernel_equals_reference_every_isa(case, variant):
 @pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("variant", [dict(), dict(has_sum=False)])
-def test_sparse_kernel_equals_reference_every_isa(case, variant):
-    """The sparse kernel (only nonzero weight pairs) on 80%-zero weights, some channels all zero."""
+@pytest.mark.parametrize("singles", [True, False])
+def test_sparse_kernel_equals_reference_every_isa(case, variant, singles):
+    """The sparse kernels on 80%-zero weights, some channels all zero: channel pairs (every instruction set) and,
+    on AVX-512 with rows of >= 32 outputs, the paired-singles one."""
     q, wt, g, group, rq = _case(case, 4, **variant)
     rng = np.random.default_rng(5)
     wt[rng.random(wt.shape) < 0.8] = 0
     wt[1] = 0
     ref = int8.conv_int_reference(q, wt, None, g, group, rq)
     pc = int8.PackedConv(wt, g, group, rq, sparse=True)
+    pc.singles = singles
     assert pc._sw.size == np.count_nonzero(int8.pack_weights(wt, group, 1))
     for isa in int8.supported_isas():
         if int8.native_ok(g, g.out_shape(*q.shape[2:])[1], isa):
             np.testing.assert_array_equal(pc.forward(q, isa=isa), ref, err_msg=isa)
     assert int8.nonzero_pair_fraction(wt, group) < 0.5
+
+
+# (N, C, H, W, Cout, group, k, stride, pad, dilation, signed input): rows of >= 32 outputs for the singles kernel
+SINGLES_CASES = [
+    (1, 3, 12, 70, 36, 1, 5, 2, 2, 1, True),     # conv1a-like: stride 2, 3 channels, 36 outputs (two chunks)
+    (2, 16, 7, 32, 40, 4, 3, 1, 1, 1, False),    # rows of exactly one vector, grouped, two images
+    (1, 24, 9, 33, 24, 3, 3, 1, 4, 4, False),    # dilation 4, last vector overlapping, three groups
+    (1, 40, 6, 97, 72, 1, 3, 1, 2, 2, False),    # wide odd rows, channel chunks of 32 and a remainder of 8
+    (1, 10, 8, 65, 12, 2, 1, 1, 0, 1, True),     # 1x1, odd channels per group
+    (1, 6, 9, 81, 10, 1, 3, 2, 0, 2, False),     # stride 2 with dilation 2, no padding
+    (1, 8, 5, 40, 8, 1, (3, 1), 1, (1, 0), 1, False),  # a 3x1 kernel
+]
+
+
+@pytest.mark.skipif(not set(int8.SINGLES_ISAS) & set(int8.supported_isas()), reason="no AVX-512")
+@pytest.mark.parametrize("case", SINGLES_CASES)
+@pytest.mark.parametrize("variant", [dict(), dict(has_sum=False), dict(slope=0.125, off=3.0),
+                                     dict(relu=False, ties="away")])
+@pytest.mark.parametrize("block_bytes", [16 << 10, 64])
+def test_singles_sparse_kernel_equals_reference(case, variant, block_bytes, monkeypatch):
+    """The paired-singles sparse kernel: nonzero weights paired across channels and taps, odd counts, empty
+    channels, one input-channel block or many (partial sums kept between blocks), on AVX-512."""
+    n, c, h, w, cout, group, k, s, p, d, signed = case
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    ph, pw = p if isinstance(p, tuple) else (p, p)
+    rng = np.random.default_rng(12)
+    q = rng.integers(-128 if signed else 0, 128 if signed else 256, (n, c, h, w)).astype(np.int16)
+    wt = rng.integers(-2400, 2400, (cout, c // group, kh, kw)).astype(np.int16)
+    wt[rng.random(wt.shape) < 0.8] = 0
+    wt[1] = 0
+    wt[2] = 0
+    wt[2, 0, 0, 0] = 5  # a single nonzero: its pair has a zero partner
+    g = ConvGeometry(kh, kw, s, s, ph, pw, d, d)
+    _, _, _, _, rq = _case((n, c, h, w, cout, group, 1, 1, 0, 1, signed), 13, **variant)
+    monkeypatch.setattr(int8, "SINGLES_BLOCK_BYTES", block_bytes)
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    assert 0 < np.count_nonzero(ref - rq.lo) < ref.size
+    pc = int8.PackedConv(wt, g, group, rq, sparse=True)
+    ho, wo = g.out_shape(h, w)
+    assert wo >= int8.SINGLES_WIDTH
+    for isa in set(int8.SINGLES_ISAS) & set(int8.supported_isas()):
+        np.testing.assert_array_equal(pc.forward(q, isa=isa), ref, err_msg=isa)
+        nkb = pc._ss[1][3]
+        assert (nkb > 1) == (block_bytes < 1024 and c // group > 1)
+    np.testing.assert_array_equal(pc.forward(q, isa="generic"), ref)  # the portable channel-pairs kernel
+
+
+@pytest.mark.skipif(not set(int8.SINGLES_ISAS) & set(int8.supported_isas()), reason="no AVX-512")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_singles_same_integers_any_thread_count(threads, monkeypatch):
+    """The singles kernel's threads take tasks as they come free: any thread count, the same integers."""
+    case = SINGLES_CASES[3]
+    q, wt, g, group, rq = _case(case, 15)
+    wt[np.random.default_rng(16).random(wt.shape) < 0.8] = 0
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    monkeypatch.setattr(int8._LIB, "threads", threads)
+    pc = int8.PackedConv(wt, g, group, rq, sparse=True)
+    for isa in set(int8.SINGLES_ISAS) & set(int8.supported_isas()):
+        for _ in range(3):
+            np.testing.assert_array_equal(pc.forward(q, isa=isa), ref, err_msg=isa)
+    assert pc._ss_call[3] >= 8 * threads  # enough tasks to share
+
+
+@pytest.mark.skipif(not set(int8.SINGLES_ISAS) & set(int8.supported_isas()), reason="no AVX-512")
+@pytest.mark.parametrize("case", SINGLES_CASES)
+def test_pack_input16_equals_numpy(case):
+    """The planar layout (zero padding, stride phases, planes pstride apart) and its group sums."""
+    n, c, h, w, cout, group, k, s, p, d, signed = case
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    ph, pw = p if isinstance(p, tuple) else (p, p)
+    q = np.random.default_rng(14).integers(-300, 300, (n, c, h, w)).astype(np.int16)
+    g = ConvGeometry(kh, kw, s, s, ph, pw, d, d)
+    ho, wo = g.out_shape(h, w)
+    packed, gsum, hb, wq, ps = int8.pack_input16(q, group, g, ho, wo)
+    assert ps >= hb * s * wq and ps % 32 == 0 and ps // 32 % 2 == 1
+    full = np.zeros((n, c, hb, wq * s), np.int16)
+    full[:, :, ph:ph + h, pw:pw + w] = q[:, :, :hb - ph, :wq * s - pw]
+    planes = full.reshape(n, c, hb, wq, s).transpose(0, 1, 2, 4, 3).reshape(n, c, -1)
+    np.testing.assert_array_equal(packed[:, :, :planes.shape[2]], planes)
+    sums = planes.reshape(n, group, c // group, -1).astype(np.int64).sum(axis=2)
+    np.testing.assert_array_equal(gsum.reshape(n, group, -1), sums)
+    nosum = int8.pack_input16(q, group, g, ho, wo, sums=False)
+    assert nosum[1] is None
+    np.testing.assert_array_equal(nosum[0][:, :, :planes.shape[2]], planes)
 
 
 @pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
@@ -123,7 +210,9 @@ def test_auto_conv_times_both_kernels_then_keeps_one():
         np.testing.assert_array_equal(ac.forward(q), ref)
         assert (ac.choice is None) == (k < 3)
     assert len(ac.times[True]) == len(ac.times[False]) == 2
-    assert ac.sparse == (min(ac.times[True]) < min(ac.times[False]))
+    singles = bool(set(int8.SINGLES_ISAS) & set(int8.supported_isas()))  # rows of 40: the singles kernel
+    assert ac.favour == (int8.SINGLES_FAVOUR if singles else 1.0)
+    assert ac.sparse == (min(ac.times[True]) < min(ac.times[False]) * ac.favour)
 
 
 @pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
@@ -192,3 +281,18 @@ def test_quantize_float_native_equals_numpy(ties):
     half = int8.quantize_float(np.array([0.5, 1.5, -0.5, -2.5], np.float32), 1.0, 0.0, -128, 127, ties)
     assert half.tolist() == ([0, 2, 0, -2] if ties == "even" else [1, 2, -1, -3])
     assert a.min() == -128 and a.max() == 127
+
+
+@pytest.mark.skipif(not int8.available(), reason="integer kernel not built")
+def test_sparse_worthwhile_follows_the_kernel_in_use():
+    """The paired-singles kernel (AVX-512) pays up to 40% nonzero weights; the channel-pairs one up to 40%
+    nonzero pairs (about 22% nonzero weights)."""
+    rng = np.random.default_rng(17)
+    w30 = rng.integers(1, 100, (64, 32, 3, 3)).astype(np.int16)
+    w30[rng.random(w30.shape) >= 0.3] = 0
+    w50 = rng.integers(1, 100, (64, 32, 3, 3)).astype(np.int16)
+    w50[rng.random(w50.shape) >= 0.5] = 0
+    singles = bool(set(int8.SINGLES_ISAS) & set(int8.supported_isas()))
+    assert int8.nonzero_pair_fraction(w30, 1) > int8.SPARSE_MAX_NONZERO_PAIRS
+    assert int8.sparse_worthwhile(w30, 1) == singles
+    assert not int8.sparse_worthwhile(w50, 1)

@@ -8,6 +8,7 @@ import pytest
 from caffelite.jacinto.bn_fold import fold_arrays
 
 from conftest import FIXTURES
+from helpers import load_npz
 
 JSEG = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy")
 SIZE = (64, 128)
@@ -46,7 +47,7 @@ def _forward(model, weights):
     from caffelite.layer import TEST
     from caffelite.net import Net
     net = Net(model, weights, TEST)
-    x = np.load(os.path.join(JSEG, "input.npz"))["data"][:, :, :SIZE[0], :SIZE[1]]
+    x = load_npz(os.path.join(JSEG, "input.npz"))["data"][:, :, :SIZE[0], :SIZE[1]]
     net.forward(data=np.ascontiguousarray(x))
     return net, net.blobs["out_deconv_final_up8"].data.copy()
 
@@ -106,7 +107,7 @@ def test_optimize_bvlc_bn_scale_net(tmp_path):
     mp = str(tmp_path / "deploy.prototxt")
     io.write_text(p, mp)
     wp = os.path.join(case, "snapshot_iter_12.caffemodel")
-    x = np.load(os.path.join(FIXTURES, "solvers", "_data", "data.npz"))["test/data"].astype(np.float32) / 256
+    x = load_npz(os.path.join(FIXTURES, "solvers", "_data", "data.npz"))["test/data"].astype(np.float32) / 256
 
     def run(model, weights):
         net = Net(model, weights, TEST)

@@ -11,6 +11,7 @@ from caffelite.layer import TEST
 from caffelite.proto import caffe_pb2
 
 from conftest import FIXTURES
+from helpers import load_npz
 
 JSEG = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy")
 
@@ -31,7 +32,7 @@ def _net(quantize=True, version="0.17", size=(64, 128), with_weights=True, edit=
 
 
 def _input(size=(64, 128), seed=0):
-    x = np.load(os.path.join(JSEG, "input.npz"))["data"]
+    x = load_npz(os.path.join(JSEG, "input.npz"))["data"]
     return np.ascontiguousarray(x[:, :, :size[0], :size[1]]) if seed == 0 else \
         np.ascontiguousarray(np.roll(x, 7 * seed, axis=3)[:, :, :size[0], :size[1]])
 

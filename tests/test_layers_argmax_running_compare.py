@@ -7,7 +7,15 @@ from google.protobuf import text_format
 from caffelite.blob import Blob
 from caffelite.layer import create_layer
 from caffelite.layers.reduction import ArgMaxLayer
+from caffelite.ops import native
 from caffelite.proto import caffe_pb2
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def _kernels(request):
+    """Every test runs with the compiled kernels (when built) and on the NumPy path alone."""
+    with native.enabled(request.param == "native"):
+        yield request.param
 
 
 def _argmax(x, axis, extra=""):

@@ -14,6 +14,7 @@ from caffelite.errors import NetError
 from caffelite.proto import caffe_pb2, dialect
 
 from conftest import FIXTURES
+from helpers import load_npz
 
 LENET = os.path.join(FIXTURES, "nets", "lenet")
 LENET_PROTO = os.path.join(LENET, "deploy.prototxt")
@@ -27,7 +28,7 @@ def lenet():
 
 
 def lenet_input():
-    return np.load(os.path.join(LENET, "input.npz"))["data"]
+    return load_npz(os.path.join(LENET, "input.npz"))["data"]
 
 
 # ---------------------------------------------------------------------------------------------- construction
@@ -62,7 +63,7 @@ def test_pycaffe_attributes(lenet):
 def test_forward_returns_outputs_and_extra_blobs(lenet):
     out = lenet.forward(data=lenet_input(), blobs=["ip1"])
     assert set(out) == {"prob", "ip1"}
-    want = np.load(os.path.join(LENET, "blobs.npz"))["prob"]
+    want = load_npz(os.path.join(LENET, "blobs.npz"))["prob"]
     np.testing.assert_allclose(out["prob"], want, rtol=1e-4, atol=1e-6)
     assert out["prob"] is lenet.blobs["prob"].data
 
@@ -106,7 +107,7 @@ def test_float64_net():
     assert net.blobs["conv1"].data.dtype == np.float64
     assert net.params["conv1"][0].data.dtype == np.float64
     out = net.forward(data=lenet_input())
-    want = np.load(os.path.join(LENET, "blobs.npz"))["prob"]
+    want = load_npz(os.path.join(LENET, "blobs.npz"))["prob"]
     np.testing.assert_allclose(out["prob"], want, rtol=1e-4, atol=1e-6)
 
 
@@ -308,7 +309,8 @@ def test_bvlc_netparameter_keeps_bvlc_only_options():
     """A BVLC-dialect NetParameter object (Clip's clip_param has no jacinto field) builds a working net."""
     d = os.path.join(FIXTURES, "layers", "clip")
     param = text_format.Parse(open(os.path.join(d, "net.prototxt")).read(), dialect("bvlc").NetParameter())
-    io = np.load(os.path.join(d, "io.npz"))
+    with np.load(os.path.join(d, "io.npz")) as npz:
+        io = dict(npz)
     net = caffelite.Net(param, caffelite.TEST)
     net.forward(**{k.split("/", 1)[1]: v for k, v in io.items() if k.startswith("bottom/")})
     np.testing.assert_array_equal(net.blobs["clip"].data, io["top/clip"])

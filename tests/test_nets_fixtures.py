@@ -15,6 +15,7 @@ from caffelite.layer import registered_types
 from caffelite.proto import dialect
 
 from conftest import FIXTURES
+from helpers import load_npz
 
 NETS = os.path.join(FIXTURES, "nets")
 DEPLOY_CASES = ["lenet", "cifar10_quick", "jsegnet21v2_deploy"]
@@ -57,15 +58,15 @@ def deploy_run(request):
     proto = os.path.join(d, "deploy.prototxt")
     _require_layers(proto)
     net = caffelite.Net(proto, _weights(d), caffelite.TEST)
-    out = net.forward(data=np.load(os.path.join(d, "input.npz"))["data"])
+    out = net.forward(data=load_npz(os.path.join(d, "input.npz"))["data"])
     return request.param, d, meta, net, out
 
 
 def test_deploy_every_blob(deploy_run):
     name, d, meta, net, _ = deploy_run
-    want_all = np.load(os.path.join(d, "blobs.npz"))
+    want_all = load_npz(os.path.join(d, "blobs.npz"))
     assert set(meta["blobs"]) <= set(net.blobs), "blobs missing from the net"
-    for key in want_all.files:
+    for key in want_all:
         want = want_all[key]
         got = net.blobs[key].data
         assert got.shape == want.shape, f"{name}: {key} {got.shape} != {want.shape}"
@@ -88,9 +89,9 @@ def test_deploy_in_place_intermediates(deploy_run):
     path = os.path.join(d, "layer_outputs.npz")
     if not os.path.exists(path):
         pytest.skip("no layer_outputs.npz for this case")
-    outs = np.load(path)
+    outs = load_npz(path)
     net.forward(end=None)
-    for key in outs.files:
+    for key in outs:
         layer, top = key.split("/", 1)
         net.forward(end=layer)
         want = outs[key]
@@ -102,10 +103,10 @@ def test_deploy_outputs_and_argmax(deploy_run):
     name, d, meta, net, out = deploy_run
     assert set(out) == set(net.outputs)
     if name == "jsegnet21v2_deploy":
-        scores = np.load(os.path.join(d, "blobs.npz"))["out_deconv_final_up8"]
+        scores = load_npz(os.path.join(d, "blobs.npz"))["out_deconv_final_up8"]
         top2 = np.sort(scores, axis=1)[:, -2:]
         clear = (top2[:, 1] - top2[:, 0]) >= 1e-4
-        want = np.load(os.path.join(d, "blobs.npz"))["argMaxOut"]
+        want = load_npz(os.path.join(d, "blobs.npz"))["argMaxOut"]
         got = out["argMaxOut"]
         assert int((~clear).sum()) == meta["argmax_small_margin_pixels"]
         np.testing.assert_array_equal(got[:, 0][clear], want[:, 0][clear])
@@ -120,19 +121,19 @@ def test_jsegnet_train_step():
     _require_layers(proto)
     weights = os.path.join(NETS, "jsegnet21v2_deploy", "weights.caffemodel.xz")
     net = caffelite.Net(proto, weights, caffelite.TRAIN)
-    inp = np.load(os.path.join(d, "input.npz"))
+    inp = load_npz(os.path.join(d, "input.npz"))
     net.blobs["data"].data[...] = inp["data"]
     net.blobs["label"].data[...] = inp["label"]
     net.clear_param_diffs()
     loss = net.forward_backward()
-    grads = np.load(os.path.join(d, "grads.npz"))
+    grads = load_npz(os.path.join(d, "grads.npz"))
     np.testing.assert_allclose(loss, float(grads["loss"]), rtol=meta["tolerance"]["loss"]["rtol"])
     np.testing.assert_allclose(float(net.blobs["loss"].data.reshape(-1)[0]), meta["loss"],
                                rtol=meta["tolerance"]["loss"]["rtol"])
     zero = set(meta["params_with_zero_diff"])
     noise = meta["params_with_noise_diff"]
     checked = 0
-    for key in grads.files:
+    for key in grads:
         if key == "loss":
             continue
         lname, i = key[len("param_diff/"):].rsplit("/", 1)
@@ -148,8 +149,8 @@ def test_jsegnet_train_step():
             np.testing.assert_allclose(got.reshape(want.shape), want, rtol=rtol, atol=atol, err_msg=key)
         checked += 1
     assert checked == sum(len(b) for b in net.params.values())
-    after = np.load(os.path.join(d, "bn_after.npz"))
-    for key in after.files:
+    after = load_npz(os.path.join(d, "bn_after.npz"))
+    for key in after:
         lname, i = key[len("param_after/"):].rsplit("/", 1)
         want = after[key]
         rtol, atol = _tol(meta["tolerance"]["bn_after"], want)
@@ -170,9 +171,9 @@ def test_jacinto_prototxt_with_bvlc_weights(tmp_path):
     shape.dim[2], shape.dim[3] = meta["input_shape"][2:]
     net = caffelite.Net(param, caffelite.TEST, weights=_weights(d))
     assert len(net.params["conv1a/bn"]) == 5
-    net.forward(data=np.load(os.path.join(d, "input.npz"))["data"])
-    want_all = np.load(os.path.join(d, "blobs.npz"))
-    for key in want_all.files:
+    net.forward(data=load_npz(os.path.join(d, "input.npz"))["data"])
+    want_all = load_npz(os.path.join(d, "blobs.npz"))
+    for key in want_all:
         if key == "argMaxOut":
             continue
         want = want_all[key]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from caffelite.ops import depthwise as D
+from caffelite.ops import native
 from caffelite.ops.im2col import ConvGeometry
 
 
@@ -58,6 +59,13 @@ GEOMS = [ConvGeometry(k, k, s, s, p, p, d, d)
 SIZES = [(1, 1, 1, 1), (2, 3, 5, 7), (1, 2, 8, 6), (3, 1, 4, 9)]
 
 
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def _kernels(request):
+    """Every test runs with the compiled kernels (when built) and on the NumPy path alone."""
+    with native.enabled(request.param == "native"):
+        yield request.param
+
+
 @pytest.mark.parametrize("g", GEOMS, ids=lambda g: f"k{g.kh}s{g.sh}p{g.ph}d{g.dh}")
 def test_correlate_scatter_weight_grad_match_references(g):
     rs = np.random.default_rng(g.kh * 100 + g.sh * 10 + g.ph + g.dh * 1000)
@@ -85,6 +93,7 @@ def test_correlate_scatter_weight_grad_match_references(g):
 
 
 def test_bilinear_upsampling_takes_the_block_path(monkeypatch):
+    monkeypatch.setattr(native, "is_enabled", lambda: False)  # the NumPy route is what this checks
     calls = []
     blocks = D._dw_scatter_blocks
     monkeypatch.setattr(D, "_dw_scatter_blocks", lambda *a: calls.append(1) or blocks(*a))

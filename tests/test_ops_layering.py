@@ -1,9 +1,9 @@
 """The ops layering rules, checked on the source: layers call ops, never the kernels behind them.
 
 ``caffelite/ops`` owns the choice of each hot op's body (compiled kernel, named CuPy kernel, ``xp`` reference);
-a layer that imported :mod:`caffelite.ops.native`, :mod:`caffelite.ops.native_bn` or :mod:`caffelite.kernels`
-would be making that choice itself. Only :mod:`caffelite.backend` imports CuPy, and the native switch is read
-through its public function only.
+a layer that imported :mod:`caffelite.ops.native`, :mod:`caffelite.ops.native_bn`, :mod:`caffelite.ops.native_glue`
+or :mod:`caffelite.kernels` would be making that choice itself. Only :mod:`caffelite.backend` imports CuPy, and the
+native switch is read through its public function only.
 """
 
 import ast
@@ -12,7 +12,8 @@ import pathlib
 import caffelite
 
 PKG = pathlib.Path(caffelite.__file__).parent
-FORBIDDEN_IN_LAYERS = ("caffelite.ops.native", "caffelite.ops.native_bn", "caffelite.kernels")
+FORBIDDEN_IN_LAYERS = ("caffelite.ops.native", "caffelite.ops.native_bn", "caffelite.ops.native_glue",
+                       "caffelite.kernels")
 
 
 def _imports(path: pathlib.Path, package=None):

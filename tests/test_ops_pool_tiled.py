@@ -4,7 +4,15 @@ ties, NaN, signed zeros, N > 1, odd sizes (which take the general path) and othe
 import numpy as np
 import pytest
 
+from caffelite.ops import native
 from caffelite.ops import pool as P
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def _kernels(request):
+    """Every test runs with the compiled kernels (when built) and on the NumPy path alone."""
+    with native.enabled(request.param == "native"):
+        yield request.param
 
 
 def _reference(x, k, s, ho, wo):
@@ -128,6 +136,7 @@ def test_non_contiguous_input_and_output(streaming):
 
 
 def test_tiled_paths_are_taken(monkeypatch):
+    monkeypatch.setattr(native, "is_enabled", lambda: False)  # the NumPy routes are what this checks
     monkeypatch.setattr(P, "_STREAM_BYTES", 0)
     used = []
     for name in ("_tiled_max", "_tiled_max_argmax_2x2", "_tiled_backward_2x2"):

@@ -21,6 +21,7 @@ from caffelite.ops.im2col import ConvGeometry
 
 from conftest import FIXTURES
 from native_case import using_isa
+from helpers import load_npz
 
 pytestmark = pytest.mark.skipif(not sparse_conv.available(), reason="sparse kernel not built")
 
@@ -262,7 +263,7 @@ def test_fixture_nets_sparse_equal_dense(name):
     d = os.path.join(FIXTURES, "nets", name)
     net = caffelite.Net(os.path.join(d, "deploy.prototxt"), _weights(d), caffelite.TEST)
     _sparsify(net, np.random.default_rng(4))
-    x = np.load(os.path.join(d, "input.npz"))["data"]
+    x = load_npz(os.path.join(d, "input.npz"))["data"]
     runs = {}
     for eng in ("dense", "sparse"):
         net.engine = eng
@@ -289,7 +290,7 @@ def test_fused_chain_runs_sparse():
     d = os.path.join(FIXTURES, "nets", "jsegnet21v2_deploy")
     net = caffelite.Net(os.path.join(d, "deploy.prototxt"), _weights(d), caffelite.TEST)
     _sparsify(net, np.random.default_rng(5), 0.8, 0.8)
-    x = np.load(os.path.join(d, "input.npz"))["data"]
+    x = load_npz(os.path.join(d, "input.npz"))["data"]
     net.engine = "sparse"
     fused = net.forward(data=x)["argMaxOut"].copy()
     assert net._fused_chains, "the conv/BN/ReLU chains should have run fused"

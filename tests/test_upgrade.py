@@ -42,8 +42,9 @@ def test_binary_upgrade_matches_caffe_bytes(case):
 @pytest.mark.parametrize("case", [c for c in BIN_CASES if os.path.exists(os.path.join(LEGACY, c, "io.npz"))])
 def test_upgraded_params_equal_pycaffe(case):
     net = io.read_weights(os.path.join(LEGACY, case, "net.caffemodel"))
-    npz = np.load(os.path.join(LEGACY, case, "io.npz"))
-    keys = [k for k in npz.files if k.startswith("param/")]
+    with np.load(os.path.join(LEGACY, case, "io.npz")) as f:
+        npz = dict(f)
+    keys = [k for k in npz if k.startswith("param/")]
     assert keys
     layers = {l.name: l for l in net.layer}
     for k in keys:

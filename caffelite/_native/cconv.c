@@ -23,6 +23,8 @@ struct geom {
     int Ho, Wo;               /* output size */
     int rg, bg;               /* forward chunk: output rows, channel blocks */
     int kc;                   /* forward: input channels summed per pass over a chunk */
+    int H, W, ph, pw;         /* forward with panels (hl > 0): the raw input's size and padding (panel.h) */
+    int hl;                   /* forward: rows of a task's panel (0: x is the whole padded, phase-split input) */
     long tap_off[MAX_KW];     /* offset of kernel column j inside a phase-split row: phase*Wq + column */
 };
 
@@ -35,6 +37,7 @@ struct epilogue {
 };
 
 #include "isa.h"
+#include "panel.h"
 
 /* portable build: 4-wide vectors (SSE2 on x86-64, NEON on arm64), compiled for the baseline target */
 #define VW 4
@@ -89,7 +92,8 @@ int cl_tile_channels(void) { return MB; }
 
 int cl_epilogue_size(void) { return (int)sizeof(struct epilogue); }
 
-/* Forward (or a stride-1 data gradient with flipped weights) for tasks t0..t1; isa is 0, 1 or 2. */
+/* Forward (or a stride-1 data gradient with flipped weights) for tasks t0..t1; isa is 0, 1 or 2. With p->hl > 0,
+ * x is the raw input (N, C, H, W) and each task pads the rows it reads into a panel (panel.h); -3: no memory. */
 /* Floats per vector of an instruction set's build: output rows must be at least this wide (the kernels have
  * no scalar path; narrower maps stay on the NumPy path, caffelite/ops/native.py). */
 int cl_vector_width(int isa) { return isa == 2 ? 16 : isa == 1 ? 8 : 4; }
@@ -100,12 +104,11 @@ int cl_conv_fwd(int isa, const float *x, const float *wpk, const struct epilogue
     if (p->kw > MAX_KW) return -1;
     if (p->Wo < cl_vector_width(isa)) return -4;
 #if HAVE_X86
-    if (isa == 2) { fwd_avx512(x, wpk, e, out, p, t0, t1); return 0; }
-    if (isa == 1) { fwd_avx2(x, wpk, e, out, p, t0, t1); return 0; }
+    if (isa == 2) return fwd_avx512(x, wpk, e, out, p, t0, t1);
+    if (isa == 1) return fwd_avx2(x, wpk, e, out, p, t0, t1);
 #endif
     if (isa != 0) return -2;
-    fwd_generic(x, wpk, e, out, p, t0, t1);
-    return 0;
+    return fwd_generic(x, wpk, e, out, p, t0, t1);
 }
 
 /* Output channels per weight-gradient block for an instruction set and kernel width (0: not supported). */

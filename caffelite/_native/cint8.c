@@ -18,6 +18,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define MB 8
 #define MAX_KW 32
@@ -209,6 +210,100 @@ int ci8_sparse_fwd(int isa, const int32_t *x, const int32_t *gsum, const struct 
 #endif
     if (isa != 0) return -2;
     sfwd_generic(x, gsum, sp, e, out, p, t0, t1);
+    return 0;
+}
+
+/* Sparse forward over paired nonzero weights (cint8_singles.h): AVX-512 only (isa 2 or 3), x the planar int16
+ * input of ci8_pack16, p->P the channels per group, p->bg at most SS_MAXBG, Wo at least 32. */
+int ci8_singles_fwd(int isa, const int16_t *x, const int32_t *gsum, const void *sp, const struct i8epi *e,
+                    int16_t *out, const struct i8geom *p, long t0, long t1)
+{
+    if (p->Wo < 32) return -4;
+    if (p->has_sum && !gsum) return -5;
+    if (p->kw > MAX_KW) return -1;
+#if HAVE_X86
+    if (p->bg > SS_MAXBG || p->bg < 1) return -6;
+    if (isa == 3) { ssfwd_vnni(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1); return 0; }
+    if (isa == 2) { ssfwd_avx512(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1); return 0; }
+#else
+    (void)x; (void)sp; (void)e; (void)out; (void)t0; (void)t1;
+#endif
+    (void)isa;
+    return -2;
+}
+
+/* The planar layout of ci8_singles_fwd: x (N, G*Cg, H, W) int16 -> (N, G*Cg, pstride) int16, planes (Hp, S, Wq)
+ * (pstride >= Hp*S*Wq, chosen by the caller so that planes do not alias in the L1 cache), zero padded (ph rows and
+ * pw columns before, zero past the input), columns split into S stride phases; and, when gsum is not NULL, the
+ * group sums gsum (N, G, Hp, S, Wq) int32 of the packed planes, summed while a block of R rows is in cache (each
+ * channel's R rows are copied in one sequential run). Tasks t0..t1 are (image, group, block of R padded rows). */
+#if HAVE_X86
+__attribute__((target("avx512f,avx512bw")))
+#endif
+int ci8_pack16(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride,
+               int R, int16_t *out, int32_t *gsum, long t0, long t1)
+{
+    const long plane = (long)Hp * S * Wq, hw = (long)H * W, rowlen = (long)S * Wq;
+    const int nrb = (Hp + R - 1) / R;
+    (void)G;
+    for (long t = t0; t < t1; t++) {
+        const long ng = t / nrb;
+        const int r0 = (int)(t % nrb) * R, r1 = r0 + R < Hp ? r0 + R : Hp;
+        int32_t *gblk = gsum ? gsum + ng * plane + r0 * rowlen : NULL;
+        for (int c = 0; c < Cg; c++) {
+            const int16_t *xc = x + (ng * Cg + c) * hw;
+            int16_t *oc = out + (ng * Cg + c) * pstride;
+            for (int r = r0; r < r1; r++) {
+                const int y = r - ph;
+                for (int s = 0; s < S; s++) {
+                    int qa = pw - s > 0 ? (pw - s + S - 1) / S : 0;
+                    int qb = W - 1 + pw - s >= 0 ? (W - 1 + pw - s) / S + 1 : 0;
+                    if (qa > Wq) qa = Wq;
+                    if (qb > Wq) qb = Wq;
+                    if (qb < qa || y < 0 || y >= H) qb = qa;
+                    int16_t *restrict orow = oc + r * rowlen + (long)s * Wq;
+                    const int16_t *restrict src = xc + (long)y * W + s - pw;
+                    for (int q = 0; q < qa; q++) orow[q] = 0;
+                    for (int q = qb; q < Wq; q++) orow[q] = 0;
+                    if (S == 1) {
+                        if (qb > qa) memcpy(orow + qa, src + qa, (size_t)(qb - qa) * sizeof(int16_t));
+                    } else {
+                        int q = qa;
+#if HAVE_X86
+                        if (S == 2) { /* every other column: 32 loaded, the even 16 kept (loads inside the row) */
+                            const __m512i even = _mm512_setr_epi32(0x00020000, 0x00060004, 0x000a0008, 0x000e000c,
+                                                                   0x00120010, 0x00160014, 0x001a0018, 0x001e001c,
+                                                                   0, 0, 0, 0, 0, 0, 0, 0);
+                            for (; q + 16 <= qb && s - pw + 2 * q + 32 <= W; q += 16)
+                                _mm256_storeu_si256((__m256i *)(orow + q), _mm512_castsi512_si256(
+                                    _mm512_permutexvar_epi16(even, _mm512_loadu_si512((const void *)(src + 2 * q)))));
+                        }
+#endif
+                        for (; q < qb; q++) orow[q] = src[(long)q * S];
+                    }
+                }
+            }
+        }
+        if (!gblk) continue;
+        /* the block's group sums, channel by channel in registers, from the rows just packed (still in cache) */
+        const long len = (long)(r1 - r0) * rowlen;
+        const int16_t *ob = out + ng * Cg * pstride + r0 * rowlen;
+        long q = 0;
+#if HAVE_X86
+        for (; q + 16 <= len; q += 16) {
+            __m512i acc = _mm512_setzero_si512();
+            for (int c = 0; c < Cg; c++)
+                acc = _mm512_add_epi32(acc, _mm512_cvtepi16_epi32(
+                    _mm256_loadu_si256((const __m256i *)(ob + c * pstride + q))));
+            _mm512_storeu_si512((void *)(gblk + q), acc);
+        }
+#endif
+        for (; q < len; q++) {
+            int32_t acc = 0;
+            for (int c = 0; c < Cg; c++) acc += ob[c * pstride + q];
+            gblk[q] = acc;
+        }
+    }
     return 0;
 }
 

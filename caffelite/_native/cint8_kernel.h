@@ -71,42 +71,56 @@ TARGET static inline __attribute__((always_inline)) void FN(window_sums)(
 }
 
 #ifdef EPI512
-/* requant() on 16 lanes with AVX-512 (same operations and order; roundscale is round-half-even) */
-TARGET static inline __attribute__((always_inline)) __m512d FN(rq8)(
+/* requant() on 8 lanes with AVX-512, from v = (A*acc + B*s) + C to int32. The same operations in the same order,
+ * except where only the sign of a zero can differ, which no integer shows: relu with slope 0 is max(v, 0) (v*0
+ * is -0 where max gives +0), and is left out when off is 0 and lo >= 0 (the clamp then does it), off 0 is not
+ * added, and without ties away the rounding is the conversion's own (embedded round to nearest even, whatever
+ * MXCSR says). */
+TARGET static inline __attribute__((always_inline)) __m256i FN(rq8)(
     const struct i8epi *e, __m512d v, __m512d lo, __m512d hi)
 {
-    if (e->relu) v = _mm512_mask_mul_pd(v, _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_LT_OQ), v,
-                                        _mm512_set1_pd(e->slope));
-    v = _mm512_add_pd(v, _mm512_set1_pd(e->off));
+    if (e->relu && !(e->slope == 0.0 && e->off == 0.0 && e->lo >= 0.0)) {
+        if (e->slope == 0.0) v = _mm512_max_pd(v, _mm512_setzero_pd());
+        else v = _mm512_mask_mul_pd(v, _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_LT_OQ), v,
+                                    _mm512_set1_pd(e->slope));
+    }
+    if (e->off != 0.0) v = _mm512_add_pd(v, _mm512_set1_pd(e->off));
     v = _mm512_max_pd(v, lo);
     v = _mm512_min_pd(v, hi);
+    if (!e->ties_away) return _mm512_cvt_roundpd_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512d r = _mm512_roundscale_pd(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    if (e->ties_away) {
-        const __m512d d = _mm512_sub_pd(v, r), one = _mm512_set1_pd(1.0);
-        const __mmask8 up = _mm512_cmp_pd_mask(d, _mm512_set1_pd(0.5), _CMP_EQ_OQ)
-                            & _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_GT_OQ);
-        const __mmask8 down = _mm512_cmp_pd_mask(d, _mm512_set1_pd(-0.5), _CMP_EQ_OQ)
-                              & _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_LT_OQ);
-        r = _mm512_mask_add_pd(r, up, r, one);
-        r = _mm512_mask_sub_pd(r, down, r, one);
-    }
-    return r;
+    const __m512d d = _mm512_sub_pd(v, r), one = _mm512_set1_pd(1.0);
+    const __mmask8 up = _mm512_cmp_pd_mask(d, _mm512_set1_pd(0.5), _CMP_EQ_OQ)
+                        & _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_GT_OQ);
+    const __mmask8 down = _mm512_cmp_pd_mask(d, _mm512_set1_pd(-0.5), _CMP_EQ_OQ)
+                          & _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_LT_OQ);
+    r = _mm512_mask_add_pd(r, up, r, one);
+    r = _mm512_mask_sub_pd(r, down, r, one);
+    return _mm512_cvtpd_epi32(r); /* exact: r is an integer */
+}
+
+/* 16 lanes: acc (int32) and the window sums already in double (s0: lanes 0-7, s1: 8-15) -> int16 at dst */
+TARGET static inline __attribute__((always_inline)) void FN(requant16d)(
+    const struct i8epi *e, __m512d va, __m512d vb, __m512d vc, __m512i acc, __m512d s0, __m512d s1, int16_t *dst)
+{
+    const __m512d lo = _mm512_set1_pd(e->lo), hi = _mm512_set1_pd(e->hi);
+    __m512d v0 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(acc)), va);
+    __m512d v1 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(acc, 1)), va);
+    v0 = _mm512_add_pd(v0, _mm512_mul_pd(s0, vb));
+    v1 = _mm512_add_pd(v1, _mm512_mul_pd(s1, vb));
+    const __m256i r0 = FN(rq8)(e, _mm512_add_pd(v0, vc), lo, hi);
+    const __m256i r1 = FN(rq8)(e, _mm512_add_pd(v1, vc), lo, hi);
+    const __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(r0), r1, 1);
+    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(r));
 }
 
 TARGET static inline __attribute__((always_inline)) void FN(requant16)(
     const struct i8epi *e, double a, double b, double c, __m512i acc, const int32_t *s, int16_t *dst)
 {
-    const __m512d va = _mm512_set1_pd(a), vb = _mm512_set1_pd(b), vc = _mm512_set1_pd(c);
-    const __m512d lo = _mm512_set1_pd(e->lo), hi = _mm512_set1_pd(e->hi);
     const __m512i si = _mm512_loadu_si512((const void *)s);
-    __m512d v0 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(acc)), va);
-    __m512d v1 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(acc, 1)), va);
-    v0 = _mm512_add_pd(v0, _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(si)), vb));
-    v1 = _mm512_add_pd(v1, _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(si, 1)), vb));
-    v0 = FN(rq8)(e, _mm512_add_pd(v0, vc), lo, hi);
-    v1 = FN(rq8)(e, _mm512_add_pd(v1, vc), lo, hi);
-    const __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtpd_epi32(v0)), _mm512_cvtpd_epi32(v1), 1);
-    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(r));
+    FN(requant16d)(e, _mm512_set1_pd(a), _mm512_set1_pd(b), _mm512_set1_pd(c), acc,
+                   _mm512_cvtepi32_pd(_mm512_castsi512_si256(si)), _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(si, 1)),
+                   dst);
 }
 #endif
 
@@ -306,6 +320,10 @@ TARGET static void FN(fwd)(const int32_t *x, const int32_t *gsum, const int32_t 
         }
     }
 }
+
+#if defined(EPI512) && !defined(QUADS)
+#include "cint8_singles.h"
+#endif
 
 #ifndef QUADS
 /* ci8_pack's body (cint8.c): per output row, the zero columns on both sides and the interleaving loop between. */

@@ -8,7 +8,8 @@
  *   TARGET  the function attribute selecting the instruction set (empty for the portable build)
  *
  * Layouts (all float32, C order):
- *   x    phase-split padded input (N, C, Hp, S, Wq): x[n][c][r][s][q] = xpad[n][c][r][q*S + s], S = stride_w
+ *   x    phase-split padded input (N, C, Hp, S, Wq): x[n][c][r][s][q] = xpad[n][c][r][q*S + s], S = stride_w;
+ *        forward with panels (p->hl > 0): the raw input (N, C, H, W), each task padding its rows (panel.h)
  *   wpk  packed weights (G, nmb, Cg, kh, kw, MB): block b of group g holds output channels g*Mg + b*MB + m
  *        (zero beyond Mg)
  *   out  (N, Cout, Ho, Wo);  dy (N, Cout, Ho, Wo);  dw (Cout, Cg, kh, kw), accumulated into
@@ -25,14 +26,15 @@ typedef int FN(ivec) __attribute__((vector_size(VW * 4)));
  * registers. */
 TARGET static inline __attribute__((always_inline)) void FN(tile)(
     const float *xg, const float *wb, const struct epilogue *e, float *ob, const struct geom *p, const int *ys,
-    const int *xs, const int *skip, int m0, int mvalid, int c0, int c1, const int T)
+    const int *xs, const int *skip, int m0, int mvalid, int c0, int c1, int rb, const int T)
 {
     FN(vec) acc[MB][NV];
     long src0[NV];
     const long rowlen = (long)p->S * p->Wq;
     const long ostride = (long)p->Ho * p->Wo;
+    /* rb: the padded input row xg's first row holds (a task's panel starts at its first output row's input) */
 #pragma GCC unroll 8
-    for (int v = 0; v < T; v++) src0[v] = (long)ys[v] * p->sh * rowlen + xs[v];
+    for (int v = 0; v < T; v++) src0[v] = ((long)ys[v] * p->sh - rb) * rowlen + xs[v];
     /* input channels c0..c1 of the group: the first range starts from zero, later ones from the partial sums
      * stored in the output (float32 either way, so the result does not depend on the ranges) */
 #pragma GCC unroll 64
@@ -90,21 +92,41 @@ TARGET static inline __attribute__((always_inline)) void FN(tile)(
  * weights of its blocks stay in cache while every (block, row) pair is computed.
  * The chunk's output pixels are covered by vectors, row by row; a row whose width is not a multiple of the
  * vector ends with a vector ending at Wo, which overlaps pixels already written (it recomputes them with the
- * same sums in the same order, so they do not change). The vectors are taken NV at a time, across rows. */
-TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilogue *e, float *out,
-                           const struct geom *p, long t0, long t1)
+ * same sums in the same order, so they do not change). The vectors are taken NV at a time, across rows.
+ * With panels (p->hl > 0) a task first pads the input rows of its groups into a panel (panel.h), which the
+ * tiles then read as they would the padded image. Returns -3 when the panel cannot be allocated. */
+TARGET static int FN(fwd)(const float *x, const float *wpk, const struct epilogue *e, float *out,
+                          const struct geom *p, long t0, long t1)
 {
     const int nblk = p->G * p->nmb;
     const int nrg = (p->Ho + p->rg - 1) / p->rg, nbg = (nblk + p->bg - 1) / p->bg;
     const long wblock = (long)p->Cg * p->kh * p->kw * MB;
-    const long plane = (long)p->Hp * p->S * p->Wq;
     const int vrow = (p->Wo + VW - 1) / VW;  /* vectors per output row */
+    struct geom q = *p;  /* with panels: Hp = the panel's rows */
+    float *panel = NULL;
+    int maxg = 0;  /* with panels: most groups a task's blocks span */
+    const struct panel_src ps = {x, p->C, p->H, p->W, p->ph, p->pw, p->S, p->Wq};
+    if (p->hl > 0) {
+        q.Hp = p->hl;
+        maxg = (p->bg - 1) / p->nmb + 2 < p->G ? (p->bg - 1) / p->nmb + 2 : p->G;
+        const size_t bytes = ((size_t)maxg * p->Cg * p->hl * p->S * p->Wq * sizeof(float) + 63) / 64 * 64;
+        panel = (float *)aligned_alloc(64, bytes);
+        if (!panel) return -3;
+    }
+    const long plane = (long)q.Hp * p->S * p->Wq;
     for (long t = t0; t < t1; t++) {
         const long n = t / ((long)nrg * nbg);
         const int rgi = (int)(t / nbg % nrg), bgi = (int)(t % nbg);
         const int y0 = rgi * p->rg, y1 = y0 + p->rg < p->Ho ? y0 + p->rg : p->Ho;
         const int b0 = bgi * p->bg, b1 = b0 + p->bg < nblk ? b0 + p->bg : nblk;
         const int nvec = (y1 - y0) * vrow;
+        const int gfirst = b0 / p->nmb;
+        int rb = 0;
+        if (panel) {
+            rb = y0 * p->sh;
+            build_panel(panel, &ps, n, gfirst * p->Cg, ((b1 - 1) / p->nmb - gfirst + 1) * p->Cg, rb,
+                        (y1 - 1 - y0) * p->sh + (p->kh - 1) * p->dh + 1, p->hl);
+        }
         for (int c0 = 0; c0 < p->Cg; c0 += p->kc) {
         const int c1 = c0 + p->kc < p->Cg ? c0 + p->kc : p->Cg;
         for (int gb = b0; gb < b1; gb++) {
@@ -112,7 +134,8 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilog
             const int m0 = g * p->Mg + b * MB;
             const int mvalid = p->Mg - b * MB < MB ? p->Mg - b * MB : MB;
             const float *wb = wpk + gb * wblock;
-            const float *xg = x + (n * p->C + (long)g * p->Cg) * plane;
+            const float *xg = panel ? panel + (long)(g - gfirst) * p->Cg * plane
+                                    : x + (n * p->C + (long)g * p->Cg) * plane;
             float *ob = out + (n * p->Cout + m0) * (long)p->Ho * p->Wo;
             int ys[NV], xs[NV], skip[NV];
             for (int k = 0; k < nvec;) {
@@ -125,14 +148,16 @@ TARGET static void FN(fwd)(const float *x, const float *wpk, const struct epilog
                     xs[v] = r * VW + VW <= p->Wo ? r * VW : p->Wo - VW;
                     skip[v] = r * VW - xs[v];
                 }
-                if (T == 3) FN(tile)(xg, wb, e, ob, p, ys, xs, skip, m0, mvalid, c0, c1, NV >= 3 ? 3 : 1);
-                else if (T == 2) FN(tile)(xg, wb, e, ob, p, ys, xs, skip, m0, mvalid, c0, c1, NV >= 2 ? 2 : 1);
-                else FN(tile)(xg, wb, e, ob, p, ys, xs, skip, m0, mvalid, c0, c1, 1);
+                if (T == 3) FN(tile)(xg, wb, e, ob, &q, ys, xs, skip, m0, mvalid, c0, c1, rb, NV >= 3 ? 3 : 1);
+                else if (T == 2) FN(tile)(xg, wb, e, ob, &q, ys, xs, skip, m0, mvalid, c0, c1, rb, NV >= 2 ? 2 : 1);
+                else FN(tile)(xg, wb, e, ob, &q, ys, xs, skip, m0, mvalid, c0, c1, rb, 1);
                 k += T;
             }
         }
         }
     }
+    free(panel);
+    return 0;
 }
 
 /* Weight gradient of one task over pixel rows y0..y1 of image n, for KW = kw (a constant after inlining).

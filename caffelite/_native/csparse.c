@@ -30,13 +30,14 @@ struct sgeom {
     int nch;              /* input-channel chunks summed one after the other (partial sums in the output) */
     int kc, kh, kw, dh;   /* row-block kernel: input channels per chunk, kernel rows, columns, row dilation */
     int ni, rt, vt;       /* row-block kernel: block rows per (channel, kernel column), tile rows, tile vectors */
+    int H, W, ph, pw;     /* with panels (hl > 0): the raw input's size and padding (panel.h) */
+    int hl;               /* rows of a task's panel (0: x is the whole padded, phase-split input) */
 };
 
 struct sparse_taps {
     const int32_t *ptr;
-    const uint16_t *idx;
+    const long *off;  /* per tap: where it reads, relative to the pixel's origin in its group's input */
     const float *val;
-    const long *otab;
 };
 
 /* the row-block kernel's taps (sparse_cols_kernel.h) */
@@ -55,6 +56,7 @@ struct epilogue {
 };
 
 #include "isa.h"
+#include "panel.h"
 
 #define VW 4
 #define NV 4
@@ -100,18 +102,19 @@ int cs_vector_width(int isa) { return isa == 2 ? 16 : isa == 1 ? 8 : 4; }
 /* pixels per output tile (vector width x vectors): the Python side sizes the input-channel chunks by it */
 int cs_tile_pixels(int isa) { return isa == 2 ? 16 * 8 : isa == 1 ? 8 * 8 : 4 * 4; }
 
-/* Forward for tasks t0..t1; isa is 0 (portable), 1 (AVX2) or 2 (AVX-512). */
+/* Forward for tasks t0..t1; isa is 0 (portable), 1 (AVX2) or 2 (AVX-512). With p->hl > 0 (both kernels), x is the
+ * raw input (N, C, H, W) and each task pads the rows it reads into a panel (panel.h); the tap offsets are then
+ * offsets in a panel of p->hl rows. -1: no memory. */
 int cs_sparse_fwd(int isa, const float *x, const struct sparse_taps *tp, const struct epilogue *e, float *out,
                   const struct sgeom *p, long t0, long t1)
 {
     if (p->Wo < cs_vector_width(isa)) return -4;
 #if HAVE_X86
-    if (isa == 2) { sfwd_avx512(x, tp, e, out, p, t0, t1); return 0; }
-    if (isa == 1) { sfwd_avx2(x, tp, e, out, p, t0, t1); return 0; }
+    if (isa == 2) return sfwd_avx512(x, tp, e, out, p, t0, t1);
+    if (isa == 1) return sfwd_avx2(x, tp, e, out, p, t0, t1);
 #endif
     if (isa != 0) return -2;
-    sfwd_generic(x, tp, e, out, p, t0, t1);
-    return 0;
+    return sfwd_generic(x, tp, e, out, p, t0, t1);
 }
 
 /* Row-block forward (sparse_cols_kernel.h) for tasks t0..t1: tiles of p->rt (1..4 or 8) output rows x p->vt

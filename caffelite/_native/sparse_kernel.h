@@ -5,15 +5,18 @@
  *   FN(x)   adds the instruction-set suffix  TARGET  the function attribute selecting the instruction set
  *
  * Layouts (float32 unless said, C order):
- *   x     phase-split padded input (N, C, Hp, S, Wq), as the dense kernel's (conv_kernel.h)
+ *   x     phase-split padded input (N, C, Hp, S, Wq), as the dense kernel's (conv_kernel.h); with panels
+ *         (p->hl > 0) the raw input (N, C, H, W), each task padding its rows into a panel (panel.h) whose
+ *         planes have hl rows instead of Hp
  *   ptr   (Cout, nch + 1) int32: the taps of output channel m reading input-channel chunk q (channels
- *         q*kc .. q*kc+kc-1 of its group) are ptr[m][q] .. ptr[m][q+1]-1
- *   idx   uint16 per tap: c*kh*kw + i*kw + j inside the channel's group, ascending (the dense kernel's order)
+ *         q*kc .. q*kc+kc-1 of its group) are ptr[m][q] .. ptr[m][q+1]-1; a channel's taps are in ascending
+ *         (c, i, j) order inside its group (the dense kernel's order)
+ *   off   long per tap (c, i, j): where it reads, relative to the pixel's origin in its group's input:
+ *         c*plane + i*dh*S*Wq + tap_off[j] (one load per tap: a position index and a table of offsets cost a
+ *         second, dependent load, measured 6-9% slower on jsegnet21v2's conv1b and ctx_final)
  *   val   float32 per tap: the nonzero weight
- *   otab  (Cg*kh*kw) long: where tap idx reads, relative to the pixel's origin in its group's input:
- *         c*plane + i*dh*S*Wq + tap_off[j]
  *   out   (N, Cout, Ho, Wo)
- * Each output value is one accumulator summed over the channel's taps in idx order, then + bias, * scale +
+ * Each output value is one accumulator summed over the channel's taps in (c, i, j) order, then + bias, * scale +
  * shift, ReLU: the dense kernel's arithmetic with the zero products left out (adding 0*x does not change a
  * float sum of finite values), so the two agree to the bit on finite inputs.
  */
@@ -58,20 +61,21 @@ TARGET static inline __attribute__((always_inline)) void FN(sstore)(
  * (float32 either way, so the result does not depend on the chunking); the last one applies the epilogue. */
 TARGET static inline __attribute__((always_inline)) void FN(stile)(
     const float *xg, const struct sparse_taps *tp, const struct epilogue *e, float *ob, const struct sgeom *p,
-    const int *ys, const int *xs, const int *skip, int m, int q, const int T)
+    const int *ys, const int *xs, const int *skip, int m, int q, int rb, const int T)
 {
     FN(vec) acc[NV];
     long src0[NV];
     const long rowlen = (long)p->S * p->Wq;
+    /* rb: the padded input row xg's first row holds (a task's panel starts at its first output row's input) */
 #pragma GCC unroll 8
     for (int v = 0; v < T; v++) {
-        src0[v] = (long)ys[v] * p->sh * rowlen + xs[v];
+        src0[v] = ((long)ys[v] * p->sh - rb) * rowlen + xs[v];
         acc[v] = q == 0 ? (FN(vec)){0} : *(const FN(uvec) *)(ob + (long)ys[v] * p->Wo + xs[v]);
     }
     const int32_t *cp = tp->ptr + (long)m * (p->nch + 1) + q;
     const int k1 = cp[1];
     for (int k = cp[0]; k < k1; k++) {
-        const float *src = xg + tp->otab[tp->idx[k]];
+        const float *src = xg + tp->off[k];
         const float wk = tp->val[k];
 #pragma GCC unroll 8
         for (int v = 0; v < T; v++) acc[v] += *(const FN(uvec) *)(src + src0[v]) * wk;
@@ -82,19 +86,36 @@ TARGET static inline __attribute__((always_inline)) void FN(stile)(
 /* Tasks t0..t1; a task is (image n, up to p->rg output rows, up to p->mb output channels). Inside a task:
  * input-channel chunks (p->kc channels), then pixel vectors, then channels. The input rows one chunk's taps
  * read for NV pixel vectors fit in L1 and are reused by every channel of the task: the kernel does one
- * vector load per multiply-add, so without that reuse L2 bandwidth would bound it. */
-TARGET static void FN(sfwd)(const float *x, const struct sparse_taps *tp, const struct epilogue *e, float *out,
-                            const struct sgeom *p, long t0, long t1)
+ * vector load per multiply-add, so without that reuse L2 bandwidth would bound it. With panels (p->hl > 0) a task
+ * first pads the input rows of its channels' groups into a panel (panel.h). Returns -1 when the panel cannot be
+ * allocated. */
+TARGET static int FN(sfwd)(const float *x, const struct sparse_taps *tp, const struct epilogue *e, float *out,
+                           const struct sgeom *p, long t0, long t1)
 {
     const int nrg = (p->Ho + p->rg - 1) / p->rg, nmc = (p->Cout + p->mb - 1) / p->mb;
-    const long plane = (long)p->Hp * p->S * p->Wq;
+    const long plane = (long)(p->hl > 0 ? p->hl : p->Hp) * p->S * p->Wq;
     const int vrow = (p->Wo + VW - 1) / VW;
+    const int G = p->Cout / p->Mg;
+    float *panel = NULL;
+    const struct panel_src ps = {x, p->C, p->H, p->W, p->ph, p->pw, p->S, p->Wq};
+    if (p->hl > 0) {
+        const int maxg = (p->mb - 1) / p->Mg + 2 < G ? (p->mb - 1) / p->Mg + 2 : G;
+        panel = (float *)aligned_alloc(64, ((size_t)maxg * p->Cg * plane * sizeof(float) + 63) / 64 * 64);
+        if (!panel) return -1;
+    }
     for (long t = t0; t < t1; t++) {
         const long n = t / ((long)nrg * nmc);
         const int rgi = (int)(t / nmc % nrg), mci = (int)(t % nmc);
         const int y0 = rgi * p->rg, y1 = y0 + p->rg < p->Ho ? y0 + p->rg : p->Ho;
         const int m0 = mci * p->mb, m1 = m0 + p->mb < p->Cout ? m0 + p->mb : p->Cout;
         const int nvec = (y1 - y0) * vrow;
+        const int gfirst = m0 / p->Mg;
+        int rb = 0;
+        if (panel) {
+            rb = y0 * p->sh;
+            build_panel(panel, &ps, n, gfirst * p->Cg, ((m1 - 1) / p->Mg - gfirst + 1) * p->Cg, rb,
+                        (y1 - 1 - y0) * p->sh + (p->kh - 1) * p->dh + 1, p->hl);
+        }
         int ys[NV], xs[NV], skip[NV];
         for (int q = 0; q < p->nch; q++)
         for (int k = 0; k < nvec;) {
@@ -108,23 +129,26 @@ TARGET static void FN(sfwd)(const float *x, const struct sparse_taps *tp, const 
             }
             for (int m = m0; m < m1; m++) {
                 const int g = m / p->Mg;
-                const float *xg = x + (n * p->C + (long)g * p->Cg) * plane;
+                const float *xg = panel ? panel + (long)(g - gfirst) * p->Cg * plane
+                                        : x + (n * p->C + (long)g * p->Cg) * plane;
                 float *ob = out + (n * p->Cout + m) * (long)p->Ho * p->Wo;
                 switch (T) {
-                case NV: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, NV); break;
+                case NV: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, rb, NV); break;
 #if NV > 4
-                case 4: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, 4); break;
+                case 4: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, rb, 4); break;
 #endif
 #if NV > 3
-                case 3: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, 3); break;
+                case 3: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, rb, 3); break;
 #endif
 #if NV > 2
-                case 2: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, 2); break;
+                case 2: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, rb, 2); break;
 #endif
-                default: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, 1); break;
+                default: FN(stile)(xg, tp, e, ob, p, ys, xs, skip, m, q, rb, 1); break;
                 }
             }
             k += T;
         }
     }
+    free(panel);
+    return 0;
 }

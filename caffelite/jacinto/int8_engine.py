@@ -23,6 +23,11 @@ integers ``q``:
   on the dequantized inputs, which are bit for bit the simulation's blobs, and its flagged outputs are
   quantized as jacinto does (exact: the same code on the same values).
 
+With ``native`` and the compiled glue kernels (:mod:`caffelite.ops.int8_glue`) built, MAX pooling, ArgMax, the
+Eltwise table, a depthwise Deconvolution (the same float32 arithmetic as the float path, or exact int32 sums
+where they provably give the same values; fused with a following ArgMax that alone reads it) and the float
+Bias with its quantizer run compiled, with the same integers; without them, on NumPy as above.
+
 The ranges must be known and fixed: measured by calibration forwards and frozen (``--quant-ranges freeze``),
 loaded (``--quant-ranges load FILE``) or taken from a quantized caffemodel; :func:`check_ready` says what is
 missing in one line. Each forward follows the hook's per-forward steps (flags at ``quantization_start``, the
@@ -38,11 +43,13 @@ import numpy as np
 
 from .. import log as glog
 from ..ops import int8 as i8op
+from ..ops import int8_glue as glue
 from .int8_grid import Int8Error, QGrid, check_ready, find_hook, simulation_ints  # noqa: F401 (public names)
+from .int8_glue_steps import GlueSteps, LazyInts, unfused_steps
 from .int8_plan import out_grid, plan_steps
 
 
-class Int8Net:
+class Int8Net(GlueSteps):
     """Runs a quantized TEST net (a :class:`~caffelite.net.Net` with its quantization hook) in integers.
 
     ``native``: use the compiled integer kernel when it takes a layer (default), else the NumPy reference.
@@ -52,14 +59,22 @@ class Int8Net:
     (:class:`caffelite.ops.int8.AutoConv`); True/False forces one. The integers are the same either way.
     :attr:`engine_used` maps layer names to "int8" / "int8-sparse" (integer convolution, dense or sparse kernel),
     "int8-lut" (integer compare/select or table) or "float-exact" (float forward on the simulation's exact
-    values).
+    values, on NumPy or compiled with the same float32 operations); a Deconvolution on exact int32 sums is
+    "int8". ``fuse_argmax``: a Deconvolution whose only reader is an ArgMax computes the labels directly,
+    without storing its integers: :attr:`ints` computes them when they are first read (forwards with a
+    ``teacher`` run the two unfused).
+    ``compiled``: run the non-convolution steps in the compiled glue kernels (default: with ``native``, when
+    built; False: their NumPy steps, e.g. to compare).
     """
 
-    def __init__(self, net, hook=None, native=True, isa=None, sparse=None):
+    def __init__(self, net, hook=None, native=True, isa=None, sparse=None, fuse_argmax=True, compiled=None):
         self.net = net
         self.sparse = sparse  # None: per layer, the sparse kernel where enough weight pairs are zero
         self.hook = check_ready(net, hook)
         self.native = bool(native)
+        self.fuse_argmax = bool(fuse_argmax)
+        # the compiled non-convolution steps
+        self.glue = glue.available() and (self.native if compiled is None else bool(compiled))
         self.isa = isa
         self.ties = self.hook.ties
         self._plans = {}
@@ -130,13 +145,19 @@ class Int8Net:
 
     def _plan(self):
         """The steps for the current quantization parameters (:func:`caffelite.jacinto.int8_plan.plan_steps`)."""
-        return plan_steps(self.net, self.ties, native=self.native, sparse=self.sparse, auto_times=self._auto_times)
+        return plan_steps(self.net, self.ties, native=self.native, sparse=self.sparse, auto_times=self._auto_times,
+                          fuse_argmax=self.fuse_argmax, compiled=self.glue)
 
     def _log_plan(self, steps):
         kinds = {"pool": "int8-lut", "lut": "int8-lut", "split": "int8-lut", "argmax": "int8-lut",
-                 "eltwise": "int8-lut", "float": "float-exact"}
+                 "eltwise": "int8-lut", "float": "float-exact", "bias": "float-exact"}
         self.engine_used = {}
         for st in steps:
+            if st[0] == "deconv":  # a fused ArgMax is still a select on the integers
+                kind = "int8" if st[3].mode == "int" else "float-exact"
+                for k in range(st[1], st[2] + 1):
+                    self.engine_used[self.net.layers[k].param.name] = kind if k == st[1] else "int8-lut"
+                continue
             kind = _conv_kind(st[3]) if st[0] == "conv" else kinds[st[0]]
             for k in range(st[1], st[2] + 1):
                 self.engine_used[self.net.layers[k].param.name] = kind
@@ -145,7 +166,7 @@ class Int8Net:
             counts[v] = counts.get(v, 0) + 1
         glog.info(f"int8 engine for net '{self.net.name}': " + ", ".join(f"{v} {c} layers" for v, c in
                                                                           sorted(counts.items())) +
-                  f" ({i8op.info() if self.native else 'NumPy reference'})")
+                  f" ({i8op.info() + '; ' + glue.info() if self.native else 'NumPy reference'})")
         for name, v in self.engine_used.items():
             glog.info(f"  {name}: {v}")
 
@@ -164,20 +185,31 @@ class Int8Net:
         elif kind == "split":
             for t in tops:
                 ints[t] = ints[bots[0]]
+        elif kind == "pool" and self.glue and self._glue_pool(st, ints):
+            pass
         elif kind in ("lut", "pool"):
             q = ints[bots[0]][0]
             if kind == "pool":
                 q = self._run_on_ints(i, q)
             ints[tops[0]] = (st[3][q.astype(np.intp) - st[4]], self._out_grid(i, 0))
         elif kind == "argmax":
-            self._run_on_ints(i, ints[bots[0]][0])
+            if not (self.glue and self._glue_argmax(i, ints[bots[0]][0])):
+                self._run_on_ints(i, ints[bots[0]][0])
             for t in tops:
                 ints.pop(t, None)
         elif kind == "eltwise":
             lut, g1, g2 = st[3], st[4], st[5]
-            q1 = ints[bots[0]][0].astype(np.intp) - g1.lo
-            q2 = ints[bots[1]][0].astype(np.intp) - g2.lo
-            ints[tops[0]] = (lut[q1, q2], self._out_grid(i, 0))
+            if self.glue:
+                out = glue.lut2(ints[bots[0]][0], ints[bots[1]][0], lut, g1.lo, g2.lo)
+            else:
+                q1 = ints[bots[0]][0].astype(np.intp) - g1.lo
+                q2 = ints[bots[1]][0].astype(np.intp) - g2.lo
+                out = lut[q1, q2]
+            ints[tops[0]] = (out, self._out_grid(i, 0))
+        elif kind == "deconv":
+            self._glue_deconv(st, ints)
+        elif kind == "bias" and self._glue_bias(i, ints):
+            pass
         else:
             self._float_step(i, ints)
 
@@ -198,7 +230,8 @@ class Int8Net:
         self._begin()
         ints = {}  # blob name -> (integers, grid)
         mismatch = {}
-        for st in self._steps:
+        steps = self._steps if teacher is None else [u for st in self._steps for u in unfused_steps(st)]
+        for st in steps:
             kind, i, last = st[0], st[1], st[2]
             bots, tops = net.bottom_ids(i), net.top_ids(last)
             if teacher is not None:
@@ -217,7 +250,7 @@ class Int8Net:
                 kind = _conv_kind(st[3])
                 for k in range(st[1], st[2] + 1):
                     self.engine_used[net.layers[k].param.name] = kind
-        self.ints = {k: v[0] for k, v in ints.items()}
+        self.ints = LazyInts({k: v[0] for k, v in ints.items()})
         self.mismatch = mismatch
         out = {}
         for name in net.outputs:

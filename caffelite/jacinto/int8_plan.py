@@ -9,7 +9,14 @@ A plan is a list of steps, tuples that start with (kind, first layer, last layer
   indexed by integer - ``lo``;
 - ``("eltwise", i, i, table, grid1, grid2)``: a two-input Eltwise SUM as a 2-D lookup table;
 - ``("split", i, i)``, ``("argmax", i, i)``: run on the integers as they are;
+- ``("deconv", i, last, spec)``: a depthwise Deconvolution in the compiled glue kernels
+  (:class:`caffelite.ops.int8_glue.DeconvSpec`: the float simulation's float32 arithmetic, or int32 sums where
+  they are provably the same); ``last = i + 1`` when the following ArgMax is fused into it (its only reader);
+- ``("bias", i, i)``: the float Bias on the float input and its quantizer in one compiled pass;
 - ``("float", i, i)``: the layer's float forward on the dequantized inputs.
+
+The ``deconv`` and ``bias`` steps are planned only with ``native`` and the glue kernels built; they give the
+integers of the ``float`` step they replace, bit for bit.
 
 Plans depend on the quantization parameters of the forward (they are rebuilt when those change), not on the data.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import int8 as i8op
+from ..ops import int8_glue as glue
 from ..ops.im2col import ConvGeometry
 from .int8_grid import QGrid
 
@@ -32,13 +40,16 @@ def out_grid(net, i, j):
     return QGrid.of(qo[j]) if j < len(qo) and qo[j].quantize else None
 
 
-def plan_steps(net, ties, native=True, sparse=None, auto_times=None):
+def plan_steps(net, ties, native=True, sparse=None, auto_times=None, fuse_argmax=True, compiled=None):
     """The steps that run ``net`` in integers, in layer order (see the module docstring for their form).
 
     ``ties``: the hook's rounding of ties; ``native``/``sparse``: as :class:`~caffelite.jacinto.int8_engine.Int8Net`;
     ``auto_times``: layer name -> the timings of its dense/sparse choice, kept by the caller so that the plans
-    of one net share them."""
+    of one net share them; ``fuse_argmax``: fuse a Deconvolution with the ArgMax that alone reads it;
+    ``compiled``: plan the compiled ``deconv``/``bias`` steps (default: ``native`` and the glue kernels built)."""
     from .. import fusion
+
+    compiled = (native and glue.available()) if compiled is None else (compiled and glue.available())
 
     auto_times = {} if auto_times is None else auto_times
     chains = fusion.plan(net)
@@ -77,6 +88,12 @@ def plan_steps(net, ties, native=True, sparse=None, auto_times=None):
                 a = g1.dequantize(np.arange(g1.lo, g1.hi + 1))[:, None]
                 b = g2.dequantize(np.arange(g2.lo, g2.hi + 1))[None, :]
                 step = ("eltwise", i, i, dst.quantize(a + b, ties), g1, g2)
+        elif t == "Deconvolution" and compiled and bots[0] in grids \
+                and out_grid(net, i, 0) is not None:
+            step = deconv_step(net, i, grids[bots[0]], ties, fuse_argmax)
+        elif (t == "Bias" and compiled and len(bots) == 1 and bots[0] not in grids
+              and out_grid(net, i, 0) is not None):
+            step = ("bias", i, i)
         if step is None:
             step = ("float", i, i)
         steps.append(step)
@@ -165,3 +182,50 @@ def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
     use_sparse = bool(sparse) and i8op.available()
     return ("conv", i, last, i8op.PackedConv(wq, geom, group, rq, sparse=use_sparse, u8_input=u8_input))
 
+
+
+def plain_argmax(ly):
+    """Whether ArgMax layer ``ly`` is the top-1 index over axis 1 (what the glue kernels compute)."""
+    p = ly.param.argmax_param
+    return ly.type == "ArgMax" and p.HasField("axis") and int(p.axis) in (1, -3) and int(p.top_k) == 1 \
+        and not p.out_max_val
+
+
+def deconv_step(net, i, gin, ties, fuse_argmax=True):
+    """A compiled step for depthwise Deconvolution ``i`` (no bias, dilation 1) reading integers on grid ``gin``,
+    or None (float path). Int32 sums where :func:`caffelite.ops.int8_glue.integer_form` proves them equal to
+    the simulation's float32 sums, else the float32 arithmetic of the float path (products rounded to float32,
+    summed in its order: kernel taps in row-major order)."""
+    from ..ops.depthwise import is_depthwise
+    ly = net.layers[i]
+    cp = ly.param.convolution_param
+    g = getattr(ly, "geom", None)
+    tops, bots = net.top_ids(i), net.bottom_ids(i)
+    if len(bots) != 1 or len(tops) != 1 or not isinstance(g, ConvGeometry) or (g.dh, g.dw) != (1, 1) \
+            or g.kh * g.kw > glue.MAX_TAPS:
+        return None
+    w = ly.blobs[0].data
+    group = int(cp.group) or 1
+    if cp.bias_term or w.ndim != 4 or w.dtype != np.float32 or not is_depthwise(w.shape[0], int(cp.num_output),
+                                                                                 group):
+        return None
+    gout = out_grid(net, i, 0)
+    q = np.arange(gin.lo, gin.hi + 1)
+    tab = gin.dequantize(q)  # the simulation's float32 input values
+    wk = np.ascontiguousarray(w.reshape(w.shape[0], g.kh, g.kw))
+    exact = glue.integer_form(tab, wk)
+    common = dict(qlo=gin.lo, kh=g.kh, kw=g.kw, sh=g.sh, sw=g.sw, ph=g.ph, pw=g.pw, st=gout.st, off=gout.off,
+                  lo=float(gout.lo), hi=float(gout.hi), away=ties == "away")
+    if exact is not None:
+        spec = glue.DeconvSpec(mode="int", tab=exact[0], w=exact[1], scale=exact[2], **common)
+    else:
+        spec = glue.DeconvSpec(mode="float", tab=np.ascontiguousarray(tab, np.float32), w=wk.copy(), scale=1.0,
+                               inv=gin.inv, **common)
+    last = i
+    if fuse_argmax and i + 1 < len(net.layers):
+        nxt = net.layers[i + 1]
+        readers = [k for k in range(len(net.layers)) if tops[0] in net.bottom_ids(k)]
+        if (readers == [i + 1] and plain_argmax(nxt) and net.bottom_ids(i + 1) == tops
+                and tops[0] not in net.outputs and len(net.top_ids(i + 1)) == 1):
+            last = i + 1
+    return ("deconv", i, last, spec)

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import backend
 from ..layer import Layer, register
+from ..ops import argmax as A
 from ..proto import caffe_pb2
 from .common import canonical_axis
 
@@ -171,6 +172,8 @@ class ArgMaxLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data
         if self.has_axis:
+            if self.top_k == 1 and not self.out_max_val and A.top1_native(x, self.axis, top[0].data):
+                return
             n = x.shape[self.axis]
             inner = int(np.prod(x.shape[self.axis + 1:], dtype=np.int64))
             # the running compare pays off when the slices are long runs; indices are kept in bytes

@@ -15,6 +15,8 @@ Python loops run over kernel offsets (at most kh*kw iterations of whole-array op
   :mod:`.conv` hands float32 NumPy work to when they are built; also the inference epilogue used by
   :mod:`caffelite.fusion`.
 - :mod:`.pool`: MAX/AVE pooling forward/backward with Caffe's window and divisor rules.
+- :mod:`.native_glue`: the compiled kernels :mod:`.depthwise` (deconvolution), :mod:`.pool` (MAX forward
+  without argmax) and :mod:`.argmax` (ArgMax top-1 along an axis) hand float32 NumPy work to, bitwise the same.
 - :mod:`.batch_norm`: BatchNorm's batch statistics, normalisation and gradients; :mod:`.relu`: ReLU;
   :mod:`.native_bn`: the compiled kernels both hand float32 NumPy work to.
 - :mod:`.engine`: which engine (dense, sparse, int8, auto) runs each convolution of a net;

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from . import native_glue
 from .im2col import ConvGeometry, pad_into, window_view, workspace
 
 
@@ -178,7 +179,8 @@ def _dw_scatter(src, wk, g: ConvGeometry, h: int, w: int, out):
     shifted, weighted source slices (taps in row-major order of the phase's (i, j)) written once, instead of
     read-modify-write adds into a zeroed buffer. When the phases differ only by a shift (kernel a multiple of
     the stride), tap t of every phase is one strided view of the padded source and all phases of a block of
-    rows are computed together (:func:`_dw_scatter_blocks`).
+    rows are computed together (:func:`_dw_scatter_blocks`). Float32 NumPy arrays go to the compiled kernel
+    (:func:`caffelite.ops.native_glue.dw_deconv`) when it is loaded: the same sums, bitwise.
     """
     n, c, hs, ws = src.shape
     phases_h = [_phase_taps(r, g.kh, g.sh, g.ph, g.dh) for r in range(g.sh)]
@@ -189,6 +191,10 @@ def _dw_scatter(src, wk, g: ConvGeometry, h: int, w: int, out):
     mh, mw = -(-h // g.sh), -(-w // g.sw)  # largest phase extent
     hb = max(hs + lo_h, mh + max(offs_h) + lo_h)
     wb = max(ws + lo_w, mw + max(offs_w) + lo_w)
+    if (h > 0 and w > 0 and out.shape == (n, c, h, w) and native_glue.usable(src, wk, out)
+            and native_glue.dw_deconv_supported(phases_h, phases_w)):
+        # the compiled kernel: the same taps in the same order, one pass per output row
+        return native_glue.dw_deconv(src, wk, phases_h, phases_w, (g.kh, g.kw), out)
     lin_h, lin_w = _linear_taps(phases_h), _linear_taps(phases_w)
     if (lin_h and lin_w and h % g.sh == 0 and w % g.sw == 0 and h > 0 and w > 0
             and out.shape == (n, c, h, w) and out.flags.c_contiguous):

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .im2col import ConvGeometry, window_view
-from .int8_lib import (_LIB, ISAS, _chunking, _Epi, _Geom, _Sparse, _sparse_chunking, available, info,  # noqa: F401
-                       native_ok, pack_input, pack_input4, pack_weights, pack_weights4, quantize_float,
-                       supported_isas)
+from .int8_lib import (_LIB, ISAS, SINGLES_ISAS, SINGLES_WIDTH, _chunking, _Epi, _Geom,  # noqa: F401
+                       _Pairs, _singles_chunking, _Sparse, _sparse_chunking, available, info,
+                       native_ok, pack_input, pack_input4, pack_input16, pack_weights, pack_weights4,
+                       plane_stride16, quantize_float, supported_isas)
 
 
 @dataclass
@@ -106,7 +107,9 @@ class PackedConv:
     """A convolution's packed integer weights and epilogue, ready for repeated :meth:`forward` calls.
 
     ``sparse``: keep only each output channel's nonzero weight pairs and run the sparse kernel (same integers:
-    the sums are exact either way); :func:`sparse_worthwhile` says when it pays.
+    the sums are exact either way); :func:`sparse_worthwhile` says when it pays. On AVX-512, with output rows of
+    at least 32 pixels, the sparse kernel pairs the nonzero weights themselves (``singles``; False: the channel
+    pairs). One object serves one call at a time (it keeps per-shape tables and input buffers).
     """
 
     def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, sparse: bool = False, u8_input: bool = False):
@@ -121,8 +124,16 @@ class PackedConv:
         else:
             self.wpk = pack_weights(self.w, self.group, _LIB.mb) if _LIB is not None else None
         self._abc = [np.ascontiguousarray(a, np.float64) for a in (rq.A, rq.B, rq.C)]
-        self._soff = None
+        self._soff = self._ss = self._ss_call = None
+        self._bufs = {}  # the paired-singles kernel's input buffers, reused from call to call
+        self.singles = True  # sparse on AVX-512: the paired-singles kernel (False: the channel-pairs one)
         if self.sparse and _LIB is not None:
+            # the nonzero weights (channel m, then input channel, row, column) of the paired-singles kernel
+            cout, cg, kh, kw = self.w.shape
+            flat = self.w.reshape(cout, -1)
+            m, e = np.nonzero(flat)
+            c, r = np.divmod(e.astype(np.int32), kh * kw)
+            self._nz = (m.astype(np.int32), c, *np.divmod(r, kw), np.ascontiguousarray(flat[m, e]))
             # pairs (G, 1, P, kh, kw, 1) per output channel, in (c, i, j) order
             pairs = pack_weights(self.w, self.group, 1)  # (G, Mg, P, kh, kw, 1)
             cout = self.w.shape[0]
@@ -146,17 +157,115 @@ class PackedConv:
             self._soff = ((hp, wq), np.ascontiguousarray(off))
         return self._soff[1]
 
+    def _singles(self, hp: int, wq: int, wo: int, ps: int):
+        """The paired-singles sparse kernel's tables for a planar input of ``hp`` rows and ``wq`` columns per
+        phase, planes ``ps`` apart: each output channel's nonzero weights in (channel, row, column) order, cut
+        into input-channel blocks sized so a block's input rows for one pixel tile stay in L1, and paired in twos
+        within a block (an odd one out gets a zero partner on the same input); cached per input shape."""
+        key = (hp, wq, wo, ps)
+        if self._ss is not None and self._ss[0] == key:
+            return self._ss[1]
+        g = self.g
+        cout, cg, kh, kw = self.w.shape
+        rowlen = g.sw * wq
+        tile = min(wo, 2 * SINGLES_WIDTH) + (kw - 1) * g.dw
+        kb = max(1, min(cg, SINGLES_BLOCK_BYTES // (2 * kh * tile * (2 if wo < 2 * SINGLES_WIDTH else 1))))
+        nkb = -(-cg // kb)
+        m, c, i, j, wv = self._nz
+        taps = np.array([(jj * g.dw) % g.sw * wq + (jj * g.dw) // g.sw for jj in range(kw)], np.int64)
+        off = c.astype(np.int64) * ps + i.astype(np.int64) * (g.dh * rowlen) + taps[j]
+        if off.size and int(off.max()) >= 2 ** 31:
+            raise ValueError("integer convolution: input too large for the paired sparse kernel's offsets")
+        key_mb = m.astype(np.int64) * nkb + c // kb  # ascending: the nonzeros are sorted by (m, c, i, j)
+        cnt = np.bincount(key_mb, minlength=cout * nkb)
+        kptr = np.zeros(cout * nkb + 1, np.int64)
+        np.cumsum((cnt + 1) // 2, out=kptr[1:])
+        rank = np.arange(m.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        first = np.flatnonzero(rank % 2 == 0)  # each pair's first weight, in pair order
+        nxt = np.minimum(first + 1, max(m.size - 1, 0))
+        has2 = (first + 1 < m.size) & (key_mb[nxt] == key_mb[first])
+        npairs = first.size
+        ws = np.empty((npairs, 2), np.int16)
+        offs = np.empty((npairs, 2), np.int32)
+        ws[:, 0] = wv[first]
+        ws[:, 1] = np.where(has2, wv[nxt], 0)  # an odd one out gets a zero partner ...
+        offs[:, 0] = off[first]
+        offs[:, 1] = np.where(has2, off[nxt], off[first])  # ... reading its own input again
+        tables = (kptr, offs, np.ascontiguousarray(ws).view(np.int32).reshape(npairs), nkb)
+        self._ss = (key, tables)
+        return tables
+
+    def _singles_call(self, shape, has_sum: bool):
+        """The paired-singles kernel's geometry, tables and task chunking for input ``shape`` (cached)."""
+        key = (tuple(shape), has_sum, _LIB.threads)
+        if self._ss_call is None or self._ss_call[0] != key:
+            n, c, h, w = shape
+            g, cout = self.g, self.w.shape[0]
+            ho, wo = g.out_shape(h, w)
+            hp, wb = g.padded_extent(h, w, ho, wo)
+            wq = -(-wb // g.sw)  # pack_input16's extent
+            ps = plane_stride16(hp, g.sw, wq)
+            kptr, offs, ws, nkb = self._singles(hp, wq, wo, ps)
+            geom = _Geom(N=n, G=self.group, P=c // self.group, Hp=hp, S=g.sw, Wq=wq, Cout=cout,
+                         Mg=cout // self.group, nmb=1, kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo,
+                         has_sum=int(has_sum))
+            for j in range(g.kw):
+                geom.tap_off[j] = (j * g.dw) % g.sw * wq + (j * g.dw) // g.sw
+            sp = _Pairs(kptr.ctypes.data, offs.ctypes.data, ws.ctypes.data, nkb, ps)
+            ntasks = _singles_chunking(geom, n, _LIB.threads, c * g.sw * wq * 2)
+            self._ss_call = (key, geom, sp, ntasks)
+        return self._ss_call[1:]
+
+    def _uses_singles(self, isa: str | None, wo: int) -> bool:
+        return self.sparse and self.singles and isa in SINGLES_ISAS and wo >= SINGLES_WIDTH
+
+    def prepare(self, shape, isa: str | None = None) -> bool:
+        """Build what :meth:`forward` caches per input shape (the sparse kernel's tables and input buffers, their
+        pages touched), so that a timed call measures the kernel only. Returns whether the call will run the
+        paired-singles kernel."""
+        isa = self._pick_isa(shape, isa)
+        ho, wo = self.g.out_shape(*shape[2:])
+        if not self._uses_singles(isa, wo):
+            return False
+        self._singles_call(shape, self.rq.has_sum)
+        pack_input16(np.zeros(shape, np.int16), self.group, self.g, ho, wo, self.rq.has_sum, self._bufs)
+        return True
+
+    def _forward_singles(self, q, isa: str, out):
+        """The sparse forward through the paired-singles kernel (AVX-512, output rows of >= 32 pixels)."""
+        rq = self.rq
+        has_sum = rq.has_sum
+        geom, sp, ntasks = self._singles_call(q.shape, has_sum)
+        xs, gsum, hp, wq, ps = pack_input16(q, self.group, self.g, geom.Ho, geom.Wo, has_sum, self._bufs)
+        assert (hp, wq, ps) == (geom.Hp, geom.Wq, sp.pstride)
+        e = _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
+                 int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
+        if out is None:
+            out = np.empty((q.shape[0], self.w.shape[0], geom.Ho, geom.Wo), np.int16)
+        nxt = np.zeros(1, np.int64)  # the next task, taken by whichever thread is free (same integers)
+        sp = _Pairs(sp.kptr, sp.off, sp.w, sp.nkb, sp.pstride, nxt.ctypes.data)
+        _LIB.run((xs.ctypes.data, None if gsum is None else gsum.ctypes.data, ctypes.byref(sp), ctypes.byref(e),
+                  out.ctypes.data, ctypes.byref(geom)), ntasks, isa, _LIB.lib.ci8_singles_fwd)
+        return out
+
+    def _pick_isa(self, shape, isa: str | None):
+        if isa is None and _LIB is not None:  # the widest instruction set whose vectors fit the output rows
+            wo = self.g.out_shape(*shape[2:])[1]
+            fits = [s for s in _LIB.supported if _LIB.width(s) <= wo]
+            isa = fits[-1] if fits else None
+        return isa
+
     def forward(self, q, isa: str | None = None, out=None):
         """int16 output (N, Cout, Ho, Wo) of integer input ``q`` (N, C, H, W)."""
         n, c, h, w = q.shape
         g = self.g
         ho, wo = g.out_shape(h, w)
-        if isa is None and _LIB is not None:  # the widest instruction set whose vectors fit the output rows
-            fits = [s for s in _LIB.supported if _LIB.width(s) <= wo]
-            isa = fits[-1] if fits else None
+        isa = self._pick_isa(q.shape, isa)
         if isa is None or not native_ok(g, wo, isa):
             return conv_int_reference(q, self.w, None, g, self.group, self.rq)
         lib = _LIB
+        if self._uses_singles(isa, wo):
+            return self._forward_singles(q, isa, out)
         quads = self.quads and isa == "vnni"
         if quads:
             xs, hp, wq, p = pack_input4(q, self.group, g, ho, wo)
@@ -201,9 +310,20 @@ class PackedConv:
         return out
 
 
+#: L1 budget of the paired-singles kernel's input block (one pixel tile's rows of a block of input channels)
+SINGLES_BLOCK_BYTES = 16 << 10
+
+
+#: :class:`AutoConv` keeps the paired-singles sparse kernel unless the dense one (12-bit weights, 16-bit lanes)
+#: was faster by more than this factor: at 20% nonzero weights the singles kernel took 0.5-0.65x the dense one's
+#: time on every layer of jsegnet21v2, and a busy machine made two timings per kernel pick dense now and then
+SINGLES_FAVOUR = 1.15
+
+
 class AutoConv:
     """The dense and the sparse kernel of one convolution (same integers): the first ``trials`` calls alternate
-    between them and time each; later calls run the faster (on this machine, for this layer and shape)."""
+    between them and time each; later calls run the faster (on this machine, for this layer and shape; the
+    paired-singles kernel against dense 16-bit lanes wins ties within :data:`SINGLES_FAVOUR`)."""
 
     def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, trials: int = 2, times: dict | None = None,
                  u8_input: bool = False):
@@ -214,14 +334,20 @@ class AutoConv:
         self.times = times if times is not None else {}
         self.times.setdefault(False, [])
         self.times.setdefault(True, [])
+        self.times.setdefault("favour", 1.0)  # SINGLES_FAVOUR once a trial ran the singles kernel against dense pairs
         self.trials = int(trials)
+
+    @property
+    def favour(self) -> float:
+        """The factor the sparse kernel's time may exceed the dense one's by and still be kept."""
+        return self.times["favour"]
 
     @property
     def choice(self):
         """True (sparse) / False (dense) once both were timed ``trials`` times, else None."""
         if min(len(self.times[False]), len(self.times[True])) < self.trials:
             return None
-        return min(self.times[True]) < min(self.times[False])
+        return min(self.times[True]) < min(self.times[False]) * self.favour
 
     @property
     def sparse(self) -> bool:
@@ -233,6 +359,9 @@ class AutoConv:
         if choice is not None:
             return (self.sparse_conv if choice else self.dense).forward(q, isa, out)
         use = len(self.times[True]) < len(self.times[False])
+        singles = (self.sparse_conv if use else self.dense).prepare(q.shape, isa)  # tables, buffers: not timed
+        if use and singles and not self.dense.quads:
+            self.times["favour"] = SINGLES_FAVOUR
         t0 = time.perf_counter()
         res = (self.sparse_conv if use else self.dense).forward(q, isa, out)
         self.times[use].append(time.perf_counter() - t0)
@@ -246,14 +375,23 @@ def nonzero_pair_fraction(w, group: int) -> float:
     return float(np.count_nonzero(pairs)) / max(1, pairs.size)
 
 
-#: the sparse kernel does one load per multiply-add, the dense one shares a load among 8 output channels; below
-#: this nonzero-pair fraction the sparse one was faster on jsegnet21v2's layers (bench/int8_forward.py)
+#: the channel-pairs sparse kernel does one load per multiply-add, the dense one shares a load among 8 output
+#: channels; below this nonzero-pair fraction the sparse one was faster on jsegnet21v2's layers
+#: (bench/int8_forward.py)
 SPARSE_MAX_NONZERO_PAIRS = 0.4
+#: the paired-singles kernel (AVX-512) against the dense 12-bit one on jsegnet21v2's layers: 0.5-0.65x the time
+#: at 20% nonzero weights, 0.7-0.9x at 40%, 0.8-1.1x at 50% (one thread, random weights)
+SINGLES_MAX_NONZERO = 0.4
 
 
 def sparse_worthwhile(w, group: int) -> bool:
-    """Whether the sparse integer kernel should run this layer's weights."""
-    return _LIB is not None and nonzero_pair_fraction(w, group) <= SPARSE_MAX_NONZERO_PAIRS
+    """Whether the sparse integer kernel should run (or, under :class:`AutoConv`, be timed on) these weights."""
+    if _LIB is None:
+        return False
+    if set(SINGLES_ISAS) & set(_LIB.supported):
+        w = np.asarray(w)
+        return np.count_nonzero(w) <= SINGLES_MAX_NONZERO * w.size
+    return nonzero_pair_fraction(w, group) <= SPARSE_MAX_NONZERO_PAIRS
 
 
 def conv_int(q, w, g: ConvGeometry, group: int, rq: Requant, isa: str | None = None, sparse: bool = False):

@@ -4,7 +4,9 @@ op built on it (and re-exports what tests and callers use).
 
 ``CAFFELITE_NATIVE=0`` turns the library off; ``CAFFELITE_NATIVE_ISA=generic|avx2|avx512`` caps its instruction
 set (avx512 means VNNI where the CPU has it). Instruction sets: generic (portable C), avx2 (vpmaddwd), avx512bw
-(vpmaddwd), vnni (vpdpwssd; vpdpbusd for u8 x s8 quads).
+(vpmaddwd), vnni (vpdpwssd; vpdpbusd for u8 x s8 quads). The sparse kernel of the two AVX-512 sets pairs each
+output channel's nonzero weights themselves (``caffelite/_native/cint8_singles.h``) on the planar int16 input of
+:func:`pack_input16`; the others run the channel pairs of :func:`pack_weights`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class _Lib:
         lib.ci8_pack.argtypes = [i, ptr, i, i, i, i, i, i, i, i, i, i, ptr, lng, lng]
         lib.ci8_pack4.argtypes = [ptr, i, i, i, i, i, i, i, i, i, i, ptr, lng, lng]
         lib.ci8_group_sums4.argtypes = [ptr, ptr, ptr, lng, lng]
+        lib.ci8_singles_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
+        lib.ci8_pack16.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, ptr, ptr, lng, lng]
         dbl = ctypes.c_double
         lib.ci8_quantize.argtypes = [ptr, dbl, dbl, dbl, dbl, i, ptr, lng, lng]
         self.lib = lib
@@ -63,12 +67,14 @@ class _Lib:
         self.isa = self.supported[-1]
         self.mb = lib.ci8_tile_channels()
         self.threads = _thread_count()
+        self.shared = {id(lib.ci8_singles_fwd)}
 
     def width(self, isa: str) -> int:
         return self.lib.ci8_vector_width(ISAS.index(isa))
 
     def run(self, args, ntasks: int, isa: str | None, fn=None):
-        """``fn(isa code, *args, t0, t1)`` (``fn(*args, t0, t1)`` when ``isa`` is None) over the threads."""
+        """``fn(isa code, *args, t0, t1)`` (``fn(*args, t0, t1)`` when ``isa`` is None) over the threads; a
+        function that hands its tasks out itself (``self.shared``) gets the whole range in every thread."""
         fn = fn or self.lib.ci8_conv_fwd
         if isa is not None:
             args = (ISAS.index(isa), *args)
@@ -80,9 +86,13 @@ class _Lib:
             pool = _POOLS.get(self.threads)
             if pool is None:
                 pool = _POOLS[self.threads] = ThreadPoolExecutor(self.threads)
-            bounds = [ntasks * k // parts for k in range(parts + 1)]
-            futs = [pool.submit(fn, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
-            rc = [f.result() for f in futs]
+            if id(fn) in self.shared:  # the calling thread takes tasks too
+                futs = [pool.submit(fn, *args, 0, ntasks) for _ in range(parts - 1)]
+                rc = [fn(*args, 0, ntasks)] + [f.result() for f in futs]
+            else:
+                bounds = [ntasks * k // parts for k in range(parts + 1)]
+                futs = [pool.submit(fn, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
+                rc = [f.result() for f in futs]
         if any(rc):
             raise RuntimeError(f"integer convolution kernel failed (codes {rc})")
 
@@ -204,6 +214,67 @@ def pack_weights(w, group: int, mb: int):
 
 class _Sparse(ctypes.Structure):
     _fields_ = [("ptr", ctypes.c_void_p), ("off", ctypes.c_void_p), ("w", ctypes.c_void_p)]
+
+
+class _Pairs(ctypes.Structure):
+    _fields_ = [("kptr", ctypes.c_void_p), ("off", ctypes.c_void_p), ("w", ctypes.c_void_p), ("nkb", ctypes.c_long),
+                ("pstride", ctypes.c_long), ("next", ctypes.c_void_p)]
+
+
+#: instruction sets of the paired-singles sparse kernel (cint8_singles.h), its pixels per vector and the most
+#: output channels of one task (SS_MAXBG there)
+SINGLES_ISAS = ("avx512bw", "vnni")
+SINGLES_WIDTH = 32
+SINGLES_MAX_CHANNELS = 32
+
+
+def plane_stride16(hp: int, s: int, wq: int) -> int:
+    """int16 elements from one plane of :func:`pack_input16`'s layout to the next: the plane rounded up to whole
+    64-byte lines, an odd number of them, so that the rows of successive planes fall in different L1 sets."""
+    lines = -(-hp * s * wq // 32)
+    return 32 * (lines + 1 - lines % 2)
+
+
+def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = True, bufs=None):
+    """``q`` (N, C, H, W) integers -> the planar int16 input of the paired-singles sparse kernel
+    (N, C, pstride) with planes (Hp, S, Wq) (:func:`plane_stride16`): zero padded, columns split into stride
+    phases; and with ``sums`` its group sums (N, G, Hp, S, Wq) int32 (else None). ``bufs``: a dict kept by the
+    caller, whose arrays are reused from call to call (large fresh arrays cost page faults, and their release
+    as much again). Returns (array, group sums, Hp, Wq, pstride)."""
+    n, c, h, w = q.shape
+    hb, wq = _packed_extent(q, g, ho, wo)
+    ps = plane_stride16(hb, g.sw, wq)
+    qc = np.ascontiguousarray(q, np.int16)
+    bufs = {} if bufs is None else bufs
+    if bufs.get("key") != (n, c, hb, wq, ps, group, g.sw):
+        bufs.clear()
+        bufs["key"] = (n, c, hb, wq, ps, group, g.sw)
+    packed = bufs.get("x")
+    if packed is None:
+        packed = bufs["x"] = np.empty((n, c, ps), np.int16)
+    gsum = bufs.get("gsum") if sums else None
+    if sums and gsum is None:
+        gsum = bufs["gsum"] = np.empty((n, group, hb, g.sw, wq), np.int32)
+    rows = max(1, min(hb, (512 << 10) // (2 * (c // group) * g.sw * wq)))  # a block's packed rows stay in L2
+    rows = max(1, min(rows, -(-hb * n * group // (2 * _LIB.threads))))  # at least two tasks per thread
+    _LIB.run((qc.ctypes.data, group, c // group, h, w, hb, g.sw, wq, g.ph, g.pw, ps, rows, packed.ctypes.data,
+              None if gsum is None else gsum.ctypes.data), n * group * -(-hb // rows), None, _LIB.lib.ci8_pack16)
+    return packed, gsum, hb, wq, ps
+
+
+def _singles_chunking(p: _Geom, n: int, threads: int, row_bytes: int) -> int:
+    """Tasks of the paired-singles kernel: ``p.bg`` output channels (at most SINGLES_MAX_CHANNELS, and one group's
+    at most: a task writing many channels of several groups ran slower on jsegnet21v2's conv1b) by ``p.rg``
+    output rows, the rows' input (``row_bytes`` per input row, all channels) kept within CHUNK_INPUT_BYTES * 2."""
+    p.bg = max(1, min(p.Cout, SINGLES_MAX_CHANNELS, p.Mg if p.G > 1 else p.Cout))
+    rows_in = max(1, 2 * CHUNK_INPUT_BYTES // max(1, row_bytes))
+    p.rg = max(1, min(p.Ho, (rows_in - (p.kh - 1) * p.dh) // p.sh))
+    while n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg) < 8 * threads and (p.rg > 1 or p.bg > 1):
+        if p.rg >= p.bg:
+            p.rg = -(-p.rg // 2)
+        else:
+            p.bg = -(-p.bg // 2)
+    return n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg)
 
 
 def _sparse_chunking(p: _Geom, n: int, threads: int) -> int:

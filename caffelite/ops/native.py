@@ -14,8 +14,11 @@ What runs here (float32 NumPy arrays only; :mod:`caffelite.ops.conv` decides whe
   (:mod:`caffelite.fusion`). Also used for stride-1 data gradients (a correlation with the flipped kernel).
 - :func:`conv_weight_grad`: the weight gradient of kernels 1, 3 or 5 wide.
 
-ctypes releases the GIL during a call, so the task range is split over a small thread pool. Each output
-value is computed by one task in a fixed order: results do not depend on the number of threads.
+ctypes releases the GIL during a call, so the task range is split over a small thread pool (forward calls
+hand out parts of it as threads free up, :data:`DYNAMIC`). Each output value is computed by one task in a fixed
+order: results do not depend on the number of threads. The forward kernels read the raw input: each task pads
+the rows it reads into a small panel (``caffelite/_native/panel.h``, :data:`PANELS`) instead of the whole input
+being padded first.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,7 +42,7 @@ _ISAS = ("generic", "avx2", "avx512")
 class _Geom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in
                 ("N", "C", "Hp", "S", "Wq", "Cout", "G", "Cg", "Mg", "nmb", "kh", "kw", "sh", "dh", "Ho", "Wo",
-                 "rg", "bg", "kc")]
+                 "rg", "bg", "kc", "H", "W", "ph", "pw", "hl")]
     _fields_ += [("tap_off", ctypes.c_long * _MAX_KW)]
 
 
@@ -46,6 +50,9 @@ class _Epilogue(ctypes.Structure):
     _fields_ = [("bias", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("shift", ctypes.c_void_p),
                 ("relu", ctypes.c_int), ("slope", ctypes.c_float)]
 
+
+#: parts per thread of a dynamically scheduled call (:meth:`KernelLibrary.run`)
+DYNAMIC_PARTS_PER_THREAD = 4
 
 #: thread pools by thread count, shared by the kernel libraries
 _POOLS: dict = {}
@@ -86,19 +93,47 @@ class KernelLibrary:
             pool = _POOLS[self.threads] = ThreadPoolExecutor(self.threads)
         return pool
 
-    def run(self, fn, args, ntasks: int, isa: str | None = None, min_per_part: int = 1):
+    def run(self, fn, args, ntasks: int, isa: str | None = None, min_per_part: int = 1, dynamic: bool = False):
         """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), one contiguous range per thread (at least
-        ``min_per_part`` tasks each; fewer run on the calling thread)."""
+        ``min_per_part`` tasks each; fewer run on the calling thread).
+
+        ``dynamic`` (for kernels whose tasks write disjoint outputs, so that which thread runs a task cannot change
+        a value): the range is cut into :data:`DYNAMIC_PARTS_PER_THREAD` parts per thread that the threads take in
+        turn as they finish, so a thread the machine slows down (other processes on the cores) leaves its share
+        to the others instead of holding up the call."""
         code = _ISAS.index(isa or self.isa)
         parts = max(1, min(self.threads, ntasks // max(1, min_per_part)))
         if parts <= 1 or self.pool is None:
             rc = [fn(code, *args, 0, ntasks)]
+        elif dynamic:
+            rc = self._run_dynamic(fn, code, args, ntasks, min(ntasks, parts * DYNAMIC_PARTS_PER_THREAD), parts)
         else:
             bounds = [ntasks * k // parts for k in range(parts + 1)]
             futs = [self.pool.submit(fn, code, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
             rc = [f.result() for f in futs]
         if any(rc):
             raise RuntimeError(f"{self.label} failed (codes {rc})")
+
+    def _run_dynamic(self, fn, code, args, ntasks: int, parts: int, threads: int) -> list:
+        bounds = [ntasks * k // parts for k in range(parts + 1)]
+        todo = iter(range(parts))
+        lock = threading.Lock()
+
+        def worker():
+            rc = []
+            while True:
+                with lock:
+                    k = next(todo, None)
+                if k is None:
+                    return rc
+                rc.append(fn(code, *args, bounds[k], bounds[k + 1]))
+
+        # the calling thread works too (it would only wait)
+        futs = [self.pool.submit(worker) for _ in range(threads - 1)]
+        rc = worker()
+        for f in futs:
+            rc += f.result()
+        return rc
 
 
 def load_library(module: str, factory):
@@ -199,6 +234,29 @@ def _ptr(a) -> int:
     return a.ctypes.data
 
 
+#: forward calls schedule their tasks dynamically (:meth:`KernelLibrary.run`; each output value is computed by
+#: one task whatever thread runs it, so the values do not change)
+DYNAMIC = True
+
+#: forward kernels pad per task (panel.h: each task copies the input rows it reads into a small padded panel)
+#: instead of padding the whole input first; False pads first (the former path, kept to compare against)
+PANELS = True
+
+
+def padded_layout(x_shape, g: ConvGeometry, ho: int, wo: int) -> tuple[int, int]:
+    """(Hp, Wq) of the padded, phase-split input the kernels read (see :func:`_phase_split`). (Panel rows rounded
+    up to whole cache lines were measured: no gain.)"""
+    hb, wb = g.padded_extent(x_shape[2], x_shape[3], ho, wo)
+    return hb, -(-wb // g.sw)
+
+
+def set_panel(p, x_shape, g: ConvGeometry) -> None:
+    """Panel fields of a kernel geometry ``p`` (dense or sparse) whose ``rg`` output rows per task are set: the
+    raw input's size and padding, and the rows a task's panel holds."""
+    p.H, p.W, p.ph, p.pw = x_shape[2], x_shape[3], g.ph, g.pw
+    p.hl = (p.rg - 1) * g.sh + (g.kh - 1) * g.dh + 1
+
+
 def _phase_split(x, g: ConvGeometry, ho: int, wo: int, slot: str):
     """Pad ``x`` and, for a column stride S > 1, split its columns into S phases so that every kernel tap
     reads contiguous pixels: returns (buffer (N, C, Hp, S, Wq), Hp, Wq)."""
@@ -289,17 +347,23 @@ def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_nat
     """
     lib = _LIB
     n, cout, ho, wo = out.shape
-    xs, hp, wq = _phase_split(x, g, ho, wo, slot)
+    if PANELS:
+        xs = np.ascontiguousarray(x)
+        hp, wq = padded_layout(x.shape, g, ho, wo)
+    else:
+        xs, hp, wq = _phase_split(x, g, ho, wo, slot)
     p = _geom(x.shape, hp, wq, cout, group, g, ho, wo, lib.mb)
     wpk = _pack(w, group, lib.mb)
     ntasks = _chunking(p, n, lib.threads, lib.mb)
+    if PANELS:
+        set_panel(p, x.shape, g)
     keep = [None if a is None else np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in (b, scale, shift)]
     if (keep[1] is None) != (keep[2] is None):
         raise ValueError("scale and shift go together")
     e = _Epilogue(*[None if a is None else _ptr(a) for a in keep], relu_slope is not None,
                   0.0 if relu_slope is None else float(relu_slope))
     lib.run(lib.lib.cl_conv_fwd, (_ptr(xs), _ptr(wpk), ctypes.byref(e), _ptr(out), ctypes.byref(p)), ntasks,
-            _checked_isa(lib, wo))
+            _checked_isa(lib, wo), dynamic=DYNAMIC)
     return out
 
 

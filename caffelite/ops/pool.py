@@ -13,6 +13,9 @@ image rows too, against the pooled values (or top diffs) repeated twice along th
 Blocks of rows keep the scratch in cache. The maxima are the same values (only the sign of a zero maximum
 can differ, as ``maximum`` is taken in another order; -0.0 == 0.0) and the argmax and gradients are
 identical.
+
+MAX forward without the argmax runs in a compiled kernel (:func:`caffelite.ops.native_glue.max_pool`) for
+float32 NumPy arrays when it is loaded; it takes the maxima in the order of the path it replaces, bitwise.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..kernels import on_gpu
 from ..kernels import pool as kpool
+from . import native_glue
 from .im2col import ConvGeometry, pad_into, window_view, workspace
 
 
@@ -64,6 +68,9 @@ def max_pool_forward(x, k, s, p, ho, wo, out, argmax_out=None):
         out.reshape(n, c)[...] = xp.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
         argmax_out.reshape(n, c)[...] = (arg // w) * k[1] + arg % w
         return out
+    if argmax_out is None and native_glue.usable(x, out):
+        # the compiled kernel: the same maxima in the same order as the NumPy paths below, bitwise
+        return native_glue.max_pool(x, k, s, p, ho, wo, out, _tiles(k, s, p, h, w, ho, wo))
     if _tiles(k, s, p, h, w, ho, wo):
         if argmax_out is None:
             return _tiled_max(x, k, out)

@@ -6,7 +6,8 @@ nonzero taps in (input channel, ky, kx) order: ``ptr`` (Cout+1, int32) delimits 
 bytes per nonzero weight plus 4 per channel: at 80% zeros about 0.3x the dense float32 weights. The table of
 input offsets per tap position depends on the input size; it is built on the first forward at a size and
 cached on the pack (one entry per position, not per weight), as are the row-block kernel's per-tap block offsets
-(uint16: 2 more bytes per nonzero weight, about 0.42x in all on jsegnet21v2).
+(uint16: 2 more bytes per nonzero weight, about 0.42x in all on jsegnet21v2) and the direct kernel's per-tap
+input offsets (int64: 8 more bytes per nonzero weight of the layers it runs, jsegnet21v2's conv1b and ctx_final).
 
 Two compiled kernels (``caffelite/_native/csparse.c``), chosen per layer by :func:`choose_kernel`:
 
@@ -50,8 +51,7 @@ MAX_TAP_POSITIONS = 1 << 16
 
 
 class _Taps(ctypes.Structure):
-    _fields_ = [("ptr", ctypes.c_void_p), ("idx", ctypes.c_void_p), ("val", ctypes.c_void_p),
-                ("otab", ctypes.c_void_p)]
+    _fields_ = [("ptr", ctypes.c_void_p), ("off", ctypes.c_void_p), ("val", ctypes.c_void_p)]
 
 
 class _ColsTaps(ctypes.Structure):
@@ -62,7 +62,7 @@ class _ColsTaps(ctypes.Structure):
 class _SGeom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in
                 ("N", "C", "Hp", "S", "Wq", "Cout", "Cg", "Mg", "sh", "Ho", "Wo", "rg", "mb", "nch", "kc", "kh",
-                 "kw", "dh", "ni", "rt", "vt")]
+                 "kw", "dh", "ni", "rt", "vt", "H", "W", "ph", "pw", "hl")]
 
 
 class _Lib(native.KernelLibrary):
@@ -126,6 +126,7 @@ class SparsePack:
     otabs: dict = field(default_factory=dict)
     chunk_ptrs: dict = field(default_factory=dict)
     col_offs: dict = field(default_factory=dict)
+    tap_offs: dict = field(default_factory=dict)
 
     @property
     def nnz(self) -> int:
@@ -134,7 +135,8 @@ class SparsePack:
     @property
     def nbytes(self) -> int:
         """Bytes held by the pack: tap lists plus the cached per-chunking pointers and per-size offset tables."""
-        cached = sum(a.nbytes for a in (*self.otabs.values(), *self.chunk_ptrs.values(), *self.col_offs.values()))
+        cached = sum(a.nbytes for a in (*self.otabs.values(), *self.chunk_ptrs.values(), *self.col_offs.values(),
+                                        *self.tap_offs.values()))
         return int(self.ptr.nbytes + self.idx.nbytes + self.val.nbytes + cached)
 
     def matches(self, w) -> bool:
@@ -167,6 +169,15 @@ class SparsePack:
             i, j = np.divmod(rest, kw)
             tab = ((((c % kc) * kw + j) * ni + i * dh) * row).astype(np.uint16)
             self.col_offs = {key: tab}  # one chunking at a time
+        return tab
+
+    def tap_offsets(self, g: ConvGeometry, hp: int, wq: int) -> np.ndarray:
+        """int64 per tap: :meth:`otab` at the tap's position (the direct kernel's ``off``)."""
+        key = (hp, wq, g.sw, g.dh, g.dw)
+        tab = self.tap_offs.get(key)
+        if tab is None:
+            tab = np.ascontiguousarray(self.otab(g, hp, wq)[self.idx], dtype=np.int64)
+            self.tap_offs = {key: tab}  # one input size at a time
         return tab
 
     def otab(self, g: ConvGeometry, hp: int, wq: int) -> np.ndarray:
@@ -263,6 +274,8 @@ CHUNK_L1_BYTES = 24 << 10
 BLOCK_L1_BYTES = 32 << 10
 TILE_ROWS = 4
 TILE_VECTORS = 2
+#: row-block kernel with panels: the most bytes of input rows one task pads into its panel (about an L2)
+PANEL_MAX_BYTES = 1 << 20
 #: the row-block kernel runs a layer whose groups have at least this many output channels (they share the
 #: copy into the block), and depthwise layers (the direct kernel's per-tile costs dominate their one-channel
 #: groups); measured with bench/sparse_breakeven.py at 50-90% zeros: groups of 8 channels (conv1b, ctx_final)
@@ -286,7 +299,16 @@ def _epilogue(b, scale, shift, relu_slope):
     return e, keep
 
 
-def _run_cols(lib, xs, pack: SparsePack, g: ConvGeometry, p: _SGeom, e, otab, out, isa: str) -> bool:
+def _otab(pack: SparsePack, g: ConvGeometry, p: _SGeom, x_shape) -> np.ndarray:
+    """The row-block kernel's tap offsets for the input layout it reads: the whole padded input, or (panels, once
+    ``p.rg`` is set) a task's panel of ``p.hl`` rows."""
+    if not native.PANELS:
+        return pack.otab(g, p.Hp, p.Wq)
+    native.set_panel(p, x_shape, g)
+    return pack.otab(g, p.hl, p.Wq)
+
+
+def _run_cols(lib, xs, pack: SparsePack, g: ConvGeometry, p: _SGeom, e, x_shape, out, isa: str) -> bool:
     """The row-block kernel's forward; False (nothing done) when one channel's block would not fit the uint16
     tap offsets (kernels of some 40+ taps per row)."""
     n, _, ho, wo = out.shape
@@ -297,7 +319,6 @@ def _run_cols(lib, xs, pack: SparsePack, g: ConvGeometry, p: _SGeom, e, otab, ou
     p.rt = max(1, min(TILE_ROWS, nvmax // p.vt, ho))
     if p.rt > 4:
         p.rt = 8 if p.rt == 8 else 4
-    p.kh, p.kw, p.dh = g.kh, g.kw, g.dh
     p.ni = (p.rt - 1) * g.sh + (g.kh - 1) * g.dh + 1
     slab = g.kw * p.ni * p.vt * vw  # floats per input channel
     if slab > 1 << 16:
@@ -307,12 +328,19 @@ def _run_cols(lib, xs, pack: SparsePack, g: ConvGeometry, p: _SGeom, e, otab, ou
     p.rg = ho
     while n * -(-ho // p.rg) * pack.group < 8 * lib.threads and p.rg > p.rt:
         p.rg = max(p.rt, -(-p.rg // 2))
+    # with panels, a task's panel (its group's input rows) stays within an L2 (batches would otherwise keep whole
+    # images per task)
+    halo = (g.kh - 1) * g.dh + 1 - g.sh
+    while (native.PANELS and p.rg > p.rt
+           and p.Cg * (p.rg * g.sh + halo) * p.S * p.Wq * 4 > PANEL_MAX_BYTES):
+        p.rg = max(p.rt, -(-p.rg // 2))
     ntasks = n * -(-ho // p.rg) * pack.group
+    otab = _otab(pack, g, p, x_shape)
     cptr = pack.chunk_ptr(p.kc)
     off = pack.block_off(p.kc, p.ni, g.dh, p.vt * vw)
     taps = _ColsTaps(cptr.ctypes.data, off.ctypes.data, pack.val.ctypes.data, otab.ctypes.data)
     lib.run(lib.lib.cs_sparse_cols_fwd, (xs.ctypes.data, ctypes.byref(taps), ctypes.byref(e), out.ctypes.data,
-                                         ctypes.byref(p)), ntasks, isa)
+                                         ctypes.byref(p)), ntasks, isa, dynamic=native.DYNAMIC)
     return True
 
 
@@ -323,25 +351,33 @@ def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift
     ``kernel``: "direct", "cols" or None (:func:`choose_kernel`); both give the same values."""
     lib = _LIB
     n, cout, ho, wo = out.shape
-    xs, hp, wq = native._phase_split(x, g, ho, wo, "pad_sparse")
+    if native.PANELS:
+        xs = np.ascontiguousarray(x)
+        hp, wq = native.padded_layout(x.shape, g, ho, wo)
+    else:
+        xs, hp, wq = native._phase_split(x, g, ho, wo, "pad_sparse")
     cin = x.shape[1]
     p = _SGeom(N=n, C=cin, Hp=hp, S=g.sw, Wq=wq, Cout=cout, Cg=cin // pack.group, Mg=cout // pack.group,
-               sh=g.sh, Ho=ho, Wo=wo)
+               sh=g.sh, Ho=ho, Wo=wo, kh=g.kh, kw=g.kw, dh=g.dh)
     isa = lib.isa_for(wo)
     e, keep = _epilogue(b, scale, shift, relu_slope)  # keep: the arrays e points into, alive during the call
-    otab = pack.otab(g, hp, wq)
     kernel = kernel or choose_kernel(pack)
-    if kernel == "cols" and _run_cols(lib, xs, pack, g, p, e, otab, out, isa):
+    if kernel == "cols" and _run_cols(lib, xs, pack, g, p, e, x.shape, out, isa):
         return out
     row_bytes = p.Cg * p.S * p.Wq * 4
     p.rg = max(1, min(ho, (max(1, TASK_INPUT_BYTES // row_bytes) - (g.kh - 1) * g.dh) // g.sh))
-    p.mb = min(cout, TASK_CHANNELS)
+    # a task stays inside one group: its panel then holds that group's input channels only (conv1b's 4 groups of 8
+    # in one task made a 1.5 MB panel, past L2; one group's is 0.4 MB)
+    p.mb = min(cout, TASK_CHANNELS, p.Mg) if native.PANELS else min(cout, TASK_CHANNELS)
     while n * -(-ho // p.rg) * -(-cout // p.mb) < 4 * lib.threads and (p.rg > 1 or p.mb > 1):
         if p.rg >= p.mb:
             p.rg = -(-p.rg // 2)
         else:
             p.mb = -(-p.mb // 2)
     ntasks = n * -(-ho // p.rg) * -(-cout // p.mb)
+    if native.PANELS:
+        native.set_panel(p, x.shape, g)
+    toff = pack.tap_offsets(g, p.hl if native.PANELS else p.Hp, p.Wq)
     # input one channel contributes to a tile: its rows (a tile may cover several output rows) x their span
     tile = lib.lib.cs_tile_pixels(native._ISAS.index(isa))
     rows = min(ho, -(-tile // wo)) * g.sh + (g.kh - 1) * g.dh
@@ -349,7 +385,7 @@ def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift
     kc = max(1, min(p.Cg, CHUNK_L1_BYTES // (rows * span * 4)))
     p.nch = -(-p.Cg // kc)
     cptr = pack.chunk_ptr(kc)
-    taps = _Taps(cptr.ctypes.data, pack.idx.ctypes.data, pack.val.ctypes.data, otab.ctypes.data)
+    taps = _Taps(cptr.ctypes.data, toff.ctypes.data, pack.val.ctypes.data)
     lib.run(lib.lib.cs_sparse_fwd, (xs.ctypes.data, ctypes.byref(taps), ctypes.byref(e), out.ctypes.data,
-                                    ctypes.byref(p)), ntasks, isa)
+                                    ctypes.byref(p)), ntasks, isa, dynamic=native.DYNAMIC)
     return out
