@@ -162,6 +162,25 @@ def test_weight_rewriting_hooks_suspend_packed_engines(monkeypatch, proto):
     assert c1.engine_used == "sparse"
 
 
+def test_suspension_is_per_net(monkeypatch, proto):
+    """Another net's forward, here run from inside a weight-rewriting hook of this one, does not lift this net's
+    suspension: its convolutions after the hook still run dense, and the other net keeps its sparse path."""
+    monkeypatch.delenv(engine.ENV_VAR, raising=False)
+    net, other = _net(proto, c2=0.9), _net(proto)
+
+    def rewrite_and_run_other(_net, i, layer, *_):
+        if layer.name == "r1":
+            other.forward()
+
+    net.add_hook("before_forward", rewrite_and_run_other)
+    net.forward()
+    assert net.layer_dict["c2"].engine_used == "dense" and net.layer_dict["c1"].engine_used == "dense"
+    assert other.layer_dict["c1"].engine_used == "sparse"
+    net.remove_hook("before_forward", rewrite_and_run_other)
+    net.forward()
+    assert net.layer_dict["c1"].engine_used == net.layer_dict["c2"].engine_used == "sparse"
+
+
 def test_registered_engine_plugs_in(monkeypatch, proto):
     monkeypatch.delenv(engine.ENV_VAR, raising=False)
     calls = []

@@ -15,7 +15,7 @@ from . import engine, sparse_conv
 def _sparse_pack(layer, w):
     """The layer's packed weights, repacked when its weight array was replaced; None when it runs dense."""
     pk = getattr(layer, "sparse_pack", None)
-    if pk is None or engine.suspended():
+    if pk is None or engine.suspended(layer):
         return None
     if not pk.matches(w):
         pk = layer.sparse_pack = sparse_conv.pack_layer(layer)
@@ -27,7 +27,7 @@ def conv_forward(layer, x, w, b, out, scale=None, shift=None, relu_slope=None, f
     with ``relu_slope``) is applied too, and False is returned, nothing computed, when no kernel can apply it;
     otherwise always True."""
     plan = getattr(layer, "engine_plan", "dense")
-    if plan not in ("dense", "sparse") and not engine.suspended():
+    if plan not in ("dense", "sparse") and not engine.suspended(layer):
         run = engine.runner(plan)
         if run is not None and run(layer, x, w, b, out, scale, shift, relu_slope):
             layer.engine_used = plan

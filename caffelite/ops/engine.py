@@ -47,8 +47,6 @@ ENV_VAR = "CAFFELITE_ENGINE"
 
 #: name -> (chooser, runner) of engines registered by other modules (e.g. "int8")
 _REGISTRY: dict = {}
-#: set by :func:`begin_forward`: a weight-rewriting hook is active, so only the dense path may run
-_SUSPENDED = False
 #: whole-net engines: name -> fn(net, start, end) -> True when it ran the forward (the "int8" engine of quantized
 #: nets, registered by caffelite.jacinto: it keeps activations in integers from layer to layer)
 _NET_REGISTRY: dict = {}
@@ -179,12 +177,19 @@ def runner(name: str):
 
 
 def begin_forward(net) -> None:
-    """Called by the Net at the start of each forward: suspend packed engines while a per-layer forward hook
-    that may rewrite weights (jacinto's quantization does, in place) is registered."""
-    global _SUSPENDED
+    """Called by the Net at the start of each forward: suspend packed engines on this net's convolutions while a
+    per-layer forward hook that may rewrite weights (jacinto's quantization does, in place) is registered on it.
+    The flag lives on the net's own layers, so another net's forward (in another thread, or run from inside a
+    hook of this one) never changes what this one runs."""
     hooks = (*net.hooks.before_forward, *net.hooks.after_forward)
-    _SUSPENDED = any(not getattr(fn, "observer", False) for fn in hooks)
+    flag = any(not getattr(fn, "observer", False) for fn in hooks)
+    if getattr(net, "_engines_suspended", None) is not flag:
+        net._engines_suspended = flag
+        for layer in net.layers:
+            if is_conv(layer):
+                layer.engine_suspended = flag
 
 
-def suspended() -> bool:
-    return _SUSPENDED
+def suspended(layer) -> bool:
+    """Whether ``layer``'s net has suspended the packed-weight engines for its current forward."""
+    return getattr(layer, "engine_suspended", False)
