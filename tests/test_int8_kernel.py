@@ -205,14 +205,37 @@ def test_auto_conv_times_both_kernels_then_keeps_one():
     q, wt, g, group, rq = _case(CASES[1], 6)
     wt[np.random.default_rng(7).random(wt.shape) < 0.8] = 0
     ref = int8.conv_int_reference(q, wt, None, g, group, rq)
-    ac = int8.AutoConv(wt, g, group, rq, trials=2)
-    for k in range(6):
+    ac = int8.AutoConv(wt, g, group, rq, trials=2, max_trials=4)
+    calls = 0
+    while calls < 8 and (calls < 4 or ac.choice is None):
+        assert (ac.choice is None) == (calls < 4 or calls == len(ac.times[True]) + len(ac.times[False]))
         np.testing.assert_array_equal(ac.forward(q), ref)
-        assert (ac.choice is None) == (k < 3)
-    assert len(ac.times[True]) == len(ac.times[False]) == 2
+        calls += 1
+    assert ac.choice is not None
+    ntimed = len(ac.times[True]) + len(ac.times[False])
+    assert 4 <= ntimed <= 8 and abs(len(ac.times[True]) - len(ac.times[False])) <= 1
+    np.testing.assert_array_equal(ac.forward(q), ref)
+    assert len(ac.times[True]) + len(ac.times[False]) == ntimed  # no more trials once chosen
     singles = bool(set(int8.SINGLES_ISAS) & set(int8.supported_isas()))  # rows of 40: the singles kernel
     assert ac.favour == (int8.SINGLES_FAVOUR if singles else 1.0)
-    assert ac.sparse == (min(ac.times[True]) < min(ac.times[False]) * ac.favour)
+
+
+def test_auto_conv_choice_waits_while_the_timings_are_close():
+    """Two timings each decide only when the kernels are far apart; close or contradictory ones (a single
+    fast outlier) ask for more trials, and the medians decide after ``max_trials``."""
+    q, wt, g, group, rq = _case(CASES[1], 6)
+
+    def choice(dense_ms, sparse_ms, favour=1.0):
+        times = {False: [t * 1e-3 for t in dense_ms], True: [t * 1e-3 for t in sparse_ms], "favour": favour}
+        return int8.AutoConv(wt, g, group, rq, trials=2, times=times, max_trials=4).choice
+
+    assert choice([3.5], [2.0]) is None  # one trial of each
+    assert choice([3.5, 3.6], [2.0, 1.9]) is True  # far apart: decided after two
+    assert choice([3.5, 3.6], [5.0, 4.8]) is False
+    assert choice([2.5, 1.5], [1.9, 2.0]) is None  # one fast dense outlier: more trials
+    assert choice([2.5, 1.5, 3.5, 3.6], [1.9, 2.0, 2.0, 1.9]) is True  # the medians decide
+    assert choice([2.0] * 4, [2.1] * 4) is False  # close after max_trials: the medians against the favour
+    assert choice([2.0] * 4, [2.1] * 4, favour=1.1) is True
 
 
 @pytest.mark.skipif(not int8.available(), reason="integer kernel not built")

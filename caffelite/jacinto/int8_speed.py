@@ -58,6 +58,7 @@ def engine_times(prototxt, weights, ranges, shape=None, runs=5, seed=0):
     times = {k: [] for k in cases}
     for _ in range(max(1, int(runs))):
         for k, fn in cases.items():
+            time.sleep(0.05)  # an idle gap before each timed run, so one engine's tail does not slow the next
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)

@@ -321,12 +321,18 @@ SINGLES_FAVOUR = 1.15
 
 
 class AutoConv:
-    """The dense and the sparse kernel of one convolution (same integers): the first ``trials`` calls alternate
-    between them and time each; later calls run the faster (on this machine, for this layer and shape; the
-    paired-singles kernel against dense 16-bit lanes wins ties within :data:`SINGLES_FAVOUR`)."""
+    """The dense and the sparse kernel of one convolution (same integers): the first calls alternate between
+    them and time each; later calls run the faster (on this machine, for this layer and shape; the
+    paired-singles kernel against dense 16-bit lanes wins ties within :data:`SINGLES_FAVOUR`).
+
+    The choice is made once each kernel ran ``trials`` times if both the ratio of the fastest times and that of
+    the median times are beyond :data:`AUTO_MARGIN` on the same side; else the trials go on (the two kernels
+    being close, a trial costs little either way) until each ran ``max_trials`` times, and the median times
+    decide. A single fast or slow timing (another process, a first call's page faults) thus cannot pick the
+    slower kernel for good."""
 
     def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, trials: int = 2, times: dict | None = None,
-                 u8_input: bool = False):
+                 u8_input: bool = False, max_trials: int = 6):
         self.dense = PackedConv(w, g, group, rq, u8_input=u8_input)
         self.sparse_conv = PackedConv(w, g, group, rq, sparse=True)
         self.w, self.g, self.group, self.rq = self.dense.w, g, int(group), rq
@@ -336,6 +342,8 @@ class AutoConv:
         self.times.setdefault(True, [])
         self.times.setdefault("favour", 1.0)  # SINGLES_FAVOUR once a trial ran the singles kernel against dense pairs
         self.trials = int(trials)
+        self.max_trials = max(self.trials, int(max_trials))
+        self._chosen = None  # the choice once made (no timing is added after it)
 
     @property
     def favour(self) -> float:
@@ -344,10 +352,25 @@ class AutoConv:
 
     @property
     def choice(self):
-        """True (sparse) / False (dense) once both were timed ``trials`` times, else None."""
-        if min(len(self.times[False]), len(self.times[True])) < self.trials:
+        """True (sparse) / False (dense) once the timings decide (see the class), else None."""
+        if self._chosen is None:
+            self._chosen = self._decide()
+        return self._chosen
+
+    def _decide(self):
+        ts, td = self.times[True], self.times[False]
+        done = min(len(ts), len(td))
+        if done < self.trials:
             return None
-        return min(self.times[True]) < min(self.times[False]) * self.favour
+        fav = self.favour
+        best, med = min(ts) / min(td), float(np.median(ts)) / float(np.median(td))
+        if max(best, med) < fav / AUTO_MARGIN:
+            return True
+        if min(best, med) > fav * AUTO_MARGIN:
+            return False
+        if done < self.max_trials:
+            return None
+        return med < fav
 
     @property
     def sparse(self) -> bool:
@@ -366,6 +389,11 @@ class AutoConv:
         res = (self.sparse_conv if use else self.dense).forward(q, isa, out)
         self.times[use].append(time.perf_counter() - t0)
         return res
+
+
+#: :class:`AutoConv` decides after ``trials`` timings per kernel only when one kernel's time is below the other's
+#: (times the favour) by this factor, both by their fastest and by their median times
+AUTO_MARGIN = 1.15
 
 
 def nonzero_pair_fraction(w, group: int) -> float:
