@@ -245,6 +245,47 @@ def test_8bit_weights_run_u8s8_kernel_teacher_forced():
     assert bad / total < 1e-3
 
 
+def test_8bit_weights_sparse_kernel_keeps_pruned_zeros():
+    """8-bit weights on unsigned inputs: the dense u8 x s8 kernel needs them centred into int8 (there the pruned
+    zeros move), the sparse kernel keeps the zero point a float zero quantizes to, so pruned weights stay zero
+    and it has work to skip. Dense, sparse and auto give the same integers."""
+    from caffelite.jacinto import int8_engine as ie
+    from caffelite.ops import int8 as i8op
+    if not i8op.available():
+        pytest.skip("integer kernels not built")
+    net, hook = _net(weight_bits=8)
+    for ly in net.layers:
+        if ly.type == "Convolution":
+            w = ly.blobs[0].data
+            w[np.abs(w) < np.quantile(np.abs(w), 0.8)] = 0
+    net.repack()
+    hook.freeze_ranges(after=2)
+    for k in range(4):
+        net.forward(data=_input(k))
+    state = hook.get_state()
+    ints, plans = [], []
+    for sparse in (False, True, None):
+        hook.set_state(state)
+        eng = ie.Int8Net(net, hook, sparse=sparse)
+        for _ in range(14 if sparse is None else 1):  # auto: until every layer has chosen
+            hook.set_state(state)
+            eng.forward(data=_input(5))
+        ints.append(dict(eng.ints))
+        plans.append({net.layers[st[1]].param.name: st[3] for st in eng._steps if st[0] == "conv"})
+    for other in ints[1:]:
+        assert other.keys() == ints[0].keys()
+        assert all(np.array_equal(other[k], ints[0][k]) for k in ints[0])
+    # layers whose dense u8 x s8 kernel needs another zero point than the one keeping zeros
+    moved = [n for n, pc in plans[0].items() if not np.array_equal(pc.w, plans[1][n].w)]
+    if "vnni" in i8op.supported_isas():
+        assert len(moved) >= 3
+    for n in moved:
+        assert np.mean(plans[0][n].w == 0) < 0.5, n  # the zeros moved with the centring
+        assert np.mean(plans[1][n].w == 0) >= 0.75  # the sparse kernel's weights keep them
+        auto = plans[2][n]
+        assert isinstance(auto, i8op.AutoConv) and np.mean(auto.sparse_conv.w == 0) >= 0.75
+
+
 def test_engine_speed_table(tmp_path):
     """The flagship's last table from a deploy prototxt, its caffemodel and a saved ranges file."""
     from caffelite.jacinto import int8_speed

@@ -139,17 +139,20 @@ def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
     # centre on the integer a float zero weight quantizes to, so pruned weights stay zero (the sparse kernel
     # skips them); the rest of the offset (|zw - off| <= 0.5) goes through the window sums
     zw = int(np.clip(np.rint(np.float64(wg.off)), wg.lo, wg.hi)) if qw.unsigned_quant else 0
+    zw_dense = zw
     u8_input = gin.lo >= 0 and gin.hi <= 255
     if u8_input and qw.unsigned_quant and qw.bitwidth <= 8 and not (-128 <= wq.min() - zw and wq.max() - zw <= 127):
-        zw = 2 ** (qw.bitwidth - 1)  # 8-bit weights centred into int8 for the u8 x s8 kernel (zeros move)
-    wq -= zw
+        # 8-bit weights centred into int8 for the dense u8 x s8 kernel (there the zeros move; the sparse kernel
+        # keeps the centring above, with its own window-sum correction: the same integers either way)
+        zw_dense = 2 ** (qw.bitwidth - 1)
     cp = ly.param.convolution_param
     geom = getattr(ly, "geom", None)
     if not isinstance(geom, ConvGeometry) or w.ndim != 4:
         return None
     group = int(cp.group) or 1
     try:
-        i8op.check_bounds(wq, max(abs(gin.lo), abs(gin.hi)), ly.param.name)
+        for z in {zw, zw_dense}:
+            i8op.check_bounds(wq - z, max(abs(gin.lo), abs(gin.hi)), ly.param.name)
     except ValueError:
         return None
     cout = w.shape[0]
@@ -169,18 +172,24 @@ def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
     bias = np.asarray(ly.blobs[1].data, np.float64).reshape(-1) if len(ly.blobs) > 1 and cp.bias_term \
         else np.zeros(cout)
     A = a * gin.inv * wg.inv * gout.st
-    B = A * (zw - wg.off)
     C = (a * bias + s) * gout.st
     if relu and slope == 0 and gout.off <= gout.lo:
         relu = False  # the clip to [lo, hi] after adding off already maps every negative value to lo
-    rq = i8op.Requant(A=A, B=B, C=C, lo=gout.lo, hi=gout.hi, off=gout.off, relu=relu, slope=slope,
-                      ties=ties)
-    wq = wq.astype(np.int16)
-    if sparse is None and native and i8op.sparse_worthwhile(wq, group):
+
+    def centred(z):
+        """(weights, requantisation) centred on zero point ``z``."""
+        return (wq - z).astype(np.int16), i8op.Requant(A=A, B=A * (z - wg.off), C=C, lo=gout.lo, hi=gout.hi,
+                                                        off=gout.off, relu=relu, slope=slope, ties=ties)
+
+    ws, rqs = centred(zw)  # pruned weights are zeros
+    wd, rqd = (ws, rqs) if zw_dense == zw else centred(zw_dense)
+    if sparse is None and native and i8op.sparse_worthwhile(ws, group):
         times = auto_times.setdefault(ly.param.name, {})  # shared by this layer's plans
-        return ("conv", i, last, i8op.AutoConv(wq, geom, group, rq, times=times, u8_input=u8_input))
-    use_sparse = bool(sparse) and i8op.available()
-    return ("conv", i, last, i8op.PackedConv(wq, geom, group, rq, sparse=use_sparse, u8_input=u8_input))
+        return ("conv", i, last, i8op.AutoConv(wd, geom, group, rqd, times=times, u8_input=u8_input,
+                                               sparse_w=ws, sparse_rq=rqs))
+    if bool(sparse) and i8op.available():
+        return ("conv", i, last, i8op.PackedConv(ws, geom, group, rqs, sparse=True))
+    return ("conv", i, last, i8op.PackedConv(wd, geom, group, rqd, u8_input=u8_input))
 
 
 
