@@ -35,6 +35,36 @@ def read_bytes(path) -> bytes:
         return f.read()
 
 
+def _create_beside(path, ext: str = ""):
+    """(fd, name) of a new, exclusively created temporary file in ``path``'s folder (created if missing), mode
+    0666 less the umask; ``ext`` ends its name."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    base = os.path.basename(path)
+    if ext:
+        base = base[:-len(ext)]
+    while True:
+        tmp = os.path.join(d, f".tmp-{base}.{os.getpid()}.{secrets.token_hex(4)}{ext}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:  # pragma: no cover - a 32-bit random name collided
+            continue
+
+
+@contextlib.contextmanager
+def _replaced_when_done(tmp, path):
+    """Rename ``tmp`` over ``path`` when the block ends cleanly; on an exception remove it, ``path`` untouched."""
+    try:
+        yield
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 @contextlib.contextmanager
 def atomic_open(path):
     """Open ``path`` for writing, atomically: yields a binary file object on a temporary file in the same folder;
@@ -44,57 +74,33 @@ def atomic_open(path):
     The temporary file is created with mode 0666 and the process umask applies, so the result gets the
     user's usual permissions (0644 under umask 022), as ``open(path, "w")`` would give it; a missing
     folder is created, as solver snapshots need for a ``snapshot_prefix`` folder. Every file caffelite
-    writes goes through here (or :func:`atomic_write`).
+    writes goes through here (or :func:`atomic_write`, :func:`atomic_path`).
     """
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    while True:
-        tmp = os.path.join(d, f".tmp-{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:  # pragma: no cover - a 32-bit random name collided
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())  # the rename must never expose a file whose bytes are not on disk yet
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fd, tmp = _create_beside(path)
+    with _replaced_when_done(tmp, path), os.fdopen(fd, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())  # the rename must never expose a file whose bytes are not on disk yet
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """For writers that need a file name rather than a file object (e.g. a video encoder): yields the name of a
-    temporary file in the same folder, with the same extension (encoders pick the container from it); on a clean
-    exit that file is fsynced and renamed over ``path``, on an exception it is removed and ``path`` is left as it
-    was. Its mode comes from the umask, as with :func:`atomic_open`."""
+    temporary file in the same folder, with the same extension (encoders pick the container from it) and already
+    created (the writer overwrites it); on a clean exit that file is fsynced and renamed over ``path``, on an
+    exception it is removed and ``path`` is left as it was. Its mode comes from the umask, as with
+    :func:`atomic_open`."""
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    stem, ext = os.path.splitext(os.path.basename(path))
-    tmp = os.path.join(d, f".tmp-{stem}.{os.getpid()}.{secrets.token_hex(4)}{ext}")
-    try:
+    fd, tmp = _create_beside(path, os.path.splitext(path)[1])
+    os.close(fd)
+    with _replaced_when_done(tmp, path):
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def atomic_write(path, data) -> None:
