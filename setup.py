@@ -9,7 +9,8 @@ setup(ext_modules=[
     Extension("caffelite._native._cconv", sources=["caffelite/_native/cconv.c"],
               depends=["caffelite/_native/conv_kernel.h", "caffelite/_native/panel.h", "caffelite/_native/isa.h"],
               extra_compile_args=["-O3", "-std=gnu11"], optional=True),
-    Extension("caffelite._native._cbn", sources=["caffelite/_native/cbn.c"], depends=["caffelite/_native/isa.h"],
+    Extension("caffelite._native._cbn", sources=["caffelite/_native/cbn.c"],
+              depends=["caffelite/_native/isa.h", "caffelite/_native/isa_instances.h"],
               extra_compile_args=["-O3", "-std=gnu11"], optional=True),
     Extension("caffelite._native._csparse", sources=["caffelite/_native/csparse.c"],
               depends=["caffelite/_native/sparse_kernel.h", "caffelite/_native/sparse_cols_kernel.h",
@@ -21,7 +22,8 @@ setup(ext_modules=[
                        "caffelite/_native/cint8_singles.h", "caffelite/_native/isa.h"],
               extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off"], optional=True),
     # -ffp-contract=off: the deconvolution's sums must round as their NumPy reference (no fused multiply-adds)
-    Extension("caffelite._native._cglue", sources=["caffelite/_native/cglue.c"], depends=["caffelite/_native/isa.h"],
+    Extension("caffelite._native._cglue", sources=["caffelite/_native/cglue.c"],
+              depends=["caffelite/_native/isa.h", "caffelite/_native/isa_instances.h"],
               extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off"], optional=True),
     # the int8 engine's non-convolution steps; -ffp-contract=off: float32 sums and the double quantizer must
     # round as the engine's NumPy steps do

@@ -34,31 +34,8 @@ struct bnp {
 
 #define CBN_KERNELS 1
 
-#define VW 4
-#define FN(x) x##_generic
-#define TARGET
-#include "cbn.c"
-#undef VW
-#undef FN
-#undef TARGET
-
-#if HAVE_X86
-#define VW 8
-#define FN(x) x##_avx2
-#define TARGET TARGET_AVX2
-#include "cbn.c"
-#undef VW
-#undef FN
-#undef TARGET
-
-#define VW 16
-#define FN(x) x##_avx512
-#define TARGET TARGET_AVX512
-#include "cbn.c"
-#undef VW
-#undef FN
-#undef TARGET
-#endif
+#define ISA_SELF "cbn.c"
+#include "isa_instances.h"
 
 /* Instruction sets this CPU can run (isa.h). */
 int cbn_isa_mask(void) { return cpu_isa_mask(); }

@@ -64,31 +64,8 @@ struct argp {
 
 #define CGLUE_KERNELS 1
 
-#define VW 4
-#define FN(x) x##_generic
-#define TARGET
-#include "cglue.c"
-#undef VW
-#undef FN
-#undef TARGET
-
-#if HAVE_X86
-#define VW 8
-#define FN(x) x##_avx2
-#define TARGET TARGET_AVX2
-#include "cglue.c"
-#undef VW
-#undef FN
-#undef TARGET
-
-#define VW 16
-#define FN(x) x##_avx512
-#define TARGET TARGET_AVX512
-#include "cglue.c"
-#undef VW
-#undef FN
-#undef TARGET
-#endif
+#define ISA_SELF "cglue.c"
+#include "isa_instances.h"
 
 /* Instruction sets this CPU can run (isa.h). */
 int cglue_isa_mask(void) { return cpu_isa_mask(); }
@@ -97,43 +74,27 @@ int cglue_dw_size(void) { return (int)sizeof(struct dwp); }
 int cglue_pool_size(void) { return (int)sizeof(struct poolp); }
 int cglue_arg_size(void) { return (int)sizeof(struct argp); }
 
-/* The ##_isa suffix has to follow the function name, so each entry point spells its call out per ISA; a kernel
- * returns 0, or -1 when its scratch could not be allocated. */
-#if HAVE_X86
-#define CALL3(isa, name, args)                                 \
-    do {                                                       \
-        if ((isa) == 2) return name##_avx512 args;              \
-        if ((isa) == 1) return name##_avx2 args;                \
-        if ((isa) == 0) return name##_generic args;             \
-        return -2;                                             \
-    } while (0)
-#else
-#define CALL3(isa, name, args)                                 \
-    do {                                                       \
-        if ((isa) == 0) return name##_generic args;             \
-        return -2;                                             \
-    } while (0)
-#endif
+/* Each kernel returns 0, or -1 when its scratch could not be allocated (ISA_CALL: -2 for a missing build). */
 
 /* Depthwise deconvolution, output rows t0..t1 of the (planes * H) rows: out = sum of the phase taps
  * (+ bias[c] when bias is not NULL). wk is (C, kh*kw). */
 int cglue_dw_deconv(int isa, const float *src, const float *wk, const float *bias, float *out, const struct dwp *p,
                     long t0, long t1)
 {
-    CALL3(isa, dw_deconv, (src, wk, bias, out, p, t0, t1));
+    ISA_CALL(isa, dw_deconv, (src, wk, bias, out, p, t0, t1));
 }
 
 /* MAX pooling, output rows t0..t1 of the (planes * Ho) rows. */
 int cglue_max_pool(int isa, const float *x, float *out, const struct poolp *p, long t0, long t1)
 {
-    CALL3(isa, max_pool, (x, out, p, t0, t1));
+    ISA_CALL(isa, max_pool, (x, out, p, t0, t1));
 }
 
 /* ArgMax top-1 along the middle axis, tasks t0..t1 of outer * ceil(inner / block); out (outer, inner) receives
  * the indices as floats. */
 int cglue_argmax(int isa, const float *x, float *out, const struct argp *p, long t0, long t1)
 {
-    CALL3(isa, argmax, (x, out, p, t0, t1));
+    ISA_CALL(isa, argmax, (x, out, p, t0, t1));
 }
 
 /* The module itself is empty: it exists so that setuptools builds and installs the shared library. */

@@ -89,44 +89,29 @@ int ci8g_deconv_size(void) { return (int)sizeof(struct ci8g_deconv); }
 
 int ci8g_pool_size(void) { return (int)sizeof(struct ci8g_pool); }
 
-#if HAVE_X86
-#define CALL3(isa, name, args)                             \
-    do {                                                   \
-        if ((isa) == 2) return name##_avx512 args;          \
-        if ((isa) == 1) return name##_avx2 args;            \
-        if ((isa) == 0) return name##_generic args;         \
-        return -2;                                         \
-    } while (0)
-#else
-#define CALL3(isa, name, args)                             \
-    do {                                                   \
-        if ((isa) == 0) return name##_generic args;         \
-        return -2;                                         \
-    } while (0)
-#endif
 
 /* Deconvolution of tasks t0..t1 (task = n * blocks + block of rb output rows, all channels); 0, -1 (no memory),
  * -3 (an input integer outside the table), -5 (more than 64 kernel taps). */
 int ci8g_deconv(int isa, const struct ci8g_deconv *p, long rb, long t0, long t1)
 {
-    CALL3(isa, deconv, (p, rb, t0, t1));
+    ISA_CALL(isa, deconv, (p, rb, t0, t1));
 }
 
 /* MAX pooling of output rows t0..t1 (task = plane*Ho + oy); -4 when a window is empty. */
-int ci8g_pool(int isa, const struct ci8g_pool *p, long t0, long t1) { CALL3(isa, pool, (p, t0, t1)); }
+int ci8g_pool(int isa, const struct ci8g_pool *p, long t0, long t1) { ISA_CALL(isa, pool, (p, t0, t1)); }
 
 /* ArgMax over C of int16 x (outer, C, inner) into float32 out (outer, inner), tasks = outer * blocks of
  * 4096 positions. */
 int ci8g_argmax(int isa, const int16_t *x, long C, long inner, float *out, long t0, long t1)
 {
-    CALL3(isa, argmax, (x, C, inner, out, t0, t1));
+    ISA_CALL(isa, argmax, (x, C, inner, out, t0, t1));
 }
 
 /* out[i] = lut[(a[i] - lo1) * n2 + (b[i] - lo2)] for i in [t0, t1); -3 when an index is outside the table. */
 int ci8g_lut2(int isa, const int16_t *a, const int16_t *b, const int16_t *lut, long lo1, long n1, long lo2, long n2,
               int16_t *out, long t0, long t1)
 {
-    CALL3(isa, lut2, (a, b, lut, lo1, n1, lo2, n2, out, t0, t1));
+    ISA_CALL(isa, lut2, (a, b, lut, lo1, n1, lo2, n2, out, t0, t1));
 }
 
 /* Integers of float32 (x + b[channel]) of x seen as (outer*dim, inner) rows, row r of channel r % dim, for tasks
@@ -134,7 +119,7 @@ int ci8g_lut2(int isa, const int16_t *a, const int16_t *b, const int16_t *lut, l
 int ci8g_bias_quant(int isa, const float *x, const float *b, long dim, long inner, double st, double off, double lo,
                     double hi, int away, float fthr, int16_t *out, long t0, long t1)
 {
-    CALL3(isa, bias_quant, (x, b, dim, inner, st, off, lo, hi, away, fthr, out, t0, t1));
+    ISA_CALL(isa, bias_quant, (x, b, dim, inner, st, off, lo, hi, away, fthr, out, t0, t1));
 }
 
 /* The module itself is empty: it exists so that setuptools builds and installs the shared library. */

@@ -1,5 +1,6 @@
-/* Shared by the kernel libraries (cconv.c, cbn.c): whether the x86 builds exist, their function attributes,
- * and the CPU's instruction sets. Each library exports its own entry point around cpu_isa_mask(). */
+/* Shared by the kernel libraries: whether the x86 builds exist, their function attributes, the CPU's instruction
+ * sets and the per-build dispatch of an entry point. Each library exports its own entry point around
+ * cpu_isa_mask(). */
 #ifndef CAFFELITE_ISA_H
 #define CAFFELITE_ISA_H
 
@@ -24,5 +25,24 @@ static inline int cpu_isa_mask(void)
 #endif
     return mask;
 }
+
+/* The body of an entry point: call build `isa` (0 portable, 1 AVX2, 2 AVX-512) of kernel `name` (instantiated as
+ * name##_generic / _avx2 / _avx512) with `args` and return its result; -2 for a build this binary lacks. The ##
+ * suffix has to follow the function name, so the three calls are spelled out. */
+#if HAVE_X86
+#define ISA_CALL(isa, name, args)                              \
+    do {                                                       \
+        if ((isa) == 2) return name##_avx512 args;              \
+        if ((isa) == 1) return name##_avx2 args;                \
+        if ((isa) == 0) return name##_generic args;             \
+        return -2;                                             \
+    } while (0)
+#else
+#define ISA_CALL(isa, name, args)                              \
+    do {                                                       \
+        if ((isa) == 0) return name##_generic args;             \
+        return -2;                                             \
+    } while (0)
+#endif
 
 #endif
