@@ -11,6 +11,7 @@ import pytest
 import caffelite.log  # noqa: F401  (the package's lazy names must not shadow the log module)
 from caffelite.layer import TEST
 from caffelite.ops import int8_glue as glue
+from caffelite.ops import int8_lib
 from caffelite.ops import native
 from caffelite.ops.conv import deconv_forward
 from caffelite.ops.im2col import ConvGeometry
@@ -39,15 +40,8 @@ def _apply(setting):
 
 
 def _quantize(x, st, off, lo, hi, ties):
-    """The engine's quantizer in NumPy (int8_lib.quantize_float's NumPy branch)."""
-    y = np.asarray(x).astype(np.float64) * np.float64(st) + np.float64(off)
-    np.clip(y, lo, hi, out=y)
-    r = np.rint(y)
-    if ties == "away":
-        d = y - r
-        r += (d == 0.5) & (y > 0)
-        r -= (d == -0.5) & (y < 0)
-    return r.astype(np.int16)
+    """The engine's quantizer, its NumPy branch (taken for a float64 input; float32 -> float64 is exact)."""
+    return int8_lib.quantize_float(np.asarray(x, np.float64), st, off, lo, hi, ties)
 
 
 def _dequantize(q, inv, off):
