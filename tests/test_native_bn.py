@@ -281,3 +281,22 @@ def test_relu_empty_and_in_place_negative_slope_keeps_input():
     x = np.array([-1.0, 2.0, -3.0, 0.5], np.float32)
     y, dx = _relu_step(layer, b, t, x, np.ones(4, np.float32))
     assert y.tolist() == [2.0, 2.0, 6.0, 0.5] and dx.tolist() == [-2.0, 1.0, -2.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_batch_norm_keeps_the_sign_of_zero_parameters(name):
+    """γ = β = -0.0 on a channel: y there is ±0 with the NumPy path's signs (a scalar splatted as {0} + s would
+    have lost the sign of -0.0)."""
+    shape = (2, 3, 5, 33)
+    x = (np.random.default_rng(3).standard_normal(shape) * 2 + 1).astype(np.float32)
+    ys = []
+    for use_native in (True, False):
+        layer, b, t = _bn(JSEG, shape, False)
+        layer.blobs[3].data[1] = -0.0
+        layer.blobs[4].data[1] = -0.0
+        with isa(name), native.enabled(use_native):
+            b.data[...] = x
+            layer.forward([b], [t])
+        ys.append(t.data[:, 1].copy())
+    assert np.all(ys[0] == 0) and np.array_equal(np.signbit(ys[0]), np.signbit(ys[1]))
+    assert np.signbit(ys[1]).any() and not np.signbit(ys[1]).all()

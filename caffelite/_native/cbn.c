@@ -118,7 +118,8 @@ TARGET static inline double FN(hsum)(FN(dvec) v)
 TARGET static void FN(row_sums)(const float *a, long n, double k, double *s1, double *s2, int sq)
 {
     FN(dvec) u0 = {0}, u1 = {0}, v0 = {0}, v1 = {0};
-    const FN(dvec) kv = (FN(dvec)){0} + k;
+    /* scalars are splatted as `s - {0}`: `{0} + s` would turn -0.0 into +0.0 (the NumPy path keeps the sign) */
+    const FN(dvec) kv = k - (FN(dvec)){0};
     long i = 0;
     if (sq) {
         for (; i + 2 * VW <= n; i += 2 * VW) {
@@ -192,8 +193,8 @@ TARGET static void FN(bn_fwd)(const float *x, float *y, float *xhat, const float
         inv_out[c] = inv;
         const float g = p->affine ? gamma[c] : 1.0f, b = p->affine ? beta[c] : 0.0f;
         /* the float32 operations of the NumPy path: xhat = (x - mu) * inv, y = xhat * g + b */
-        const FN(vec) muv = (FN(vec)){0} + muf, iv = (FN(vec)){0} + inv, gv = (FN(vec)){0} + g,
-                      bv = (FN(vec)){0} + b;
+        const FN(vec) muv = muf - (FN(vec)){0}, iv = inv - (FN(vec)){0}, gv = g - (FN(vec)){0},
+                      bv = b - (FN(vec)){0};
         for (long n = 0; n < p->N; n++) {
             const long off = c * S + n * rs;
             const float *xr = x + off;
@@ -228,7 +229,7 @@ TARGET static void FN(bn_bwd)(const float *dy, const float *xhat, const float *s
         if (!p->want_dx || m <= 0) continue;
         /* the float32 operations of the NumPy path: dx = ((dy - xhat*a) - b) * s */
         const float a = (float)(sg / m), b = (float)(sb / m), s = scale[c];
-        const FN(vec) av = (FN(vec)){0} + a, bv = (FN(vec)){0} + b, sv = (FN(vec)){0} + s;
+        const FN(vec) av = a - (FN(vec)){0}, bv = b - (FN(vec)){0}, sv = s - (FN(vec)){0};
         for (long n = 0; n < p->N; n++) {
             const long off = c * S + n * rs;
             const float *dr = dy + off, *hr = xhat + off;
@@ -261,7 +262,7 @@ TARGET static void FN(relu_fwd)(const float *x, float *y, float slope, long i0, 
         }
         for (; i < i1; i++) y[i] = x[i] <= 0.0f ? 0.0f : x[i];
     } else {
-        const FN(vec) sv = (FN(vec)){0} + slope;
+        const FN(vec) sv = slope - (FN(vec)){0};
         for (; i + VW <= i1; i += VW) {
             const FN(vec) v = LOAD(x + i);
             const FN(ivec) pos = v > 0.0f;
@@ -282,7 +283,7 @@ TARGET static void FN(relu_bwd)(const float *x, const float *dy, float *dx, floa
         }
         for (; i < i1; i++) dx[i] = dy[i] * (x[i] > 0.0f ? 1.0f : 0.0f);
     } else {
-        const FN(vec) sv = (FN(vec)){0} + slope;
+        const FN(vec) sv = slope - (FN(vec)){0};
         for (; i + VW <= i1; i += VW) {
             const FN(vec) d = LOAD(dy + i);
             const FN(ivec) pos = LOAD(x + i) > 0.0f;
