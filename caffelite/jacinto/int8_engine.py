@@ -78,6 +78,7 @@ class Int8Net(GlueSteps):
         self.isa = isa
         self.ties = self.hook.ties
         self._plans = {}
+        self._state_keys = {}  # the hook's ParamState -> plan key (see _begin)
         self._auto_times = {}
         self._steps = None
         self.ints = {}
@@ -91,12 +92,22 @@ class Int8Net(GlueSteps):
         if k == h.start:  # flags are switched on at forward `start` (ranges loaded into a fresh net: this forward)
             h.enable_selected_layers(k)
         h.set_params(k)
-        self._check_ranges()
-        # jacinto's scale_applied chaining makes some scales alternate between two float32 neighbours from one
-        # forward to the next: plans are kept per parameter set
-        key = tuple((q.quantize, q.scale_target, q.offset, q.bitwidth, q.unsigned_quant)
-                    for ly in self.net.layers if ly.param.HasField("quantization_param")
-                    for q in (*ly.param.quantization_param.qparam_w, *ly.param.quantization_param.qparam_out))
+        # the hook's remembered parameter set (frozen ranges): the same object means the same ranges and the same
+        # quantization_param of every layer (but quantized_infer_count), so the range check passed and the plan
+        # key is known
+        state = getattr(h, "param_state", None)
+        key = self._state_keys.get(state) if state is not None else None
+        if key is None:
+            self._check_ranges()
+            # jacinto's scale_applied chaining makes some scales alternate between two float32 neighbours from one
+            # forward to the next: plans are kept per parameter set
+            key = tuple((q.quantize, q.scale_target, q.offset, q.bitwidth, q.unsigned_quant)
+                        for ly in self.net.layers if ly.param.HasField("quantization_param")
+                        for q in (*ly.param.quantization_param.qparam_w, *ly.param.quantization_param.qparam_out))
+            if state is not None:
+                self._state_keys[state] = key
+                while len(self._state_keys) > 16:
+                    self._state_keys.pop(next(iter(self._state_keys)))
         steps = self._plans.get(key)
         if steps is None:
             self._quantize_weights()

@@ -11,7 +11,8 @@ the first forward equals the float forward.
 The runtime QuantizationParameter lives in ``layer.param.quantization_param``, so ``net.to_proto()`` writes it
 into the caffemodel as jacinto does. Beyond jacinto (qstate.py): ``freeze_ranges``, ``save_ranges`` and
 ``load_ranges`` make evaluation independent of image order; ``get_state``/``set_state`` make a resumed run
-exact; in a data-parallel run the root's ranges (and randomly rounded weights) are broadcast.
+exact; in a data-parallel run the root's ranges (and randomly rounded weights) are broadcast. With frozen
+ranges, set_params results are remembered (qmemo.py: the same values, less work per forward).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .. import log as glog
 from ..layer import TRAIN
 from . import fixed_point as fp
 from .qgraph import CONV_LIKE, LayerGraph
+from .qmemo import ParamsMemo
 from .qparams import format_qparams, write_qparams
 from .qstate import RangeState
 from .validate import QUANTIZABLE_TYPES, check_quantization
@@ -50,6 +52,8 @@ class QuantizationHook(RangeState):
     """
 
     version = "0.17"
+    #: with frozen ranges, remember set_params results (qmemo.py: the same protobuf values, bit for bit)
+    memo_params = True
 
     def __init__(self, net, ties="even"):
         p = net.net_param
@@ -71,6 +75,9 @@ class QuantizationHook(RangeState):
         self._init_ranges_from_params()
         self.flags_on = [False] * n
         self._touched = []  # param arrays quantized with random rounding in the current forward
+        self._memo = None  # ParamsMemo, made at the first set_params with frozen ranges
+        #: the qmemo.ParamState the last set_params left (frozen ranges), else None
+        self.param_state = None
 
     # -- wiring ---------------------------------------------------------------------------------------
     def attach(self):
@@ -185,7 +192,17 @@ class QuantizationHook(RangeState):
                 group.add()
 
     def set_params(self, k):
-        """SetQuantizationParams (§b.4) for every quantizable layer at forward ``k``."""
+        """SetQuantizationParams (§b.4) for every quantizable layer at forward ``k``; with frozen ranges, a repeated
+        set of inputs writes the remembered result (:mod:`caffelite.jacinto.qmemo`)."""
+        self.param_state = None
+        if self.frozen and self.memo_params:
+            if self._memo is None:
+                self._memo = ParamsMemo(self)
+            self.param_state = self._memo.set_params(k, self._set_params)
+        else:
+            self._set_params(k)
+
+    def _set_params(self, k):
         q = self.qnet
         train = self.net.phase == TRAIN
         for i, ly in enumerate(self.net.layers):
