@@ -19,7 +19,8 @@ setup(ext_modules=[
     # -ffp-contract=off: the integer kernel's double epilogue must round as its NumPy reference does
     Extension("caffelite._native._cint8", sources=["caffelite/_native/cint8.c"],
               depends=["caffelite/_native/cint8_kernel.h", "caffelite/_native/cint8_undef.h",
-                       "caffelite/_native/cint8_singles.h", "caffelite/_native/isa.h"],
+                       "caffelite/_native/cint8_singles.h", "caffelite/_native/cint8_quads.h",
+                       "caffelite/_native/isa.h"],
               extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off"], optional=True),
     # -ffp-contract=off: the deconvolution's sums must round as their NumPy reference (no fused multiply-adds)
     Extension("caffelite._native._cglue", sources=["caffelite/_native/cglue.c"],

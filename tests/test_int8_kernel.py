@@ -181,6 +181,129 @@ def test_pack_input16_equals_numpy(case):
     np.testing.assert_array_equal(nosum[0][:, :, :planes.shape[2]], planes)
 
 
+# (N, C, H, W, Cout, group, k, stride, pad, dilation): rows of >= 64 outputs for the sparse quads kernel
+SQUADS_CASES = [
+    (1, 3, 7, 134, 36, 1, 5, 2, 2, 1),      # conv1a-like: stride 2, 3 channels, 36 outputs (two chunks)
+    (2, 16, 5, 64, 40, 4, 3, 1, 1, 1),      # rows of exactly one vector, grouped, two images
+    (1, 24, 7, 67, 24, 3, 3, 1, 4, 4),      # dilation 4, last vector overlapping, three groups
+    (1, 40, 5, 161, 72, 1, 3, 1, 2, 2),     # wide odd rows, channel chunks of 32 and a remainder of 8
+    (1, 10, 6, 129, 12, 2, 1, 1, 0, 1),     # 1x1, odd channels per group
+    (1, 6, 7, 141, 10, 1, 3, 2, 0, 2),      # stride 2 with dilation 2, no padding
+    (1, 9, 5, 70, 8, 1, (3, 1), 1, (1, 0), 1),  # a 3x1 kernel
+]
+
+
+def _squads_case(case, seed, **variant):
+    """u8 input, int8 weights (both ends of the range) at 80% zeros, with empty channels, channels holding one
+    and five nonzero weights (short quads) and a few weights past int8 (each split in two)."""
+    n, c, h, w, cout, group, k, s, p, d = case
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    ph, pw = p if isinstance(p, tuple) else (p, p)
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 256, (n, c, h, w)).astype(np.int16)
+    wt = rng.integers(-128, 128, (cout, c // group, kh, kw)).astype(np.int16)
+    wt[rng.random(wt.shape) < 0.8] = 0
+    wt[0, 0, 0, 0], wt[0, -1, -1, -1] = -128, 127
+    wt[1] = 0
+    wt[2] = 0
+    wt[2, 0, 0, 0] = 5  # a single nonzero: three zero partners
+    wt[3] = 0
+    wt[3].flat[-5:] = [7, -9, 11, -13, 15]  # one quad and a single
+    wt[4].flat[:2] = [-256, 254]  # the farthest past int8 a split reaches
+    wt[5].flat[-3:] = [-129, 128, -131]
+    g = ConvGeometry(kh, kw, s, s, ph, pw, d, d)
+    _, _, _, _, rq = _case((n, c, h, w, cout, group, 1, 1, 0, 1, False), seed + 1, **variant)
+    rq.A *= 16
+    return q, wt, g, group, rq
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+@pytest.mark.parametrize("case", SQUADS_CASES)
+@pytest.mark.parametrize("variant", [dict(), dict(has_sum=False), dict(slope=0.125, off=3.0),
+                                     dict(relu=False, ties="away")])
+@pytest.mark.parametrize("block_bytes", [16 << 10, 64])
+def test_squads_sparse_kernel_equals_reference(case, variant, block_bytes, monkeypatch):
+    """The sparse quads kernel (u8 x s8): nonzero int8 weights grouped in fours across channels and taps, short
+    quads, empty channels, one input-channel block or many (partial sums kept between blocks)."""
+    q, wt, g, group, rq = _squads_case(case, 20, **variant)
+    monkeypatch.setattr(int8, "SINGLES_BLOCK_BYTES", block_bytes)
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    assert 0 < np.count_nonzero(ref - rq.lo) < ref.size
+    pc = int8.PackedConv(wt, g, group, rq, sparse=True, u8_input=True)
+    assert pc.squads and g.out_shape(*q.shape[2:])[1] >= int8.SQUADS_WIDTH
+    np.testing.assert_array_equal(pc.forward(q, isa="vnni"), ref)
+    assert pc._ss[0][0] == "quads"  # the quads kernel ran
+    nkb = pc._ss[1][3]
+    assert (nkb > 1) == (block_bytes < 1024 and q.shape[1] // group > 1)
+    np.testing.assert_array_equal(pc.forward(q, isa="avx512bw"), ref)  # the paired-singles kernel instead
+    assert pc._ss[0][0] != "quads"
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_squads_same_integers_any_thread_count(threads, monkeypatch):
+    """The sparse quads kernel's threads take tasks as they come free: any thread count, the same integers."""
+    q, wt, g, group, rq = _squads_case(SQUADS_CASES[3], 21)
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    monkeypatch.setattr(int8._LIB, "threads", threads)
+    pc = int8.PackedConv(wt, g, group, rq, sparse=True, u8_input=True)
+    for _ in range(3):
+        np.testing.assert_array_equal(pc.forward(q, isa="vnni"), ref)
+    assert pc._ss[0][0] == "quads" and pc._ss_call[3] >= 8 * threads  # enough tasks to share
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+def test_squads_only_for_weights_it_can_split_and_wide_rows():
+    """Weights past what two int8 parts hold (-256..254) keep the paired-singles kernel; rows narrower than 64
+    outputs too; AutoConv's sparse kernel takes u8 inputs."""
+    q, wt, g, group, rq = _squads_case(SQUADS_CASES[1], 22)
+    for far in (-257, 255):
+        wt2 = wt.copy()
+        wt2[0, 0, 0, 0] = far
+        ref = int8.conv_int_reference(q, wt2, None, g, group, rq)
+        pc = int8.PackedConv(wt2, g, group, rq, sparse=True, u8_input=True)
+        assert not pc.squads
+        np.testing.assert_array_equal(pc.forward(q, isa="vnni"), ref)
+    narrow = q[:, :, :, :40]
+    pc = int8.PackedConv(wt, g, group, rq, sparse=True, u8_input=True)
+    np.testing.assert_array_equal(pc.forward(narrow, isa="vnni"),
+                                  int8.conv_int_reference(narrow, wt, None, g, group, rq))
+    assert pc._ss[0][0] != "quads"
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+def test_auto_conv_times_the_squads_kernel():
+    """AutoConv on u8 inputs: its sparse side is the quads kernel, the dense side the u8 x s8 one; every call
+    (whichever kernel it timed or kept) gives the reference integers."""
+    q, wt, g, group, rq = _squads_case(SQUADS_CASES[3], 24)
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    ac = int8.AutoConv(wt, g, group, rq, u8_input=True)
+    for _ in range(8):
+        np.testing.assert_array_equal(ac.forward(q), ref)
+    assert ac.sparse_conv._ss[0][0] == "quads" and len(ac.times[True]) >= 2
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+@pytest.mark.parametrize("case", SQUADS_CASES)
+def test_pack_input8_equals_numpy(case):
+    """The planar layout in uint8 (the quads kernel's input): zero padding, stride phases, planes pstride bytes
+    apart on an odd number of 64-byte lines, and its group sums."""
+    n, c, h, w, cout, group, k, s, p, d = case
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    ph, pw = p if isinstance(p, tuple) else (p, p)
+    q = np.random.default_rng(23).integers(0, 256, (n, c, h, w)).astype(np.int16)
+    g = ConvGeometry(kh, kw, s, s, ph, pw, d, d)
+    ho, wo = g.out_shape(h, w)
+    packed, gsum, hb, wq, ps = int8.pack_input16(q, group, g, ho, wo, u8=True)
+    assert packed.dtype == np.uint8 and ps >= hb * s * wq and ps % 64 == 0 and ps // 64 % 2 == 1
+    full = np.zeros((n, c, hb, wq * s), np.int16)
+    full[:, :, ph:ph + h, pw:pw + w] = q[:, :, :hb - ph, :wq * s - pw]
+    planes = full.reshape(n, c, hb, wq, s).transpose(0, 1, 2, 4, 3).reshape(n, c, -1)
+    np.testing.assert_array_equal(packed[:, :, :planes.shape[2]], planes)
+    sums = planes.reshape(n, group, c // group, -1).astype(np.int64).sum(axis=2)
+    np.testing.assert_array_equal(gsum.reshape(n, group, -1), sums)
+
+
 @pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("has_sum", [True, False])

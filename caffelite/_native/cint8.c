@@ -154,6 +154,7 @@ static inline gvec gdot2(gvec acc, gvec x, gvec w)
 #define FN(x) x##_vnni8
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
 #include "cint8_kernel.h"
+#include "cint8_quads.h"
 #undef QUADS
 #include "cint8_undef.h"
 #undef EPI512
@@ -232,27 +233,48 @@ int ci8_singles_fwd(int isa, const int16_t *x, const int32_t *gsum, const void *
     return -2;
 }
 
+/* Sparse forward over quads of nonzero int8 weights (cint8_quads.h): AVX-512 VNNI only, x the planar uint8
+ * input of ci8_pack8, p->P the channels per group, p->bg at most QS_MAXBG, Wo at least 64. */
+int ci8_quads_fwd(const uint8_t *x, const int32_t *gsum, const void *sp, const struct i8epi *e, int16_t *out,
+                  const struct i8geom *p, long t0, long t1)
+{
+    if (p->Wo < 64) return -4;
+    if (p->has_sum && !gsum) return -5;
+    if (p->kw > MAX_KW) return -1;
+#if HAVE_X86
+    if (p->bg > QS_MAXBG || p->bg < 1) return -6;
+    qsfwd_vnni8(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1);
+    return 0;
+#else
+    (void)x; (void)sp; (void)e; (void)out; (void)t0; (void)t1;
+    return -2;
+#endif
+}
+
 /* The planar layout of ci8_singles_fwd: x (N, G*Cg, H, W) int16 -> (N, G*Cg, pstride) int16, planes (Hp, S, Wq)
  * (pstride >= Hp*S*Wq, chosen by the caller so that planes do not alias in the L1 cache), zero padded (ph rows and
  * pw columns before, zero past the input), columns split into S stride phases; and, when gsum is not NULL, the
  * group sums gsum (N, G, Hp, S, Wq) int32 of the packed planes, summed while a block of R rows is in cache (each
- * channel's R rows are copied in one sequential run). Tasks t0..t1 are (image, group, block of R padded rows). */
+ * channel's R rows are copied in one sequential run). Tasks t0..t1 are (image, group, block of R padded rows).
+ * With u8 the planes are uint8 (ci8_quads_fwd's input; x must hold 0..255), pstride counted in bytes. */
 #if HAVE_X86
 __attribute__((target("avx512f,avx512bw")))
 #endif
-int ci8_pack16(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride,
-               int R, int16_t *out, int32_t *gsum, long t0, long t1)
+static inline __attribute__((always_inline)) void pack_planar(
+    const int16_t *x, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride, int R, void *outv,
+    int32_t *gsum, long t0, long t1, const int u8)
 {
     const long plane = (long)Hp * S * Wq, hw = (long)H * W, rowlen = (long)S * Wq;
     const int nrb = (Hp + R - 1) / R;
-    (void)G;
+    int16_t *out16 = (int16_t *)outv;
+    uint8_t *out8 = (uint8_t *)outv;
     for (long t = t0; t < t1; t++) {
         const long ng = t / nrb;
         const int r0 = (int)(t % nrb) * R, r1 = r0 + R < Hp ? r0 + R : Hp;
         int32_t *gblk = gsum ? gsum + ng * plane + r0 * rowlen : NULL;
         for (int c = 0; c < Cg; c++) {
             const int16_t *xc = x + (ng * Cg + c) * hw;
-            int16_t *oc = out + (ng * Cg + c) * pstride;
+            const long ocs = (ng * Cg + c) * pstride;
             for (int r = r0; r < r1; r++) {
                 const int y = r - ph;
                 for (int s = 0; s < S; s++) {
@@ -261,8 +283,28 @@ int ci8_pack16(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int
                     if (qa > Wq) qa = Wq;
                     if (qb > Wq) qb = Wq;
                     if (qb < qa || y < 0 || y >= H) qb = qa;
-                    int16_t *restrict orow = oc + r * rowlen + (long)s * Wq;
+                    const long o = ocs + r * rowlen + (long)s * Wq;
                     const int16_t *restrict src = xc + (long)y * W + s - pw;
+                    if (u8) {
+                        uint8_t *restrict orow = out8 + o;
+                        for (int q = 0; q < qa; q++) orow[q] = 0;
+                        for (int q = qb; q < Wq; q++) orow[q] = 0;
+                        int q = qa;
+#if HAVE_X86
+                        if (S == 1)
+                            for (; q + 32 <= qb; q += 32)
+                                _mm256_storeu_si256((__m256i *)(orow + q), _mm512_cvtepi16_epi8(
+                                    _mm512_loadu_si512((const void *)(src + q))));
+                        if (S == 2) { /* every other column: 32 loaded, the even 16 kept (loads inside the row) */
+                            for (; q + 16 <= qb && s - pw + 2 * q + 32 <= W; q += 16)
+                                _mm_storeu_si128((__m128i *)(orow + q), _mm512_cvtepi32_epi8(
+                                    _mm512_loadu_si512((const void *)(src + 2 * q))));
+                        }
+#endif
+                        for (; q < qb; q++) orow[q] = (uint8_t)src[(long)q * S];
+                        continue;
+                    }
+                    int16_t *restrict orow = out16 + o;
                     for (int q = 0; q < qa; q++) orow[q] = 0;
                     for (int q = qb; q < Wq; q++) orow[q] = 0;
                     if (S == 1) {
@@ -286,24 +328,47 @@ int ci8_pack16(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int
         }
         if (!gblk) continue;
         /* the block's group sums, channel by channel in registers, from the rows just packed (still in cache) */
-        const long len = (long)(r1 - r0) * rowlen;
-        const int16_t *ob = out + ng * Cg * pstride + r0 * rowlen;
+        const long len = (long)(r1 - r0) * rowlen, ob = ng * Cg * pstride + r0 * rowlen;
         long q = 0;
 #if HAVE_X86
         for (; q + 16 <= len; q += 16) {
             __m512i acc = _mm512_setzero_si512();
             for (int c = 0; c < Cg; c++)
-                acc = _mm512_add_epi32(acc, _mm512_cvtepi16_epi32(
-                    _mm256_loadu_si256((const __m256i *)(ob + c * pstride + q))));
+                acc = _mm512_add_epi32(acc, u8 ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(
+                                                     out8 + ob + c * pstride + q)))
+                                               : _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(
+                                                     out16 + ob + c * pstride + q))));
             _mm512_storeu_si512((void *)(gblk + q), acc);
         }
 #endif
         for (; q < len; q++) {
             int32_t acc = 0;
-            for (int c = 0; c < Cg; c++) acc += ob[c * pstride + q];
+            for (int c = 0; c < Cg; c++) acc += u8 ? out8[ob + c * pstride + q] : out16[ob + c * pstride + q];
             gblk[q] = acc;
         }
     }
+}
+
+#if HAVE_X86
+__attribute__((target("avx512f,avx512bw")))
+#endif
+int ci8_pack16(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride,
+               int R, int16_t *out, int32_t *gsum, long t0, long t1)
+{
+    (void)G;
+    pack_planar(x, Cg, H, W, Hp, S, Wq, ph, pw, pstride, R, out, gsum, t0, t1, 0);
+    return 0;
+}
+
+/* ci8_pack16's layout in uint8 (the input of ci8_quads_fwd): x must hold 0..255; pstride in bytes. */
+#if HAVE_X86
+__attribute__((target("avx512f,avx512bw")))
+#endif
+int ci8_pack8(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride,
+              int R, uint8_t *out, int32_t *gsum, long t0, long t1)
+{
+    (void)G;
+    pack_planar(x, Cg, H, W, Hp, S, Wq, ph, pw, pstride, R, out, gsum, t0, t1, 1);
     return 0;
 }
 

@@ -188,7 +188,7 @@ def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
         return ("conv", i, last, i8op.AutoConv(wd, geom, group, rqd, times=times, u8_input=u8_input,
                                                sparse_w=ws, sparse_rq=rqs))
     if bool(sparse) and i8op.available():
-        return ("conv", i, last, i8op.PackedConv(ws, geom, group, rqs, sparse=True))
+        return ("conv", i, last, i8op.PackedConv(ws, geom, group, rqs, sparse=True, u8_input=u8_input))
     return ("conv", i, last, i8op.PackedConv(wd, geom, group, rqd, u8_input=u8_input))
 
 

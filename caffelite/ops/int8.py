@@ -26,7 +26,7 @@ import numpy as np
 
 from .im2col import ConvGeometry, window_view
 from .int8_lib import (_LIB, ISAS, SINGLES_ISAS, SINGLES_WIDTH, _chunking, _Epi, _Geom,  # noqa: F401
-                       _Pairs, _singles_chunking, _Sparse, _sparse_chunking, available, info,
+                       _Pairs, _singles_chunking, _Sparse, _sparse_chunking, available, group_nonzeros, info,
                        native_ok, pack_input, pack_input4, pack_input16, pack_weights, pack_weights4,
                        plane_stride16, quantize_float, supported_isas)
 
@@ -109,16 +109,23 @@ class PackedConv:
     ``sparse``: keep only each output channel's nonzero weight pairs and run the sparse kernel (same integers:
     the sums are exact either way); :func:`sparse_worthwhile` says when it pays. On AVX-512, with output rows of
     at least 32 pixels, the sparse kernel pairs the nonzero weights themselves (``singles``; False: the channel
-    pairs). One object serves one call at a time (it keeps per-shape tables and input buffers).
+    pairs); on AVX-512 VNNI with ``u8_input``, weights in int8 and output rows of at least 64 pixels, it groups
+    them in fours (u8 x s8, ``squads``). One object serves one call at a time (it keeps per-shape tables and input
+    buffers).
     """
 
     def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, sparse: bool = False, u8_input: bool = False):
         self.w = np.asarray(w, np.int16)
         self.g, self.group, self.rq = g, int(group), rq
         self.sparse = bool(sparse)
-        # u8 x s8 (vpdpbusd, four channels per lane): inputs known to lie in 0..255, weights in -128..127
-        self.quads = (bool(u8_input) and not self.sparse and _LIB is not None and "vnni" in _LIB.supported
-                      and int(self.w.min(initial=0)) >= -128 and int(self.w.max(initial=0)) <= 127)
+        # u8 x s8 (vpdpbusd, four channels / four nonzero weights per lane): inputs known to lie in 0..255,
+        # weights in -128..127
+        u8 = bool(u8_input) and _LIB is not None and "vnni" in _LIB.supported
+        lo, hi = int(self.w.min(initial=0)), int(self.w.max(initial=0))
+        self.quads = u8 and not self.sparse and lo >= -128 and hi <= 127
+        # the sparse quads kernel splits a weight past int8 in two (w = clip(w) + rest, on the same input): 8-bit
+        # weights centred on the zero point of a float zero span 256 values but may stray a few past -128 or 127
+        self.squads = u8 and self.sparse and lo >= -128 - 128 and hi <= 127 + 127
         if self.quads:
             self.wpk = pack_weights4(self.w, self.group, _LIB.mb)
         else:
@@ -166,58 +173,78 @@ class PackedConv:
         if self._ss is not None and self._ss[0] == key:
             return self._ss[1]
         g = self.g
-        cout, cg, kh, kw = self.w.shape
-        rowlen = g.sw * wq
+        cg, kh, kw = self.w.shape[1:]
         tile = min(wo, 2 * SINGLES_WIDTH) + (kw - 1) * g.dw
         kb = max(1, min(cg, SINGLES_BLOCK_BYTES // (2 * kh * tile * (2 if wo < 2 * SINGLES_WIDTH else 1))))
-        nkb = -(-cg // kb)
-        m, c, i, j, wv = self._nz
-        taps = np.array([(jj * g.dw) % g.sw * wq + (jj * g.dw) // g.sw for jj in range(kw)], np.int64)
-        off = c.astype(np.int64) * ps + i.astype(np.int64) * (g.dh * rowlen) + taps[j]
-        if off.size and int(off.max()) >= 2 ** 31:
-            raise ValueError("integer convolution: input too large for the paired sparse kernel's offsets")
-        key_mb = m.astype(np.int64) * nkb + c // kb  # ascending: the nonzeros are sorted by (m, c, i, j)
-        cnt = np.bincount(key_mb, minlength=cout * nkb)
-        kptr = np.zeros(cout * nkb + 1, np.int64)
-        np.cumsum((cnt + 1) // 2, out=kptr[1:])
-        rank = np.arange(m.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        first = np.flatnonzero(rank % 2 == 0)  # each pair's first weight, in pair order
-        nxt = np.minimum(first + 1, max(m.size - 1, 0))
-        has2 = (first + 1 < m.size) & (key_mb[nxt] == key_mb[first])
-        npairs = first.size
-        ws = np.empty((npairs, 2), np.int16)
-        offs = np.empty((npairs, 2), np.int32)
-        ws[:, 0] = wv[first]
-        ws[:, 1] = np.where(has2, wv[nxt], 0)  # an odd one out gets a zero partner ...
-        offs[:, 0] = off[first]
-        offs[:, 1] = np.where(has2, off[nxt], off[first])  # ... reading its own input again
-        tables = (kptr, offs, np.ascontiguousarray(ws).view(np.int32).reshape(npairs), nkb)
+        tables = self._group_tables(hp, wq, ps, kb, 2, np.int16)
         self._ss = (key, tables)
         return tables
 
-    def _singles_call(self, shape, has_sum: bool):
-        """The paired-singles kernel's geometry, tables and task chunking for input ``shape`` (cached)."""
-        key = (tuple(shape), has_sum, _LIB.threads)
+    def _group_tables(self, hp: int, wq: int, ps: int, kb: int, size: int, dtype, nz=None):
+        """Each output channel's nonzero weights (``nz``, default all of them: (m, c, i, j, w) sorted) grouped
+        ``size`` by ``size`` within blocks of ``kb`` input channels (:func:`group_nonzeros`), offsets into planes
+        ``ps`` apart of ``hp`` rows and ``wq`` columns per phase: (kptr, offsets, the groups' weights as int32,
+        number of blocks)."""
+        g = self.g
+        cout, cg, kh, kw = self.w.shape
+        nkb = -(-cg // kb)
+        m, c, i, j, wv = self._nz if nz is None else nz
+        taps = np.array([(jj * g.dw) % g.sw * wq + (jj * g.dw) // g.sw for jj in range(kw)], np.int64)
+        off = c.astype(np.int64) * ps + i.astype(np.int64) * (g.dh * g.sw * wq) + taps[j]
+        if off.size and int(off.max()) >= 2 ** 31:
+            raise ValueError("integer convolution: input too large for the sparse kernel's offsets")
+        key = m.astype(np.int64) * nkb + c // kb  # ascending: the nonzeros are sorted by (m, c, i, j)
+        kptr, offs, ws = group_nonzeros(key, off, wv, cout * nkb, size, dtype)
+        return kptr, offs, np.ascontiguousarray(ws).view(np.int32).reshape(-1), nkb
+
+    def _squads(self, hp: int, wq: int, wo: int, ps: int):
+        """The sparse quads kernel's tables (as :meth:`_singles`, four int8 weights a group, uint8 planes)."""
+        key = ("quads", hp, wq, wo, ps)
+        if self._ss is not None and self._ss[0] == key:
+            return self._ss[1]
+        g = self.g
+        cg, kh, kw = self.w.shape[1:]
+        tile = min(wo, 2 * SQUADS_WIDTH) + (kw - 1) * g.dw  # bytes of one tile row
+        kb = max(1, min(cg, SINGLES_BLOCK_BYTES // (kh * tile * (2 if wo < 2 * SQUADS_WIDTH else 1))))
+        m, c, i, j, wv = self._nz
+        part = np.clip(wv, -128, 127)
+        twice = np.flatnonzero(part != wv)  # past int8: a second entry right after, same input, the rest
+        at = np.arange(wv.size) + np.searchsorted(twice, np.arange(wv.size))
+        nz = [np.repeat(a, np.where(part != wv, 2, 1)) for a in (m, c, i, j)]
+        w8 = np.repeat(part, np.where(part != wv, 2, 1))
+        w8[at[twice] + 1] = wv[twice] - part[twice]
+        tables = self._group_tables(hp, wq, ps, kb, 4, np.int8, (*nz, w8))
+        self._ss = (key, tables)
+        return tables
+
+    def _singles_call(self, shape, has_sum: bool, quads: bool = False):
+        """The paired-singles (or, ``quads``, the sparse quads) kernel's geometry, tables and task chunking for
+        input ``shape`` (cached)."""
+        key = (tuple(shape), has_sum, _LIB.threads, quads)
         if self._ss_call is None or self._ss_call[0] != key:
             n, c, h, w = shape
             g, cout = self.g, self.w.shape[0]
             ho, wo = g.out_shape(h, w)
             hp, wb = g.padded_extent(h, w, ho, wo)
             wq = -(-wb // g.sw)  # pack_input16's extent
-            ps = plane_stride16(hp, g.sw, wq)
-            kptr, offs, ws, nkb = self._singles(hp, wq, wo, ps)
+            size = 1 if quads else 2
+            ps = plane_stride16(hp, g.sw, wq, size)
+            kptr, offs, ws, nkb = (self._squads if quads else self._singles)(hp, wq, wo, ps)
             geom = _Geom(N=n, G=self.group, P=c // self.group, Hp=hp, S=g.sw, Wq=wq, Cout=cout,
                          Mg=cout // self.group, nmb=1, kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo,
                          has_sum=int(has_sum))
             for j in range(g.kw):
                 geom.tap_off[j] = (j * g.dw) % g.sw * wq + (j * g.dw) // g.sw
             sp = _Pairs(kptr.ctypes.data, offs.ctypes.data, ws.ctypes.data, nkb, ps)
-            ntasks = _singles_chunking(geom, n, _LIB.threads, c * g.sw * wq * 2)
+            ntasks = _singles_chunking(geom, n, _LIB.threads, c * g.sw * wq * size)
             self._ss_call = (key, geom, sp, ntasks)
         return self._ss_call[1:]
 
     def _uses_singles(self, isa: str | None, wo: int) -> bool:
         return self.sparse and self.singles and isa in SINGLES_ISAS and wo >= SINGLES_WIDTH
+
+    def _uses_squads(self, isa: str | None, wo: int) -> bool:
+        return self.squads and self.singles and isa == "vnni" and wo >= SQUADS_WIDTH
 
     def prepare(self, shape, isa: str | None = None) -> bool:
         """Build what :meth:`forward` caches per input shape (the sparse kernel's tables and input buffers, their
@@ -227,16 +254,19 @@ class PackedConv:
         ho, wo = self.g.out_shape(*shape[2:])
         if not self._uses_singles(isa, wo):
             return False
-        self._singles_call(shape, self.rq.has_sum)
-        pack_input16(np.zeros(shape, np.int16), self.group, self.g, ho, wo, self.rq.has_sum, self._bufs)
+        quads = self._uses_squads(isa, wo)
+        self._singles_call(shape, self.rq.has_sum, quads)
+        pack_input16(np.zeros(shape, np.int16), self.group, self.g, ho, wo, self.rq.has_sum, self._bufs, quads)
         return True
 
     def _forward_singles(self, q, isa: str, out):
-        """The sparse forward through the paired-singles kernel (AVX-512, output rows of >= 32 pixels)."""
+        """The sparse forward through the paired-singles kernel (AVX-512, output rows of >= 32 pixels), or the
+        sparse quads one (VNNI, u8 x s8, output rows of >= 64 pixels)."""
         rq = self.rq
         has_sum = rq.has_sum
-        geom, sp, ntasks = self._singles_call(q.shape, has_sum)
-        xs, gsum, hp, wq, ps = pack_input16(q, self.group, self.g, geom.Ho, geom.Wo, has_sum, self._bufs)
+        quads = self._uses_squads(isa, self.g.out_shape(*q.shape[2:])[1])
+        geom, sp, ntasks = self._singles_call(q.shape, has_sum, quads)
+        xs, gsum, hp, wq, ps = pack_input16(q, self.group, self.g, geom.Ho, geom.Wo, has_sum, self._bufs, quads)
         assert (hp, wq, ps) == (geom.Hp, geom.Wq, sp.pstride)
         e = _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
                  int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
@@ -244,8 +274,12 @@ class PackedConv:
             out = np.empty((q.shape[0], self.w.shape[0], geom.Ho, geom.Wo), np.int16)
         nxt = np.zeros(1, np.int64)  # the next task, taken by whichever thread is free (same integers)
         sp = _Pairs(sp.kptr, sp.off, sp.w, sp.nkb, sp.pstride, nxt.ctypes.data)
-        _LIB.run((xs.ctypes.data, None if gsum is None else gsum.ctypes.data, ctypes.byref(sp), ctypes.byref(e),
-                  out.ctypes.data, ctypes.byref(geom)), ntasks, isa, _LIB.lib.ci8_singles_fwd)
+        args = (xs.ctypes.data, None if gsum is None else gsum.ctypes.data, ctypes.byref(sp), ctypes.byref(e),
+                out.ctypes.data, ctypes.byref(geom))
+        if quads:
+            _LIB.run(args, ntasks, None, _LIB.lib.ci8_quads_fwd)
+        else:
+            _LIB.run(args, ntasks, isa, _LIB.lib.ci8_singles_fwd)
         return out
 
     def _pick_isa(self, shape, isa: str | None):
@@ -312,6 +346,8 @@ class PackedConv:
 
 #: L1 budget of the paired-singles kernel's input block (one pixel tile's rows of a block of input channels)
 SINGLES_BLOCK_BYTES = 16 << 10
+#: pixels per vector of the sparse quads kernel (cint8_quads.h): its output rows must be at least this wide
+SQUADS_WIDTH = 64
 
 
 #: :class:`AutoConv` keeps the paired-singles sparse kernel unless the dense one (12-bit weights, 16-bit lanes)
@@ -337,7 +373,7 @@ class AutoConv:
         # the sparse kernel may take the weights on another zero point (one that keeps pruned weights zero, where
         # the dense u8 x s8 kernel needs them centred into int8), with that zero point's requantisation
         self.sparse_conv = PackedConv(w if sparse_w is None else sparse_w, g, group,
-                                      rq if sparse_rq is None else sparse_rq, sparse=True)
+                                      rq if sparse_rq is None else sparse_rq, sparse=True, u8_input=u8_input)
         self.w, self.g, self.group, self.rq = self.dense.w, g, int(group), rq
         # ``times`` may be shared by the AutoConvs of one layer (e.g. under different output scales)
         self.times = times if times is not None else {}

@@ -6,7 +6,9 @@ op built on it (and re-exports what tests and callers use).
 set (avx512 means VNNI where the CPU has it). Instruction sets: generic (portable C), avx2 (vpmaddwd), avx512bw
 (vpmaddwd), vnni (vpdpwssd; vpdpbusd for u8 x s8 quads). The sparse kernel of the two AVX-512 sets pairs each
 output channel's nonzero weights themselves (``caffelite/_native/cint8_singles.h``) on the planar int16 input of
-:func:`pack_input16`; the others run the channel pairs of :func:`pack_weights`.
+:func:`pack_input16`; the others run the channel pairs of :func:`pack_weights`. On vnni, with inputs in 0..255
+and weights in -128..127, the sparse kernel groups them in fours instead (``cint8_quads.h``, vpdpbusd) on the
+same planes in uint8.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class _Lib:
         lib.ci8_group_sums4.argtypes = [ptr, ptr, ptr, lng, lng]
         lib.ci8_singles_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
         lib.ci8_pack16.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, ptr, ptr, lng, lng]
+        lib.ci8_pack8.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, ptr, ptr, lng, lng]
+        lib.ci8_quads_fwd.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
         dbl = ctypes.c_double
         lib.ci8_quantize.argtypes = [ptr, dbl, dbl, dbl, dbl, i, ptr, lng, lng]
         self.lib = lib
@@ -67,7 +71,7 @@ class _Lib:
         self.isa = self.supported[-1]
         self.mb = lib.ci8_tile_channels()
         self.threads = _thread_count()
-        self.shared = {id(lib.ci8_singles_fwd)}
+        self.shared = {id(lib.ci8_singles_fwd), id(lib.ci8_quads_fwd)}
 
     def width(self, isa: str) -> int:
         return self.lib.ci8_vector_width(ISAS.index(isa))
@@ -228,38 +232,62 @@ SINGLES_WIDTH = 32
 SINGLES_MAX_CHANNELS = 32
 
 
-def plane_stride16(hp: int, s: int, wq: int) -> int:
-    """int16 elements from one plane of :func:`pack_input16`'s layout to the next: the plane rounded up to whole
-    64-byte lines, an odd number of them, so that the rows of successive planes fall in different L1 sets."""
-    lines = -(-hp * s * wq // 32)
-    return 32 * (lines + 1 - lines % 2)
+def plane_stride16(hp: int, s: int, wq: int, itemsize: int = 2) -> int:
+    """Elements (of ``itemsize`` bytes) from one plane of :func:`pack_input16`'s layout to the next: the plane
+    rounded up to whole 64-byte lines, an odd number of them, so that the rows of successive planes fall in
+    different L1 sets."""
+    per = 64 // itemsize
+    lines = -(-hp * s * wq // per)
+    return per * (lines + 1 - lines % 2)
 
 
-def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = True, bufs=None):
+def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = True, bufs=None, u8: bool = False):
     """``q`` (N, C, H, W) integers -> the planar int16 input of the paired-singles sparse kernel
     (N, C, pstride) with planes (Hp, S, Wq) (:func:`plane_stride16`): zero padded, columns split into stride
-    phases; and with ``sums`` its group sums (N, G, Hp, S, Wq) int32 (else None). ``bufs``: a dict kept by the
-    caller, whose arrays are reused from call to call (large fresh arrays cost page faults, and their release
-    as much again). Returns (array, group sums, Hp, Wq, pstride)."""
+    phases; and with ``sums`` its group sums (N, G, Hp, S, Wq) int32 (else None). ``u8``: uint8 planes (the
+    sparse quads kernel's input; ``q`` must lie in 0..255). ``bufs``: a dict kept by the caller, whose arrays
+    are reused from call to call (large fresh arrays cost page faults, and their release as much again).
+    Returns (array, group sums, Hp, Wq, pstride)."""
     n, c, h, w = q.shape
     hb, wq = _packed_extent(q, g, ho, wo)
-    ps = plane_stride16(hb, g.sw, wq)
+    size = 1 if u8 else 2
+    ps = plane_stride16(hb, g.sw, wq, size)
     qc = np.ascontiguousarray(q, np.int16)
     bufs = {} if bufs is None else bufs
-    if bufs.get("key") != (n, c, hb, wq, ps, group, g.sw):
+    if bufs.get("key") != (n, c, hb, wq, ps, group, g.sw, size):
         bufs.clear()
-        bufs["key"] = (n, c, hb, wq, ps, group, g.sw)
+        bufs["key"] = (n, c, hb, wq, ps, group, g.sw, size)
     packed = bufs.get("x")
     if packed is None:
-        packed = bufs["x"] = np.empty((n, c, ps), np.int16)
+        packed = bufs["x"] = np.empty((n, c, ps), np.uint8 if u8 else np.int16)
     gsum = bufs.get("gsum") if sums else None
     if sums and gsum is None:
         gsum = bufs["gsum"] = np.empty((n, group, hb, g.sw, wq), np.int32)
-    rows = max(1, min(hb, (512 << 10) // (2 * (c // group) * g.sw * wq)))  # a block's packed rows stay in L2
+    rows = max(1, min(hb, (512 << 10) // (size * (c // group) * g.sw * wq)))  # a block's packed rows stay in L2
     rows = max(1, min(rows, -(-hb * n * group // (2 * _LIB.threads))))  # at least two tasks per thread
     _LIB.run((qc.ctypes.data, group, c // group, h, w, hb, g.sw, wq, g.ph, g.pw, ps, rows, packed.ctypes.data,
-              None if gsum is None else gsum.ctypes.data), n * group * -(-hb // rows), None, _LIB.lib.ci8_pack16)
+              None if gsum is None else gsum.ctypes.data), n * group * -(-hb // rows), None,
+             _LIB.lib.ci8_pack8 if u8 else _LIB.lib.ci8_pack16)
     return packed, gsum, hb, wq, ps
+
+
+def group_nonzeros(key, off, wv, nslots: int, size: int, dtype):
+    """Nonzero weights grouped ``size`` by ``size`` within slots, for the sparse singles/quads kernels: ``key``
+    (ascending) the slot of each weight, ``off`` its input offset, ``wv`` its value; the last group of a slot
+    may be short, its missing weights zero and reading the group's first input again. Returns (ptr (nslots + 1)
+    int64: slot k's groups are [ptr[k], ptr[k+1]), offsets (groups, size) int32, weights (groups, size))."""
+    cnt = np.bincount(key, minlength=nslots)
+    ptr = np.zeros(nslots + 1, np.int64)
+    np.cumsum(-(-cnt // size), out=ptr[1:])
+    rank = np.arange(key.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    slot = np.repeat(ptr[:-1], cnt) + rank // size
+    lane = rank % size
+    offs = np.empty((int(ptr[-1]), size), np.int32)
+    ws = np.zeros((int(ptr[-1]), size), dtype)
+    offs[:] = off[lane == 0][:, None]  # every group's first weight (its lane 0) fills the lanes it lacks
+    offs[slot, lane] = off
+    ws[slot, lane] = wv
+    return ptr, offs, ws
 
 
 def _singles_chunking(p: _Geom, n: int, threads: int, row_bytes: int) -> int:
