@@ -286,6 +286,36 @@ def test_8bit_weights_sparse_kernel_keeps_pruned_zeros():
         assert isinstance(auto, i8op.AutoConv) and np.mean(auto.sparse_conv.w == 0) >= 0.75
 
 
+def test_observer_hooks_see_every_layer_once(calibrated):
+    """Per-layer hooks marked ``observer`` (the timers of ``caffelite time``) are called around the int8 engine's
+    steps: every layer once per forward, in net order, before then after; a fused step's layers in a row."""
+    from caffelite.jacinto import int8_engine as ie
+    net, hook, _, _ = calibrated
+    calls = []
+
+    def before(_net, i, layer, *_):
+        calls.append(("b", i))
+
+    def after(_net, i, layer, *_):
+        calls.append(("a", i))
+
+    def rewrite(_net, i, layer, *_):  # not an observer: integer steps do not apply it
+        calls.append(("x", i))
+
+    before.observer = after.observer = True
+    state = hook.get_state()
+    eng = ie.Int8Net(net, hook)
+    for ev, fn in (("before_forward", before), ("after_forward", after), ("before_forward", rewrite)):
+        net.add_hook(ev, fn)
+    try:
+        eng.forward(data=_input(3))
+    finally:
+        for ev, fn in (("before_forward", before), ("after_forward", after), ("before_forward", rewrite)):
+            net.remove_hook(ev, fn)
+        hook.set_state(state)
+    assert calls == [(e, i) for i in range(len(net.layers)) for e in ("b", "a")]
+
+
 def test_engine_speed_table(tmp_path):
     """The flagship's last table from a deploy prototxt, its caffemodel and a saved ranges file."""
     from caffelite.jacinto import int8_speed

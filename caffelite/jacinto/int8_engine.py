@@ -242,6 +242,7 @@ class Int8Net(GlueSteps):
         ints = {}  # blob name -> (integers, grid)
         mismatch = {}
         steps = self._steps if teacher is None else [u for st in self._steps for u in unfused_steps(st)]
+        watch = _watchers(net)
         for st in steps:
             kind, i, last = st[0], st[1], st[2]
             bots, tops = net.bottom_ids(i), net.top_ids(last)
@@ -249,7 +250,15 @@ class Int8Net(GlueSteps):
                 for b in bots:
                     if b in ints and b in teacher:
                         ints[b] = (teacher[b], ints[b][1])
-            self.run_step(st, ints)
+            if watch:  # a step's time goes to its first layer; the layers it merges follow at once
+                _notify(net, watch[0], i)
+                self.run_step(st, ints)
+                _notify(net, watch[1], i)
+                for k in range(i + 1, last + 1):
+                    _notify(net, watch[0], k)
+                    _notify(net, watch[1], k)
+            else:
+                self.run_step(st, ints)
             if teacher is not None:
                 for t in tops:
                     if t in ints and t in teacher and kind != "split":
@@ -321,6 +330,19 @@ def _tiling_pool(layer, shape):
     if not kh or not kw or (kh, kw) != (sh, sw) or pad or shape[2] % kh or shape[3] % kw:
         return None
     return kh, kw
+
+
+def _watchers(net):
+    """(before, after) per-layer forward hooks marked ``observer`` (timers such as ``caffelite time``'s), or None.
+    They are called around each step; hooks that may change blobs or weights do not apply to integer steps."""
+    before = [fn for fn in net.hooks.before_forward if getattr(fn, "observer", False)]
+    after = [fn for fn in net.hooks.after_forward if getattr(fn, "observer", False)]
+    return (before, after) if before or after else None
+
+
+def _notify(net, hooks, i):
+    for fn in hooks:
+        fn(net, i, net.layers[i], net.bottom_vecs(i), net.top_vecs(i))
 
 
 def _conv_kind(pc):
