@@ -286,7 +286,7 @@ def test_8bit_weights_sparse_kernel_keeps_pruned_zeros():
         assert isinstance(auto, i8op.AutoConv) and np.mean(auto.sparse_conv.w == 0) >= 0.75
 
 
-def test_observer_hooks_see_every_layer_once(calibrated):
+def test_observer_hooks_see_every_layer_once(calibrated, caplog):
     """Per-layer hooks marked ``observer`` (the timers of ``caffelite time``) are called around the int8 engine's
     steps: every layer once per forward, in net order, before then after; a fused step's layers in a row."""
     from caffelite.jacinto import int8_engine as ie
@@ -314,6 +314,7 @@ def test_observer_hooks_see_every_layer_once(calibrated):
             net.remove_hook(ev, fn)
         hook.set_state(state)
     assert calls == [(e, i) for i in range(len(net.layers)) for e in ("b", "a")]
+    assert "does not run per-layer forward hooks that are not observers" in caplog.text and "rewrite" in caplog.text
 
 
 def test_engine_speed_table(tmp_path):

@@ -84,6 +84,7 @@ class Int8Net(GlueSteps):
         self.ints = {}
         self.engine_used = {}
         self._logged = False
+        self._warned_hooks = False
 
     # -- per-forward hook steps ------------------------------------------------------------------------
     def _begin(self):
@@ -243,6 +244,12 @@ class Int8Net(GlueSteps):
         mismatch = {}
         steps = self._steps if teacher is None else [u for st in self._steps for u in unfused_steps(st)]
         watch = _watchers(net)
+        others = [] if self._warned_hooks else _others(net, self.hook)
+        if others:
+            self._warned_hooks = True
+            glog.warning(f"net '{net.name}': the int8 engine does not run per-layer forward hooks that are not "
+                         f"observers ({', '.join(others)}): its integer steps neither call them nor write the "
+                         "float blobs they would read; run the float simulation (engine dense) to apply them")
         for st in steps:
             kind, i, last = st[0], st[1], st[2]
             bots, tops = net.bottom_ids(i), net.top_ids(last)
@@ -338,6 +345,13 @@ def _watchers(net):
     before = [fn for fn in net.hooks.before_forward if getattr(fn, "observer", False)]
     after = [fn for fn in net.hooks.after_forward if getattr(fn, "observer", False)]
     return (before, after) if before or after else None
+
+
+def _others(net, own):
+    """Names of the per-layer forward hooks not marked ``observer`` (those the integer steps cannot apply), other
+    than those of the quantization hook ``own`` (whose simulation the integer steps replace)."""
+    return [getattr(fn, "__qualname__", repr(fn)) for fn in (*net.hooks.before_forward, *net.hooks.after_forward)
+            if not getattr(fn, "observer", False) and getattr(fn, "__self__", None) is not own]
 
 
 def _notify(net, hooks, i):
