@@ -158,6 +158,16 @@ def test_singles_same_integers_any_thread_count(threads, monkeypatch):
     assert pc._ss_call[3] >= 8 * threads  # enough tasks to share
 
 
+def _planar(q, group, hb, wq, s, ph, pw):
+    """The packed planar input in NumPy: ``q`` zero padded to ``hb`` rows of ``wq * s`` columns, columns split into
+    ``s`` stride phases, one flat plane per channel; and its group sums (N, G, plane)."""
+    n, c, h, w = q.shape
+    full = np.zeros((n, c, hb, wq * s), np.int16)
+    full[:, :, ph:ph + h, pw:pw + w] = q[:, :, :hb - ph, :wq * s - pw]
+    planes = full.reshape(n, c, hb, wq, s).transpose(0, 1, 2, 4, 3).reshape(n, c, -1)
+    return planes, planes.reshape(n, group, c // group, -1).astype(np.int64).sum(axis=2)
+
+
 @pytest.mark.skipif(not set(int8.SINGLES_ISAS) & set(int8.supported_isas()), reason="no AVX-512")
 @pytest.mark.parametrize("case", SINGLES_CASES)
 def test_pack_input16_equals_numpy(case):
@@ -170,11 +180,8 @@ def test_pack_input16_equals_numpy(case):
     ho, wo = g.out_shape(h, w)
     packed, gsum, hb, wq, ps = int8.pack_input16(q, group, g, ho, wo)
     assert ps >= hb * s * wq and ps % 32 == 0 and ps // 32 % 2 == 1
-    full = np.zeros((n, c, hb, wq * s), np.int16)
-    full[:, :, ph:ph + h, pw:pw + w] = q[:, :, :hb - ph, :wq * s - pw]
-    planes = full.reshape(n, c, hb, wq, s).transpose(0, 1, 2, 4, 3).reshape(n, c, -1)
+    planes, sums = _planar(q, group, hb, wq, s, ph, pw)
     np.testing.assert_array_equal(packed[:, :, :planes.shape[2]], planes)
-    sums = planes.reshape(n, group, c // group, -1).astype(np.int64).sum(axis=2)
     np.testing.assert_array_equal(gsum.reshape(n, group, -1), sums)
     nosum = int8.pack_input16(q, group, g, ho, wo, sums=False)
     assert nosum[1] is None
@@ -296,11 +303,8 @@ def test_pack_input8_equals_numpy(case):
     ho, wo = g.out_shape(h, w)
     packed, gsum, hb, wq, ps = int8.pack_input16(q, group, g, ho, wo, u8=True)
     assert packed.dtype == np.uint8 and ps >= hb * s * wq and ps % 64 == 0 and ps // 64 % 2 == 1
-    full = np.zeros((n, c, hb, wq * s), np.int16)
-    full[:, :, ph:ph + h, pw:pw + w] = q[:, :, :hb - ph, :wq * s - pw]
-    planes = full.reshape(n, c, hb, wq, s).transpose(0, 1, 2, 4, 3).reshape(n, c, -1)
+    planes, sums = _planar(q, group, hb, wq, s, ph, pw)
     np.testing.assert_array_equal(packed[:, :, :planes.shape[2]], planes)
-    sums = planes.reshape(n, group, c // group, -1).astype(np.int64).sum(axis=2)
     np.testing.assert_array_equal(gsum.reshape(n, group, -1), sums)
 
 

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .im2col import ConvGeometry
-from .native import _POOLS, _thread_count, load_library
+from .native import _POOLS, _thread_count, load_library, split_tasks
 
 
 _MAX_KW = 32
@@ -297,23 +297,15 @@ def _singles_chunking(p: _Geom, n: int, threads: int, row_bytes: int) -> int:
     p.bg = max(1, min(p.Cout, SINGLES_MAX_CHANNELS, p.Mg if p.G > 1 else p.Cout))
     rows_in = max(1, 2 * CHUNK_INPUT_BYTES // max(1, row_bytes))
     p.rg = max(1, min(p.Ho, (rows_in - (p.kh - 1) * p.dh) // p.sh))
-    while n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg) < 8 * threads and (p.rg > 1 or p.bg > 1):
-        if p.rg >= p.bg:
-            p.rg = -(-p.rg // 2)
-        else:
-            p.bg = -(-p.bg // 2)
-    return n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg)
+    p.rg, p.bg, tasks = split_tasks(n, p.Ho, p.rg, p.Cout, p.bg, 8 * threads)
+    return tasks
 
 
 def _sparse_chunking(p: _Geom, n: int, threads: int) -> int:
     p.bg = max(1, min(p.Cout, 8))
     p.rg = max(1, min(p.Ho, max(1, (64 << 10) // max(1, p.Wo * 2 * 8))))
-    while n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg) < 4 * threads and (p.rg > 1 or p.bg > 1):
-        if p.rg >= p.bg:
-            p.rg = -(-p.rg // 2)
-        else:
-            p.bg = -(-p.bg // 2)
-    return n * -(-p.Ho // p.rg) * -(-p.Cout // p.bg)
+    p.rg, p.bg, tasks = split_tasks(n, p.Ho, p.rg, p.Cout, p.bg, 4 * threads)
+    return tasks
 
 
 #: cache budget of one task: packed weights of its channel blocks and the input rows it reads
@@ -327,9 +319,5 @@ def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
     row_bytes = p.P * p.S * p.Wq * 4
     rows_in = max(1, CHUNK_INPUT_BYTES // max(1, row_bytes))
     p.rg = max(1, min(p.Ho, (rows_in - (p.kh - 1) * p.dh) // p.sh))
-    while n * -(-p.Ho // p.rg) * -(-nblk // p.bg) < 4 * threads and (p.rg > 1 or p.bg > 1):
-        if p.rg >= p.bg:
-            p.rg = -(-p.rg // 2)
-        else:
-            p.bg = -(-p.bg // 2)
-    return n * -(-p.Ho // p.rg) * -(-nblk // p.bg)
+    p.rg, p.bg, tasks = split_tasks(n, p.Ho, p.rg, nblk, p.bg, 4 * threads)
+    return tasks

@@ -304,6 +304,18 @@ CHUNK_INPUT_BYTES = 384 << 10
 PASS_CHANNELS = 256
 
 
+def split_tasks(n: int, rows: int, rg: int, blocks: int, bg: int, want: int) -> tuple[int, int, int]:
+    """Tasks of ``rg`` output rows (of ``rows``) by ``bg`` channel blocks (of ``blocks``) for ``n`` images: halve the
+    larger of the two until there are at least ``want`` tasks (so the threads finish together) or both are 1.
+    Returns (rg, bg, number of tasks)."""
+    while n * -(-rows // rg) * -(-blocks // bg) < want and (rg > 1 or bg > 1):
+        if rg >= bg:
+            rg = -(-rg // 2)
+        else:
+            bg = -(-bg // 2)
+    return rg, bg, n * -(-rows // rg) * -(-blocks // bg)
+
+
 def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
     """Choose rows and channel blocks per forward chunk (p.rg, p.bg) and input channels per pass (p.kc);
     returns the number of chunks."""
@@ -313,15 +325,11 @@ def _chunking(p: _Geom, n: int, threads: int, mb: int) -> int:
     rows_in = max(1, CHUNK_INPUT_BYTES // row_bytes)
     p.rg = max(1, min(p.Ho, (rows_in - (p.kh - 1) * p.dh) // p.sh))
     # enough chunks that the threads finish together
-    while n * -(-p.Ho // p.rg) * -(-nblk // p.bg) < 4 * threads and (p.rg > 1 or p.bg > 1):
-        if p.rg >= p.bg:
-            p.rg = -(-p.rg // 2)
-        else:
-            p.bg = -(-p.bg // 2)
+    p.rg, p.bg, chunks = split_tasks(n, p.Ho, p.rg, nblk, p.bg, 4 * threads)
     # input channels per pass over a chunk (bounds a tile's working set for very wide layers; on jsegnet21v2,
     # A/B-interleaved, one pass over all channels is as fast as passes of 32 and 5-10% faster than 8 or 16)
     p.kc = max(1, min(p.Cg, PASS_CHANNELS))
-    return n * -(-p.Ho // p.rg) * -(-nblk // p.bg)
+    return chunks
 
 
 def supports(g: ConvGeometry, out_width: int) -> bool:

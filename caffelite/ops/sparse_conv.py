@@ -369,12 +369,7 @@ def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift
     # a task stays inside one group: its panel then holds that group's input channels only (conv1b's 4 groups of 8
     # in one task made a 1.5 MB panel, past L2; one group's is 0.4 MB)
     p.mb = min(cout, TASK_CHANNELS, p.Mg) if native.PANELS else min(cout, TASK_CHANNELS)
-    while n * -(-ho // p.rg) * -(-cout // p.mb) < 4 * lib.threads and (p.rg > 1 or p.mb > 1):
-        if p.rg >= p.mb:
-            p.rg = -(-p.rg // 2)
-        else:
-            p.mb = -(-p.mb // 2)
-    ntasks = n * -(-ho // p.rg) * -(-cout // p.mb)
+    p.rg, p.mb, ntasks = native.split_tasks(n, ho, p.rg, cout, p.mb, 4 * lib.threads)
     if native.PANELS:
         native.set_panel(p, x.shape, g)
     toff = pack.tap_offsets(g, p.hl if native.PANELS else p.Hp, p.Wq)
