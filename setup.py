@@ -20,7 +20,7 @@ setup(ext_modules=[
     Extension("caffelite._native._cint8", sources=["caffelite/_native/cint8.c"],
               depends=["caffelite/_native/cint8_kernel.h", "caffelite/_native/cint8_undef.h",
                        "caffelite/_native/cint8_singles.h", "caffelite/_native/cint8_quads.h",
-                       "caffelite/_native/isa.h"],
+                       "caffelite/_native/qround.h", "caffelite/_native/isa.h"],
               extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off"], optional=True),
     # -ffp-contract=off: the deconvolution's sums must round as their NumPy reference (no fused multiply-adds)
     Extension("caffelite._native._cglue", sources=["caffelite/_native/cglue.c"],
@@ -29,6 +29,6 @@ setup(ext_modules=[
     # the int8 engine's non-convolution steps; -ffp-contract=off: float32 sums and the double quantizer must
     # round as the engine's NumPy steps do
     Extension("caffelite._native._ci8glue", sources=["caffelite/_native/ci8glue.c"],
-              depends=["caffelite/_native/isa.h"],
+              depends=["caffelite/_native/isa.h", "caffelite/_native/qround.h"],
               extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off"], optional=True),
 ])

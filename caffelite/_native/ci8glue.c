@@ -28,6 +28,7 @@
 #include <stdlib.h>
 
 #include "isa.h"
+#include "qround.h"
 
 /* One depthwise Deconvolution call (mirrored by a ctypes Structure in int8_glue.py). */
 struct ci8g_deconv {
@@ -130,8 +131,9 @@ PyMODINIT_FUNC PyInit__ci8glue(void) { return PyModule_Create(&ci8g_module); }
 
 #else /* CI8G_KERNELS: one instantiation of the kernels */
 
-/* q[m] = quantized (v[m] * pre) for m < n (pre = 1 for float sums, the power of two of an integer sum). The
- * loops are branch-free so that they vectorize; ties away from zero get their own loop. */
+/* q[m] = quantized (v[m] * pre) for m < n (pre = 1 for float sums, the power of two of an integer sum): times st,
+ * plus off, clip_round (qround.h). The loops are branch-free so that they vectorize; ties away from zero get their
+ * own loop. */
 #define QUANT_LOOP(T)                                                                                   \
     TARGET static void FN(quant_##T)(const T *restrict v, long n, double pre, double st, double off,       \
                                      double lo, double hi, int away, int16_t *restrict q)                 \
@@ -140,23 +142,13 @@ PyMODINIT_FUNC PyInit__ci8glue(void) { return PyModule_Create(&ci8g_module); }
             for (long m = 0; m < n; m++) {                                                               \
                 double x = (double)v[m] * pre;                                                           \
                 x = x * st;                                                                              \
-                x = x + off;                                                                             \
-                x = x < lo ? lo : x;                                                                     \
-                x = x > hi ? hi : x;                                                                     \
-                q[m] = (int16_t)((x + 0x1.8p52) - 0x1.8p52);                                             \
+                q[m] = (int16_t)clip_round(x + off, lo, hi, 0);                                          \
             }                                                                                            \
         } else {                                                                                         \
             for (long m = 0; m < n; m++) {                                                               \
                 double x = (double)v[m] * pre;                                                           \
                 x = x * st;                                                                              \
-                x = x + off;                                                                             \
-                x = x < lo ? lo : x;                                                                     \
-                x = x > hi ? hi : x;                                                                     \
-                double r = (x + 0x1.8p52) - 0x1.8p52;                                                    \
-                const double d = x - r;                                                                  \
-                r = (d == 0.5 && x > 0) ? r + 1.0 : r;                                                   \
-                r = (d == -0.5 && x < 0) ? r - 1.0 : r;                                                  \
-                q[m] = (int16_t)r;                                                                       \
+                q[m] = (int16_t)clip_round(x + off, lo, hi, 1);                                          \
             }                                                                                            \
         }                                                                                                \
     }

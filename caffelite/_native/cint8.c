@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qround.h"
+
 #define MB 8
 #define MAX_KW 32
 
@@ -53,15 +55,7 @@ static inline __attribute__((always_inline)) int16_t requant(const struct i8epi 
     v = v + c;
     if (e->relu && v < 0) v = v * e->slope;
     v = v + e->off;
-    if (v < e->lo) v = e->lo;
-    if (v > e->hi) v = e->hi;
-    double r = (v + 0x1.8p52) - 0x1.8p52; /* round half to even (|v| < 2^51 after the clamp) */
-    if (e->ties_away) {
-        const double d = v - r;
-        if (d == 0.5 && v > 0) r += 1.0;
-        else if (d == -0.5 && v < 0) r -= 1.0;
-    }
-    return (int16_t)r;
+    return (int16_t)clip_round(v, e->lo, e->hi, e->ties_away);
 }
 
 #include "isa.h"
@@ -464,15 +458,7 @@ int ci8_quantize(const float *x, double st, double off, double lo, double hi, in
     for (long i = t0; i < t1; i++) {
         double v = (double)x[i] * st;
         v = v + off;
-        if (v < lo) v = lo;
-        if (v > hi) v = hi;
-        double r = (v + 0x1.8p52) - 0x1.8p52;
-        if (ties_away) {
-            const double d = v - r;
-            if (d == 0.5 && v > 0) r += 1.0;
-            else if (d == -0.5 && v < 0) r -= 1.0;
-        }
-        out[i] = (int16_t)r;
+        out[i] = (int16_t)clip_round(v, lo, hi, ties_away);
     }
     return 0;
 }
