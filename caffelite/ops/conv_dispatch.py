@@ -3,6 +3,10 @@
 Order: the engine the layer's plan names, when it can take the call now (a registered engine such as int8, or
 the sparse kernel with the layer's packed weights), then the dense float path (:mod:`caffelite.ops.conv`:
 compiled direct kernel, BLAS for 1x1, the NumPy reference otherwise). ``layer.engine_used`` records what ran.
+
+A layer with ``exact_sums`` set (by a hook that simulates fixed-point arithmetic and needs the convolution sums
+the integers would give) runs :func:`caffelite.ops.conv.conv_forward_exact` instead of the float kernels:
+the float32 kernels sum in different orders, so each would round some sums differently.
 Used by ``ConvolutionLayer.forward`` / ``forward_fused`` (the latter from :mod:`caffelite.fusion`).
 """
 
@@ -27,18 +31,23 @@ def conv_forward(layer, x, w, b, out, scale=None, shift=None, relu_slope=None, f
     with ``relu_slope``) is applied too, and False is returned, nothing computed, when no kernel can apply it;
     otherwise always True."""
     plan = getattr(layer, "engine_plan", "dense")
+    exact = getattr(layer, "exact_sums", False)
     if plan not in ("dense", "sparse") and not engine.suspended(layer):
         run = engine.runner(plan)
         if run is not None and run(layer, x, w, b, out, scale, shift, relu_slope):
             layer.engine_used = plan
             return True
-    elif plan == "sparse":
+    elif plan == "sparse" and not exact:
         pk = _sparse_pack(layer, w)
         if pk is not None and sparse_conv.usable(x, out):
             sparse_conv.conv_forward(x, pk, b, layer.geom, out, scale, shift, relu_slope)
             layer.engine_used = "sparse"
             return True
-    if fused:
+    if exact:
+        if fused:
+            return False
+        K.conv_forward_exact(x, w, b, layer.geom, layer.group, out)
+    elif fused:
         if not K.conv_forward_epilogue(x, w, b, layer.geom, layer.group, out, scale, shift, relu_slope):
             return False
     else:
