@@ -41,8 +41,8 @@ def _params_key(net):
 
 
 def _conv_f64(x, w, b, gm, group):
-    """Convolution accumulated in float64 (float32 products are exact there), rounded once to float32: what an
-    exact-accumulation (integer) convolution of the same float32 values gives."""
+    """Convolution accumulated in float64 (float32 products are exact there), rounded once to float32, then the
+    bias added in float32: the simulation's exact sums, written independently of caffelite's kernels."""
     x = np.pad(x[0].astype(np.float64), ((0, 0), (gm.ph, gm.ph), (gm.pw, gm.pw)))
     c, h, wd = x.shape
     o = w.shape[0]
@@ -57,16 +57,18 @@ def _conv_f64(x, w, b, gm, group):
                 r0, c0 = ki * gm.dh, kj * gm.dw
                 xs = x[g * cg:(g + 1) * cg, r0:r0 + gm.sh * (ho - 1) + 1:gm.sh, c0:c0 + gm.sw * (wo - 1) + 1:gm.sw]
                 out[g * og:(g + 1) * og] += np.tensordot(w[g * og:(g + 1) * og, :, ki, kj], xs, axes=(1, 0))
+    out = out.astype(np.float32)
     if b is not None:
-        out += np.asarray(b, np.float64).reshape(-1, 1, 1)
-    return out.astype(np.float32)[None]
+        out += np.asarray(b, np.float32).reshape(-1, 1, 1)
+    return out[None]
 
 
 def per_layer(net, inputs, tmp):
     """Where the flips start: for each convolution -> BatchNorm -> ReLU -> quantizer segment, fed the
     simulation's own values (teacher forced), the number of quantized elements that land on another level when
     (a) only the tail (BatchNorm, ReLU, quantizer) runs in ONNX Runtime, per QDQ form, (b) ONNX Runtime's
-    convolution feeds the exact tail, (c) a float64-accumulated convolution feeds the exact tail."""
+    convolution (float32, the runtime form's Conv) feeds the exact tail, (c) a float64-accumulated convolution
+    (the simulation's exact sums) feeds the exact tail."""
     import onnx
     import onnxruntime as ort
     from onnx.utils import Extractor
@@ -104,21 +106,20 @@ def per_layer(net, inputs, tmp):
             final = np.array(net.blobs[blob].data)
             run = {}
             for form, m in models.items():
-                conv = [n for n in m.graph.node if n.op_type == "Conv" and n.output[0] == blob]
                 dq = [n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"
                       and n.output[0].startswith(blob + "/dequantized")]
-                if not conv or not dq:
+                if not dq:
                     break
-                ex = Extractor(m)
-                tail = ort.InferenceSession(ex.extract_model([blob], dq[-1:]).SerializeToString(), so,
+                tail = ort.InferenceSession(Extractor(m).extract_model([blob], dq[-1:]).SerializeToString(), so,
                                             providers=["CPUExecutionProvider"])
                 run[form] = lambda v, t=tail, name=blob: t.run(None, {name: v})[0]
-                if form == "exact":
-                    head = ort.InferenceSession(ex.extract_model([conv[0].input[0]], [blob]).SerializeToString(),
-                                                so, providers=["CPUExecutionProvider"])
-                    ort_conv = head.run(None, {conv[0].input[0]: bottoms[i][0]})[0]
-            if len(run) < 2:
+            # ONNX Runtime's float32 Conv (the runtime form's; the exact form sums in float64 MatMuls)
+            conv = [n for n in models["runtime"].graph.node if n.op_type == "Conv" and n.output[0] == blob]
+            if len(run) < 2 or not conv:
                 continue
+            head = ort.InferenceSession(Extractor(models["runtime"]).extract_model([conv[0].input[0]], [blob])
+                                        .SerializeToString(), so, providers=["CPUExecutionProvider"])
+            ort_conv = head.run(None, {conv[0].input[0]: bottoms[i][0]})[0]
             f64 = _conv_f64(bottoms[i][0], ly.blobs[0].data, ly.blobs[1].data if len(ly.blobs) > 1 else None,
                             ly.geom, int(ly.group))
             rows[i] += [int((run["runtime"](pre[i][0]) != final).sum()), int((run["exact"](pre[i][0]) != final).sum()),

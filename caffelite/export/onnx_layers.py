@@ -44,6 +44,8 @@ def conv(g, layer):
     attrs = dict(kernel_shape=[gm.kh, gm.kw], strides=[gm.sh, gm.sw], pads=[gm.ph, gm.pw, gm.ph, gm.pw],
                  dilations=[gm.dh, gm.dw], group=int(layer.group))
     op = "ConvTranspose" if layer.param.type == "Deconvolution" else "Conv"
+    if g.hook is not None and hasattr(g.hook, "conv") and g.hook.conv(g, layer):
+        return
     has_bias = len(layer.blobs) > 1 or g.layer in g.folded  # a folded BatchNorm brings a shift
     w, b = g.param(layer, 0), (g.param(layer, 1) if has_bias else None)
     for j in range(len(layer.param.bottom)):

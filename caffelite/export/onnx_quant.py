@@ -10,9 +10,12 @@ jacinto's GPU kernel (its CPU code rounds half away from zero; see ``ties``). Fo
 jacinto's bit for bit; for other scales ``x / inv`` and ``x * s`` can differ in the last bit, which changes a
 value only when it lies within one float32 ulp of a rounding boundary. The "exact" form (``QDQ_FORMS``) rounds
 ``x * s`` formed in float64 instead, jacinto's decisions at any scale in a runtime that computes float64 (ONNX
-Runtime; OpenVINO's CPU plugin computes it in float32). Neither form fixes the order in which a runtime sums a
-convolution: float32 sums in another order than the simulation's still move an occasional value across a
-rounding boundary (an exact, integer accumulation would too: the simulation's own float32 sums are not exact).
+Runtime; OpenVINO's CPU plugin computes it in float32). The simulation sums its quantized convolutions exactly
+(float64, rounded once to float32, then the bias added: ``exact_sums``); a runtime's float32 convolution sums
+in its own order and rounds some sums differently, which moves an occasional value across a rounding boundary.
+So the "exact" form also writes each such convolution as float64 arithmetic: the input cast to double, one
+MatMul per kernel tap (grouped as ``(G, Cout/G, Cin/G)`` weights), the sums added in double, cast to float and
+the bias added; ONNX Runtime then computes the simulation's values (its Conv has no double kernel).
 
 Weights were quantized in place by the simulation (once, at forward ``quantization_start``), so the net's
 float weights are already jacinto's dequantized values and are exported as they are; where they lie exactly
@@ -145,6 +148,50 @@ class QdqHook:
                      hint=name)
         self.blobs[name] = self._describe(bw, st, not unsigned)
         return out
+
+    def conv(self, g, layer):
+        """The "exact" form of a Convolution whose simulation sums exactly (``layer.exact_sums``, see the module
+        docstring): float64 tap by tap. Returns True when it wrote the layer, False to leave it to Conv."""
+        if self.form != "exact" or layer.param.type != "Convolution" or not getattr(layer, "exact_sums", False) \
+                or g.layer in g.folded:
+            return False
+        from .onnx_layers import weights
+
+        gm, group = layer.geom, int(layer.group)
+        w = weights(layer, 0).astype(np.float64)  # float32 values, exact in double
+        cout, cg = w.shape[:2]
+        mg = cout // group
+        dbl, flt = g.onnx.TensorProto.DOUBLE, g.onnx.TensorProto.FLOAT
+        name = g.layer_name
+        bias = weights(layer, 1).reshape(-1, 1, 1) if len(layer.blobs) > 1 else None
+        for j in range(len(layer.param.bottom)):
+            n = g.bottom_shape(j)[0]
+            _, _, ho, wo = g.top_shape(j)
+            x = g.node("Cast", [g.bottom(j)], hint=f"{name}/x_f64", to=dbl)
+            if gm.ph or gm.pw:
+                pads = g.const(f"{name}/pads", [0, 0, gm.ph, gm.pw, 0, 0, gm.ph, gm.pw], np.int64)
+                x = g.node("Pad", [x, pads], hint=f"{name}/x_padded")
+            cols = g.shape_const((n, group, cg, ho * wo))
+            acc = None
+            for ki in range(gm.kh):
+                for kj in range(gm.kw):
+                    r0, c0 = ki * gm.dh, kj * gm.dw
+                    ends = [r0 + gm.sh * (ho - 1) + 1, c0 + gm.sw * (wo - 1) + 1]
+                    xs = g.node("Slice", [x, g.const(f"{name}/starts", [r0, c0], np.int64),
+                                          g.const(f"{name}/ends", ends, np.int64),
+                                          g.const(f"{name}/axes", [2, 3], np.int64),
+                                          g.const(f"{name}/steps", [gm.sh, gm.sw], np.int64)],
+                                hint=f"{name}/tap")
+                    xs = g.node("Reshape", [xs, cols], hint=f"{name}/tap_cols")
+                    wt = g.const(f"{name}/W_tap", w[:, :, ki, kj].reshape(group, mg, cg), np.float64)
+                    p = g.node("MatMul", [wt, xs], hint=f"{name}/tap_sum")
+                    acc = p if acc is None else g.node("Add", [acc, p], hint=f"{name}/sum")
+            y = g.node("Cast", [g.reshape(acc, (n, cout, ho, wo))], hint=f"{name}/sum_f32", to=flt)
+            if bias is None:
+                g.node("Identity", [y], [g.top(j)])
+            else:
+                g.node("Add", [y, g.const(f"{name}/b", bias)], [g.top(j)])
+        return True
 
     @staticmethod
     def _describe(bw, st, signed):
