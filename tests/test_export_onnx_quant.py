@@ -316,8 +316,9 @@ def test_cli_quantized_from_ranges_file_and_from_quantized_caffemodel(tmp_path, 
 
 
 def test_flagship_writes_deploy_onnx_of_its_quantized_model(tmp_path):
-    """The toy flagship run writes stages/test_quantize/deploy.onnx: the parameters of the last quantized
-    forward of its evaluation. Replaying that evaluation gives the simulation's state at export time."""
+    """The toy flagship run writes stages/test_quantize/deploy.onnx (runtime QDQ form) and deploy_exact.onnx:
+    the parameters of the last quantized forward of its evaluation. Replaying that evaluation gives the
+    simulation's state at export time; the exact form reproduces that forward bit for bit."""
     import glob
 
     from caffelite.segmentation.infer import Segmenter, evaluate_lists, run_inference
@@ -348,6 +349,11 @@ def test_flagship_writes_deploy_onnx_of_its_quantized_model(tmp_path):
     assert len(per_layer) >= 25 and min(per_layer.values()) >= 0.999, per_layer
     agree = (run(path, x)["argMaxOut"] == s.net.blobs["argMaxOut"].data).mean()
     assert agree >= 0.98  # a toy model trained for 18 iterations: flips propagate (module docstring)
+    exact = stage / "deploy_exact.onnx"
+    m = onnx.load(str(exact))
+    onnx.checker.check_model(m, full_check=True)
+    assert {p.key: p.value for p in m.metadata_props}["quantization_qdq_form"] == "exact"
+    np.testing.assert_array_equal(run(exact, x)["argMaxOut"], s.net.blobs["argMaxOut"].data)
 
 
 def test_jacinto_016_simulation_is_refused(tmp_path):

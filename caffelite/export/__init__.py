@@ -84,7 +84,7 @@ def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False, fold_bn=Fal
     return model
 
 
-def write_deploy_onnx(net, path, model=None, weights=None):
+def write_deploy_onnx(net, path, model=None, weights=None, qdq_form="runtime"):
     """Write ``net`` (evaluated, its quantization simulation calibrated) to ``path`` when the onnx package is
     importable. Never raises for a missing package or a net with no faithful ONNX form (a pipeline step that
     must not stop the run): returns ``(path or None, one-line message saying what happened)``."""
@@ -93,7 +93,7 @@ def write_deploy_onnx(net, path, model=None, weights=None):
         require_onnx()
         meta = {"source_model": os.path.abspath(model) if model else "",
                 "source_weights": os.path.abspath(weights) if weights else ""}
-        export_onnx(net, path, metadata=meta)
+        export_onnx(net, path, metadata=meta, qdq_form=qdq_form)
     except CaffeliteError as e:
         return None, f"not writing {path}: {e}"
     return path, f"wrote {path}"

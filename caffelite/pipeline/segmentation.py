@@ -293,8 +293,11 @@ def evaluate_stage(stage_dir, weights, paths, cfg: RunConfig, overlays_dir=None)
         run_inference(seg, imgs, overlays_dir, blend=True, progress=False)
     if seg.net.net_param.quantize:  # the final sparse + quantized model, for ONNX runtimes (needs the onnx extra)
         from ..export import write_deploy_onnx
-        print(f"[{os.path.basename(stage_dir)}] " + write_deploy_onnx(
-            seg.net, os.path.join(stage_dir, "deploy.onnx"), deploy, weights)[1], flush=True)
+        # deploy.onnx: the int8 QDQ pattern that int8 runtimes fuse; deploy_exact.onnx: the simulation bit for bit
+        # in ONNX Runtime (float64 quantizers and convolution sums)
+        for name, form in (("deploy.onnx", "runtime"), ("deploy_exact.onnx", "exact")):
+            print(f"[{os.path.basename(stage_dir)}] " + write_deploy_onnx(
+                seg.net, os.path.join(stage_dir, name), deploy, weights, qdq_form=form)[1], flush=True)
     return dict(pixel_accuracy=float(scores["pixel_accuracy"]), mean_iou=float(scores["mean_iou"]),
                 iou=[float(v) for v in scores["iou"]], zero_weights=zero_weight_fraction(weights, deploy))
 
