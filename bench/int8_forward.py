@@ -1,6 +1,7 @@
 """Benchmark: jsegnet21v2 deploy forward in integers (the int8 engine) against OpenVINO int8.
 
     python bench/int8_forward.py [--shape 1,3,512,1024] [--runs 5] [--sparsity 0.8] [--threads 2] [--no-peer]
+                                 [--weights W.caffemodel [--ranges quant_ranges.json]] [--weight-bits 8]
 
 Builds tests/data/reference/cityscapes5_jsegnet21v2/test/deploy.prototxt with ``quantize: true`` at the given
 shape, msra weights with the smallest ``--sparsity`` of each convolution's weights set to zero and identity
@@ -11,6 +12,10 @@ simulation of the quantized net (caffe-jacinto's fake quantization), the int8 en
 (``_peer_openvino_int8.py`` in --peer-python, default /work/torchvenv/bin/python) on caffelite's QDQ ONNX
 export: "qdq" as exported (12-bit float weights) and "int8" (weights per-channel int8). Prints medians, the
 ratios and how far the int8 engine's labels agree with the simulation's on the bench input.
+
+``--weights``: a trained model instead (a flagship run's ``stages/sparse/*_iter_N.caffemodel``: its own zeros,
+``--sparsity`` is ignored) and with ``--ranges`` that run's ``stages/test_quantize/quant_ranges.json`` (the
+ranges its quantized stage calibrated on the val images) instead of two calibration forwards on the bench input.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ GAP_S = 0.05
 PEER_GAP_S = 0.5
 
 
-def build(shape, quantize, sparsity, seed=0, weight_bits=None):
+def build(shape, quantize, sparsity, seed=0, weight_bits=None, weights=None):
     import caffelite
     import caffelite.log  # noqa: F401
     from caffelite import io, jacinto
@@ -54,7 +59,11 @@ def build(shape, quantize, sparsity, seed=0, weight_bits=None):
     net.reshape()
     rs = np.random.default_rng(seed)
     x = rs.uniform(0, 255, shape).astype(np.float32)
-    realistic_weights(net, rs)
+    if weights:
+        net.copy_from(weights)
+        sparsity = 0
+    else:
+        realistic_weights(net, rs)
     for ly in net.layers:
         if ly.type == "Convolution" and sparsity > 0:
             w = ly.blobs[0].data
@@ -99,17 +108,23 @@ def main(argv=None):
     ap.add_argument("--weight-bits", type=int, default=None,
                     help="bitwidth_weights of the quantized net (caffe-jacinto's default: 12; 8 runs the u8 x s8 "
                          "kernel, the numeric model OpenVINO int8 runs)")
+    ap.add_argument("--weights", default=None, help="a trained caffemodel of jsegnet21v2 (see the docstring)")
+    ap.add_argument("--ranges", default=None, help="quantization ranges for --weights (save_ranges JSON)")
     ap.add_argument("--peer-python", default=os.environ.get("CAFFELITE_PEER_PYTHON", "/work/torchvenv/bin/python"))
     a = ap.parse_args(argv)
     shape = tuple(int(s) for s in a.shape.split(","))
     from caffelite.ops import int8 as i8op
     from caffelite.ops import sparse_conv
 
-    fnet, x, _ = build(shape, False, a.sparsity)
-    qnet, _, hook = build(shape, True, a.sparsity, weight_bits=a.weight_bits)
-    hook.freeze_ranges(after=2)
-    for _ in range(3):  # two measuring forwards, then the one at quantization_start (quantizes the weights)
+    fnet, x, _ = build(shape, False, a.sparsity, weights=a.weights)
+    qnet, _, hook = build(shape, True, a.sparsity, weight_bits=a.weight_bits, weights=a.weights)
+    if a.ranges:
+        hook.load_ranges(a.ranges)  # its next forward is quantization_start (quantizes the weights)
         qnet.forward(data=x)
+    else:
+        hook.freeze_ranges(after=2)
+        for _ in range(3):  # two measuring forwards, then the one at quantization_start (quantizes the weights)
+            qnet.forward(data=x)
     onnx_path = None
     if not a.no_peer:
         import caffelite
@@ -124,7 +139,8 @@ def main(argv=None):
     agree = float(np.mean(sim_labels == int_labels))
 
     fnet.engine = "dense"
-    fnet_sparse, _, _ = build(shape, False, a.sparsity)  # its own net: setting Net.engine re-plans every layer
+    # the sparse float net is its own net: setting Net.engine re-plans every layer
+    fnet_sparse, _, _ = build(shape, False, a.sparsity, weights=a.weights)
     if sparse_conv.available():
         fnet_sparse.engine = "sparse"
     qnet.engine = "dense"  # the float simulation (the int8 engines below run on the same net and hook)
@@ -169,7 +185,10 @@ def main(argv=None):
         os.unlink(onnx_path)
     med = {k: float(np.median(v)) for k, v in times.items()}
     bits = qnet._param.net_quantization_param.bitwidth_weights
-    print(f"jsegnet21v2 deploy {'x'.join(map(str, shape))}, {a.sparsity:.0%} zero conv weights, {bits}-bit weights, "
+    convs = [ly.blobs[0].data for ly in fnet.layers if ly.type == "Convolution"]
+    zeros = sum(int(np.count_nonzero(w == 0)) for w in convs) / sum(w.size for w in convs)
+    src = f"weights {a.weights}" if a.weights else "random weights"
+    print(f"jsegnet21v2 deploy {'x'.join(map(str, shape))}, {src}, {zeros:.1%} zero conv weights, {bits}-bit weights, "
           f"{a.threads} threads, median of {a.runs} interleaved runs; {i8op.info()}")
     if peer is not None:
         print(f"peer: OpenVINO {peer.hello.get('openvino')} ({peer.hello.get('int8_conv_weights')} int8 conv weights)")

@@ -49,8 +49,10 @@ def calibrated():
 
 def test_teacher_forced_layers_equal_the_simulation(calibrated):
     """Each step fed the simulation's integers computes the simulation's integers: exactly for table, select
-    and float-exact layers; for integer convolutions up to the elements where the simulation's float32 sum
-    rounded across a grid boundary (a fraction far below 1e-3; printed)."""
+    and float-exact layers; for integer convolutions up to the elements where the simulation's float32 steps
+    after its exact sum (rounding the sum, adding the bias, the BatchNorm's operations) put a value across a
+    grid boundary that the engine's one float64 evaluation of that chain does not (a fraction far below 1e-3;
+    printed)."""
     from caffelite.jacinto import int8_engine as ie
     net, hook, _, sint = calibrated
     eng = ie.Int8Net(net, hook)

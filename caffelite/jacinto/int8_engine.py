@@ -13,9 +13,10 @@ integers ``q``:
   Weights are centred on the integer a float zero quantizes to (pruned weights stay zero); the kernel is the
   u8 x s8 one (vpdpbusd) when the input is unsigned 8-bit and the weights fit int8, else 16-bit lanes
   (vpdpwssd), and where enough weight pairs are zero a sparse variant is timed against it (the faster kept);
-  The float simulation sums float32 products of the same values, so the two can differ only where float32
-  rounding of that sum (or of a dequantized value) moves it across a rounding boundary of the output grid
-  (:func:`compare` counts those elements);
+  The float simulation sums the same products exactly too (``exact_sums``), then rounds the sum to float32 and
+  applies the bias and the normalisation layer by layer in float32, and jacinto's float32 weights are the
+  offset integers rounded to float32; so the two can differ only where one of those float32 roundings moves a
+  value across a rounding boundary of the output grid (:func:`compare` counts those elements);
 - MAX Pooling, ArgMax, Split and a standalone ReLU only compare or select: they run on the integers and a
   lookup table requantizes to the output's grid (exact); a two-input Eltwise SUM is a 2-D lookup table of the
   float32 sum of the two dequantized values (exact);
