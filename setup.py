@@ -20,6 +20,7 @@ setup(ext_modules=[
     Extension("caffelite._native._cint8", sources=["caffelite/_native/cint8.c"],
               depends=["caffelite/_native/cint8_kernel.h", "caffelite/_native/cint8_undef.h",
                        "caffelite/_native/cint8_singles.h", "caffelite/_native/cint8_quads.h",
+                       "caffelite/_native/cint8_sparse_tile.h",
                        "caffelite/_native/qround.h", "caffelite/_native/isa.h"],
               extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off"], optional=True),
     # -ffp-contract=off: the deconvolution's sums must round as their NumPy reference (no fused multiply-adds)

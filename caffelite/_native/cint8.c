@@ -218,8 +218,8 @@ int ci8_singles_fwd(int isa, const int16_t *x, const int32_t *gsum, const void *
     if (p->kw > MAX_KW) return -1;
 #if HAVE_X86
     if (p->bg > SS_MAXBG || p->bg < 1) return -6;
-    if (isa == 3) { ssfwd_vnni(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1); return 0; }
-    if (isa == 2) { ssfwd_avx512(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1); return 0; }
+    if (isa == 3) { ss_fwd_vnni(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1); return 0; }
+    if (isa == 2) { ss_fwd_avx512(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1); return 0; }
 #else
     (void)x; (void)sp; (void)e; (void)out; (void)t0; (void)t1;
 #endif
@@ -237,7 +237,7 @@ int ci8_quads_fwd(const uint8_t *x, const int32_t *gsum, const void *sp, const s
     if (p->kw > MAX_KW) return -1;
 #if HAVE_X86
     if (p->bg > QS_MAXBG || p->bg < 1) return -6;
-    qsfwd_vnni8(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1);
+    qs_fwd_vnni8(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1);
     return 0;
 #else
     (void)x; (void)sp; (void)e; (void)out; (void)t0; (void)t1;

@@ -9,40 +9,14 @@
  * each 128-bit lane L, pixels 16L+4k .. 16L+4k+3), and the accumulators are put back in pixel order (a 4x4
  * transpose of 128-bit lanes) before the epilogue. Integer sums are exact: grouping and order change nothing.
  *
- * Tasks: (image, p->rg output rows, p->bg <= QS_MAXBG output channels), tiles of up to QS_NT vectors of 64
- * pixels (a row's last vector ends at Wo and may overlap the previous one). Needs Wo >= 64.
+ * Tasks, tiles (up to QS_NT vectors of 64 pixels), input blocks, window sums and the epilogue are the template
+ * cint8_sparse_tile.h's. Needs Wo >= 64.
  */
 
 #ifndef QS_NT
 #define QS_NT 2
 #define QS_MAXBG 32
 #endif
-
-/* The window sums (int32, pixel order) of T vectors of 64 pixels starting at src0[v]. */
-TARGET static inline __attribute__((always_inline)) void FN(qs_sums)(
-    const int32_t *gs, const struct i8geom *p, const long *src0, int32_t s[][64], const int T)
-{
-    const long rowlen = (long)p->S * p->Wq;
-    __m512i sa[4 * QS_NT];
-#pragma GCC unroll 8
-    for (int v = 0; v < 4 * T; v++) sa[v] = _mm512_setzero_si512();
-    for (int i = 0; i < p->kh; i++) {
-        const int32_t *row = gs + (long)i * p->dh * rowlen;
-        for (int j = 0; j < p->kw; j++) {
-#pragma GCC unroll 2
-            for (int v = 0; v < T; v++) {
-                const int32_t *q = row + p->tap_off[j] + src0[v];
-#pragma GCC unroll 4
-                for (int h = 0; h < 4; h++)
-                    sa[4 * v + h] = _mm512_add_epi32(sa[4 * v + h], _mm512_loadu_si512((const void *)(q + 16 * h)));
-            }
-        }
-    }
-#pragma GCC unroll 2
-    for (int v = 0; v < T; v++)
-#pragma GCC unroll 4
-        for (int h = 0; h < 4; h++) _mm512_storeu_si512((void *)(s[v] + 16 * h), sa[4 * v + h]);
-}
 
 /* One output channel over T vectors and the quads [k0, k1): acc in (interleaved) register order. */
 TARGET static inline __attribute__((always_inline)) void FN(qs_run)(
@@ -76,92 +50,25 @@ TARGET static inline __attribute__((always_inline)) void FN(qs_run)(
     for (int v = 0; v < 4 * T; v++) acc[v] = a[v];
 }
 
-/* One pixel tile (T vectors at rows ys, columns xs) of the task's channels c0..c1 over every input block. */
-TARGET static inline __attribute__((always_inline)) void FN(qs_tile)(
-    const uint8_t *x, const int32_t *gsum, const struct i8pairs *sp, const struct i8epi *e, int16_t *out,
-    const struct i8geom *p, long n, int c0, int c1, const int *ys, const int *xs, __m512i (*accbuf)[4 * QS_NT],
-    const int T)
+/* The four accumulators of a 64-pixel vector (accumulator k holds pixels 16L+4k .. 16L+4k+3 in 128-bit lane L)
+ * in pixel order: a 4x4 transpose of 128-bit lanes. */
+TARGET static inline __attribute__((always_inline)) void FN(qs_order)(const __m512i *q, __m512i *o)
 {
-    const long plane = (long)p->Hp * p->S * p->Wq, rowlen = (long)p->S * p->Wq, hw = (long)p->Ho * p->Wo;
-    const long nkb = sp->nkb;
-    long src0[QS_NT];
-#pragma GCC unroll 2
-    for (int v = 0; v < T; v++) src0[v] = (long)ys[v] * p->sh * rowlen + xs[v];
-    int32_t s[QS_NT][64];
-    __m512d sd[QS_NT][8]; /* the window sums of group sg in double, 8 pixels each */
-    for (int v = 0; v < QS_NT; v++) for (int h = 0; h < 8; h++) sd[v][h] = _mm512_setzero_pd();
-    int sg = -1;
-    for (long kb = 0; kb < nkb; kb++) {
-        for (int m = c0; m < c1; m++) {
-            const int g = m / p->Mg;
-            const uint8_t *xg = x + (n * p->G + g) * (long)p->P * sp->pstride;
-            __m512i acc[4 * QS_NT];
-#pragma GCC unroll 8
-            for (int v = 0; v < 4 * T; v++) acc[v] = kb ? accbuf[m - c0][v] : _mm512_setzero_si512();
-            const long *kp = sp->kptr + (long)m * nkb + kb;
-            FN(qs_run)(xg, sp->off, sp->w, kp[0], kp[1], src0, acc, T);
-            if (kb + 1 < nkb) {
-#pragma GCC unroll 8
-                for (int v = 0; v < 4 * T; v++) accbuf[m - c0][v] = acc[v];
-                continue;
-            }
-            if (g != sg) {
-                if (p->has_sum) {
-                    FN(qs_sums)(gsum + (n * p->G + g) * plane, p, src0, s, T);
-                    for (int v = 0; v < T; v++)
-                        for (int h = 0; h < 8; h++)
-                            sd[v][h] = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(s[v] + 8 * h)));
-                }
-                sg = g;
-            }
-            const __m512d va = _mm512_set1_pd(e->A[m]), vb = _mm512_set1_pd(e->B[m]), vc = _mm512_set1_pd(e->C[m]);
-            int16_t *ob = out + (n * p->Cout + m) * hw;
-#pragma GCC unroll 2
-            for (int v = 0; v < T; v++) {
-                int16_t *dst = ob + (long)ys[v] * p->Wo + xs[v];
-                const __m512i *q = acc + 4 * v;
-                const __m512i t0 = _mm512_shuffle_i32x4(q[0], q[1], _MM_SHUFFLE(1, 0, 1, 0));
-                const __m512i t1 = _mm512_shuffle_i32x4(q[2], q[3], _MM_SHUFFLE(1, 0, 1, 0));
-                const __m512i t2 = _mm512_shuffle_i32x4(q[0], q[1], _MM_SHUFFLE(3, 2, 3, 2));
-                const __m512i t3 = _mm512_shuffle_i32x4(q[2], q[3], _MM_SHUFFLE(3, 2, 3, 2));
-                FN(requant16d)(e, va, vb, vc, _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
-                               sd[v][0], sd[v][1], dst);
-                FN(requant16d)(e, va, vb, vc, _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
-                               sd[v][2], sd[v][3], dst + 16);
-                FN(requant16d)(e, va, vb, vc, _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)),
-                               sd[v][4], sd[v][5], dst + 32);
-                FN(requant16d)(e, va, vb, vc, _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1)),
-                               sd[v][6], sd[v][7], dst + 48);
-            }
-        }
-    }
+    const __m512i t0 = _mm512_shuffle_i32x4(q[0], q[1], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i t1 = _mm512_shuffle_i32x4(q[2], q[3], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i t2 = _mm512_shuffle_i32x4(q[0], q[1], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i t3 = _mm512_shuffle_i32x4(q[2], q[3], _MM_SHUFFLE(3, 2, 3, 2));
+    o[0] = _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0));
+    o[1] = _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1));
+    o[2] = _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0));
+    o[3] = _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1));
 }
 
-/* Tasks t0..t1: (image n, chunk of p->rg output rows, chunk of p->bg output channels). Needs Wo >= 64. */
-TARGET static void FN(qsfwd)(const uint8_t *x, const int32_t *gsum, const struct i8pairs *sp, const struct i8epi *e,
-                             int16_t *out, const struct i8geom *p, long t0, long t1)
-{
-    const int nrg = (p->Ho + p->rg - 1) / p->rg, ncg = (p->Cout + p->bg - 1) / p->bg;
-    const int vrow = (p->Wo + 63) / 64;
-    __m512i accbuf[QS_MAXBG][4 * QS_NT];
-    for (long t = sp->next ? __atomic_fetch_add(sp->next, 1, __ATOMIC_RELAXED) : t0; t < t1;
-         t = sp->next ? __atomic_fetch_add(sp->next, 1, __ATOMIC_RELAXED) : t + 1) {
-        const long n = t / ((long)nrg * ncg);
-        const int rgi = (int)(t / ncg % nrg), cgi = (int)(t % ncg);
-        const int y0 = rgi * p->rg, y1 = y0 + p->rg < p->Ho ? y0 + p->rg : p->Ho;
-        const int c0 = cgi * p->bg, c1 = c0 + p->bg < p->Cout ? c0 + p->bg : p->Cout;
-        const int nvec = (y1 - y0) * vrow;
-        int ys[QS_NT] = {0}, xs[QS_NT] = {0};
-        for (int k = 0; k < nvec;) {
-            const int T = nvec - k >= QS_NT ? QS_NT : 1;
-            for (int v = 0; v < T; v++) {
-                const int kv = k + v, r = kv % vrow;
-                ys[v] = y0 + kv / vrow;
-                xs[v] = r * 64 + 64 <= p->Wo ? r * 64 : p->Wo - 64;
-            }
-            if (T == QS_NT) FN(qs_tile)(x, gsum, sp, e, out, p, n, c0, c1, ys, xs, accbuf, QS_NT);
-            else FN(qs_tile)(x, gsum, sp, e, out, p, n, c0, c1, ys, xs, accbuf, 1);
-            k += T;
-        }
-    }
-}
+#define SPT(x) FN(qs_##x)
+#define SPT_T uint8_t
+#define SPT_H 4
+#define SPT_NT QS_NT
+#define SPT_MAXBG QS_MAXBG
+#define SPT_RUN FN(qs_run)
+#define SPT_ORDER FN(qs_order)
+#include "cint8_sparse_tile.h"
