@@ -73,6 +73,34 @@ def build(shape, quantize, sparsity, seed=0, weight_bits=None, weights=None):
     return net, x, (jacinto.attach_quantization(net) if quantize else None)
 
 
+def add_net_args(ap):
+    """The options that say which quantized jsegnet21v2 to build (shared with bench/int8_profile.py)."""
+    ap.add_argument("--shape", default="1,3,512,1024")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--sparsity", type=float, default=0.8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weight-bits", type=int, default=None,
+                    help="bitwidth_weights of the quantized net (caffe-jacinto's default: 12; 8 runs the u8 x s8 "
+                         "kernel, the numeric model OpenVINO int8 runs)")
+    ap.add_argument("--weights", default=None, help="a trained caffemodel of jsegnet21v2 (see the docstring)")
+    ap.add_argument("--ranges", default=None, help="quantization ranges for --weights (save_ranges JSON)")
+
+
+def quantized_net(a):
+    """(net, input, hook): the quantized net the options ``a`` describe, its ranges frozen (loaded from
+    ``--ranges`` or calibrated on two forwards of the input) and its weights quantized."""
+    shape = tuple(int(s) for s in a.shape.split(","))
+    qnet, x, hook = build(shape, True, a.sparsity, weight_bits=a.weight_bits, weights=a.weights)
+    if a.ranges:
+        hook.load_ranges(a.ranges)  # its next forward is quantization_start (quantizes the weights)
+        qnet.forward(data=x)
+    else:
+        hook.freeze_ranges(after=2)
+        for _ in range(3):  # two measuring forwards, then the one at quantization_start (quantizes the weights)
+            qnet.forward(data=x)
+    return qnet, x, hook
+
+
 class OVPeer:
     def __init__(self, python, onnx_path, threads):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -100,31 +128,16 @@ def timed(fn):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="1,3,512,1024")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--sparsity", type=float, default=0.8)
-    ap.add_argument("--threads", type=int, default=2)
+    add_net_args(ap)
     ap.add_argument("--no-peer", action="store_true")
-    ap.add_argument("--weight-bits", type=int, default=None,
-                    help="bitwidth_weights of the quantized net (caffe-jacinto's default: 12; 8 runs the u8 x s8 "
-                         "kernel, the numeric model OpenVINO int8 runs)")
-    ap.add_argument("--weights", default=None, help="a trained caffemodel of jsegnet21v2 (see the docstring)")
-    ap.add_argument("--ranges", default=None, help="quantization ranges for --weights (save_ranges JSON)")
     ap.add_argument("--peer-python", default=os.environ.get("CAFFELITE_PEER_PYTHON", "/work/torchvenv/bin/python"))
     a = ap.parse_args(argv)
     shape = tuple(int(s) for s in a.shape.split(","))
     from caffelite.ops import int8 as i8op
     from caffelite.ops import sparse_conv
 
-    fnet, x, _ = build(shape, False, a.sparsity, weights=a.weights)
-    qnet, _, hook = build(shape, True, a.sparsity, weight_bits=a.weight_bits, weights=a.weights)
-    if a.ranges:
-        hook.load_ranges(a.ranges)  # its next forward is quantization_start (quantizes the weights)
-        qnet.forward(data=x)
-    else:
-        hook.freeze_ranges(after=2)
-        for _ in range(3):  # two measuring forwards, then the one at quantization_start (quantizes the weights)
-            qnet.forward(data=x)
+    fnet, _, _ = build(shape, False, a.sparsity, weights=a.weights)
+    qnet, x, hook = quantized_net(a)
     onnx_path = None
     if not a.no_peer:
         import caffelite

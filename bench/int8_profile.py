@@ -1,13 +1,16 @@
 """Per-layer profile of the int8 engine on jsegnet21v2 (the net and weights of bench/int8_forward.py).
 
     python bench/int8_profile.py [--shape 1,3,512,1024] [--runs 5] [--sparsity 0.8] [--threads 2] [--weight-bits 8]
-                                 [--compare-glue]
+                                 [--weights W.caffemodel [--ranges quant_ranges.json]] [--compare-glue]
+                                 [--compare-kernels]
 
 Runs the engine's steps one by one with a timer around each (the same calls :class:`Int8Net.forward` makes)
 and splits every integer convolution into input packing, group sums (weight zero-point correction) and the
 kernel (multiply-adds and the requantising epilogue). Prints the median per step and per category.
 ``--compare-glue``: also profiles, interleaved forward by forward, the engine with the non-convolution steps on
 their NumPy path (``Int8Net(compiled=False)``) and prints both (same integers; a check says so).
+``--compare-kernels``: also the engine with the dense and with the sparse integer kernel on every layer, and per
+convolution the three times side by side (does the automatic choice pick the faster kernel?).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from int8_forward import build  # noqa: E402
+from int8_forward import add_net_args, quantized_net  # noqa: E402
 
 
 #: category -> seconds of the instrumented calls since the last clear (filled by the wrappers of _instrument)
@@ -99,23 +102,19 @@ def profile_forward(eng, x, per):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="1,3,512,1024")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--sparsity", type=float, default=0.8)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--weight-bits", type=int, default=None)
+    add_net_args(ap)
     ap.add_argument("--compare-glue", action="store_true")
+    ap.add_argument("--compare-kernels", action="store_true")
     a = ap.parse_args(argv)
-    shape = tuple(int(s) for s in a.shape.split(","))
     from caffelite.jacinto.int8_engine import Int8Net
-    qnet, x, hook = build(shape, True, a.sparsity, weight_bits=a.weight_bits)
-    hook.freeze_ranges(after=2)
-    for _ in range(3):
-        qnet.forward(data=x)
+    qnet, x, hook = quantized_net(a)
     _instrument(_ACC)
     engines = {"compiled": Int8Net(qnet)}
     if a.compare_glue:
         engines["numpy glue"] = Int8Net(qnet, compiled=False)
+    if a.compare_kernels:
+        engines["dense kernels"] = Int8Net(qnet, sparse=False)
+        engines["sparse kernels"] = Int8Net(qnet, sparse=True)
     labels = {}
     state = hook.get_state()
     for name, eng in engines.items():
@@ -123,7 +122,7 @@ def main(argv=None):
             eng.forward(data=x)
         hook.set_state(state)  # the same forward for each engine (some scales alternate between forwards)
         labels[name] = eng.forward(data=x)[qnet.outputs[0]].copy()
-    if a.compare_glue:
+    if len(engines) > 1:
         same = all(np.array_equal(v, labels["compiled"]) for v in labels.values())
         print(f"net outputs of the engines identical: {same}")
     whole = {k: [] for k in engines}
@@ -142,6 +141,22 @@ def main(argv=None):
         if len(engines) > 1:
             print(f"\n=== {name} ===")
         report(whole[name], per[name])
+    if a.compare_kernels:
+        compare_kernels(per)
+
+
+def compare_kernels(per):
+    """Per convolution step: the automatic engine's kind and time beside the dense and sparse engines' times."""
+    print(f"\n{'convolution':44s} {'auto picks':12s} {'auto':>7s} {'dense':>7s} {'sparse':>7s}  (ms)")
+    worse = 0.0
+    for name, rec in per["compiled"].items():
+        if not rec["kind"].startswith("conv"):
+            continue
+        t = {k: float(np.median(per[k][name]["total"])) * 1e3 for k in ("compiled", "dense kernels", "sparse kernels")}
+        worse += t["compiled"] - min(t["dense kernels"], t["sparse kernels"])
+        print(f"{name[:44]:44s} {rec['kind']:12s} {t['compiled']:7.2f} {t['dense kernels']:7.2f} "
+              f"{t['sparse kernels']:7.2f}")
+    print(f"auto minus the faster kernel, summed over the convolutions: {worse:+.2f} ms")
 
 
 def report(whole, per):
