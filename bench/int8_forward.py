@@ -101,6 +101,19 @@ def quantized_net(a):
     return qnet, x, hook
 
 
+def warm_until_chosen(engine, forward, most=16):
+    """The int8 engine times its dense and sparse kernels on its first forwards (more of them while the two are
+    close): run ``forward`` until every layer of ``engine`` has chosen, so that timed runs measure the steady
+    state; says which layers still time both after ``most`` forwards."""
+    for _ in range(most):
+        if "int8-auto" not in engine.engine_used.values():
+            break
+        forward()
+    pending = [k for k, v in engine.engine_used.items() if v == "int8-auto"]
+    if pending:
+        print(f"note: still timing both kernels on {', '.join(pending)} after the warm-up")
+
+
 class OVPeer:
     def __init__(self, python, onnx_path, threads):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -171,15 +184,7 @@ def main(argv=None):
     for fn in cases.values():
         fn()  # warm-up
         fn()
-    # the int8 engine times its dense and sparse kernels on its first forwards (more of them while the two are
-    # close): warm it until every layer has chosen, so the timed runs measure the steady state
-    for _ in range(16):
-        if "int8-auto" not in engines["int8 engine"].engine_used.values():
-            break
-        cases["int8 engine"]()
-    pending = [k for k, v in engines["int8 engine"].engine_used.items() if v == "int8-auto"]
-    if pending:
-        print(f"note: still timing both kernels on {', '.join(pending)} after the warm-up")
+    warm_until_chosen(engines["int8 engine"], cases["int8 engine"])
     peer = OVPeer(a.peer_python, onnx_path, a.threads) if onnx_path else None
     times = {k: [] for k in cases}
     if peer is not None:

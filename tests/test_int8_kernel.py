@@ -259,18 +259,54 @@ def test_squads_same_integers_any_thread_count(threads, monkeypatch):
     assert pc._ss[0][0] == "quads" and pc._ss_call[3] >= 8 * threads  # enough tasks to share
 
 
+def _split_case(case, seed, **variant):
+    """The quads case with jacinto's wider weights (12-bit, centred: -4096..4095) at 80% zeros, both ends of the
+    range and the values around each multiple of 32 (where the hi/lo split changes)."""
+    q, wt, g, group, rq = _squads_case(case, seed, **variant)
+    rng = np.random.default_rng(seed + 7)
+    wide = rng.integers(-4096, 4096, wt.shape).astype(np.int16)
+    wt = np.where(wt != 0, wide, 0).astype(np.int16)
+    edge = [-4096, 4095, -33, -32, -31, -1, 1, 31, 32, 33, 0x7FF, -0x800]
+    wt[4].flat[:len(edge)] = edge[:wt[4].size]
+    rq.A /= 64
+    rq.B /= 64
+    return q, wt, g, group, rq
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+@pytest.mark.parametrize("case", SQUADS_CASES)
+@pytest.mark.parametrize("variant", [dict(), dict(has_sum=False, relu=False, ties="away")])
+@pytest.mark.parametrize("block_bytes", [16 << 10, 64])
+def test_split_quads_kernel_equals_reference(case, variant, block_bytes, monkeypatch):
+    """12-bit weights on u8 inputs: the quads kernel with each weight as 32*hi + lo (two int8 quads per group on
+    the same inputs), short quads, empty channels, one input-channel block or many."""
+    q, wt, g, group, rq = _split_case(case, 30, **variant)
+    monkeypatch.setattr(int8, "SINGLES_BLOCK_BYTES", block_bytes)
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    assert 0 < np.count_nonzero(ref - rq.lo) < ref.size and np.count_nonzero(ref - rq.hi) > 0
+    pc = int8.PackedConv(wt, g, group, rq, sparse=True, u8_input=True)
+    assert pc.split and not pc.squads
+    np.testing.assert_array_equal(pc.forward(q, isa="vnni"), ref)
+    assert pc._ss[0][0] == "quads"  # the quads kernel ran, on split weights
+    np.testing.assert_array_equal(pc.forward(q, isa="avx512bw"), ref)  # the paired-singles kernel instead
+    assert pc._ss[0][0] != "quads"
+
+
 @pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
 def test_squads_only_for_weights_it_can_split_and_wide_rows():
-    """Weights past what two int8 parts hold (-256..254) keep the paired-singles kernel; rows narrower than 64
-    outputs too; AutoConv's sparse kernel takes u8 inputs."""
+    """Weights past what two int8 parts hold (-256..254) take the split (32*hi + lo) quads; past -4096..4095, or
+    with channel sums the split parts could overflow, the paired-singles kernel; rows narrower than 64 outputs
+    too; AutoConv's sparse kernel takes u8 inputs."""
     q, wt, g, group, rq = _squads_case(SQUADS_CASES[1], 22)
-    for far in (-257, 255):
+    for far, split in ((-257, True), (255, True), (-4097, False), (4096, False)):
         wt2 = wt.copy()
         wt2[0, 0, 0, 0] = far
         ref = int8.conv_int_reference(q, wt2, None, g, group, rq)
         pc = int8.PackedConv(wt2, g, group, rq, sparse=True, u8_input=True)
-        assert not pc.squads
+        assert not pc.squads and pc.split == split
         np.testing.assert_array_equal(pc.forward(q, isa="vnni"), ref)
+        assert (pc._ss[0][0] == "quads") == split
+    assert not int8._split_sums_fit(np.full((2, 700, 3, 3), 4095))  # 255 * 6300 * 4095 (and the parts) > 2**31
     narrow = q[:, :, :, :40]
     pc = int8.PackedConv(wt, g, group, rq, sparse=True, u8_input=True)
     np.testing.assert_array_equal(pc.forward(narrow, isa="vnni"),

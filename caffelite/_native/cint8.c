@@ -228,19 +228,21 @@ int ci8_singles_fwd(int isa, const int16_t *x, const int32_t *gsum, const void *
 }
 
 /* Sparse forward over quads of nonzero int8 weights (cint8_quads.h): AVX-512 VNNI only, x the planar uint8
- * input of ci8_pack8, p->P the channels per group, p->bg at most QS_MAXBG, Wo at least 64. */
-int ci8_quads_fwd(const uint8_t *x, const int32_t *gsum, const void *sp, const struct i8epi *e, int16_t *out,
-                  const struct i8geom *p, long t0, long t1)
+ * input of ci8_pack8, p->P the channels per group, p->bg at most QS_MAXBG, Wo at least 64. split: the groups hold
+ * two quads each, the 32*hi and lo parts of 12-bit weights (q12_run). */
+int ci8_quads_fwd(int split, const uint8_t *x, const int32_t *gsum, const void *sp, const struct i8epi *e,
+                  int16_t *out, const struct i8geom *p, long t0, long t1)
 {
     if (p->Wo < 64) return -4;
     if (p->has_sum && !gsum) return -5;
     if (p->kw > MAX_KW) return -1;
 #if HAVE_X86
     if (p->bg > QS_MAXBG || p->bg < 1) return -6;
-    qs_fwd_vnni8(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1);
+    if (split) q12_fwd_vnni8(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1);
+    else qs_fwd_vnni8(x, gsum, (const struct i8pairs *)sp, e, out, p, t0, t1);
     return 0;
 #else
-    (void)x; (void)sp; (void)e; (void)out; (void)t0; (void)t1;
+    (void)split; (void)x; (void)sp; (void)e; (void)out; (void)t0; (void)t1;
     return -2;
 #endif
 }

@@ -10,7 +10,7 @@
  * transpose of 128-bit lanes) before the epilogue. Integer sums are exact: grouping and order change nothing.
  *
  * Tasks, tiles (up to QS_NT vectors of 64 pixels), input blocks, window sums and the epilogue are the template
- * cint8_sparse_tile.h's. Needs Wo >= 64.
+ * cint8_sparse_tile.h's. Needs Wo >= 64. A second instance (q12_run, at the end) takes weights wider than int8.
  */
 
 #ifndef QS_NT
@@ -70,5 +70,56 @@ TARGET static inline __attribute__((always_inline)) void FN(qs_order)(const __m5
 #define SPT_NT QS_NT
 #define SPT_MAXBG QS_MAXBG
 #define SPT_RUN FN(qs_run)
+#define SPT_ORDER FN(qs_order)
+#include "cint8_sparse_tile.h"
+
+/* 12-bit weights on unsigned 8-bit inputs: each weight w (-4096..4095) as 32*hi + lo with hi in -128..127 and lo
+ * in 0..31, a group holding two int8 quads on the same four inputs (w[2k] the four hi parts, w[2k+1] the four lo
+ * parts), so that one set of loads and interleaves serves both; the sums are combined as 32*hi + lo at the end
+ * (exact: int32, the caller bounds them). */
+TARGET static inline __attribute__((always_inline)) void FN(q12_run)(
+    const uint8_t *xg, const int32_t *off, const int32_t *w, long k0, long k1, const long *src0, __m512i *acc,
+    const int T)
+{
+    __m512i hi[4 * QS_NT], lo[4 * QS_NT];
+#pragma GCC unroll 8
+    for (int v = 0; v < 4 * T; v++) hi[v] = lo[v] = _mm512_setzero_si512();
+    for (long k = k0; k < k1; k++) {
+        long long o01, o23;
+        __builtin_memcpy(&o01, off + 4 * k, 8);
+        __builtin_memcpy(&o23, off + 4 * k + 2, 8);
+        const uint8_t *x0 = xg + (int32_t)o01, *x1 = xg + (o01 >> 32), *x2 = xg + (int32_t)o23, *x3 = xg + (o23 >> 32);
+        const __m512i wh = _mm512_set1_epi32(w[2 * k]), wl = _mm512_set1_epi32(w[2 * k + 1]);
+#pragma GCC unroll 2
+        for (int v = 0; v < T; v++) {
+            const __m512i u0 = _mm512_loadu_si512((const void *)(x0 + src0[v]));
+            const __m512i u1 = _mm512_loadu_si512((const void *)(x1 + src0[v]));
+            const __m512i u2 = _mm512_loadu_si512((const void *)(x2 + src0[v]));
+            const __m512i u3 = _mm512_loadu_si512((const void *)(x3 + src0[v]));
+            const __m512i l01 = _mm512_unpacklo_epi8(u0, u1), h01 = _mm512_unpackhi_epi8(u0, u1);
+            const __m512i l23 = _mm512_unpacklo_epi8(u2, u3), h23 = _mm512_unpackhi_epi8(u2, u3);
+            const __m512i i0 = _mm512_unpacklo_epi16(l01, l23), i1 = _mm512_unpackhi_epi16(l01, l23);
+            const __m512i i2 = _mm512_unpacklo_epi16(h01, h23), i3 = _mm512_unpackhi_epi16(h01, h23);
+            hi[4 * v] = _mm512_dpbusd_epi32(hi[4 * v], i0, wh);
+            lo[4 * v] = _mm512_dpbusd_epi32(lo[4 * v], i0, wl);
+            hi[4 * v + 1] = _mm512_dpbusd_epi32(hi[4 * v + 1], i1, wh);
+            lo[4 * v + 1] = _mm512_dpbusd_epi32(lo[4 * v + 1], i1, wl);
+            hi[4 * v + 2] = _mm512_dpbusd_epi32(hi[4 * v + 2], i2, wh);
+            lo[4 * v + 2] = _mm512_dpbusd_epi32(lo[4 * v + 2], i2, wl);
+            hi[4 * v + 3] = _mm512_dpbusd_epi32(hi[4 * v + 3], i3, wh);
+            lo[4 * v + 3] = _mm512_dpbusd_epi32(lo[4 * v + 3], i3, wl);
+        }
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < 4 * T; v++)
+        acc[v] = _mm512_add_epi32(acc[v], _mm512_add_epi32(_mm512_slli_epi32(hi[v], 5), lo[v]));
+}
+
+#define SPT(x) FN(q12_##x)
+#define SPT_T uint8_t
+#define SPT_H 4
+#define SPT_NT QS_NT
+#define SPT_MAXBG QS_MAXBG
+#define SPT_RUN FN(q12_run)
 #define SPT_ORDER FN(qs_order)
 #include "cint8_sparse_tile.h"

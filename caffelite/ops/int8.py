@@ -70,6 +70,15 @@ def requantize(acc, s, rq: Requant):
     return r.astype(np.int16)
 
 
+def _split_sums_fit(w) -> bool:
+    """Whether weights ``w`` (Cout, ...) written as 32*hi + lo (lo in 0..31) keep, on unsigned 8-bit inputs, each
+    channel's sums of the hi and of the lo parts within int32 (the sparse quads kernel sums them apart)."""
+    w = np.asarray(w, np.int64).reshape(len(w), -1)
+    hi = np.floor_divide(w, 32)
+    part = np.abs(32 * hi).sum(axis=1) + np.abs(w - 32 * hi).sum(axis=1)
+    return bool(255 * int(part.max(initial=0)) < 2 ** 31)
+
+
 def check_bounds(w, qmax: int, where: str = "convolution") -> None:
     """Raise ValueError unless every int32 sum of an output channel of integer weights ``w`` (Cout, ...) with
     activations |q| <= qmax is exact: the channel's sum of |w| times qmax below 2**31, and the 16-bit lanes."""
@@ -110,9 +119,10 @@ class PackedConv:
     ``sparse``: keep only each output channel's nonzero weight pairs and run the sparse kernel (same integers:
     the sums are exact either way); :func:`sparse_worthwhile` says when it pays. On AVX-512, with output rows of
     at least 32 pixels, the sparse kernel pairs the nonzero weights themselves (``singles``; False: the channel
-    pairs); on AVX-512 VNNI with ``u8_input``, weights in int8 and output rows of at least 64 pixels, it groups
-    them in fours (u8 x s8, ``squads``). One object serves one call at a time (it keeps per-shape tables and input
-    buffers).
+    pairs); on AVX-512 VNNI with ``u8_input`` and output rows of at least 64 pixels, it groups them in fours (u8 x
+    s8): weights in int8, or two int8 parts of a weight (``squads``), or, for wider weights up to -4096..4095
+    (jacinto's 12-bit ones), each as 32*hi + lo with a quad of hi parts and a quad of lo parts on the same inputs
+    (``split``). One object serves one call at a time (it keeps per-shape tables and input buffers).
     """
 
     def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, sparse: bool = False, u8_input: bool = False):
@@ -127,6 +137,10 @@ class PackedConv:
         # the sparse quads kernel splits a weight past int8 in two (w = clip(w) + rest, on the same input): 8-bit
         # weights centred on the zero point of a float zero span 256 values but may stray a few past -128 or 127
         self.squads = u8 and self.sparse and lo >= -128 - 128 and hi <= 127 + 127
+        # wider (jacinto's 12-bit) weights: each as 32*hi + lo, two int8 quads per group on the same inputs, while
+        # the sums of |32*hi| and |lo| stay within int32 (the kernel sums them apart)
+        self.split = u8 and self.sparse and not self.squads and lo >= -4096 and hi <= 4095 and \
+            _split_sums_fit(self.w)
         if self.quads:
             self.wpk = pack_weights4(self.w, self.group, _LIB.mb)
         else:
@@ -208,6 +222,14 @@ class PackedConv:
         tile = min(wo, 2 * SQUADS_WIDTH) + (kw - 1) * g.dw  # bytes of one tile row
         kb = max(1, min(cg, SINGLES_BLOCK_BYTES // (kh * tile * (2 if wo < 2 * SQUADS_WIDTH else 1))))
         m, c, i, j, wv = self._nz
+        if self.split:
+            hi = np.floor_divide(wv, 32)
+            t_hi, t_lo = (self._group_tables(hp, wq, ps, kb, 4, np.int8, (m, c, i, j, v)) for v in (hi, wv - 32 * hi))
+            assert np.array_equal(t_hi[0], t_lo[0]) and np.array_equal(t_hi[1], t_lo[1])  # the same groups
+            tables = (t_hi[0], t_hi[1], np.ascontiguousarray(np.stack([t_hi[2], t_lo[2]], axis=1).reshape(-1)),
+                      t_hi[3])
+            self._ss = (key, tables)
+            return tables
         part = np.clip(wv, -128, 127)
         twice = np.flatnonzero(part != wv)  # past int8: a second entry right after, same input, the rest
         at = np.arange(wv.size) + np.searchsorted(twice, np.arange(wv.size))
@@ -245,7 +267,7 @@ class PackedConv:
         return self.sparse and self.singles and isa in SINGLES_ISAS and wo >= SINGLES_WIDTH
 
     def _uses_squads(self, isa: str | None, wo: int) -> bool:
-        return self.squads and self.singles and isa == "vnni" and wo >= SQUADS_WIDTH
+        return (self.squads or self.split) and self.singles and isa == "vnni" and wo >= SQUADS_WIDTH
 
     def prepare(self, shape, isa: str | None = None) -> bool:
         """Build what :meth:`forward` caches per input shape (the sparse kernel's tables and input buffers, their
@@ -278,7 +300,7 @@ class PackedConv:
         args = (xs.ctypes.data, None if gsum is None else gsum.ctypes.data, ctypes.byref(sp), ctypes.byref(e),
                 out.ctypes.data, ctypes.byref(geom))
         if quads:
-            _LIB.run(args, ntasks, None, _LIB.lib.ci8_quads_fwd)
+            _LIB.run((int(self.split), *args), ntasks, None, _LIB.lib.ci8_quads_fwd)
         else:
             _LIB.run(args, ntasks, isa, _LIB.lib.ci8_singles_fwd)
         return out

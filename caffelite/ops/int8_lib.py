@@ -56,7 +56,7 @@ class _Lib:
         lib.ci8_singles_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
         lib.ci8_pack16.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, ptr, ptr, lng, lng]
         lib.ci8_pack8.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, ptr, ptr, lng, lng]
-        lib.ci8_quads_fwd.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
+        lib.ci8_quads_fwd.argtypes = [i, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
         dbl = ctypes.c_double
         lib.ci8_quantize.argtypes = [ptr, dbl, dbl, dbl, dbl, i, ptr, lng, lng]
         self.lib = lib
