@@ -18,6 +18,34 @@
 #define QS_MAXBG 32
 #endif
 
+/* The four input pointers of quad k (both offsets of a pair in one load, little endian: the first in the low
+ * half). */
+TARGET static inline __attribute__((always_inline)) void FN(qs_inputs)(const uint8_t *xg, const int32_t *off, long k,
+                                                                      const uint8_t **x)
+{
+    long long o01, o23;
+    __builtin_memcpy(&o01, off + 4 * k, 8);
+    __builtin_memcpy(&o23, off + 4 * k + 2, 8);
+    x[0] = xg + (int32_t)o01, x[1] = xg + (o01 >> 32), x[2] = xg + (int32_t)o23, x[3] = xg + (o23 >> 32);
+}
+
+/* The 64 pixels at src of the four inputs x, interleaved for vpdpbusd: i[k] holds, in each 128-bit lane L, pixels
+ * 16L+4k .. 16L+4k+3 of the four inputs in turn. */
+TARGET static inline __attribute__((always_inline)) void FN(qs_interleave)(const uint8_t *const *x, long src,
+                                                                          __m512i *i)
+{
+    const __m512i u0 = _mm512_loadu_si512((const void *)(x[0] + src));
+    const __m512i u1 = _mm512_loadu_si512((const void *)(x[1] + src));
+    const __m512i u2 = _mm512_loadu_si512((const void *)(x[2] + src));
+    const __m512i u3 = _mm512_loadu_si512((const void *)(x[3] + src));
+    const __m512i l01 = _mm512_unpacklo_epi8(u0, u1), h01 = _mm512_unpackhi_epi8(u0, u1);
+    const __m512i l23 = _mm512_unpacklo_epi8(u2, u3), h23 = _mm512_unpackhi_epi8(u2, u3);
+    i[0] = _mm512_unpacklo_epi16(l01, l23);
+    i[1] = _mm512_unpackhi_epi16(l01, l23);
+    i[2] = _mm512_unpacklo_epi16(h01, h23);
+    i[3] = _mm512_unpackhi_epi16(h01, h23);
+}
+
 /* One output channel over T vectors and the quads [k0, k1): acc in (interleaved) register order. */
 TARGET static inline __attribute__((always_inline)) void FN(qs_run)(
     const uint8_t *xg, const int32_t *off, const int32_t *w, long k0, long k1, const long *src0, __m512i *acc,
@@ -27,23 +55,15 @@ TARGET static inline __attribute__((always_inline)) void FN(qs_run)(
 #pragma GCC unroll 8
     for (int v = 0; v < 4 * T; v++) a[v] = acc[v];
     for (long k = k0; k < k1; k++) {
-        long long o01, o23;
-        __builtin_memcpy(&o01, off + 4 * k, 8);
-        __builtin_memcpy(&o23, off + 4 * k + 2, 8);
-        const uint8_t *x0 = xg + (int32_t)o01, *x1 = xg + (o01 >> 32), *x2 = xg + (int32_t)o23, *x3 = xg + (o23 >> 32);
+        const uint8_t *x[4];
+        FN(qs_inputs)(xg, off, k, x);
         const __m512i wv = _mm512_set1_epi32(w[k]);
 #pragma GCC unroll 2
         for (int v = 0; v < T; v++) {
-            const __m512i u0 = _mm512_loadu_si512((const void *)(x0 + src0[v]));
-            const __m512i u1 = _mm512_loadu_si512((const void *)(x1 + src0[v]));
-            const __m512i u2 = _mm512_loadu_si512((const void *)(x2 + src0[v]));
-            const __m512i u3 = _mm512_loadu_si512((const void *)(x3 + src0[v]));
-            const __m512i l01 = _mm512_unpacklo_epi8(u0, u1), h01 = _mm512_unpackhi_epi8(u0, u1);
-            const __m512i l23 = _mm512_unpacklo_epi8(u2, u3), h23 = _mm512_unpackhi_epi8(u2, u3);
-            a[4 * v] = _mm512_dpbusd_epi32(a[4 * v], _mm512_unpacklo_epi16(l01, l23), wv);
-            a[4 * v + 1] = _mm512_dpbusd_epi32(a[4 * v + 1], _mm512_unpackhi_epi16(l01, l23), wv);
-            a[4 * v + 2] = _mm512_dpbusd_epi32(a[4 * v + 2], _mm512_unpacklo_epi16(h01, h23), wv);
-            a[4 * v + 3] = _mm512_dpbusd_epi32(a[4 * v + 3], _mm512_unpackhi_epi16(h01, h23), wv);
+            __m512i i[4];
+            FN(qs_interleave)(x, src0[v], i);
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; h++) a[4 * v + h] = _mm512_dpbusd_epi32(a[4 * v + h], i[h], wv);
         }
     }
 #pragma GCC unroll 8
@@ -85,29 +105,18 @@ TARGET static inline __attribute__((always_inline)) void FN(q12_run)(
 #pragma GCC unroll 8
     for (int v = 0; v < 4 * T; v++) hi[v] = lo[v] = _mm512_setzero_si512();
     for (long k = k0; k < k1; k++) {
-        long long o01, o23;
-        __builtin_memcpy(&o01, off + 4 * k, 8);
-        __builtin_memcpy(&o23, off + 4 * k + 2, 8);
-        const uint8_t *x0 = xg + (int32_t)o01, *x1 = xg + (o01 >> 32), *x2 = xg + (int32_t)o23, *x3 = xg + (o23 >> 32);
+        const uint8_t *x[4];
+        FN(qs_inputs)(xg, off, k, x);
         const __m512i wh = _mm512_set1_epi32(w[2 * k]), wl = _mm512_set1_epi32(w[2 * k + 1]);
 #pragma GCC unroll 2
         for (int v = 0; v < T; v++) {
-            const __m512i u0 = _mm512_loadu_si512((const void *)(x0 + src0[v]));
-            const __m512i u1 = _mm512_loadu_si512((const void *)(x1 + src0[v]));
-            const __m512i u2 = _mm512_loadu_si512((const void *)(x2 + src0[v]));
-            const __m512i u3 = _mm512_loadu_si512((const void *)(x3 + src0[v]));
-            const __m512i l01 = _mm512_unpacklo_epi8(u0, u1), h01 = _mm512_unpackhi_epi8(u0, u1);
-            const __m512i l23 = _mm512_unpacklo_epi8(u2, u3), h23 = _mm512_unpackhi_epi8(u2, u3);
-            const __m512i i0 = _mm512_unpacklo_epi16(l01, l23), i1 = _mm512_unpackhi_epi16(l01, l23);
-            const __m512i i2 = _mm512_unpacklo_epi16(h01, h23), i3 = _mm512_unpackhi_epi16(h01, h23);
-            hi[4 * v] = _mm512_dpbusd_epi32(hi[4 * v], i0, wh);
-            lo[4 * v] = _mm512_dpbusd_epi32(lo[4 * v], i0, wl);
-            hi[4 * v + 1] = _mm512_dpbusd_epi32(hi[4 * v + 1], i1, wh);
-            lo[4 * v + 1] = _mm512_dpbusd_epi32(lo[4 * v + 1], i1, wl);
-            hi[4 * v + 2] = _mm512_dpbusd_epi32(hi[4 * v + 2], i2, wh);
-            lo[4 * v + 2] = _mm512_dpbusd_epi32(lo[4 * v + 2], i2, wl);
-            hi[4 * v + 3] = _mm512_dpbusd_epi32(hi[4 * v + 3], i3, wh);
-            lo[4 * v + 3] = _mm512_dpbusd_epi32(lo[4 * v + 3], i3, wl);
+            __m512i i[4];
+            FN(qs_interleave)(x, src0[v], i);
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; h++) {
+                hi[4 * v + h] = _mm512_dpbusd_epi32(hi[4 * v + h], i[h], wh);
+                lo[4 * v + h] = _mm512_dpbusd_epi32(lo[4 * v + h], i[h], wl);
+            }
         }
     }
 #pragma GCC unroll 8
