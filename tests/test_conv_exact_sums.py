@@ -1,4 +1,5 @@
-"""Convolution with exact sums (``ops.conv.conv_forward_exact``) and its dispatch (``layer.exact_sums``).
+"""Convolution with exact sums (``ops.conv.conv_forward_exact``) and its dispatch (``layer.exact_sums``); the
+InnerProduct layer's exact sums.
 
 Operands on power-of-two fixed-point grids (8-bit inputs, 12-bit weights) over enough taps that float32 sums
 exceed 2**24 grid steps, so every float32 order rounds some sums. The reference is integer arithmetic: the
@@ -96,3 +97,28 @@ def test_dispatch_honours_exact_sums():
     assert layer.engine_used == "dense"
     # a fused epilogue is not taken: the net then runs the in-place layers one by one
     assert not conv_dispatch.conv_forward(layer, x, w, b, out, scale=np.ones(16, np.float32), fused=True)
+
+
+def test_inner_product_exact_sums():
+    """An InnerProduct flagged ``exact_sums``: the integer sums rounded once, then the bias; unflagged, BLAS's
+    float32 sums round some of these (4096 taps of 8-bit x 12-bit values, mostly positive) differently."""
+    import caffelite
+    from caffelite import io
+
+    rng = np.random.default_rng(3)
+    qx = rng.integers(0, 256, (4, 4096))
+    qw = rng.integers(-512, 2048, (24, 4096))
+    b = rng.normal(0, 3, 24).astype(np.float32)
+    p, _ = io.parse_net_text("""
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 4096 } } }
+        layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 24 } }
+    """)
+    net = caffelite.Net(p, caffelite.TEST)
+    net.params["fc"][0].data[...] = qw * 2.0 ** -FW
+    net.params["fc"][1].data[...] = b
+    x = (qx * 2.0 ** -FX).astype(np.float32)
+    want = ((qx @ qw.T).astype(np.float64) * 2.0 ** -(FX + FW)).astype(np.float32) + b
+    f32 = np.array(net.forward(x=x)["y"])
+    assert np.count_nonzero(f32 != want) > 0
+    net.layer_dict["fc"].exact_sums = True
+    np.testing.assert_array_equal(net.forward(x=x)["y"], want)

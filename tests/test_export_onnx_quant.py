@@ -206,6 +206,45 @@ def test_jacinto_default_quantization_per_layer(tmp_path):
     assert checked >= 25
 
 
+def test_exact_form_reproduces_a_quantized_classifier_with_inner_product(tmp_path):
+    """cifar10 jacintonet11v2 (convolutions, pooling, InnerProduct, Softmax) with jacinto's default quantization:
+    the exact form sums the convolutions and the InnerProduct in double as the simulation does, so ONNX Runtime
+    gives every quantized blob and the probabilities bit for bit."""
+    p = cio.read_net(prototxt_path("cifar10_jacintonet11v2", "deploy.prototxt"))
+    p.quantize = True
+    caffelite.set_random_seed(5)
+    net = caffelite.Net(p, caffelite.TEST)
+    rng = np.random.default_rng(5)
+    for name, blobs in net.params.items():
+        if net.layer_dict[name].param.type == "BatchNorm":
+            c = blobs[0].data.size
+            blobs[0].data[...] = rng.normal(0, 0.5, c)
+            blobs[1].data[...] = rng.uniform(0.5, 2, c)
+            blobs[3].data[...] = rng.uniform(0.5, 1.5, c)
+            blobs[4].data[...] = rng.normal(0, 0.2, c)
+    hook = jacinto.attach_from_proto(net).quantization[0]
+    for _ in range(3):
+        net.forward(data=rng.uniform(0, 255, (1, 3, 32, 32)).astype(np.float32))
+    hook.freeze_ranges(True)
+    x = rng.uniform(0, 255, (1, 3, 32, 32)).astype(np.float32)
+    ours = np.array(net.forward(data=x)["prob"])
+    assert net.layer_dict["fc10"].exact_sums
+    model = export_onnx(net, tmp_path / "e.onnx", qdq_form="exact")
+    ops = [n.op_type for n in model.graph.node]
+    assert "Gemm" not in ops and "Conv" not in ops
+    dq = dq_blobs(model)
+    got = run(tmp_path / "e.onnx", x, list(dq))
+    np.testing.assert_array_equal(got["prob"], ours)
+    checked = 0
+    for t, blob in dq.items():
+        if blob in flagged_final(net):
+            np.testing.assert_array_equal(got[t], net.blobs[blob].data, err_msg=blob)
+            checked += 1
+    assert checked >= 10
+    runtime = export_onnx(net, tmp_path / "r.onnx")
+    assert "Gemm" in [n.op_type for n in runtime.graph.node]
+
+
 def test_exact_qdq_form_rounds_as_the_simulation_at_rounding_boundaries(tmp_path):
     """Inputs whose ``x*s`` lies within a float32 ulp of a rounding boundary: the "exact" form (``x*s`` in float64,
     Round, QuantizeLinear with scale 1) quantizes them as the simulation; the default form's ``x / (1/s)`` in

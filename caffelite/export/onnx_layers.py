@@ -62,6 +62,8 @@ def inner_product(g, layer):
     if axis == 0:
         g.check_batch_kept(shape, g.top_shape(0))
     flat = g.node("Flatten", [g.bottom(0)], axis=axis)
+    if g.hook is not None and hasattr(g.hook, "inner_product") and g.hook.inner_product(g, layer, flat, axis):
+        return
     ins = [flat, g.param(layer, 0)] + ([g.param(layer, 1)] if len(layer.blobs) > 1 else [])
     if axis == 1:
         g.node("Gemm", ins, [g.top(0)], transB=0 if layer.transpose else 1)

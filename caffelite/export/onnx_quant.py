@@ -15,7 +15,8 @@ Runtime; OpenVINO's CPU plugin computes it in float32). The simulation sums its 
 in its own order and rounds some sums differently, which moves an occasional value across a rounding boundary.
 So the "exact" form also writes each such convolution as float64 arithmetic: the input cast to double, one
 MatMul per kernel tap (grouped as ``(G, Cout/G, Cin/G)`` weights), the sums added in double, cast to float and
-the bias added; ONNX Runtime then computes the simulation's values (its Conv has no double kernel).
+the bias added; ONNX Runtime then computes the simulation's values (its Conv has no double kernel). An
+InnerProduct that sums exactly becomes one double MatMul the same way.
 
 Weights were quantized in place by the simulation (once, at forward ``quantization_start``), so the net's
 float weights are already jacinto's dequantized values and are exported as they are; where they lie exactly
@@ -191,6 +192,27 @@ class QdqHook:
                 g.node("Identity", [y], [g.top(j)])
             else:
                 g.node("Add", [y, g.const(f"{name}/b", bias)], [g.top(j)])
+        return True
+
+    def inner_product(self, g, layer, flat, axis):
+        """The "exact" form of an InnerProduct whose simulation sums exactly: the flattened input cast to double,
+        one MatMul with the double weights, cast to float, then the bias. Returns True when it wrote the layer."""
+        if self.form != "exact" or not getattr(layer, "exact_sums", False):
+            return False
+        from .onnx_layers import weights
+
+        w = weights(layer, 0).astype(np.float64)  # (N, K), or (K, N) with transpose
+        name = g.layer_name
+        x = g.node("Cast", [flat], hint=f"{name}/x_f64", to=g.onnx.TensorProto.DOUBLE)
+        y = g.node("MatMul", [x, g.const(f"{name}/W_kn", w if layer.transpose else w.T, np.float64)],
+                   hint=f"{name}/sum")
+        y = g.node("Cast", [y], hint=f"{name}/sum_f32", to=g.onnx.TensorProto.FLOAT)
+        if len(layer.blobs) > 1:
+            y = g.node("Add", [y, g.const(f"{name}/b", weights(layer, 1))], hint=f"{name}/biased")
+        if axis == 1:
+            g.node("Identity", [y], [g.top(0)])
+        else:
+            g.reshape(y, g.top_shape(0), g.top(0))
         return True
 
     @staticmethod

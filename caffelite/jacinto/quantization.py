@@ -14,13 +14,13 @@ into the caffemodel as jacinto does. Beyond jacinto (qstate.py): ``freeze_ranges
 exact; in a data-parallel run the root's ranges (and randomly rounded weights) are broadcast. With frozen
 ranges, set_params results are remembered (qmemo.py: the same values, less work per forward).
 
-Convolutions of a quantizing forward sum exactly (``exact_sums``, on by default): their quantized inputs and
-weights are integers times powers of two, so the float64 sums are exact and rounded once to float32, and the
-bias is added after, as Caffe adds it. jacinto's own float32 sums (cuDNN's order) round some of them, and so
-does every other float32 order, each differently: through the later quantizers a few such roundings change
-about 0.2% of a segmentation net's labels. With exact sums the simulation is the same on every machine, kernel
-and thread count, and it is what integer arithmetic (caffelite's int8 engine, ONNX runtimes, TI's devices)
-computes.
+Convolutions and inner products of a quantizing forward sum exactly (``exact_sums``, on by default): their
+quantized inputs and weights are integers times powers of two, so the float64 sums are exact and rounded once
+to float32, and the bias is added after, as Caffe adds it. jacinto's own float32 sums (cuDNN's order) round
+some of them, and so does every other float32 order, each differently: through the later quantizers a few such
+roundings change about 0.2% of a segmentation net's labels. With exact sums the simulation is the same on every
+machine, kernel and thread count, and it is what integer arithmetic (caffelite's int8 engine, ONNX runtimes,
+TI's devices) computes.
 """
 
 from __future__ import annotations
@@ -117,9 +117,10 @@ class QuantizationHook(RangeState):
         self._set_exact_sums(self.exact_sums and k >= self.start)
 
     def _set_exact_sums(self, on):
-        """Flag the convolutions whose weights this forward quantizes: they sum exactly (module docstring)."""
+        """Flag the convolutions and inner products whose weights this forward quantizes: they sum exactly (module
+        docstring)."""
         for i, ly in enumerate(self.net.layers):
-            if ly.param.type == "Convolution":
+            if ly.param.type in ("Convolution", "InnerProduct"):
                 qw = self._qp(i).qparam_w if ly.param.HasField("quantization_param") else ()
                 ly.exact_sums = bool(on and qw and qw[0].quantize)
 

@@ -65,7 +65,12 @@ class InnerProductLayer(Layer):
         xp = bottom[0].xp
         x = bottom[0].data.reshape(self.m, self.k)
         out = top[0].data.reshape(self.m, self.n_out)
-        xp.matmul(x, self._w_nk().T, out=out)
+        if getattr(self, "exact_sums", False):
+            # set by a hook that simulates fixed-point arithmetic: float64 sums (exact for fixed-point operands,
+            # whatever the BLAS order), rounded once; the bias after, as below
+            out[...] = xp.matmul(x.astype(xp.float64), self._w_nk().T.astype(xp.float64))
+        else:
+            xp.matmul(x, self._w_nk().T, out=out)
         if self.bias_term:
             out += self.blobs[1].data
 
