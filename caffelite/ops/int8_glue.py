@@ -107,7 +107,7 @@ def info() -> str:
 
 
 def _run(fn, args, ntasks, per_task):
-    _LIB.run(fn, args, ntasks, min_per_part=max(1, MIN_PER_THREAD // max(1, per_task)))
+    _LIB.run(fn, args, ntasks, min_per_part=max(1, MIN_PER_THREAD // max(1, per_task)), dynamic=True)
 
 
 def _i16(q):

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .im2col import ConvGeometry
-from .native import _POOLS, _thread_count, load_library, split_tasks
+from .native import _POOLS, DYNAMIC_PARTS_PER_THREAD, _thread_count, load_library, run_dynamic, split_tasks
 
 
 _MAX_KW = 32
@@ -77,8 +77,10 @@ class _Lib:
         return self.lib.ci8_vector_width(ISAS.index(isa))
 
     def run(self, args, ntasks: int, isa: str | None, fn=None):
-        """``fn(isa code, *args, t0, t1)`` (``fn(*args, t0, t1)`` when ``isa`` is None) over the threads; a
-        function that hands its tasks out itself (``self.shared``) gets the whole range in every thread."""
+        """``fn(isa code, *args, t0, t1)`` over the threads (``fn(*args, t0, t1)`` when ``isa`` is None); a
+        function that hands its tasks out itself (``self.shared``) gets the whole range in every thread, the others
+        get ranges as threads come free (:func:`caffelite.ops.native.run_dynamic`: every task of these kernels
+        writes its own part of the output)."""
         fn = fn or self.lib.ci8_conv_fwd
         if isa is not None:
             args = (ISAS.index(isa), *args)
@@ -94,9 +96,8 @@ class _Lib:
                 futs = [pool.submit(fn, *args, 0, ntasks) for _ in range(parts - 1)]
                 rc = [fn(*args, 0, ntasks)] + [f.result() for f in futs]
             else:
-                bounds = [ntasks * k // parts for k in range(parts + 1)]
-                futs = [pool.submit(fn, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
-                rc = [f.result() for f in futs]
+                rc = run_dynamic(pool, lambda t0, t1: fn(*args, t0, t1), ntasks,
+                                 min(ntasks, parts * DYNAMIC_PARTS_PER_THREAD), parts)
         if any(rc):
             raise RuntimeError(f"integer convolution kernel failed (codes {rc})")
 

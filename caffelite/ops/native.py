@@ -115,25 +115,33 @@ class KernelLibrary:
             raise RuntimeError(f"{self.label} failed (codes {rc})")
 
     def _run_dynamic(self, fn, code, args, ntasks: int, parts: int, threads: int) -> list:
-        bounds = [ntasks * k // parts for k in range(parts + 1)]
-        todo = iter(range(parts))
-        lock = threading.Lock()
+        return run_dynamic(self.pool, lambda t0, t1: fn(code, *args, t0, t1), ntasks, parts, threads)
 
-        def worker():
-            rc = []
-            while True:
-                with lock:
-                    k = next(todo, None)
-                if k is None:
-                    return rc
-                rc.append(fn(code, *args, bounds[k], bounds[k + 1]))
 
-        # the calling thread works too (it would only wait)
-        futs = [self.pool.submit(worker) for _ in range(threads - 1)]
-        rc = worker()
-        for f in futs:
-            rc += f.result()
-        return rc
+def run_dynamic(pool, call, ntasks: int, parts: int, threads: int) -> list:
+    """``call(t0, t1)`` over [0, ntasks) cut into ``parts`` ranges that ``threads`` threads (the calling one and
+    ``threads - 1`` of ``pool``) take in turn as they finish, so that a thread that starts late (woken up
+    slowly) or runs slowly (other processes on its core) leaves its share to the others. For kernels whose tasks
+    write disjoint outputs, so that which thread runs a task cannot change a value. Returns the return codes."""
+    bounds = [ntasks * k // parts for k in range(parts + 1)]
+    todo = iter(range(parts))
+    lock = threading.Lock()
+
+    def worker():
+        rc = []
+        while True:
+            with lock:
+                k = next(todo, None)
+            if k is None:
+                return rc
+            rc.append(call(bounds[k], bounds[k + 1]))
+
+    # the calling thread works too (it would only wait)
+    futs = [pool.submit(worker) for _ in range(threads - 1)]
+    rc = worker()
+    for f in futs:
+        rc += f.result()
+    return rc
 
 
 def load_library(module: str, factory):

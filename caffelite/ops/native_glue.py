@@ -126,7 +126,7 @@ def dw_deconv(src, wk, phases_h, phases_w, kernel, out, bias=None):
                   wi=wi.ctypes.data, wo=wo.ctypes.data, zeros=zeros.ctypes.data)
     _LIB.run(_LIB.lib.cglue_dw_deconv, (src.ctypes.data, wkc.ctypes.data, None if b is None else b.ctypes.data,
                                         out.ctypes.data, ctypes.byref(p)), n * c * h,
-             min_per_part=_rows_per_part(w))
+             min_per_part=_rows_per_part(w), dynamic=True)
     return out
 
 
@@ -145,7 +145,7 @@ def max_pool(x, k, s, p, ho: int, wo: int, out, tiled: bool):
     prm = _PoolParams(planes=n * c, H=h, W=w, Ho=ho, Wo=wo, kh=k[0], kw=k[1], sh=s[0], sw=s[1], ph=p[0], pw=p[1],
                       tiled=bool(tiled))
     _LIB.run(_LIB.lib.cglue_max_pool, (x.ctypes.data, out.ctypes.data, ctypes.byref(prm)), n * c * ho,
-             min_per_part=_rows_per_part(wo))
+             min_per_part=_rows_per_part(wo), dynamic=True)
     return out
 
 
@@ -158,5 +158,5 @@ def argmax_top1(x, axis: int, out):
     prm = _ArgParams(outer=outer, n=n, inner=inner, block=blk)
     tasks = outer * -(-inner // blk)
     _LIB.run(_LIB.lib.cglue_argmax, (x.ctypes.data, out.ctypes.data, ctypes.byref(prm)), tasks,
-             min_per_part=-(-MIN_PER_THREAD // blk))
+             min_per_part=-(-MIN_PER_THREAD // blk), dynamic=True)
     return out
