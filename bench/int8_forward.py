@@ -106,9 +106,9 @@ def warm_until_chosen(engine, forward, most=16):
     close): run ``forward`` until every layer of ``engine`` has chosen, so that timed runs measure the steady
     state; says which layers still time both after ``most`` forwards."""
     for _ in range(most):
+        forward()
         if "int8-auto" not in engine.engine_used.values():
             break
-        forward()
     pending = [k for k, v in engine.engine_used.items() if v == "int8-auto"]
     if pending:
         print(f"note: still timing both kernels on {', '.join(pending)} after the warm-up")
