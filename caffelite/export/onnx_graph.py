@@ -51,7 +51,8 @@ class GraphBuilder:
         self.current = {}   # Caffe blob name -> current ONNX tensor name
         self._used = set()
         self.layer = None   # index of the layer being converted (for errors and names)
-        self.hook = None    # optional: param(builder, layer, k, w) and after_layer(builder, i)
+        self.hook = None    # optional: param(builder, layer, k, w), after_layer(builder, i), and (when present)
+        # conv(builder, layer) / inner_product(builder, layer, flat, axis), True when they wrote the layer
         self.folded = {}    # conv layer index -> (scale, shift) of the BatchNorm/Scale folded into it
 
     # -- names ----------------------------------------------------------------------------------------

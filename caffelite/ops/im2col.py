@@ -53,6 +53,17 @@ class ConvGeometry:
         wb = max(w + 2 * self.pw, (wo - 1) * self.sw + self.dw * (self.kw - 1) + 1)
         return hb, wb
 
+    def phase_extent(self, h: int, w: int, ho: int, wo: int) -> tuple[int, int]:
+        """(Hp, Wq) of the layout the compiled kernels read: the padded buffer (:meth:`padded_extent`) with its
+        columns split into ``sw`` stride phases of ``Wq`` columns each (the width rounded up to whole phases)."""
+        hb, wb = self.padded_extent(h, w, ho, wo)
+        return hb, -(-wb // self.sw)
+
+    def phase_tap_offsets(self, wq: int) -> list[int]:
+        """Per kernel column j, where its first pixel lies in a phase-split row of ``sw`` phases of ``wq`` columns
+        (so that every tap reads contiguous pixels)."""
+        return [(j * self.dw) % self.sw * wq + (j * self.dw) // self.sw for j in range(self.kw)]
+
 
 # -- scratch buffers -------------------------------------------------------------------------------
 # One growable flat buffer per (slot, module, dtype), shared by every layer: columns are consumed right after

@@ -173,27 +173,29 @@ class PackedConv:
             c, r = np.divmod(self._scij, g.kh * g.kw)
             i, j = np.divmod(r, g.kw)
             rowlen = g.sw * wq
-            tap = (j * g.dw) % g.sw * wq + (j * g.dw) // g.sw
+            tap = np.array(g.phase_tap_offsets(wq), np.int64)[j]
             off = ((c * hp + i * g.dh) * rowlen + tap).astype(np.int64)
             assert c.max(initial=0) < p
             self._soff = ((hp, wq), np.ascontiguousarray(off))
         return self._soff[1]
 
+    def _tables(self, quads: bool, hp: int, wq: int, wo: int, ps: int):
+        """The sparse kernel's tables (:meth:`_squads` with ``quads``, else :meth:`_singles`) for a planar input of
+        ``hp`` rows and ``wq`` columns per phase, planes ``ps`` apart; cached per input shape (``self._ss``)."""
+        key = ("quads" if quads else "pairs", hp, wq, wo, ps)
+        if self._ss is None or self._ss[0] != key:
+            self._ss = (key, (self._squads if quads else self._singles)(hp, wq, wo, ps))
+        return self._ss[1]
+
     def _singles(self, hp: int, wq: int, wo: int, ps: int):
-        """The paired-singles sparse kernel's tables for a planar input of ``hp`` rows and ``wq`` columns per
-        phase, planes ``ps`` apart: each output channel's nonzero weights in (channel, row, column) order, cut
-        into input-channel blocks sized so a block's input rows for one pixel tile stay in L1, and paired in twos
-        within a block (an odd one out gets a zero partner on the same input); cached per input shape."""
-        key = (hp, wq, wo, ps)
-        if self._ss is not None and self._ss[0] == key:
-            return self._ss[1]
+        """The paired-singles sparse kernel's tables: each output channel's nonzero weights in (channel, row,
+        column) order, cut into input-channel blocks sized so a block's input rows for one pixel tile stay in L1,
+        and paired in twos within a block (an odd one out gets a zero partner on the same input)."""
         g = self.g
         cg, kh, kw = self.w.shape[1:]
         tile = min(wo, 2 * SINGLES_WIDTH) + (kw - 1) * g.dw
         kb = max(1, min(cg, SINGLES_BLOCK_BYTES // (2 * kh * tile * (2 if wo < 2 * SINGLES_WIDTH else 1))))
-        tables = self._group_tables(hp, wq, ps, kb, 2, np.int16)
-        self._ss = (key, tables)
-        return tables
+        return self._group_tables(hp, wq, ps, kb, 2, np.int16)
 
     def _group_tables(self, hp: int, wq: int, ps: int, kb: int, size: int, dtype, nz=None):
         """Each output channel's nonzero weights (``nz``, default all of them: (m, c, i, j, w) sorted) grouped
@@ -204,7 +206,7 @@ class PackedConv:
         cout, cg, kh, kw = self.w.shape
         nkb = -(-cg // kb)
         m, c, i, j, wv = self._nz if nz is None else nz
-        taps = np.array([(jj * g.dw) % g.sw * wq + (jj * g.dw) // g.sw for jj in range(kw)], np.int64)
+        taps = np.array(g.phase_tap_offsets(wq), np.int64)
         off = c.astype(np.int64) * ps + i.astype(np.int64) * (g.dh * g.sw * wq) + taps[j]
         if off.size and int(off.max()) >= 2 ** 31:
             raise ValueError("integer convolution: input too large for the sparse kernel's offsets")
@@ -214,9 +216,6 @@ class PackedConv:
 
     def _squads(self, hp: int, wq: int, wo: int, ps: int):
         """The sparse quads kernel's tables (as :meth:`_singles`, four int8 weights a group, uint8 planes)."""
-        key = ("quads", hp, wq, wo, ps)
-        if self._ss is not None and self._ss[0] == key:
-            return self._ss[1]
         g = self.g
         cg, kh, kw = self.w.shape[1:]
         tile = min(wo, 2 * SQUADS_WIDTH) + (kw - 1) * g.dw  # bytes of one tile row
@@ -226,19 +225,15 @@ class PackedConv:
             hi = np.floor_divide(wv, 32)
             t_hi, t_lo = (self._group_tables(hp, wq, ps, kb, 4, np.int8, (m, c, i, j, v)) for v in (hi, wv - 32 * hi))
             assert np.array_equal(t_hi[0], t_lo[0]) and np.array_equal(t_hi[1], t_lo[1])  # the same groups
-            tables = (t_hi[0], t_hi[1], np.ascontiguousarray(np.stack([t_hi[2], t_lo[2]], axis=1).reshape(-1)),
-                      t_hi[3])
-            self._ss = (key, tables)
-            return tables
+            return (t_hi[0], t_hi[1], np.ascontiguousarray(np.stack([t_hi[2], t_lo[2]], axis=1).reshape(-1)),
+                    t_hi[3])
         part = np.clip(wv, -128, 127)
         twice = np.flatnonzero(part != wv)  # past int8: a second entry right after, same input, the rest
         at = np.arange(wv.size) + np.searchsorted(twice, np.arange(wv.size))
         nz = [np.repeat(a, np.where(part != wv, 2, 1)) for a in (m, c, i, j)]
         w8 = np.repeat(part, np.where(part != wv, 2, 1))
         w8[at[twice] + 1] = wv[twice] - part[twice]
-        tables = self._group_tables(hp, wq, ps, kb, 4, np.int8, (*nz, w8))
-        self._ss = (key, tables)
-        return tables
+        return self._group_tables(hp, wq, ps, kb, 4, np.int8, (*nz, w8))
 
     def _singles_call(self, shape, has_sum: bool, quads: bool = False):
         """The paired-singles (or, ``quads``, the sparse quads) kernel's geometry, tables and task chunking for
@@ -248,16 +243,14 @@ class PackedConv:
             n, c, h, w = shape
             g, cout = self.g, self.w.shape[0]
             ho, wo = g.out_shape(h, w)
-            hp, wb = g.padded_extent(h, w, ho, wo)
-            wq = -(-wb // g.sw)  # pack_input16's extent
+            hp, wq = g.phase_extent(h, w, ho, wo)  # pack_input16's extent
             size = 1 if quads else 2
             ps = plane_stride16(hp, g.sw, wq, size)
-            kptr, offs, ws, nkb = (self._squads if quads else self._singles)(hp, wq, wo, ps)
+            kptr, offs, ws, nkb = self._tables(quads, hp, wq, wo, ps)
             geom = _Geom(N=n, G=self.group, P=c // self.group, Hp=hp, S=g.sw, Wq=wq, Cout=cout,
                          Mg=cout // self.group, nmb=1, kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo,
                          has_sum=int(has_sum))
-            for j in range(g.kw):
-                geom.tap_off[j] = (j * g.dw) % g.sw * wq + (j * g.dw) // g.sw
+            geom.tap_off[:g.kw] = g.phase_tap_offsets(wq)
             sp = _Pairs(kptr.ctypes.data, offs.ctypes.data, ws.ctypes.data, nkb, ps)
             ntasks = _singles_chunking(geom, n, _LIB.threads, c * g.sw * wq * size)
             self._ss_call = (key, geom, sp, ntasks)
@@ -285,14 +278,12 @@ class PackedConv:
     def _forward_singles(self, q, isa: str, out):
         """The sparse forward through the paired-singles kernel (AVX-512, output rows of >= 32 pixels), or the
         sparse quads one (VNNI, u8 x s8, output rows of >= 64 pixels)."""
-        rq = self.rq
-        has_sum = rq.has_sum
+        has_sum = self.rq.has_sum
         quads = self._uses_squads(isa, self.g.out_shape(*q.shape[2:])[1])
         geom, sp, ntasks = self._singles_call(q.shape, has_sum, quads)
         xs, gsum, hp, wq, ps = pack_input16(q, self.group, self.g, geom.Ho, geom.Wo, has_sum, self._bufs, quads)
         assert (hp, wq, ps) == (geom.Hp, geom.Wq, sp.pstride)
-        e = _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
-                 int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
+        e = self._epilogue()
         if out is None:
             out = np.empty((q.shape[0], self.w.shape[0], geom.Ho, geom.Wo), np.int16)
         nxt = np.zeros(1, np.int64)  # the next task, taken by whichever thread is free (same integers)
@@ -304,6 +295,12 @@ class PackedConv:
         else:
             _LIB.run(args, ntasks, isa, _LIB.lib.ci8_singles_fwd)
         return out
+
+    def _epilogue(self) -> _Epi:
+        """The kernels' view of the requantisation (:class:`Requant`)."""
+        rq = self.rq
+        return _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
+                    int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
 
     def _pick_isa(self, shape, isa: str | None):
         if isa is None and _LIB is not None:  # the widest instruction set whose vectors fit the output rows
@@ -334,8 +331,7 @@ class PackedConv:
         mg = cout // self.group
         geom = _Geom(N=n, G=self.group, P=p, Hp=hp, S=g.sw, Wq=wq, Cout=cout, Mg=mg, nmb=-(-mg // lib.mb),
                      kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo, has_sum=int(self.rq.has_sum))
-        for j in range(g.kw):
-            geom.tap_off[j] = (j * g.dw) % g.sw * wq + (j * g.dw) // g.sw
+        geom.tap_off[:g.kw] = g.phase_tap_offsets(wq)
         gsum = None
         if self.rq.has_sum:
             gsum = np.empty((n, self.group, hp, g.sw, wq), np.int32)
@@ -345,9 +341,7 @@ class PackedConv:
             else:
                 lib.run((xs.ctypes.data, gsum.ctypes.data, ctypes.byref(geom)), n * self.group, isa,
                         lib.lib.ci8_group_sums)
-        rq = self.rq
-        e = _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
-                 int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
+        e = self._epilogue()
         if out is None:
             out = np.empty((n, cout, ho, wo), np.int16)
         gp = None if gsum is None else gsum.ctypes.data

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .im2col import ConvGeometry
-from .native import _POOLS, DYNAMIC_PARTS_PER_THREAD, _thread_count, load_library, run_dynamic, split_tasks
+from .native import _thread_count, load_library, run_dynamic, shared_pool, split_tasks
 
 
 _MAX_KW = 32
@@ -88,16 +88,12 @@ class _Lib:
         if parts <= 1:
             rc = [fn(*args, 0, ntasks)]
         else:
-            from concurrent.futures import ThreadPoolExecutor
-            pool = _POOLS.get(self.threads)
-            if pool is None:
-                pool = _POOLS[self.threads] = ThreadPoolExecutor(self.threads)
+            pool = shared_pool(self.threads)
             if id(fn) in self.shared:  # the calling thread takes tasks too
                 futs = [pool.submit(fn, *args, 0, ntasks) for _ in range(parts - 1)]
                 rc = [fn(*args, 0, ntasks)] + [f.result() for f in futs]
             else:
-                rc = run_dynamic(pool, lambda t0, t1: fn(*args, t0, t1), ntasks,
-                                 min(ntasks, parts * DYNAMIC_PARTS_PER_THREAD), parts)
+                rc = run_dynamic(pool, lambda t0, t1: fn(*args, t0, t1), ntasks, parts)
         if any(rc):
             raise RuntimeError(f"integer convolution kernel failed (codes {rc})")
 
@@ -149,20 +145,13 @@ def quantize_float(x, st: float, off: float, lo: int, hi: int, ties: str = "even
     return out
 
 
-def _packed_extent(q, g: ConvGeometry, ho: int, wo: int):
-    """(padded rows, columns per stride phase) of the packed input of ``q`` (N, C, H, W): the padded width is
-    rounded up to whole stride phases."""
-    hb, wb = g.padded_extent(q.shape[2], q.shape[3], ho, wo)
-    return hb, -(-wb // g.sw)
-
-
 def pack_input(q, group: int, g: ConvGeometry, ho: int, wo: int, native: bool = True):
     """``q`` (N, C, H, W) integers -> the kernel's int32 pairs (N, G*P, Hp, S, Wq) (zero padding, channels of
     each group padded to an even count, columns split into stride phases); returns (array, Hp, Wq, P)."""
     n, c, h, w = q.shape
     cg = c // group
     p = (cg + 1) // 2
-    hb, wq = _packed_extent(q, g, ho, wo)
+    hb, wq = g.phase_extent(h, w, ho, wo)
     s, wb = g.sw, wq * g.sw
     if native and _LIB is not None:
         qc = np.ascontiguousarray(q, np.int16)
@@ -184,7 +173,7 @@ def pack_input4(q, group: int, g: ConvGeometry, ho: int, wo: int):
     n, c, h, w = q.shape
     cg = c // group
     nq = (cg + 3) // 4
-    hb, wq = _packed_extent(q, g, ho, wo)
+    hb, wq = g.phase_extent(h, w, ho, wo)
     s = g.sw
     qc = np.ascontiguousarray(q, np.int16)
     packed = np.empty((n, group * nq, hb, s, wq), np.int32)
@@ -250,7 +239,7 @@ def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = 
     are reused from call to call (large fresh arrays cost page faults, and their release as much again).
     Returns (array, group sums, Hp, Wq, pstride)."""
     n, c, h, w = q.shape
-    hb, wq = _packed_extent(q, g, ho, wo)
+    hb, wq = g.phase_extent(h, w, ho, wo)
     size = 1 if u8 else 2
     ps = plane_stride16(hb, g.sw, wq, size)
     qc = np.ascontiguousarray(q, np.int16)

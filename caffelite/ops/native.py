@@ -86,12 +86,7 @@ class KernelLibrary:
     @property
     def pool(self):
         """The thread pool for :attr:`threads` threads (shared by the libraries), or None for one thread."""
-        if self.threads <= 1:
-            return None
-        pool = _POOLS.get(self.threads)
-        if pool is None:
-            pool = _POOLS[self.threads] = ThreadPoolExecutor(self.threads)
-        return pool
+        return shared_pool(self.threads) if self.threads > 1 else None
 
     def run(self, fn, args, ntasks: int, isa: str | None = None, min_per_part: int = 1, dynamic: bool = False):
         """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), one contiguous range per thread (at least
@@ -106,7 +101,7 @@ class KernelLibrary:
         if parts <= 1 or self.pool is None:
             rc = [fn(code, *args, 0, ntasks)]
         elif dynamic:
-            rc = self._run_dynamic(fn, code, args, ntasks, min(ntasks, parts * DYNAMIC_PARTS_PER_THREAD), parts)
+            rc = run_dynamic(self.pool, lambda t0, t1: fn(code, *args, t0, t1), ntasks, parts)
         else:
             bounds = [ntasks * k // parts for k in range(parts + 1)]
             futs = [self.pool.submit(fn, code, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
@@ -114,15 +109,22 @@ class KernelLibrary:
         if any(rc):
             raise RuntimeError(f"{self.label} failed (codes {rc})")
 
-    def _run_dynamic(self, fn, code, args, ntasks: int, parts: int, threads: int) -> list:
-        return run_dynamic(self.pool, lambda t0, t1: fn(code, *args, t0, t1), ntasks, parts, threads)
+
+def shared_pool(threads: int) -> ThreadPoolExecutor:
+    """The thread pool of ``threads`` threads that every kernel library shares (made on first use)."""
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(threads)
+    return pool
 
 
-def run_dynamic(pool, call, ntasks: int, parts: int, threads: int) -> list:
-    """``call(t0, t1)`` over [0, ntasks) cut into ``parts`` ranges that ``threads`` threads (the calling one and
-    ``threads - 1`` of ``pool``) take in turn as they finish, so that a thread that starts late (woken up
-    slowly) or runs slowly (other processes on its core) leaves its share to the others. For kernels whose tasks
-    write disjoint outputs, so that which thread runs a task cannot change a value. Returns the return codes."""
+def run_dynamic(pool, call, ntasks: int, threads: int) -> list:
+    """``call(t0, t1)`` over [0, ntasks) cut into :data:`DYNAMIC_PARTS_PER_THREAD` ranges per thread that
+    ``threads`` threads (the calling one and ``threads - 1`` of ``pool``) take in turn as they finish, so that a
+    thread that starts late (woken up slowly) or runs slowly (other processes on its core) leaves its share to
+    the others. For kernels whose tasks write disjoint outputs, so that which thread runs a task cannot change a
+    value. Returns the return codes."""
+    parts = min(ntasks, threads * DYNAMIC_PARTS_PER_THREAD)
     bounds = [ntasks * k // parts for k in range(parts + 1)]
     todo = iter(range(parts))
     lock = threading.Lock()
@@ -251,13 +253,6 @@ DYNAMIC = True
 PANELS = True
 
 
-def padded_layout(x_shape, g: ConvGeometry, ho: int, wo: int) -> tuple[int, int]:
-    """(Hp, Wq) of the padded, phase-split input the kernels read (see :func:`_phase_split`). (Panel rows rounded
-    up to whole cache lines were measured: no gain.)"""
-    hb, wb = g.padded_extent(x_shape[2], x_shape[3], ho, wo)
-    return hb, -(-wb // g.sw)
-
-
 def set_panel(p, x_shape, g: ConvGeometry) -> None:
     """Panel fields of a kernel geometry ``p`` (dense or sparse) whose ``rg`` output rows per task are set: the
     raw input's size and padding, and the rows a task's panel holds."""
@@ -269,11 +264,9 @@ def _phase_split(x, g: ConvGeometry, ho: int, wo: int, slot: str):
     """Pad ``x`` and, for a column stride S > 1, split its columns into S phases so that every kernel tap
     reads contiguous pixels: returns (buffer (N, C, Hp, S, Wq), Hp, Wq)."""
     n, c, h, w = x.shape
-    hb, wb = g.padded_extent(h, w, ho, wo)
+    hb, wq = g.phase_extent(h, w, ho, wo)
     s = g.sw
-    wb = -(-wb // s) * s
-    xpad = pad_into(np.ascontiguousarray(x), g.ph, g.pw, hb, wb, slot=slot)
-    wq = wb // s
+    xpad = pad_into(np.ascontiguousarray(x), g.ph, g.pw, hb, wq * s, slot=slot)
     if s == 1:
         return np.ascontiguousarray(xpad), hb, wq
     buf = workspace(slot + "_ph", (n, c, hb, s, wq), x.dtype, np)
@@ -286,8 +279,7 @@ def _geom(x_shape, hp: int, wq: int, cout: int, group: int, g: ConvGeometry, ho:
     mg = cout // group
     p = _Geom(N=n, C=c, Hp=hp, S=g.sw, Wq=wq, Cout=cout, G=group, Cg=c // group, Mg=mg, nmb=-(-mg // mb),
               kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo)
-    for j in range(g.kw):
-        p.tap_off[j] = (j * g.dw) % g.sw * wq + (j * g.dw) // g.sw
+    p.tap_off[:g.kw] = g.phase_tap_offsets(wq)
     return p
 
 
@@ -365,7 +357,7 @@ def conv_forward(x, w, b, g: ConvGeometry, group: int, out, slot: str = "pad_nat
     n, cout, ho, wo = out.shape
     if PANELS:
         xs = np.ascontiguousarray(x)
-        hp, wq = padded_layout(x.shape, g, ho, wo)
+        hp, wq = g.phase_extent(x.shape[2], x.shape[3], ho, wo)  # (panel rows rounded up to cache lines: no gain)
     else:
         xs, hp, wq = _phase_split(x, g, ho, wo, slot)
     p = _geom(x.shape, hp, wq, cout, group, g, ho, wo, lib.mb)

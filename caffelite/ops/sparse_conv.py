@@ -186,8 +186,7 @@ class SparsePack:
         if tab is None:
             cg, kh, kw = self.shape[1:]
             plane, rowlen = hp * g.sw * wq, g.sw * wq
-            jj = np.arange(kw) * g.dw
-            tap_off = (jj % g.sw) * wq + jj // g.sw
+            tap_off = np.array(g.phase_tap_offsets(wq), np.int64)
             tab = (np.arange(cg)[:, None, None] * plane + np.arange(kh)[None, :, None] * (g.dh * rowlen)
                    + tap_off[None, None, :]).astype(np.int64).reshape(-1)
             self.otabs = {key: tab}  # one input size at a time (a reshape replaces it)
@@ -353,7 +352,7 @@ def conv_forward(x, pack: SparsePack, b, g: ConvGeometry, out, scale=None, shift
     n, cout, ho, wo = out.shape
     if native.PANELS:
         xs = np.ascontiguousarray(x)
-        hp, wq = native.padded_layout(x.shape, g, ho, wo)
+        hp, wq = g.phase_extent(x.shape[2], x.shape[3], ho, wo)
     else:
         xs, hp, wq = native._phase_split(x, g, ho, wo, "pad_sparse")
     cin = x.shape[1]
