@@ -173,15 +173,15 @@ class QdqHook:
                 pads = g.const(f"{name}/pads", [0, 0, gm.ph, gm.pw, 0, 0, gm.ph, gm.pw], np.int64)
                 x = g.node("Pad", [x, pads], hint=f"{name}/x_padded")
             cols = g.shape_const((n, group, cg, ho * wo))
+            axes = g.const(f"{name}/axes", [2, 3], np.int64)  # the same for every tap
+            steps = g.const(f"{name}/steps", [gm.sh, gm.sw], np.int64)
             acc = None
             for ki in range(gm.kh):
                 for kj in range(gm.kw):
                     r0, c0 = ki * gm.dh, kj * gm.dw
                     ends = [r0 + gm.sh * (ho - 1) + 1, c0 + gm.sw * (wo - 1) + 1]
                     xs = g.node("Slice", [x, g.const(f"{name}/starts", [r0, c0], np.int64),
-                                          g.const(f"{name}/ends", ends, np.int64),
-                                          g.const(f"{name}/axes", [2, 3], np.int64),
-                                          g.const(f"{name}/steps", [gm.sh, gm.sw], np.int64)],
+                                          g.const(f"{name}/ends", ends, np.int64), axes, steps],
                                 hint=f"{name}/tap")
                     xs = g.node("Reshape", [xs, cols], hint=f"{name}/tap_cols")
                     wt = g.const(f"{name}/W_tap", w[:, :, ki, kj].reshape(group, mg, cg), np.float64)
