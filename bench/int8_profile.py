@@ -41,8 +41,9 @@ def _instrument(acc):
     lib = i8op._LIB
     names = {id(lib.lib.ci8_group_sums): "gsum", id(lib.lib.ci8_group_sums4): "gsum",
              id(lib.lib.ci8_sparse_fwd): "kernel"}
-    if hasattr(lib.lib, "ci8_pack16"):  # the paired sparse kernel's planar packing (its group sums included)
-        names[id(lib.lib.ci8_pack16)] = "pack"
+    for fn in ("ci8_pack16", "ci8_pack8"):  # the sparse kernels' planar packing (their group sums included)
+        if hasattr(lib.lib, fn):
+            names[id(getattr(lib.lib, fn))] = "pack"
 
     def timed(cat, fn):
         def wrapper(*a, **k):

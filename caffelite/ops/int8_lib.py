@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .im2col import ConvGeometry
-from .native import _thread_count, load_library, run_dynamic, shared_pool, split_tasks
+from .native import DYNAMIC_PARTS_PER_THREAD, _thread_count, load_library, pooled_run, split_tasks
 
 
 _MAX_KW = 32
@@ -87,13 +87,10 @@ class _Lib:
         parts = max(1, min(self.threads, ntasks))
         if parts <= 1:
             rc = [fn(*args, 0, ntasks)]
+        elif id(fn) in self.shared:  # each thread takes tasks from the kernel's own counter
+            rc = pooled_run(fn, args, ntasks, parts, parts, shared=True)
         else:
-            pool = shared_pool(self.threads)
-            if id(fn) in self.shared:  # the calling thread takes tasks too
-                futs = [pool.submit(fn, *args, 0, ntasks) for _ in range(parts - 1)]
-                rc = [fn(*args, 0, ntasks)] + [f.result() for f in futs]
-            else:
-                rc = run_dynamic(pool, lambda t0, t1: fn(*args, t0, t1), ntasks, parts)
+            rc = pooled_run(fn, args, ntasks, parts, min(ntasks, parts * DYNAMIC_PARTS_PER_THREAD))
         if any(rc):
             raise RuntimeError(f"integer convolution kernel failed (codes {rc})")
 

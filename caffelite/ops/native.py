@@ -98,14 +98,11 @@ class KernelLibrary:
         to the others instead of holding up the call."""
         code = _ISAS.index(isa or self.isa)
         parts = max(1, min(self.threads, ntasks // max(1, min_per_part)))
-        if parts <= 1 or self.pool is None:
+        if parts <= 1 or self.threads <= 1:
             rc = [fn(code, *args, 0, ntasks)]
-        elif dynamic:
-            rc = run_dynamic(self.pool, lambda t0, t1: fn(code, *args, t0, t1), ntasks, parts)
-        else:
-            bounds = [ntasks * k // parts for k in range(parts + 1)]
-            futs = [self.pool.submit(fn, code, *args, bounds[k], bounds[k + 1]) for k in range(parts)]
-            rc = [f.result() for f in futs]
+        else:  # static: one range per thread, the same ranges whichever thread takes them
+            rc = pooled_run(fn, (code, *args), ntasks, parts,
+                            min(ntasks, parts * DYNAMIC_PARTS_PER_THREAD) if dynamic else parts)
         if any(rc):
             raise RuntimeError(f"{self.label} failed (codes {rc})")
 
@@ -118,13 +115,88 @@ def shared_pool(threads: int) -> ThreadPoolExecutor:
     return pool
 
 
-def run_dynamic(pool, call, ntasks: int, threads: int) -> list:
+class _CPool:
+    """The compiled thread pool (``caffelite/_native/cpool.c``): runs a kernel ``fn(*args, t0, t1)`` over task
+    ranges on the calling thread and pool threads that spin briefly between calls, a few microseconds a call
+    where Python's pool takes tens. It takes kernels whose parameters are all pointers and integers (their
+    ctypes ``argtypes`` say so); :func:`pooled_run` sends the others to Python's pool."""
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        self.ok = bool(lib.cp_available())
+        lib.cp_run.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
+                               ctypes.c_int, ctypes.c_int]
+        lib.cp_config.argtypes = [ctypes.c_long]
+        spin = os.environ.get("CAFFELITE_SPIN_US", "").strip()
+        if spin.isdigit():
+            lib.cp_config(int(spin))
+        self.lib = lib
+        self._fns = {}  # id(ctypes function) -> its address, or None when its parameters do not qualify
+
+    def address(self, fn):
+        """The address of ctypes function ``fn`` if every parameter is a pointer or an integer, else None."""
+        key = id(fn)
+        if key not in self._fns:
+            types = getattr(fn, "argtypes", None)
+            ok = types is not None and len(types) >= 2 and fn.restype in (ctypes.c_int, None) and all(
+                t in _INT_TYPES or (isinstance(t, type) and issubclass(t, ctypes._Pointer)) for t in types)
+            self._fns[key] = (fn, ctypes.cast(fn, ctypes.c_void_p).value if ok else None)
+        return self._fns[key][1]
+
+    def run(self, fn, args, ntasks: int, nparts: int, threads: int, shared: bool):
+        """``fn(*args, t0, t1)`` over ``nparts`` ranges of [0, ntasks) (``shared``: ``fn(*args, 0, ntasks)``
+        ``nparts`` times); returns [code], or None when ``fn`` or an argument does not qualify."""
+        addr = self.address(fn)
+        if addr is None or len(args) + 2 != len(fn.argtypes) or len(args) > 16:
+            return None
+        vals = []
+        for a in args:
+            if a is None:
+                vals.append(0)
+            elif isinstance(a, int):
+                vals.append(int(a))
+            elif type(a).__name__ == "CArgObject":  # ctypes.byref(obj)
+                vals.append(ctypes.addressof(a._obj))
+            elif isinstance(a, ctypes.c_void_p):
+                vals.append(a.value or 0)
+            else:
+                return None
+        arr = (ctypes.c_long * max(1, len(vals)))(*vals)
+        return [self.lib.cp_run(addr, len(vals), arr, ntasks, nparts, threads, int(shared))]
+
+
+_INT_TYPES = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_long, ctypes.c_longlong, ctypes.c_int32,
+              ctypes.c_int64, ctypes.c_size_t, ctypes.c_ssize_t, ctypes.c_uint, ctypes.c_ulong)
+
+
+def _load_cpool(path: str):
+    pool = _CPool(path)
+    return pool if pool.ok else None  # another platform: Python's pool (no warning: nothing is wrong)
+
+
+def pooled_run(fn, args, ntasks: int, threads: int, parts: int, shared: bool = False) -> list:
+    """Run kernel ``fn(*args, t0, t1)`` over [0, ntasks) on ``threads`` threads in ``parts`` ranges taken as the
+    threads come free (``shared``: ``fn(*args, 0, ntasks)`` ``parts`` times, for kernels that hand out their
+    tasks themselves): on the compiled pool where it takes the call, else on Python's (:func:`run_dynamic`).
+    The ranges are the same either way. Returns the return codes."""
+    if _CPOOL_ON and _CPOOL is not None:
+        rc = _CPOOL.run(fn, args, ntasks, parts, threads, shared)
+        if rc is not None:
+            return rc
+    pool = shared_pool(threads)
+    if shared:
+        futs = [pool.submit(fn, *args, 0, ntasks) for _ in range(parts - 1)]
+        return [fn(*args, 0, ntasks)] + [f.result() for f in futs]
+    return run_dynamic(pool, lambda t0, t1: fn(*args, t0, t1), ntasks, threads, parts)
+
+
+def run_dynamic(pool, call, ntasks: int, threads: int, parts: int | None = None) -> list:
     """``call(t0, t1)`` over [0, ntasks) cut into :data:`DYNAMIC_PARTS_PER_THREAD` ranges per thread that
     ``threads`` threads (the calling one and ``threads - 1`` of ``pool``) take in turn as they finish, so that a
     thread that starts late (woken up slowly) or runs slowly (other processes on its core) leaves its share to
     the others. For kernels whose tasks write disjoint outputs, so that which thread runs a task cannot change a
     value. Returns the return codes."""
-    parts = min(ntasks, threads * DYNAMIC_PARTS_PER_THREAD)
+    parts = min(ntasks, threads * DYNAMIC_PARTS_PER_THREAD) if parts is None else parts
     bounds = [ntasks * k // parts for k in range(parts + 1)]
     todo = iter(range(parts))
     lock = threading.Lock()
@@ -200,6 +272,10 @@ def _thread_count() -> int:
 
 
 _LIB = load_library("caffelite._native._cconv", _Lib)
+#: the compiled thread pool (None: not built, another platform, or CAFFELITE_NATIVE=0); ``CAFFELITE_CPOOL=0``
+#: keeps Python's pool (the same ranges, the same values)
+_CPOOL = load_library("caffelite._native._cpool", _load_cpool)
+_CPOOL_ON = os.environ.get("CAFFELITE_CPOOL", "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 _ENABLED = True
