@@ -13,6 +13,9 @@
  * cint8_sparse_tile.h's. Needs Wo >= 64. A second instance (q12_run, at the end) takes weights wider than int8.
  */
 
+/* acc += x . w (vpdpbusd) on acc's register in place: with the intrinsic, GCC 12 copied the 16 accumulators of
+ * the 12-bit loop from register to register (and to the stack) on every iteration (A/B: 5-7% of a layer's time) */
+#define QDP(acc, x, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w))
 #ifndef QS_NT
 #define QS_NT 2
 #define QS_MAXBG 32
@@ -63,7 +66,7 @@ TARGET static inline __attribute__((always_inline)) void FN(qs_run)(
             __m512i i[4];
             FN(qs_interleave)(x, src0[v], i);
 #pragma GCC unroll 4
-            for (int h = 0; h < 4; h++) a[4 * v + h] = _mm512_dpbusd_epi32(a[4 * v + h], i[h], wv);
+            for (int h = 0; h < 4; h++) QDP(a[4 * v + h], i[h], wv);
         }
     }
 #pragma GCC unroll 8
@@ -114,8 +117,8 @@ TARGET static inline __attribute__((always_inline)) void FN(q12_run)(
             FN(qs_interleave)(x, src0[v], i);
 #pragma GCC unroll 4
             for (int h = 0; h < 4; h++) {
-                hi[4 * v + h] = _mm512_dpbusd_epi32(hi[4 * v + h], i[h], wh);
-                lo[4 * v + h] = _mm512_dpbusd_epi32(lo[4 * v + h], i[h], wl);
+                QDP(hi[4 * v + h], i[h], wh);
+                QDP(lo[4 * v + h], i[h], wl);
             }
         }
     }
