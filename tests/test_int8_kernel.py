@@ -293,6 +293,48 @@ def test_split_quads_kernel_equals_reference(case, variant, block_bytes, monkeyp
 
 
 @pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+@pytest.mark.parametrize("case", SQUADS_CASES)
+@pytest.mark.parametrize("weights", ["split", "squads"])
+@pytest.mark.parametrize("variant", [dict(), dict(has_sum=False, relu=False, ties="away")])
+@pytest.mark.parametrize("block_bytes", [16 << 10, 64])
+def test_quads_kernels_on_signed_input(case, weights, variant, block_bytes, monkeypatch):
+    """Signed 8-bit input (-128..127, both ends present) on the sparse quads kernels: packed as x + 128 (padding
+    128), the offset's part taken off every sum and window sum before the epilogue: the reference's integers."""
+    q, wt, g, group, rq = (_split_case if weights == "split" else _squads_case)(case, 40, **variant)
+    monkeypatch.setattr(int8, "SINGLES_BLOCK_BYTES", block_bytes)
+    q = (q - 128).astype(np.int16)
+    q.flat[:2] = [-128, 127]
+    ref = int8.conv_int_reference(q, wt, None, g, group, rq)
+    assert 0 < np.count_nonzero(ref - rq.lo) < ref.size
+    pc = int8.PackedConv(wt, g, group, rq, sparse=True, s8_input=True)
+    assert pc.in_off == 128 and getattr(pc, weights) and g.out_shape(*q.shape[2:])[1] >= int8.SQUADS_WIDTH
+    np.testing.assert_array_equal(pc.forward(q, isa="vnni"), ref)
+    assert pc._ss[0][0] == "quads"
+    np.testing.assert_array_equal(pc.forward(q, isa="avx512bw"), ref)  # the paired-singles kernel, no offset
+    assert pc._ss[0][0] != "quads"
+    np.testing.assert_array_equal(pc.forward(q, isa="vnni"), ref)  # and back
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+@pytest.mark.parametrize("case", SQUADS_CASES[:2])
+def test_pack_input8_with_offset_equals_numpy(case):
+    """ci8_pack8 with offset 128: the planes of x + 128, padding 128, and the group sums of those planes."""
+    n, c, h, w, cout, group, k, s, p, d = case
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    ph, pw = p if isinstance(p, tuple) else (p, p)
+    q = np.random.default_rng(5).integers(-128, 128, (n, c, h, w)).astype(np.int16)
+    g = ConvGeometry(kh, kw, s, s, ph, pw, d, d)
+    ho, wo = g.out_shape(h, w)
+    packed, gsum, hb, wq, ps = int8.pack_input16(q, group, g, ho, wo, u8=True, off=128)
+    inside = _planar(np.ones_like(q), group, hb, wq, s, ph, pw)[0]
+    want = _planar(q + 128, group, hb, wq, s, ph, pw)[0] + 128 * (1 - inside)
+    np.testing.assert_array_equal(packed[:, :, :want.shape[2]], want)
+    np.testing.assert_array_equal(gsum.reshape(n, group, -1),
+                                  want.reshape(n, group, c // group, -1).astype(np.int64).sum(axis=2))
+    assert np.count_nonzero(inside == 0) > 0  # there is padding
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
 def test_squads_only_for_weights_it_can_split_and_wide_rows():
     """Weights past what two int8 parts hold (-256..254) take the split (32*hi + lo) quads; past -4096..4095, or
     with channel sums the split parts could overflow, the paired-singles kernel; rows narrower than 64 outputs

@@ -258,7 +258,7 @@ __attribute__((target("avx512f,avx512bw")))
 #endif
 static inline __attribute__((always_inline)) void pack_planar(
     const int16_t *x, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride, int R, void *outv,
-    int32_t *gsum, long t0, long t1, const int u8)
+    int32_t *gsum, long t0, long t1, const int u8, const int off)
 {
     const long plane = (long)Hp * S * Wq, hw = (long)H * W, rowlen = (long)S * Wq;
     const int nrb = (Hp + R - 1) / R;
@@ -283,21 +283,22 @@ static inline __attribute__((always_inline)) void pack_planar(
                     const int16_t *restrict src = xc + (long)y * W + s - pw;
                     if (u8) {
                         uint8_t *restrict orow = out8 + o;
-                        for (int q = 0; q < qa; q++) orow[q] = 0;
-                        for (int q = qb; q < Wq; q++) orow[q] = 0;
+                        for (int q = 0; q < qa; q++) orow[q] = (uint8_t)off;
+                        for (int q = qb; q < Wq; q++) orow[q] = (uint8_t)off;
                         int q = qa;
 #if HAVE_X86
                         if (S == 1)
                             for (; q + 32 <= qb; q += 32)
-                                _mm256_storeu_si256((__m256i *)(orow + q), _mm512_cvtepi16_epi8(
-                                    _mm512_loadu_si512((const void *)(src + q))));
-                        if (S == 2) { /* every other column: 32 loaded, the even 16 kept (loads inside the row) */
+                                _mm256_storeu_si256((__m256i *)(orow + q), _mm512_cvtepi16_epi8(_mm512_add_epi16(
+                                    _mm512_loadu_si512((const void *)(src + q)), _mm512_set1_epi16((short)off))));
+                        if (S == 2) { /* every other column: 32 loaded, the even 16 kept (loads inside the row); the
+                                       * low byte of each 32-bit lane plus off is the even column's */
                             for (; q + 16 <= qb && s - pw + 2 * q + 32 <= W; q += 16)
-                                _mm_storeu_si128((__m128i *)(orow + q), _mm512_cvtepi32_epi8(
-                                    _mm512_loadu_si512((const void *)(src + 2 * q))));
+                                _mm_storeu_si128((__m128i *)(orow + q), _mm512_cvtepi32_epi8(_mm512_add_epi32(
+                                    _mm512_loadu_si512((const void *)(src + 2 * q)), _mm512_set1_epi32(off))));
                         }
 #endif
-                        for (; q < qb; q++) orow[q] = (uint8_t)src[(long)q * S];
+                        for (; q < qb; q++) orow[q] = (uint8_t)(src[(long)q * S] + off);
                         continue;
                     }
                     int16_t *restrict orow = out16 + o;
@@ -352,19 +353,21 @@ int ci8_pack16(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int
                int R, int16_t *out, int32_t *gsum, long t0, long t1)
 {
     (void)G;
-    pack_planar(x, Cg, H, W, Hp, S, Wq, ph, pw, pstride, R, out, gsum, t0, t1, 0);
+    pack_planar(x, Cg, H, W, Hp, S, Wq, ph, pw, pstride, R, out, gsum, t0, t1, 0, 0);
     return 0;
 }
 
-/* ci8_pack16's layout in uint8 (the input of ci8_quads_fwd): x must hold 0..255; pstride in bytes. */
+/* ci8_pack16's layout in uint8 (the input of ci8_quads_fwd) of x + off: x + off must lie in 0..255 (off 128 takes
+ * signed 8-bit input), the padding is off too (the input's zero), and so are the group sums' terms; pstride in
+ * bytes. */
 #if HAVE_X86
 __attribute__((target("avx512f,avx512bw")))
 #endif
 int ci8_pack8(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride,
-              int R, uint8_t *out, int32_t *gsum, long t0, long t1)
+              int R, int off, uint8_t *out, int32_t *gsum, long t0, long t1)
 {
     (void)G;
-    pack_planar(x, Cg, H, W, Hp, S, Wq, ph, pw, pstride, R, out, gsum, t0, t1, 1);
+    pack_planar(x, Cg, H, W, Hp, S, Wq, ph, pw, pstride, R, out, gsum, t0, t1, 1, off);
     return 0;
 }
 

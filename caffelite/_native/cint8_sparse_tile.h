@@ -29,6 +29,10 @@ struct i8pairs {
     long pstride;          /* elements from one input plane to the next (>= Hp*S*Wq) */
     long *next;            /* NULL: run tasks t0..t1; else every caller takes the next task from *next (atomic)
                             * until t1, so that a thread slowed down by another process holds no one up */
+    const int32_t *acc_off; /* NULL, or per output channel what the input's offset added to its sums (the quads
+                             * kernels take signed 8-bit input as x + 128: acc_off[m] = 128 * sum of channel m's
+                             * weights), subtracted before the epilogue */
+    long s_off;            /* and what it added to each window sum (128 * inputs per window) */
 };
 #endif
 
@@ -90,9 +94,17 @@ TARGET static inline __attribute__((always_inline)) void SPT(tile)(
                 for (int v = 0; v < SPT_H * T; v++) accbuf[m - c0][v] = acc[v];
                 continue;
             }
+            if (sp->acc_off) { /* exact: the int32 sums of the offset input less the offset's part */
+                const __m512i ao = _mm512_set1_epi32(sp->acc_off[m]);
+#pragma GCC unroll 8
+                for (int v = 0; v < SPT_H * T; v++) acc[v] = _mm512_sub_epi32(acc[v], ao);
+            }
             if (g != sg) {
                 if (p->has_sum) {
                     SPT(sums)(gsum + (n * p->G + g) * plane, p, src0, s, T);
+                    if (sp->s_off)
+                        for (int v = 0; v < T; v++)
+                            for (int l = 0; l < SPT_VPIX; l++) s[v][l] -= (int32_t)sp->s_off;
                     for (int v = 0; v < T; v++)
                         for (int h = 0; h < 2 * SPT_H; h++)
                             sd[v][h] = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(s[v] + 8 * h)));

@@ -122,24 +122,30 @@ class PackedConv:
     pairs); on AVX-512 VNNI with ``u8_input`` and output rows of at least 64 pixels, it groups them in fours (u8 x
     s8): weights in int8, or two int8 parts of a weight (``squads``), or, for wider weights up to -4096..4095
     (jacinto's 12-bit ones), each as 32*hi + lo with a quad of hi parts and a quad of lo parts on the same inputs
-    (``split``). One object serves one call at a time (it keeps per-shape tables and input buffers).
+    (``split``). With ``s8_input`` (inputs known to lie in -128..127) the sparse quads kernels take x + 128 instead,
+    and subtract what the offset adds to each sum before the epilogue (exact in int32). One object serves one call
+    at a time (it keeps per-shape tables and input buffers).
     """
 
-    def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, sparse: bool = False, u8_input: bool = False):
+    def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, sparse: bool = False, u8_input: bool = False,
+                 s8_input: bool = False):
         self.w = np.asarray(w, np.int16)
         self.g, self.group, self.rq = g, int(group), rq
         self.sparse = bool(sparse)
         # u8 x s8 (vpdpbusd, four channels / four nonzero weights per lane): inputs known to lie in 0..255,
         # weights in -128..127
         u8 = bool(u8_input) and _LIB is not None and "vnni" in _LIB.supported
+        # signed 8-bit inputs: the sparse quads kernels run on x + 128 (0..255)
+        s8 = not u8 and bool(s8_input) and self.sparse and _LIB is not None and "vnni" in _LIB.supported
+        self.in_off = 128 if s8 else 0
         lo, hi = int(self.w.min(initial=0)), int(self.w.max(initial=0))
         self.quads = u8 and not self.sparse and lo >= -128 and hi <= 127
         # the sparse quads kernel splits a weight past int8 in two (w = clip(w) + rest, on the same input): 8-bit
         # weights centred on the zero point of a float zero span 256 values but may stray a few past -128 or 127
-        self.squads = u8 and self.sparse and lo >= -128 - 128 and hi <= 127 + 127
+        self.squads = (u8 or s8) and self.sparse and lo >= -128 - 128 and hi <= 127 + 127
         # wider (jacinto's 12-bit) weights: each as 32*hi + lo, two int8 quads per group on the same inputs, while
         # the sums of |32*hi| and |lo| stay within int32 (the kernel sums them apart)
-        self.split = u8 and self.sparse and not self.squads and lo >= -4096 and hi <= 4095 and \
+        self.split = (u8 or s8) and self.sparse and not self.squads and lo >= -4096 and hi <= 4095 and \
             _split_sums_fit(self.w)
         if self.quads:
             self.wpk = pack_weights4(self.w, self.group, _LIB.mb)
@@ -252,6 +258,11 @@ class PackedConv:
                          has_sum=int(has_sum))
             geom.tap_off[:g.kw] = g.phase_tap_offsets(wq)
             sp = _Pairs(kptr.ctypes.data, offs.ctypes.data, ws.ctypes.data, nkb, ps)
+            if quads and self.in_off:  # what x + in_off adds to each channel's sums and to each window sum
+                self._acc_off = np.ascontiguousarray(
+                    self.in_off * self.w.reshape(cout, -1).astype(np.int64).sum(axis=1), np.int32)
+                sp.acc_off = self._acc_off.ctypes.data
+                sp.s_off = self.in_off * (c // self.group) * g.kh * g.kw
             ntasks = _singles_chunking(geom, n, _LIB.threads, c * g.sw * wq * size)
             self._ss_call = (key, geom, sp, ntasks)
         return self._ss_call[1:]
@@ -272,7 +283,8 @@ class PackedConv:
             return False
         quads = self._uses_squads(isa, wo)
         self._singles_call(shape, self.rq.has_sum, quads)
-        pack_input16(np.zeros(shape, np.int16), self.group, self.g, ho, wo, self.rq.has_sum, self._bufs, quads)
+        pack_input16(np.zeros(shape, np.int16), self.group, self.g, ho, wo, self.rq.has_sum, self._bufs, quads,
+                     self.in_off if quads else 0)
         return True
 
     def _forward_singles(self, q, isa: str, out):
@@ -281,13 +293,14 @@ class PackedConv:
         has_sum = self.rq.has_sum
         quads = self._uses_squads(isa, self.g.out_shape(*q.shape[2:])[1])
         geom, sp, ntasks = self._singles_call(q.shape, has_sum, quads)
-        xs, gsum, hp, wq, ps = pack_input16(q, self.group, self.g, geom.Ho, geom.Wo, has_sum, self._bufs, quads)
+        xs, gsum, hp, wq, ps = pack_input16(q, self.group, self.g, geom.Ho, geom.Wo, has_sum, self._bufs, quads,
+                                            self.in_off if quads else 0)
         assert (hp, wq, ps) == (geom.Hp, geom.Wq, sp.pstride)
         e = self._epilogue()
         if out is None:
             out = np.empty((q.shape[0], self.w.shape[0], geom.Ho, geom.Wo), np.int16)
         nxt = np.zeros(1, np.int64)  # the next task, taken by whichever thread is free (same integers)
-        sp = _Pairs(sp.kptr, sp.off, sp.w, sp.nkb, sp.pstride, nxt.ctypes.data)
+        sp = _Pairs(sp.kptr, sp.off, sp.w, sp.nkb, sp.pstride, nxt.ctypes.data, sp.acc_off, sp.s_off)
         args = (xs.ctypes.data, None if gsum is None else gsum.ctypes.data, ctypes.byref(sp), ctypes.byref(e),
                 out.ctypes.data, ctypes.byref(geom))
         if quads:

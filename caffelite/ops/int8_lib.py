@@ -55,7 +55,7 @@ class _Lib:
         lib.ci8_group_sums4.argtypes = [ptr, ptr, ptr, lng, lng]
         lib.ci8_singles_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
         lib.ci8_pack16.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, ptr, ptr, lng, lng]
-        lib.ci8_pack8.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, ptr, ptr, lng, lng]
+        lib.ci8_pack8.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, i, ptr, ptr, lng, lng]
         lib.ci8_quads_fwd.argtypes = [i, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
         dbl = ctypes.c_double
         lib.ci8_quantize.argtypes = [ptr, dbl, dbl, dbl, dbl, i, ptr, lng, lng]
@@ -209,7 +209,8 @@ class _Sparse(ctypes.Structure):
 
 class _Pairs(ctypes.Structure):
     _fields_ = [("kptr", ctypes.c_void_p), ("off", ctypes.c_void_p), ("w", ctypes.c_void_p), ("nkb", ctypes.c_long),
-                ("pstride", ctypes.c_long), ("next", ctypes.c_void_p)]
+                ("pstride", ctypes.c_long), ("next", ctypes.c_void_p), ("acc_off", ctypes.c_void_p),
+                ("s_off", ctypes.c_long)]
 
 
 #: instruction sets of the paired-singles sparse kernel (cint8_singles.h), its pixels per vector and the most
@@ -228,11 +229,13 @@ def plane_stride16(hp: int, s: int, wq: int, itemsize: int = 2) -> int:
     return per * (lines + 1 - lines % 2)
 
 
-def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = True, bufs=None, u8: bool = False):
+def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = True, bufs=None, u8: bool = False,
+                 off: int = 0):
     """``q`` (N, C, H, W) integers -> the planar int16 input of the paired-singles sparse kernel
     (N, C, pstride) with planes (Hp, S, Wq) (:func:`plane_stride16`): zero padded, columns split into stride
     phases; and with ``sums`` its group sums (N, G, Hp, S, Wq) int32 (else None). ``u8``: uint8 planes (the
-    sparse quads kernel's input; ``q`` must lie in 0..255). ``bufs``: a dict kept by the caller, whose arrays
+    sparse quads kernel's input; ``q + off`` must lie in 0..255, the padding is ``off`` and the group sums are
+    those of the planes: ``off`` 128 takes signed 8-bit ``q``). ``bufs``: a dict kept by the caller, whose arrays
     are reused from call to call (large fresh arrays cost page faults, and their release as much again).
     Returns (array, group sums, Hp, Wq, pstride)."""
     n, c, h, w = q.shape
@@ -252,8 +255,10 @@ def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = 
         gsum = bufs["gsum"] = np.empty((n, group, hb, g.sw, wq), np.int32)
     rows = max(1, min(hb, (512 << 10) // (size * (c // group) * g.sw * wq)))  # a block's packed rows stay in L2
     rows = max(1, min(rows, -(-hb * n * group // (2 * _LIB.threads))))  # at least two tasks per thread
-    _LIB.run((qc.ctypes.data, group, c // group, h, w, hb, g.sw, wq, g.ph, g.pw, ps, rows, packed.ctypes.data,
-              None if gsum is None else gsum.ctypes.data), n * group * -(-hb // rows), None,
+    if off and not u8:
+        raise ValueError("pack_input16: an input offset needs the uint8 planes")
+    _LIB.run((qc.ctypes.data, group, c // group, h, w, hb, g.sw, wq, g.ph, g.pw, ps, rows, *((off,) if u8 else ()),
+              packed.ctypes.data, None if gsum is None else gsum.ctypes.data), n * group * -(-hb // rows), None,
              _LIB.lib.ci8_pack8 if u8 else _LIB.lib.ci8_pack16)
     return packed, gsum, hb, wq, ps
 
