@@ -41,7 +41,7 @@ def _instrument(acc):
     lib = i8op._LIB
     names = {id(lib.lib.ci8_group_sums): "gsum", id(lib.lib.ci8_group_sums4): "gsum",
              id(lib.lib.ci8_sparse_fwd): "kernel"}
-    for fn in ("ci8_pack16", "ci8_pack8"):  # the sparse kernels' planar packing (their group sums included)
+    for fn in ("ci8_pack16", "ci8_pack8", "ci8_planar_sums"):  # the sparse kernels' planar packing, group sums
         if hasattr(lib.lib, fn):
             names[id(getattr(lib.lib, fn))] = "pack"
 

@@ -247,127 +247,148 @@ int ci8_quads_fwd(int split, const uint8_t *x, const int32_t *gsum, const void *
 #endif
 }
 
-/* The planar layout of ci8_singles_fwd: x (N, G*Cg, H, W) int16 -> (N, G*Cg, pstride) int16, planes (Hp, S, Wq)
- * (pstride >= Hp*S*Wq, chosen by the caller so that planes do not alias in the L1 cache), zero padded (ph rows and
- * pw columns before, zero past the input), columns split into S stride phases; and, when gsum is not NULL, the
- * group sums gsum (N, G, Hp, S, Wq) int32 of the packed planes, summed while a block of R rows is in cache (each
- * channel's R rows are copied in one sequential run). Tasks t0..t1 are (image, group, block of R padded rows).
- * With u8 the planes are uint8 (ci8_quads_fwd's input; x must hold 0..255), pstride counted in bytes. */
+/* Rows [r0, r1) of the planar layouts below, tasks t0..t1 (see ci8_pack16). */
 #if HAVE_X86
 __attribute__((target("avx512f,avx512bw")))
 #endif
-static inline __attribute__((always_inline)) void pack_planar(
-    const int16_t *x, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride, int R, void *outv,
-    int32_t *gsum, long t0, long t1, const int u8, const int off)
+static inline __attribute__((always_inline)) int pack_planar(
+    const int16_t *x, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride, int R, void *outv,
+    long t0, long t1, const int u8, const int off)
 {
-    const long plane = (long)Hp * S * Wq, hw = (long)H * W, rowlen = (long)S * Wq;
+    const long hw = (long)H * W, rowlen = (long)S * Wq;
     const int nrb = (Hp + R - 1) / R;
     int16_t *out16 = (int16_t *)outv;
     uint8_t *out8 = (uint8_t *)outv;
+    /* per stride phase s, the packed columns [qa, qb) that read the input (the same for every row and channel) */
+    int qas[8], qbs[8];
+    if (S > 8 || S < 1) return -7;
+    for (int s = 0; s < S; s++) {
+        int qa = pw - s > 0 ? (pw - s + S - 1) / S : 0;
+        int qb = W - 1 + pw - s >= 0 ? (W - 1 + pw - s) / S + 1 : 0;
+        if (qa > Wq) qa = Wq;
+        if (qb > Wq) qb = Wq;
+        if (qb < qa) qb = qa;
+        qas[s] = qa, qbs[s] = qb;
+    }
     for (long t = t0; t < t1; t++) {
-        const long ng = t / nrb;
+        /* task t: rows [r0, r1) of plane nc (image and channel): tasks write no cache line in common unless they
+         * split a plane (whose start is a 64-byte line: the caller's pstride) */
+        const long nc = t / nrb;
         const int r0 = (int)(t % nrb) * R, r1 = r0 + R < Hp ? r0 + R : Hp;
-        int32_t *gblk = gsum ? gsum + ng * plane + r0 * rowlen : NULL;
-        for (int c = 0; c < Cg; c++) {
-            const int16_t *xc = x + (ng * Cg + c) * hw;
-            const long ocs = (ng * Cg + c) * pstride;
-            for (int r = r0; r < r1; r++) {
-                const int y = r - ph;
-                for (int s = 0; s < S; s++) {
-                    int qa = pw - s > 0 ? (pw - s + S - 1) / S : 0;
-                    int qb = W - 1 + pw - s >= 0 ? (W - 1 + pw - s) / S + 1 : 0;
-                    if (qa > Wq) qa = Wq;
-                    if (qb > Wq) qb = Wq;
-                    if (qb < qa || y < 0 || y >= H) qb = qa;
-                    const long o = ocs + r * rowlen + (long)s * Wq;
-                    const int16_t *restrict src = xc + (long)y * W + s - pw;
-                    if (u8) {
-                        uint8_t *restrict orow = out8 + o;
-                        for (int q = 0; q < qa; q++) orow[q] = (uint8_t)off;
-                        for (int q = qb; q < Wq; q++) orow[q] = (uint8_t)off;
-                        int q = qa;
+        const int16_t *xc = x + nc * hw;
+        const long ocs = nc * pstride;
+        for (int r = r0; r < r1; r++) {
+            const int y = r - ph;
+            const int inside = y >= 0 && y < H;
+            for (int s = 0; s < S; s++) {
+                const int qa = qas[s], qb = inside ? qbs[s] : qas[s];
+                const long o = ocs + r * rowlen + (long)s * Wq;
+                const int16_t *restrict src = xc + (long)y * W + s - pw;
+                if (u8) {
+                    uint8_t *restrict orow = out8 + o;
+                    for (int q = 0; q < qa; q++) orow[q] = (uint8_t)off;
+                    for (int q = qb; q < Wq; q++) orow[q] = (uint8_t)off;
+                    int q = qa;
 #if HAVE_X86
-                        if (S == 1)
-                            for (; q + 32 <= qb; q += 32)
-                                _mm256_storeu_si256((__m256i *)(orow + q), _mm512_cvtepi16_epi8(_mm512_add_epi16(
-                                    _mm512_loadu_si512((const void *)(src + q)), _mm512_set1_epi16((short)off))));
-                        if (S == 2) { /* every other column: 32 loaded, the even 16 kept (loads inside the row); the
-                                       * low byte of each 32-bit lane plus off is the even column's */
-                            for (; q + 16 <= qb && s - pw + 2 * q + 32 <= W; q += 16)
-                                _mm_storeu_si128((__m128i *)(orow + q), _mm512_cvtepi32_epi8(_mm512_add_epi32(
-                                    _mm512_loadu_si512((const void *)(src + 2 * q)), _mm512_set1_epi32(off))));
-                        }
-#endif
-                        for (; q < qb; q++) orow[q] = (uint8_t)(src[(long)q * S] + off);
-                        continue;
-                    }
-                    int16_t *restrict orow = out16 + o;
-                    for (int q = 0; q < qa; q++) orow[q] = 0;
-                    for (int q = qb; q < Wq; q++) orow[q] = 0;
                     if (S == 1) {
-                        if (qb > qa) memcpy(orow + qa, src + qa, (size_t)(qb - qa) * sizeof(int16_t));
-                    } else {
-                        int q = qa;
-#if HAVE_X86
-                        if (S == 2) { /* every other column: 32 loaded, the even 16 kept (loads inside the row) */
-                            const __m512i even = _mm512_setr_epi32(0x00020000, 0x00060004, 0x000a0008, 0x000e000c,
-                                                                   0x00120010, 0x00160014, 0x001a0018, 0x001e001c,
-                                                                   0, 0, 0, 0, 0, 0, 0, 0);
-                            for (; q + 16 <= qb && s - pw + 2 * q + 32 <= W; q += 16)
-                                _mm256_storeu_si256((__m256i *)(orow + q), _mm512_castsi512_si256(
-                                    _mm512_permutexvar_epi16(even, _mm512_loadu_si512((const void *)(src + 2 * q)))));
-                        }
-#endif
-                        for (; q < qb; q++) orow[q] = src[(long)q * S];
+                        const __m512i vo = _mm512_set1_epi16((short)off);
+                        for (; q + 32 <= qb; q += 32)
+                            _mm256_storeu_si256((__m256i *)(orow + q), _mm512_cvtepi16_epi8(_mm512_add_epi16(
+                                _mm512_loadu_si512((const void *)(src + q)), vo)));
                     }
+                    if (S == 2) { /* every other column: 32 loaded, the even 16 kept (loads inside the row); the low
+                                   * byte of each 32-bit lane plus off is the even column's */
+                        for (; q + 16 <= qb && s - pw + 2 * q + 32 <= W; q += 16)
+                            _mm_storeu_si128((__m128i *)(orow + q), _mm512_cvtepi32_epi8(_mm512_add_epi32(
+                                _mm512_loadu_si512((const void *)(src + 2 * q)), _mm512_set1_epi32(off))));
+                    }
+#endif
+                    for (; q < qb; q++) orow[q] = (uint8_t)(src[(long)q * S] + off);
+                    continue;
+                }
+                int16_t *restrict orow = out16 + o;
+                for (int q = 0; q < qa; q++) orow[q] = 0;
+                for (int q = qb; q < Wq; q++) orow[q] = 0;
+                if (S == 1) {
+                    if (qb > qa) memcpy(orow + qa, src + qa, (size_t)(qb - qa) * sizeof(int16_t));
+                } else {
+                    int q = qa;
+#if HAVE_X86
+                    if (S == 2) { /* every other column: 32 loaded, the even 16 kept (loads inside the row) */
+                        const __m512i even = _mm512_setr_epi32(0x00020000, 0x00060004, 0x000a0008, 0x000e000c,
+                                                               0x00120010, 0x00160014, 0x001a0018, 0x001e001c,
+                                                               0, 0, 0, 0, 0, 0, 0, 0);
+                        for (; q + 16 <= qb && s - pw + 2 * q + 32 <= W; q += 16)
+                            _mm256_storeu_si256((__m256i *)(orow + q), _mm512_castsi512_si256(
+                                _mm512_permutexvar_epi16(even, _mm512_loadu_si512((const void *)(src + 2 * q)))));
+                    }
+#endif
+                    for (; q < qb; q++) orow[q] = src[(long)q * S];
                 }
             }
         }
-        if (!gblk) continue;
-        /* the block's group sums, channel by channel in registers, from the rows just packed (still in cache) */
-        const long len = (long)(r1 - r0) * rowlen, ob = ng * Cg * pstride + r0 * rowlen;
-        long q = 0;
-#if HAVE_X86
-        for (; q + 16 <= len; q += 16) {
-            __m512i acc = _mm512_setzero_si512();
-            for (int c = 0; c < Cg; c++)
-                acc = _mm512_add_epi32(acc, u8 ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(
-                                                     out8 + ob + c * pstride + q)))
-                                               : _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(
-                                                     out16 + ob + c * pstride + q))));
-            _mm512_storeu_si512((void *)(gblk + q), acc);
-        }
-#endif
-        for (; q < len; q++) {
-            int32_t acc = 0;
-            for (int c = 0; c < Cg; c++) acc += u8 ? out8[ob + c * pstride + q] : out16[ob + c * pstride + q];
-            gblk[q] = acc;
-        }
     }
-}
-
-#if HAVE_X86
-__attribute__((target("avx512f,avx512bw")))
-#endif
-int ci8_pack16(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride,
-               int R, int16_t *out, int32_t *gsum, long t0, long t1)
-{
-    (void)G;
-    pack_planar(x, Cg, H, W, Hp, S, Wq, ph, pw, pstride, R, out, gsum, t0, t1, 0, 0);
     return 0;
 }
 
-/* ci8_pack16's layout in uint8 (the input of ci8_quads_fwd) of x + off: x + off must lie in 0..255 (off 128 takes
- * signed 8-bit input), the padding is off too (the input's zero), and so are the group sums' terms; pstride in
- * bytes. */
+/* The planar layout of ci8_singles_fwd: x (N, G*Cg, H, W) int16 -> (N, G*Cg, pstride) int16, planes (Hp, S, Wq)
+ * (pstride >= Hp*S*Wq, a multiple of 64 bytes chosen by the caller so that planes do not alias in the L1 cache),
+ * zero padded (ph rows and pw columns before, zero past the input), columns split into S (<= 8) stride phases.
+ * Tasks t0..t1 are (image and channel, block of R padded rows); ci8_planar_sums adds up the group sums after. */
 #if HAVE_X86
 __attribute__((target("avx512f,avx512bw")))
 #endif
-int ci8_pack8(const int16_t *x, int G, int Cg, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride,
-              int R, int off, uint8_t *out, int32_t *gsum, long t0, long t1)
+int ci8_pack16(const int16_t *x, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride, int R,
+               int16_t *out, long t0, long t1)
 {
-    (void)G;
-    pack_planar(x, Cg, H, W, Hp, S, Wq, ph, pw, pstride, R, out, gsum, t0, t1, 1, off);
+    return pack_planar(x, H, W, Hp, S, Wq, ph, pw, pstride, R, out, t0, t1, 0, 0);
+}
+
+/* ci8_pack16's layout in uint8 (the input of ci8_quads_fwd) of x + off: x + off must lie in 0..255 (off 128 takes
+ * signed 8-bit input) and the padding is off too (the input's zero); pstride in bytes. */
+#if HAVE_X86
+__attribute__((target("avx512f,avx512bw")))
+#endif
+int ci8_pack8(const int16_t *x, int H, int W, int Hp, int S, int Wq, int ph, int pw, long pstride, int R, int off,
+              uint8_t *out, long t0, long t1)
+{
+    return pack_planar(x, H, W, Hp, S, Wq, ph, pw, pstride, R, out, t0, t1, 1, off);
+}
+
+/* The group sums of packed planes x ((N, G*Cg, pstride), int16, or uint8 with u8): gsum (N, G, plane) int32, the
+ * sum over a group's Cg planes at each of the plane's positions. Tasks t0..t1 are (image and group, block of L
+ * positions, L a multiple of 16: blocks share no cache line of gsum). */
+#if HAVE_X86
+__attribute__((target("avx512f,avx512bw")))
+#endif
+int ci8_planar_sums(const void *x, int u8, int Cg, long plane, long pstride, long L, int32_t *gsum, long t0,
+                    long t1)
+{
+    const long nb = (plane + L - 1) / L;
+    const int16_t *x16 = (const int16_t *)x;
+    const uint8_t *x8 = (const uint8_t *)x;
+    for (long t = t0; t < t1; t++) {
+        const long ng = t / nb, q0 = t % nb * L, q1 = q0 + L < plane ? q0 + L : plane;
+        const long ob = ng * Cg * pstride;
+        int32_t *g = gsum + ng * plane;
+        long q = q0;
+#if HAVE_X86
+        for (; q + 16 <= q1; q += 16) {
+            __m512i acc = _mm512_setzero_si512();
+            for (int c = 0; c < Cg; c++)
+                acc = _mm512_add_epi32(acc, u8 ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(
+                                                     x8 + ob + c * pstride + q)))
+                                               : _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(
+                                                     x16 + ob + c * pstride + q))));
+            _mm512_storeu_si512((void *)(g + q), acc);
+        }
+#endif
+        for (; q < q1; q++) {
+            int32_t acc = 0;
+            for (int c = 0; c < Cg; c++) acc += u8 ? x8[ob + c * pstride + q] : x16[ob + c * pstride + q];
+            g[q] = acc;
+        }
+    }
     return 0;
 }
 

@@ -268,7 +268,8 @@ class PackedConv:
         return self._ss_call[1:]
 
     def _uses_singles(self, isa: str | None, wo: int) -> bool:
-        return self.sparse and self.singles and isa in SINGLES_ISAS and wo >= SINGLES_WIDTH
+        # (the planar packing takes column strides up to 8)
+        return self.sparse and self.singles and isa in SINGLES_ISAS and wo >= SINGLES_WIDTH and self.g.sw <= 8
 
     def _uses_squads(self, isa: str | None, wo: int) -> bool:
         return (self.squads or self.split) and self.singles and isa == "vnni" and wo >= SQUADS_WIDTH

@@ -54,8 +54,9 @@ class _Lib:
         lib.ci8_pack4.argtypes = [ptr, i, i, i, i, i, i, i, i, i, i, ptr, lng, lng]
         lib.ci8_group_sums4.argtypes = [ptr, ptr, ptr, lng, lng]
         lib.ci8_singles_fwd.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
-        lib.ci8_pack16.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, ptr, ptr, lng, lng]
-        lib.ci8_pack8.argtypes = [ptr, i, i, i, i, i, i, i, i, i, lng, i, i, ptr, ptr, lng, lng]
+        lib.ci8_pack16.argtypes = [ptr, i, i, i, i, i, i, i, lng, i, ptr, lng, lng]
+        lib.ci8_pack8.argtypes = [ptr, i, i, i, i, i, i, i, lng, i, i, ptr, lng, lng]
+        lib.ci8_planar_sums.argtypes = [ptr, i, i, lng, lng, lng, ptr, lng, lng]
         lib.ci8_quads_fwd.argtypes = [i, ptr, ptr, ptr, ptr, ptr, ptr, lng, lng]
         dbl = ctypes.c_double
         lib.ci8_quantize.argtypes = [ptr, dbl, dbl, dbl, dbl, i, ptr, lng, lng]
@@ -253,13 +254,19 @@ def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = 
     gsum = bufs.get("gsum") if sums else None
     if sums and gsum is None:
         gsum = bufs["gsum"] = np.empty((n, group, hb, g.sw, wq), np.int32)
-    rows = max(1, min(hb, (512 << 10) // (size * (c // group) * g.sw * wq)))  # a block's packed rows stay in L2
-    rows = max(1, min(rows, -(-hb * n * group // (2 * _LIB.threads))))  # at least two tasks per thread
     if off and not u8:
         raise ValueError("pack_input16: an input offset needs the uint8 planes")
-    _LIB.run((qc.ctypes.data, group, c // group, h, w, hb, g.sw, wq, g.ph, g.pw, ps, rows, *((off,) if u8 else ()),
-              packed.ctypes.data, None if gsum is None else gsum.ctypes.data), n * group * -(-hb // rows), None,
-             _LIB.lib.ci8_pack8 if u8 else _LIB.lib.ci8_pack16)
+    # tasks: whole planes (no two threads write one cache line), split into row blocks only as far as it takes for
+    # four tasks per thread
+    want = 4 * _LIB.threads
+    rows = hb if n * c >= want else -(-hb // -(-want // (n * c)))
+    _LIB.run((qc.ctypes.data, h, w, hb, g.sw, wq, g.ph, g.pw, ps, rows, *((off,) if u8 else ()), packed.ctypes.data),
+             n * c * -(-hb // rows), None, _LIB.lib.ci8_pack8 if u8 else _LIB.lib.ci8_pack16)
+    if gsum is not None:
+        plane = hb * g.sw * wq
+        blk = 16 * -(-plane // (16 * max(1, -(-want // (n * group)))))  # positions per task, whole 64-byte lines
+        _LIB.run((packed.ctypes.data, int(u8), c // group, plane, ps, blk, gsum.ctypes.data),
+                 n * group * -(-plane // blk), None, _LIB.lib.ci8_planar_sums)
     return packed, gsum, hb, wq, ps
 
 
