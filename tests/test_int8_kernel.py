@@ -316,6 +316,19 @@ def test_quads_kernels_on_signed_input(case, weights, variant, block_bytes, monk
 
 
 @pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+def test_group_sums_of_many_uint8_planes():
+    """Group sums over more planes than 16-bit partial sums hold (the kernel widens every 257 planes): all 255."""
+    n, c, h, w, group = 1, 600, 5, 70, 2
+    q = np.full((n, c, h, w), 255, np.int16)
+    q[0, :, 0, 0] = np.arange(c) % 256
+    g = ConvGeometry(3, 3, 1, 1, 1, 1, 1, 1)
+    packed, gsum, hb, wq, ps = int8.pack_input16(q, group, g, h, w, u8=True)
+    planes, sums = _planar(q, group, hb, wq, 1, 1, 1)
+    np.testing.assert_array_equal(gsum.reshape(n, group, -1), sums)
+    assert sums.max() == 300 * 255 > 2 ** 16
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
 @pytest.mark.parametrize("case", SQUADS_CASES[:2])
 def test_pack_input8_with_offset_equals_numpy(case):
     """ci8_pack8 with offset 128: the planes of x + 128, padding 128, and the group sums of those planes."""
