@@ -153,6 +153,11 @@ class PackedConv:
             self.wpk = pack_weights(self.w, self.group, _LIB.mb) if _LIB is not None else None
         self._abc = [np.ascontiguousarray(a, np.float64) for a in (rq.A, rq.B, rq.C)]
         self._soff = self._ss = self._ss_call = None
+        # per-call constants (the requantisation is read here, once: a changed rq needs a new PackedConv)
+        self._has_sum = rq.has_sum
+        self._epi = None
+        self._next = np.zeros(1, np.int64)  # the sparse kernels' next task, taken by whichever thread is free
+        self._isa_for = {}  # output row width -> the instruction set _pick_isa chooses
         self._bufs = {}  # the paired-singles kernel's input buffers, reused from call to call
         self.singles = True  # sparse on AVX-512: the paired-singles kernel (False: the channel-pairs one)
         if self.sparse and _LIB is not None:
@@ -257,7 +262,7 @@ class PackedConv:
                          Mg=cout // self.group, nmb=1, kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo,
                          has_sum=int(has_sum))
             geom.tap_off[:g.kw] = g.phase_tap_offsets(wq)
-            sp = _Pairs(kptr.ctypes.data, offs.ctypes.data, ws.ctypes.data, nkb, ps)
+            sp = _Pairs(kptr.ctypes.data, offs.ctypes.data, ws.ctypes.data, nkb, ps, self._next.ctypes.data)
             if quads and self.in_off:  # what x + in_off adds to each channel's sums and to each window sum
                 self._acc_off = np.ascontiguousarray(
                     self.in_off * self.w.reshape(cout, -1).astype(np.int64).sum(axis=1), np.int32)
@@ -283,15 +288,15 @@ class PackedConv:
         if not self._uses_singles(isa, wo):
             return False
         quads = self._uses_squads(isa, wo)
-        self._singles_call(shape, self.rq.has_sum, quads)
-        pack_input16(np.zeros(shape, np.int16), self.group, self.g, ho, wo, self.rq.has_sum, self._bufs, quads,
+        self._singles_call(shape, self._has_sum, quads)
+        pack_input16(np.zeros(shape, np.int16), self.group, self.g, ho, wo, self._has_sum, self._bufs, quads,
                      self.in_off if quads else 0)
         return True
 
     def _forward_singles(self, q, isa: str, out):
         """The sparse forward through the paired-singles kernel (AVX-512, output rows of >= 32 pixels), or the
         sparse quads one (VNNI, u8 x s8, output rows of >= 64 pixels)."""
-        has_sum = self.rq.has_sum
+        has_sum = self._has_sum
         quads = self._uses_squads(isa, self.g.out_shape(*q.shape[2:])[1])
         geom, sp, ntasks = self._singles_call(q.shape, has_sum, quads)
         xs, gsum, hp, wq, ps = pack_input16(q, self.group, self.g, geom.Ho, geom.Wo, has_sum, self._bufs, quads,
@@ -300,8 +305,7 @@ class PackedConv:
         e = self._epilogue()
         if out is None:
             out = np.empty((q.shape[0], self.w.shape[0], geom.Ho, geom.Wo), np.int16)
-        nxt = np.zeros(1, np.int64)  # the next task, taken by whichever thread is free (same integers)
-        sp = _Pairs(sp.kptr, sp.off, sp.w, sp.nkb, sp.pstride, nxt.ctypes.data, sp.acc_off, sp.s_off)
+        self._next[0] = 0  # tasks are taken from here by whichever thread is free (same integers)
         args = (xs.ctypes.data, None if gsum is None else gsum.ctypes.data, ctypes.byref(sp), ctypes.byref(e),
                 out.ctypes.data, ctypes.byref(geom))
         if quads:
@@ -311,16 +315,22 @@ class PackedConv:
         return out
 
     def _epilogue(self) -> _Epi:
-        """The kernels' view of the requantisation (:class:`Requant`)."""
+        """The kernels' view of the requantisation (:class:`Requant`), built on first use."""
+        if self._epi is not None:
+            return self._epi
         rq = self.rq
-        return _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
-                    int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
+        self._epi = _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
+                         int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
+        return self._epi
 
     def _pick_isa(self, shape, isa: str | None):
         if isa is None and _LIB is not None:  # the widest instruction set whose vectors fit the output rows
             wo = self.g.out_shape(*shape[2:])[1]
-            fits = [s for s in _LIB.supported if _LIB.width(s) <= wo]
-            isa = fits[-1] if fits else None
+            key = (wo, tuple(_LIB.supported))
+            if key not in self._isa_for:
+                fits = [s for s in _LIB.supported if _LIB.width(s) <= wo]
+                self._isa_for[key] = fits[-1] if fits else None
+            isa = self._isa_for[key]
         return isa
 
     def forward(self, q, isa: str | None = None, out=None):
@@ -344,10 +354,10 @@ class PackedConv:
         cout = self.w.shape[0]
         mg = cout // self.group
         geom = _Geom(N=n, G=self.group, P=p, Hp=hp, S=g.sw, Wq=wq, Cout=cout, Mg=mg, nmb=-(-mg // lib.mb),
-                     kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo, has_sum=int(self.rq.has_sum))
+                     kh=g.kh, kw=g.kw, sh=g.sh, dh=g.dh, Ho=ho, Wo=wo, has_sum=int(self._has_sum))
         geom.tap_off[:g.kw] = g.phase_tap_offsets(wq)
         gsum = None
-        if self.rq.has_sum:
+        if self._has_sum:
             gsum = np.empty((n, self.group, hp, g.sw, wq), np.int32)
             if quads:
                 lib.run((xs.ctypes.data, gsum.ctypes.data, ctypes.byref(geom)), n * self.group, None,
