@@ -537,3 +537,50 @@ def test_sparse_worthwhile_follows_the_kernel_in_use():
     assert int8.nonzero_pair_fraction(w30, 1) > int8.SPARSE_MAX_NONZERO_PAIRS
     assert int8.sparse_worthwhile(w30, 1) == singles
     assert not int8.sparse_worthwhile(w50, 1)
+
+
+def test_fast_epilogue_thresholds():
+    """The float32 epilogue's thresholds: 0.5 less the error bound, rounded down; -1 where the bound is too loose or
+    a coefficient is not finite in float32; none with a relu step or an offset."""
+    w = np.array([[3, -4], [100, 0], [1, 1], [2, 2]], np.int16)
+    rq = int8.Requant(A=np.array([1e-3, 1e-3, 1e39, 1e-3]), B=np.array([0.0, 1e-4, 0.0, 0.0]),
+                      C=np.array([5.0, -7.0, 0.0, 2e6]), lo=0, hi=255)
+    fa, fb, fc, ft = int8.fast_epilogue(w, rq, 255)
+    bound0 = (3 * 1e-3 * 255 * 7 + 3 * 5.0) * 2.0 ** -23 + 2.0 ** -40
+    assert ft[0] <= 0.5 - bound0 and ft[0] > 0.5 - bound0 - 1e-7
+    bound1 = (3 * 1e-3 * 255 * 100 + 4 * 1e-4 * 255 * 2 + 3 * 7.0) * 2.0 ** -23 + 2.0 ** -40
+    assert ft[1] <= 0.5 - bound1
+    assert ft[2] == -1 and ft[3] == -1  # A past float32; |C| so large the bound passes 0.25
+    assert int8.fast_epilogue(w, int8.Requant(A=rq.A, B=rq.B, C=rq.C, lo=0, hi=255, off=3.0), 255) is None
+    assert int8.fast_epilogue(w, int8.Requant(A=rq.A, B=rq.B, C=rq.C, lo=-128, hi=127, relu=True), 255) is None
+
+
+def test_fast_epilogue_bound_holds_near_ties():
+    """Emulating the kernel's float32 path in NumPy on values built to land within 1e-6 of k + 0.5 (and random
+    ones): wherever the threshold lets the float32 value through, it rounds to the double path's integer."""
+    rng = np.random.default_rng(9)
+    m, n = 64, 4000
+    w = rng.integers(-2048, 2048, (m, 300)).astype(np.int16)
+    A = rng.uniform(1e-5, 3e-4, m)
+    B = A * rng.uniform(-0.5, 0.5, m)
+    acc = rng.integers(-2 ** 22, 2 ** 22, (m, n))
+    s = rng.integers(0, 255 * 300, (m, n))
+    exact = A[:, None] * acc + B[:, None] * s
+    k = np.floor(exact)
+    C = np.zeros((m, n))
+    C[:, : n // 2] = (k + 0.5 - exact + rng.uniform(-1e-6, 1e-6, (m, n)))[:, : n // 2]  # near ties
+    C[:, n // 2:] = rng.uniform(-40, 40, (m, n - n // 2))
+    ok_total = 0
+    for j in range(0, n, 5):  # one Requant per column (C differs from column to column)
+        cj = C[:, j]
+        rq = int8.Requant(A=A, B=B, C=cj, lo=-1e9, hi=1e9)
+        fa, fb, fc, ft = int8.fast_epilogue(w, rq, 255)
+        a, sj = acc[:, j], s[:, j]
+        vd = (A * a + B * sj) + cj  # the double path's order
+        u = (fb.astype(np.float64) * np.float32(sj) + fc).astype(np.float32)  # fma(B, s, C) in float32
+        vf = (fa.astype(np.float64) * np.float32(a) + u).astype(np.float32)  # fma(A, acc, u)
+        r = np.rint(vf)
+        through = np.abs(vf - r) < ft
+        assert np.array_equal(r[through], np.rint(vd)[through])
+        ok_total += int(through.sum())
+    assert ok_total > 0

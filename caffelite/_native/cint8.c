@@ -45,6 +45,11 @@ struct i8epi {
     const double *A, *B, *C;
     int relu, ties_away;
     double slope, off, lo, hi;
+    /* the float32 path of the AVX-512 epilogue (requant16f), when fast: per channel A, B, C in float32 and the
+     * threshold below which a float32 value's distance to its nearest integer proves that the double value
+     * rounds to that integer too (ops/int8.py fast_epilogue) */
+    const float *FA, *FB, *FC, *FT;
+    int fast;
 };
 
 static inline __attribute__((always_inline)) int16_t requant(const struct i8epi *e, double a, double b, double c,

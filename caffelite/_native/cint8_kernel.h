@@ -114,6 +114,23 @@ TARGET static inline __attribute__((always_inline)) void FN(requant16d)(
     _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(r));
 }
 
+/* requant16d's integers through float32 where that provably gives the same ones (e->fast: no relu step, off 0):
+ * v = fma(FA, acc, u) with u = fma(FB, s, FC) (s the window sums, or u = FC without them), clipped to [lo, hi].
+ * When every lane lies nearer its nearest integer than ft (FT[m]: 0.5 less a bound on how far v may be from the
+ * double value), the double value rounds to that same integer whatever the tie rule: the 16 integers are stored
+ * and it returns 0; else nothing is stored and the caller takes the double path. Clipping first is safe: a lane
+ * below lo (above hi) is then below lo + 0.5 (above hi - 0.5) in double too. */
+TARGET static inline __attribute__((always_inline)) int FN(requant16f)(
+    __m512 fa, __m512 u, __m512 ft, __m512 flo, __m512 fhi, __m512i acc, int16_t *dst)
+{
+    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), fa, u);
+    v = _mm512_min_ps(_mm512_max_ps(v, flo), fhi);
+    const __m512 r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    if (_mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, r)), ft, _CMP_NLT_UQ)) return 1;
+    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(r))); /* exact: r integral */
+    return 0;
+}
+
 TARGET static inline __attribute__((always_inline)) void FN(requant16)(
     const struct i8epi *e, double a, double b, double c, __m512i acc, const int32_t *s, int16_t *dst)
 {

@@ -142,6 +142,7 @@ def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
     zw_dense = zw
     u8_input = gin.lo >= 0 and gin.hi <= 255
     s8_input = not u8_input and gin.lo >= -128 and gin.hi <= 127  # the sparse quads kernels take x + 128
+    qmax = int(max(abs(gin.lo), abs(gin.hi)))
     if u8_input and qw.unsigned_quant and qw.bitwidth <= 8 and not (-128 <= wq.min() - zw and wq.max() - zw <= 127):
         # 8-bit weights centred into int8 for the dense u8 x s8 kernel (there the zeros move; the sparse kernel
         # keeps the centring above, with its own window-sum correction: the same integers either way)
@@ -153,7 +154,7 @@ def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
     group = int(cp.group) or 1
     try:
         for z in {zw, zw_dense}:
-            i8op.check_bounds(wq - z, max(abs(gin.lo), abs(gin.hi)), ly.param.name)
+            i8op.check_bounds(wq - z, qmax, ly.param.name)
     except ValueError:
         return None
     cout = w.shape[0]
@@ -187,10 +188,10 @@ def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
     if sparse is None and native and i8op.sparse_worthwhile(ws, group):
         times = auto_times.setdefault(ly.param.name, {})  # shared by this layer's plans
         return ("conv", i, last, i8op.AutoConv(wd, geom, group, rqd, times=times, u8_input=u8_input,
-                                               sparse_w=ws, sparse_rq=rqs, s8_input=s8_input))
+                                               sparse_w=ws, sparse_rq=rqs, s8_input=s8_input, qmax=qmax))
     if bool(sparse) and i8op.available():
         return ("conv", i, last, i8op.PackedConv(ws, geom, group, rqs, sparse=True, u8_input=u8_input,
-                                                 s8_input=s8_input))
+                                                 s8_input=s8_input, qmax=qmax))
     return ("conv", i, last, i8op.PackedConv(wd, geom, group, rqd, u8_input=u8_input))
 
 

@@ -79,6 +79,39 @@ def _split_sums_fit(w) -> bool:
     return bool(255 * int(part.max(initial=0)) < 2 ** 31)
 
 
+#: the AVX-512 sparse kernels' float32 epilogue (:func:`fast_epilogue`); False keeps the double one everywhere
+FAST_EPILOGUE = True
+
+
+def fast_epilogue(w, rq: Requant, qmax: int):
+    """The AVX-512 sparse kernels' float32 epilogue for integer weights ``w`` (Cout, ...) on inputs |q| <= ``qmax``:
+    (A, B, C, thresholds) in float32 per channel, or None where it does not apply (a relu step, an offset).
+
+    The kernel evaluates v = fma(A, acc, fma(B, s, C)) in float32 (s the window sums). Against the exact
+    A*acc + B*s + C that errs by at most 2**-24 * (3|A|M + 4|B|S + 3|C|) (the roundings of acc, s, A, B, C and of
+    both fmas; M bounds |acc|: qmax times the channel's sum of |w|; S bounds |s|: qmax times the weights per
+    channel), and the double path fl(fl(fl(A*acc) + fl(B*s)) + C) errs by at most 2**-52 * (2|A|M + 2|B|S + |C|).
+    The threshold is 0.5 less twice the first bound, rounded down: a lane nearer its nearest integer than that has
+    its double value within 0.5 of the same integer, which is what the double path rounds it to (never a tie).
+    The other lanes go to the double path. A channel whose threshold would be below 0.25 gets -1 (always the
+    double path)."""
+    if not FAST_EPILOGUE or rq.off != 0 or (rq.relu and not (rq.slope == 0 and rq.lo >= 0)):
+        return None
+    w = np.asarray(w, np.int64).reshape(len(w), -1)
+    m = float(qmax) * np.abs(w).sum(axis=1)
+    s_max = float(qmax) * w.shape[1]
+    abc = [np.asarray(v, np.float64) for v in (rq.A, rq.B, rq.C)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = [v.astype(np.float32) for v in abc]
+        err = (3 * np.abs(abc[0]) * m + 4 * np.abs(abc[1]) * s_max + 3 * np.abs(abc[2])) * 2.0 ** -23 + 2.0 ** -40
+        t = 0.5 - err
+    ok = np.isfinite(t) & (t >= 0.25) & np.isfinite(f[0]) & np.isfinite(f[1]) & np.isfinite(f[2])
+    t = np.where(ok, t, -1.0)
+    ft = t.astype(np.float32)
+    ft = np.where(ft > t, np.nextafter(ft, np.float32(-np.inf)), ft)  # rounded down
+    return tuple(np.ascontiguousarray(v, np.float32) for v in (*f, ft))
+
+
 def check_bounds(w, qmax: int, where: str = "convolution") -> None:
     """Raise ValueError unless every int32 sum of an output channel of integer weights ``w`` (Cout, ...) with
     activations |q| <= qmax is exact: the channel's sum of |w| times qmax below 2**31, and the 16-bit lanes."""
@@ -128,7 +161,7 @@ class PackedConv:
     """
 
     def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, sparse: bool = False, u8_input: bool = False,
-                 s8_input: bool = False):
+                 s8_input: bool = False, qmax: int | None = None):
         self.w = np.asarray(w, np.int16)
         self.g, self.group, self.rq = g, int(group), rq
         self.sparse = bool(sparse)
@@ -155,6 +188,9 @@ class PackedConv:
         self._soff = self._ss = self._ss_call = None
         # per-call constants (the requantisation is read here, once: a changed rq needs a new PackedConv)
         self._has_sum = rq.has_sum
+        # the sparse kernels' float32 epilogue; |inputs| <= qmax bounds its error (default: what the flags allow)
+        qmax = qmax if qmax is not None else 255 if u8_input else 128 if s8_input else 2 ** 15
+        self._fast = fast_epilogue(self.w, rq, qmax) if self.sparse else None
         self._epi = None
         self._next = np.zeros(1, np.int64)  # the sparse kernels' next task, taken by whichever thread is free
         self._isa_for = {}  # output row width -> the instruction set _pick_isa chooses
@@ -319,8 +355,10 @@ class PackedConv:
         if self._epi is not None:
             return self._epi
         rq = self.rq
+        fast = self._fast or (None,) * 4
         self._epi = _Epi(self._abc[0].ctypes.data, self._abc[1].ctypes.data, self._abc[2].ctypes.data, int(rq.relu),
-                         int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi))
+                         int(rq.ties == "away"), float(rq.slope), float(rq.off), float(rq.lo), float(rq.hi),
+                         *(None if v is None else v.ctypes.data for v in fast), int(self._fast is not None))
         return self._epi
 
     def _pick_isa(self, shape, isa: str | None):

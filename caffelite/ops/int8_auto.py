@@ -34,13 +34,13 @@ class AutoConv:
 
     def __init__(self, w, g: ConvGeometry, group: int, rq: Requant, trials: int = 2, times: dict | None = None,
                  u8_input: bool = False, max_trials: int = 6, sparse_w=None, sparse_rq: Requant | None = None,
-                 s8_input: bool = False):
-        self.dense = PackedConv(w, g, group, rq, u8_input=u8_input)
+                 s8_input: bool = False, qmax: int | None = None):
+        self.dense = PackedConv(w, g, group, rq, u8_input=u8_input, qmax=qmax)
         # the sparse kernel may take the weights on another zero point (one that keeps pruned weights zero, where
         # the dense u8 x s8 kernel needs them centred into int8), with that zero point's requantisation
         self.sparse_conv = PackedConv(w if sparse_w is None else sparse_w, g, group,
                                       rq if sparse_rq is None else sparse_rq, sparse=True, u8_input=u8_input,
-                                      s8_input=s8_input)
+                                      s8_input=s8_input, qmax=qmax)
         self.w, self.g, self.group, self.rq = self.dense.w, g, int(group), rq
         # ``times`` may be shared by the AutoConvs of one layer (e.g. under different output scales)
         self.times = times if times is not None else {}

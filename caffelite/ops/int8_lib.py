@@ -35,7 +35,8 @@ class _Geom(ctypes.Structure):
 class _Epi(ctypes.Structure):
     _fields_ = [("A", ctypes.c_void_p), ("B", ctypes.c_void_p), ("C", ctypes.c_void_p), ("relu", ctypes.c_int),
                 ("ties_away", ctypes.c_int), ("slope", ctypes.c_double), ("off", ctypes.c_double),
-                ("lo", ctypes.c_double), ("hi", ctypes.c_double)]
+                ("lo", ctypes.c_double), ("hi", ctypes.c_double), ("FA", ctypes.c_void_p), ("FB", ctypes.c_void_p),
+                ("FC", ctypes.c_void_p), ("FT", ctypes.c_void_p), ("fast", ctypes.c_int)]
 
 
 class _Lib:
