@@ -537,6 +537,12 @@ def test_sparse_worthwhile_follows_the_kernel_in_use():
     assert int8.nonzero_pair_fraction(w30, 1) > int8.SPARSE_MAX_NONZERO_PAIRS
     assert int8.sparse_worthwhile(w30, 1) == singles
     assert not int8.sparse_worthwhile(w50, 1)
+    # 8-bit inputs on VNNI (the sparse quads kernels): timed up to 90% nonzero weights
+    vnni = "vnni" in int8.supported_isas()
+    assert int8.sparse_worthwhile(w50, 1, quads=True) == vnni
+    w95 = rng.integers(1, 100, (64, 32, 3, 3)).astype(np.int16)
+    w95[rng.random(w95.shape) >= 0.95] = 0
+    assert not int8.sparse_worthwhile(w95, 1, quads=True)
 
 
 def test_fast_epilogue_thresholds():

@@ -185,7 +185,7 @@ def conv_step(net, i, members, grids, ties, native, sparse, auto_times):
 
     ws, rqs = centred(zw)  # pruned weights are zeros
     wd, rqd = (ws, rqs) if zw_dense == zw else centred(zw_dense)
-    if sparse is None and native and i8op.sparse_worthwhile(ws, group):
+    if sparse is None and native and i8op.sparse_worthwhile(ws, group, quads=u8_input or s8_input):
         times = auto_times.setdefault(ly.param.name, {})  # shared by this layer's plans
         return ("conv", i, last, i8op.AutoConv(wd, geom, group, rqd, times=times, u8_input=u8_input,
                                                sparse_w=ws, sparse_rq=rqs, s8_input=s8_input, qmax=qmax))

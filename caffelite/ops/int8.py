@@ -436,7 +436,7 @@ def conv_int(q, w, g: ConvGeometry, group: int, rq: Requant, isa: str | None = N
 
 #: names of :mod:`caffelite.ops.int8_auto` (the dense/sparse choice), reachable here too
 _AUTO_NAMES = frozenset(("AutoConv", "sparse_worthwhile", "nonzero_pair_fraction", "AUTO_MARGIN", "SINGLES_FAVOUR",
-                         "SINGLES_MAX_NONZERO", "SPARSE_MAX_NONZERO_PAIRS"))
+                         "QUADS_MAX_NONZERO", "SINGLES_MAX_NONZERO", "SPARSE_MAX_NONZERO_PAIRS"))
 
 
 def __getattr__(name):

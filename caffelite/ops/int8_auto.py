@@ -116,13 +116,23 @@ SPARSE_MAX_NONZERO_PAIRS = 0.4
 #: the paired-singles kernel (AVX-512) against the dense 12-bit one on jsegnet21v2's layers: 0.5-0.65x the time
 #: at 20% nonzero weights, 0.7-0.9x at 40%, 0.8-1.1x at 50% (one thread, random weights)
 SINGLES_MAX_NONZERO = 0.4
+#: the sparse quads kernels (VNNI, 8-bit inputs) against the dense kernel, sparse/dense time at 50/70/90% nonzero
+#: weights (jsegnet21v2-like layers, 2 threads, 12-bit weights): conv1a (signed input) 0.73/0.75/0.79, conv1b
+#: 0.87/0.93/0.97, res3a 0.65/0.79/0.98, ctx_final (8 outputs) 1.00/1.06/1.14; 8-bit weights: 0.71/0.72/0.75 on
+#: conv1a, 1.14-1.6 on the others (the dense u8 x s8 kernel). Up to this fraction AutoConv times both and keeps
+#: the faster
+QUADS_MAX_NONZERO = 0.9
 
 
-def sparse_worthwhile(w, group: int) -> bool:
-    """Whether the sparse integer kernel should run (or, under :class:`AutoConv`, be timed on) these weights."""
+def sparse_worthwhile(w, group: int, quads: bool = False) -> bool:
+    """Whether the sparse integer kernel should run (or, under :class:`AutoConv`, be timed on) these weights;
+    ``quads``: the inputs fit 8 bits (unsigned, or signed run as x + 128), so on AVX-512 VNNI the sparse quads
+    kernels can take the layer."""
     if _LIB is None:
         return False
+    w = np.asarray(w)
+    if quads and "vnni" in _LIB.supported:
+        return np.count_nonzero(w) <= QUADS_MAX_NONZERO * w.size
     if set(SINGLES_ISAS) & set(_LIB.supported):
-        w = np.asarray(w)
         return np.count_nonzero(w) <= SINGLES_MAX_NONZERO * w.size
     return nonzero_pair_fraction(w, group) <= SPARSE_MAX_NONZERO_PAIRS
