@@ -51,6 +51,17 @@ struct ci8g_deconv {
     float *amax;               /* (N, 1, Ho, Wo) ArgMax over the channels, or NULL */
 };
 
+/* One Bias + quantize call: integers of float32 (x + b[channel]) of x seen as (outer*dim, inner) rows, row r of
+ * channel r % dim, on the grid st, off, lo, hi (mirrored by a ctypes Structure in int8_glue.py). */
+struct ci8g_bq {
+    const float *x, *b;
+    long dim, inner;
+    double st, off, lo, hi;
+    int away;                  /* ties away from zero (else to even) */
+    float fthr;                /* > 0 enables the float32 quantizer (quant_fast) with this threshold */
+    int16_t *out;
+};
+
 /* One MAX pooling call. */
 struct ci8g_pool {
     long P, H, W, Ho, Wo;      /* planes (N*C), input and output extents */
@@ -115,13 +126,14 @@ int ci8g_lut2(int isa, const int16_t *a, const int16_t *b, const int16_t *lut, l
     ISA_CALL(isa, lut2, (a, b, lut, lo1, n1, lo2, n2, out, t0, t1));
 }
 
-/* Integers of float32 (x + b[channel]) of x seen as (outer*dim, inner) rows, row r of channel r % dim, for tasks
- * t0..t1 (task = row * blocks + block of 2048 values). */
-int ci8g_bias_quant(int isa, const float *x, const float *b, long dim, long inner, double st, double off, double lo,
-                    double hi, int away, float fthr, int16_t *out, long t0, long t1)
+/* struct ci8g_bq's call for tasks t0..t1 (task = row * blocks + block of 2048 values). */
+int ci8g_bias_quant(int isa, const struct ci8g_bq *p, long t0, long t1)
 {
-    ISA_CALL(isa, bias_quant, (x, b, dim, inner, st, off, lo, hi, away, fthr, out, t0, t1));
+    ISA_CALL(isa, bias_quant, (p->x, p->b, p->dim, p->inner, p->st, p->off, p->lo, p->hi, p->away, p->fthr, p->out,
+                               t0, t1));
 }
+
+int ci8g_bq_size(void) { return (int)sizeof(struct ci8g_bq); }
 
 /* The module itself is empty: it exists so that setuptools builds and installs the shared library. */
 static struct PyModuleDef ci8g_module = {PyModuleDef_HEAD_INIT, "_ci8glue", "int8 engine glue kernels (ctypes).",

@@ -35,6 +35,12 @@ class _Deconv(ctypes.Structure):
                  ("inp", ctypes.c_void_p), ("out", ctypes.c_void_p), ("amax", ctypes.c_void_p)]
 
 
+class _BiasQuant(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_void_p), ("b", ctypes.c_void_p), ("dim", ctypes.c_long), ("inner", ctypes.c_long)]
+    _fields_ += [(k, ctypes.c_double) for k in ("st", "off", "lo", "hi")]
+    _fields_ += [("away", ctypes.c_int), ("fthr", ctypes.c_float), ("out", ctypes.c_void_p)]
+
+
 class _Pool(ctypes.Structure):
     _fields_ = [(k, ctypes.c_long) for k in ("P", "H", "W", "Ho", "Wo")]
     _fields_ += [(k, ctypes.c_int) for k in ("kh", "kw", "sh", "sw", "ph", "pw", "qlo", "nq")]
@@ -48,14 +54,15 @@ class _Lib(native.KernelLibrary):
 
     def __init__(self, path: str):
         lib = ctypes.CDLL(path)
-        if lib.ci8g_deconv_size() != ctypes.sizeof(_Deconv) or lib.ci8g_pool_size() != ctypes.sizeof(_Pool):
+        if lib.ci8g_deconv_size() != ctypes.sizeof(_Deconv) or lib.ci8g_pool_size() != ctypes.sizeof(_Pool) or \
+                lib.ci8g_bq_size() != ctypes.sizeof(_BiasQuant):
             raise ImportError(f"{path}: struct layout mismatch (rebuild caffelite: pip install -e .)")
-        ptr, lng, i, dbl = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
+        ptr, lng, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
         lib.ci8g_deconv.argtypes = [i, ptr, lng, lng, lng]
         lib.ci8g_pool.argtypes = [i, ptr, lng, lng]
         lib.ci8g_argmax.argtypes = [i, ptr, lng, lng, ptr, lng, lng]
         lib.ci8g_lut2.argtypes = [i, ptr, ptr, ptr, lng, lng, lng, lng, ptr, lng, lng]
-        lib.ci8g_bias_quant.argtypes = [i, ptr, ptr, lng, lng, dbl, dbl, dbl, dbl, i, ctypes.c_float, ptr, lng, lng]
+        lib.ci8g_bias_quant.argtypes = [i, ptr, lng, lng]
         super().__init__(lib, lib.ci8g_isa_mask())
 
 
@@ -251,7 +258,7 @@ def bias_quantize(x, b, dims, st, off, lo, hi, away):
     out = np.empty(xc.shape, np.int16)
     if xc.size:
         nb = -(-inner // _BIAS_BLOCK)
-        _run(_LIB.lib.ci8g_bias_quant, (xc.ctypes.data, bc.ctypes.data, dim, inner, float(st), float(off),
-                                        float(lo), float(hi), int(bool(away)), fast_threshold(st, off, lo, hi),
-                                        out.ctypes.data), outer * dim * nb, _BIAS_BLOCK)
+        p = _BiasQuant(xc.ctypes.data, bc.ctypes.data, dim, inner, float(st), float(off), float(lo), float(hi),
+                       int(bool(away)), fast_threshold(st, off, lo, hi), out.ctypes.data)
+        _run(_LIB.lib.ci8g_bias_quant, (ctypes.byref(p),), outer * dim * nb, _BIAS_BLOCK)
     return out
