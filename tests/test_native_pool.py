@@ -136,3 +136,16 @@ def test_kernels_give_the_same_values_on_either_pool(monkeypatch):
     for a, b in zip(got[False], got[True], strict=True):
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+def test_numpy_integers_and_byref_arguments():
+    """NumPy integers pass as integers; ctypes.byref(obj) as obj's address."""
+    fn = _selftest()
+    out = np.zeros(20, np.int64)
+    args = list(_args(out, mult=np.int64(5), add=np.int32(-2)))
+    assert native._CPOOL.run(fn, tuple(args), 20, 4, 2, False) == [0]
+    np.testing.assert_array_equal(out, np.arange(20) * 5 - 2)
+    buf = (ctypes.c_long * 20)()
+    args[0] = ctypes.byref(buf)
+    assert native._CPOOL.run(fn, tuple(args), 20, 4, 2, False) == [0]
+    np.testing.assert_array_equal(np.ctypeslib.as_array(buf), np.arange(20) * 5 - 2)

@@ -81,7 +81,7 @@ class _Lib:
     def run(self, args, ntasks: int, isa: str | None, fn=None):
         """``fn(isa code, *args, t0, t1)`` over the threads (``fn(*args, t0, t1)`` when ``isa`` is None); a
         function that hands its tasks out itself (``self.shared``) gets the whole range in every thread, the others
-        get ranges as threads come free (:func:`caffelite.ops.native.run_dynamic`: every task of these kernels
+        get ranges as threads come free (:func:`caffelite.ops.native.pooled_run`: every task of these kernels
         writes its own part of the output)."""
         fn = fn or self.lib.ci8_conv_fwd
         if isa is not None:

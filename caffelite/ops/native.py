@@ -15,7 +15,8 @@ What runs here (float32 NumPy arrays only; :mod:`caffelite.ops.conv` decides whe
 - :func:`conv_weight_grad`: the weight gradient of kernels 1, 3 or 5 wide.
 
 ctypes releases the GIL during a call, so the task range is split over a small thread pool (forward calls
-hand out parts of it as threads free up, :data:`DYNAMIC`). Each output value is computed by one task in a fixed
+hand out parts of it as threads free up, :data:`DYNAMIC`): the compiled one of ``caffelite/_native/cpool.c``
+(:func:`pooled_run`), or Python's where that is not built. Each output value is computed by one task in a fixed
 order: results do not depend on the number of threads. The forward kernels read the raw input: each task pads
 the rows it reads into a small panel (``caffelite/_native/panel.h``, :data:`PANELS`) instead of the whole input
 being padded first.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import operator
 import os
 import threading
 import warnings
@@ -153,14 +155,15 @@ class _CPool:
         for a in args:
             if a is None:
                 vals.append(0)
-            elif isinstance(a, int):
-                vals.append(int(a))
             elif type(a).__name__ == "CArgObject":  # ctypes.byref(obj)
                 vals.append(ctypes.addressof(a._obj))
             elif isinstance(a, ctypes.c_void_p):
                 vals.append(a.value or 0)
             else:
-                return None
+                try:
+                    vals.append(operator.index(a))  # int, bool, NumPy integers
+                except TypeError:
+                    return None
         arr = (ctypes.c_long * max(1, len(vals)))(*vals)
         return [self.lib.cp_run(addr, len(vals), arr, ntasks, nparts, threads, int(shared))]
 
