@@ -114,26 +114,11 @@ TARGET static inline __attribute__((always_inline)) void SPT(tile)(
             }
             const __m512d va = _mm512_set1_pd(e->A[m]), vb = _mm512_set1_pd(e->B[m]), vc = _mm512_set1_pd(e->C[m]);
             int16_t *ob = out + (n * p->Cout + m) * hw;
-            if (e->fast) { /* the float32 epilogue; a vector it cannot vouch for takes the double one */
-                const __m512 fa = _mm512_set1_ps(e->FA[m]), fb = _mm512_set1_ps(e->FB[m]), fc = _mm512_set1_ps(e->FC[m]);
-                const __m512 ft = _mm512_set1_ps(e->FT[m]);
-                const __m512 flo = _mm512_set1_ps((float)e->lo), fhi = _mm512_set1_ps((float)e->hi);
-#pragma GCC unroll 2
-                for (int v = 0; v < T; v++) {
-                    int16_t *dst = ob + (long)ys[v] * p->Wo + xs[v];
-                    __m512i o[SPT_H];
-                    SPT_ORDER(acc + SPT_H * v, o);
-#pragma GCC unroll 4
-                    for (int h = 0; h < SPT_H; h++) {
-                        const __m512i si = p->has_sum ? _mm512_loadu_si512((const void *)(s[v] + 16 * h))
-                                                      : _mm512_setzero_si512();
-                        const __m512 u = p->has_sum ? _mm512_fmadd_ps(fb, _mm512_cvtepi32_ps(si), fc) : fc;
-                        if (FN(requant16f)(fa, u, ft, flo, fhi, o[h], dst + 16 * h))
-                            FN(requant16d)(e, va, vb, vc, o[h], _mm512_cvtepi32_pd(_mm512_castsi512_si256(si)),
-                                           _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(si, 1)), dst + 16 * h);
-                    }
-                }
-                continue;
+            /* the float32 epilogue's constants (a vector it cannot vouch for takes the double epilogue) */
+            __m512 fa = _mm512_setzero_ps(), fb = fa, fc = fa, ft = fa, flo = fa, fhi = fa;
+            if (e->fast) {
+                fa = _mm512_set1_ps(e->FA[m]), fb = _mm512_set1_ps(e->FB[m]), fc = _mm512_set1_ps(e->FC[m]);
+                ft = _mm512_set1_ps(e->FT[m]), flo = _mm512_set1_ps((float)e->lo), fhi = _mm512_set1_ps((float)e->hi);
             }
 #pragma GCC unroll 2
             for (int v = 0; v < T; v++) {
@@ -141,8 +126,18 @@ TARGET static inline __attribute__((always_inline)) void SPT(tile)(
                 __m512i o[SPT_H];
                 SPT_ORDER(acc + SPT_H * v, o);
 #pragma GCC unroll 4
-                for (int h = 0; h < SPT_H; h++)
-                    FN(requant16d)(e, va, vb, vc, o[h], sd[v][2 * h], sd[v][2 * h + 1], dst + 16 * h);
+                for (int h = 0; h < SPT_H; h++) {
+                    if (!e->fast) {
+                        FN(requant16d)(e, va, vb, vc, o[h], sd[v][2 * h], sd[v][2 * h + 1], dst + 16 * h);
+                        continue;
+                    }
+                    const __m512i si = p->has_sum ? _mm512_loadu_si512((const void *)(s[v] + 16 * h))
+                                                  : _mm512_setzero_si512();
+                    const __m512 u = p->has_sum ? _mm512_fmadd_ps(fb, _mm512_cvtepi32_ps(si), fc) : fc;
+                    if (FN(requant16f)(fa, u, ft, flo, fhi, o[h], dst + 16 * h))
+                        FN(requant16d)(e, va, vb, vc, o[h], _mm512_cvtepi32_pd(_mm512_castsi512_si256(si)),
+                                       _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(si, 1)), dst + 16 * h);
+                }
             }
         }
     }
