@@ -363,3 +363,51 @@ def test_engine_speed_table(tmp_path):
     assert shape == (1, 3, *SIZE) and {"float dense", "int8"} <= set(times) and all(v > 0 for v in times.values())
     table = int8_speed.speed_table(times, shape)
     assert "| int8 |" in table and "1.00x" in table.splitlines()[2]
+
+
+def test_convolutions_write_the_next_ones_planes():
+    """Sparse kernels on every layer at 256x512 (rows wide enough for the quads kernel): a convolution whose output
+    only the next convolution reads writes that one's planar input directly; every blob's integers are those of
+    the forward without it, and reading them after a later forward is an error, not stale values."""
+    from caffelite import io, jacinto
+    from caffelite.jacinto import int8_engine as ie
+    from caffelite.net import Net
+    from caffelite.ops import int8 as i8op
+    if "vnni" not in i8op.supported_isas():
+        pytest.skip("no AVX-512 VNNI")
+    p = io.read_net(os.path.join(JSEG, "deploy.prototxt"))
+    p.layer[0].input_param.shape[0].dim[:] = [1, 3, 256, 512]
+    p.quantize = True
+    net = Net(p, TEST)
+    net.copy_from(os.path.join(JSEG, "weights.caffemodel.xz"))
+    for ly in net.layers:
+        if ly.type == "Convolution":
+            w = ly.blobs[0].data
+            w[np.abs(w) < np.quantile(np.abs(w), 0.8)] = 0
+    net.repack()
+    hook = jacinto.attach_quantization(net)
+    x = np.random.default_rng(3).uniform(0, 255, (1, 3, 256, 512)).astype(np.float32)
+    hook.freeze_ranges(after=2)
+    for _ in range(3):
+        net.forward(data=x)
+    state = hook.get_state()
+    got = []
+    for fuse in (True, False):
+        hook.set_state(state)
+        eng = ie.Int8Net(net, hook, sparse=True, fuse_packing=fuse)
+        out = eng.forward(data=x)["argMaxOut"].copy()
+        got.append((out, dict(eng.ints), list(eng.planes_written)))
+    (out_f, ints_f, written), (out_u, ints_u, none) = got
+    assert none == [] and {"conv1a", "res2a_branch2a", "ctx_conv1"} <= set(written)
+    np.testing.assert_array_equal(out_f, out_u)
+    assert ints_f.keys() == ints_u.keys()
+    for k in ints_u:
+        np.testing.assert_array_equal(ints_f[k], ints_u[k], err_msg=k)
+    hook.set_state(state)
+    eng = ie.Int8Net(net, hook, sparse=True)
+    eng.forward(data=x)
+    early = eng.ints
+    hook.set_state(state)
+    eng.forward(data=x)
+    with pytest.raises(ie.Int8Error, match="overwritten by a later forward"):
+        early["conv1a"]

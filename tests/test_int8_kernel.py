@@ -590,3 +590,40 @@ def test_fast_epilogue_bound_holds_near_ties():
         assert np.array_equal(r[through], np.rint(vd)[through])
         ok_total += int(through.sum())
     assert ok_total > 0
+
+
+@pytest.mark.skipif("vnni" not in int8.supported_isas(), reason="no AVX-512 VNNI")
+@pytest.mark.parametrize("weights", ["split", "squads"])
+@pytest.mark.parametrize("has_sum", [True, False])
+@pytest.mark.parametrize("consumer", [(3, 1, 1, 1), (3, 1, 2, 2), (1, 2, 0, 1)])  # (k, group, pad, dilation)
+def test_producer_writes_the_next_convolutions_planes(weights, has_sum, consumer):
+    """A sparse convolution writing its uint8 outputs straight into the next one's planar input (packed_input)
+    gives that one the integers its own packing would: the same outputs, twice in a row (padding stays zero)."""
+    k, group, pad, dil = consumer
+    q, wt, g, grp, rq = (_split_case if weights == "split" else _squads_case)(SQUADS_CASES[3], 50, has_sum=has_sum)
+    producer = int8.PackedConv(wt, g, grp, rq, sparse=True, u8_input=True)
+    mid = producer.forward(q, isa="vnni")
+    assert mid.min() >= 0 and mid.max() <= 255
+    rng = np.random.default_rng(51)
+    c = mid.shape[1]
+    w2 = rng.integers(-2048, 2048, (16, c // group, k, k)).astype(np.int16)
+    w2[rng.random(w2.shape) < 0.8] = 0
+    g2 = ConvGeometry(k, k, 1, 1, pad, pad, dil, dil)
+    _, _, _, _, rq2 = _split_case(SQUADS_CASES[3], 52, has_sum=has_sum)
+    rq2 = int8.Requant(A=rq2.A[:16], B=rq2.B[:16], C=rq2.C[:16], lo=rq2.lo, hi=rq2.hi)
+    want = int8.conv_int_reference(mid, w2, None, g2, group, rq2)
+    cons = int8.PackedConv(w2, g2, group, rq2, sparse=True, u8_input=True)
+    for _ in range(2):
+        tgt = cons.packed_input(mid.shape, "vnni")
+        assert tgt is not None
+        assert producer.forward(q, isa="vnni", pack_into=tgt) is None
+        np.testing.assert_array_equal(cons.forward_prepacked(mid.shape, "vnni"), want)
+    np.testing.assert_array_equal(cons.forward(mid, isa="vnni"), want)  # its own packing, same buffers
+    tgt = cons.packed_input(mid.shape, "vnni")
+    producer.forward(q, isa="vnni", pack_into=tgt)
+    np.testing.assert_array_equal(cons.forward_prepacked(mid.shape, "vnni"), want)
+    # no planar input to offer: signed input (offset), column stride 2, or another kernel
+    assert int8.PackedConv(w2, g2, group, rq2, sparse=True, s8_input=True).packed_input(mid.shape, "vnni") is None
+    g3 = ConvGeometry(k, k, 2, 2, pad, pad, dil, dil)
+    assert int8.PackedConv(w2, g3, group, rq2, sparse=True, u8_input=True).packed_input(mid.shape, "vnni") is None
+    assert cons.packed_input(mid.shape, "avx512bw") is None

@@ -99,9 +99,19 @@ TARGET static inline __attribute__((always_inline)) __m256i FN(rq8)(
     return _mm512_cvtpd_epi32(r); /* exact: r is an integer */
 }
 
-/* 16 lanes: acc (int32) and the window sums already in double (s0: lanes 0-7, s1: 8-15) -> int16 at dst */
+/* 16 integers r to int16 at dst, or, when dst8 is not NULL, to uint8 at dst8 (r in 0..255: the next convolution's
+ * planar input) */
+TARGET static inline __attribute__((always_inline)) void FN(store16)(__m512i r, int16_t *dst, uint8_t *dst8)
+{
+    if (dst8) _mm_storeu_si128((__m128i *)dst8, _mm512_cvtepi32_epi8(r));
+    else _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(r));
+}
+
+/* 16 lanes: acc (int32) and the window sums already in double (s0: lanes 0-7, s1: 8-15) -> int16 at dst (or uint8
+ * at dst8, FN(store16)) */
 TARGET static inline __attribute__((always_inline)) void FN(requant16d)(
-    const struct i8epi *e, __m512d va, __m512d vb, __m512d vc, __m512i acc, __m512d s0, __m512d s1, int16_t *dst)
+    const struct i8epi *e, __m512d va, __m512d vb, __m512d vc, __m512i acc, __m512d s0, __m512d s1, int16_t *dst,
+    uint8_t *dst8)
 {
     const __m512d lo = _mm512_set1_pd(e->lo), hi = _mm512_set1_pd(e->hi);
     __m512d v0 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(acc)), va);
@@ -110,8 +120,7 @@ TARGET static inline __attribute__((always_inline)) void FN(requant16d)(
     v1 = _mm512_add_pd(v1, _mm512_mul_pd(s1, vb));
     const __m256i r0 = FN(rq8)(e, _mm512_add_pd(v0, vc), lo, hi);
     const __m256i r1 = FN(rq8)(e, _mm512_add_pd(v1, vc), lo, hi);
-    const __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(r0), r1, 1);
-    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(r));
+    FN(store16)(_mm512_inserti64x4(_mm512_castsi256_si512(r0), r1, 1), dst, dst8);
 }
 
 /* requant16d's integers through float32 where that provably gives the same ones (e->fast: no relu step, off 0):
@@ -121,13 +130,13 @@ TARGET static inline __attribute__((always_inline)) void FN(requant16d)(
  * and it returns 0; else nothing is stored and the caller takes the double path. Clipping first is safe: a lane
  * below lo (above hi) is then below lo + 0.5 (above hi - 0.5) in double too. */
 TARGET static inline __attribute__((always_inline)) int FN(requant16f)(
-    __m512 fa, __m512 u, __m512 ft, __m512 flo, __m512 fhi, __m512i acc, int16_t *dst)
+    __m512 fa, __m512 u, __m512 ft, __m512 flo, __m512 fhi, __m512i acc, int16_t *dst, uint8_t *dst8)
 {
     __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), fa, u);
     v = _mm512_min_ps(_mm512_max_ps(v, flo), fhi);
     const __m512 r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     if (_mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, r)), ft, _CMP_NLT_UQ)) return 1;
-    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(r))); /* exact: r integral */
+    FN(store16)(_mm512_cvtps_epi32(r), dst, dst8); /* exact: r integral */
     return 0;
 }
 
@@ -137,7 +146,7 @@ TARGET static inline __attribute__((always_inline)) void FN(requant16)(
     const __m512i si = _mm512_loadu_si512((const void *)s);
     FN(requant16d)(e, _mm512_set1_pd(a), _mm512_set1_pd(b), _mm512_set1_pd(c), acc,
                    _mm512_cvtepi32_pd(_mm512_castsi512_si256(si)), _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(si, 1)),
-                   dst);
+                   dst, NULL);
 }
 #endif
 

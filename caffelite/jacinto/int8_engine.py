@@ -46,7 +46,7 @@ from .. import log as glog
 from ..ops import int8 as i8op
 from ..ops import int8_glue as glue
 from .int8_grid import Int8Error, QGrid, check_ready, find_hook, simulation_ints  # noqa: F401 (public names)
-from .int8_glue_steps import GlueSteps, LazyInts, unfused_steps
+from .int8_glue_steps import Deferred, GlueSteps, LazyInts, unfused_steps
 from .int8_plan import out_grid, plan_steps
 
 
@@ -65,15 +65,26 @@ class Int8Net(GlueSteps):
     without storing its integers: :attr:`ints` computes them when they are first read (forwards with a
     ``teacher`` run the two unfused).
     ``compiled``: run the non-convolution steps in the compiled glue kernels (default: with ``native``, when
-    built; False: their NumPy steps, e.g. to compare).
+    built; False: their NumPy steps, e.g. to compare). ``fuse_packing``: a convolution whose output only the next
+    convolution reads, both on the sparse kernels, writes it straight into that convolution's planar uint8 input
+    (:meth:`caffelite.ops.int8.PackedConv.packed_input`) instead of int16 that the next one packs again;
+    :attr:`ints` reads such a blob from those planes, valid until the next forward (forwards with a ``teacher``
+    run unfused).
     """
 
-    def __init__(self, net, hook=None, native=True, isa=None, sparse=None, fuse_argmax=True, compiled=None):
+    def __init__(self, net, hook=None, native=True, isa=None, sparse=None, fuse_argmax=True, compiled=None,
+                 fuse_packing=True):
         self.net = net
         self.sparse = sparse  # None: per layer, the sparse kernel where enough weight pairs are zero
         self.hook = check_ready(net, hook)
         self.native = bool(native)
         self.fuse_argmax = bool(fuse_argmax)
+        self.fuse_packing = bool(fuse_packing)
+        self._fusion_plans = {}  # id(steps) -> (steps, {producer conv's first layer: the consumer conv step})
+        self._fuse = {}
+        self._prepacked = {}  # this forward: consumer conv's first layer -> the input shape its producer wrote
+        self._forward_id = 0
+        self.planes_written = []  # last forward: convolutions that wrote the next one's planar input
         # the compiled non-convolution steps
         self.glue = glue.available() and (self.native if compiled is None else bool(compiled))
         self.isa = isa
@@ -190,11 +201,7 @@ class Int8Net(GlueSteps):
         net = self.net
         bots, tops = net.bottom_ids(i), net.top_ids(last)
         if kind == "conv":
-            pc = st[3]
-            q = ints[bots[0]][0]
-            out = pc.forward(q, isa=self.isa) if self.native else \
-                i8op.conv_int_reference(q, pc.w, None, pc.g, pc.group, pc.rq)
-            ints[tops[0]] = (out, self._out_grid(last, 0))
+            ints[tops[0]] = (self._conv(st, ints, bots[0]), self._out_grid(last, 0))
         elif kind == "split":
             for t in tops:
                 ints[t] = ints[bots[0]]
@@ -226,6 +233,57 @@ class Int8Net(GlueSteps):
         else:
             self._float_step(i, ints)
 
+    def _conv(self, st, ints, bottom):
+        """The integer convolution step ``st`` on blob ``bottom`` of ``ints``, or on the planes the convolution
+        before wrote (:attr:`_prepacked`): its output, or, when it writes the next convolution's planes
+        (:attr:`_fuse`), a :class:`Deferred` read of those."""
+        pc = st[3]
+        shape_in = self._prepacked.pop(st[1], None)
+        prepacked = shape_in is not None
+        if not prepacked:
+            q = ints[bottom][0]
+            if not self.native:
+                return i8op.conv_int_reference(q, pc.w, None, pc.g, pc.group, pc.rq)
+            shape_in = q.shape
+        nxt = self._fuse.get(st[1])
+        prod = _settled(pc, sparse_only=prepacked) if nxt is not None or prepacked else None
+        cons = _settled(nxt[3], sparse_only=True) if nxt is not None and prod is not None else None
+        tgt = None
+        if cons is not None:
+            shape = (shape_in[0], prod.w.shape[0], *prod.g.out_shape(*shape_in[2:]))
+            tgt = cons.packed_input(shape, self.isa)
+        if prepacked:
+            out = prod.forward_prepacked(shape_in, isa=self.isa, pack_into=tgt)
+        elif tgt is not None:
+            out = prod.forward(q, isa=self.isa, pack_into=tgt)
+        else:
+            out = pc.forward(q, isa=self.isa)
+        if out is not None:  # not written into planes (another kernel, or no planes to write)
+            return out
+        self._prepacked[nxt[1]] = shape
+        self.planes_written.append(self.net.layers[st[1]].param.name)
+        return Deferred(_planes_reader(self, tgt, shape))
+
+    def _fusions(self, steps):
+        """{first layer of a conv step: the conv step that alone reads its output} (:attr:`fuse_packing`)."""
+        plan = self._fusion_plans.get(id(steps))
+        if plan is None or plan[0] is not steps:
+            net = self.net
+            readers = {}
+            for st in steps:
+                for b in net.bottom_ids(st[1]):
+                    readers.setdefault(b, []).append(st)
+            m = {}
+            for st in steps:
+                if st[0] != "conv":
+                    continue
+                t = net.top_ids(st[2])[0]
+                r = readers.get(t, [])
+                if t not in net.outputs and len(r) == 1 and r[0][0] == "conv":
+                    m[st[1]] = r[0]
+            plan = self._fusion_plans[id(steps)] = (steps, m)
+        return plan[1]
+
     def forward(self, teacher=None, **inputs):
         """Run the net in integers on ``inputs`` (name=array); returns the net outputs (float, as Net.forward).
 
@@ -244,6 +302,10 @@ class Int8Net(GlueSteps):
         ints = {}  # blob name -> (integers, grid)
         mismatch = {}
         steps = self._steps if teacher is None else [u for st in self._steps for u in unfused_steps(st)]
+        self._forward_id += 1
+        self._prepacked = {}
+        self.planes_written = []
+        self._fuse = self._fusions(steps) if teacher is None and self.native and self.fuse_packing else {}
         watch = _watchers(net)
         others = [] if self._warned_hooks else _others(net, self.hook)
         if others:
@@ -380,3 +442,31 @@ def run_net(net, start, end):
     for ly in net.layers:
         ly.engine_used = eng.engine_used.get(ly.param.name)
     return True
+
+
+def _settled(pc, sparse_only=False):
+    """The PackedConv a conv step runs now: an AutoConv's chosen kernel (None while it is still timing both, or,
+    with ``sparse_only``, when it chose dense), else ``pc`` itself (None with ``sparse_only`` if it is dense)."""
+    if isinstance(pc, i8op.AutoConv):
+        if pc.choice is None or (sparse_only and not pc.choice):
+            return None
+        return pc.sparse_conv if pc.choice else pc.dense
+    return None if sparse_only and not pc.sparse else pc
+
+
+def _planes_reader(eng, tgt, shape):
+    """A function returning, as int16 (N, C, H, W), the integers a convolution wrote into planes ``tgt``
+    (:meth:`caffelite.ops.int8.PackedConv.packed_input`) during forward ``eng._forward_id``; an error after a
+    later forward has written the planes again."""
+    planes, ps, row, off = tgt
+    n, c, h, w = shape
+    fid = eng._forward_id
+
+    def read():
+        if eng._forward_id != fid:
+            raise Int8Error(f"net '{eng.net.name}': these integers were overwritten by a later forward of the int8 "
+                            "engine: read Int8Net.ints before the next forward (or pass fuse_packing=False)")
+        flat = planes.reshape(-1)[off:]
+        view = np.lib.stride_tricks.as_strided(flat, (n, c, h, w), (c * ps, ps, row, 1), writeable=False)
+        return view.astype(np.int16)
+    return read

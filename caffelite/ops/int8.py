@@ -29,7 +29,7 @@ from .im2col import ConvGeometry, window_view
 from .int8_lib import (_LIB, ISAS, SINGLES_ISAS, SINGLES_WIDTH, _chunking, _Epi, _Geom,  # noqa: F401
                        _Pairs, _singles_chunking, _Sparse, _sparse_chunking, available, group_nonzeros, info,
                        native_ok, pack_input, pack_input4, pack_input16, pack_weights, pack_weights4,
-                       plane_stride16, quantize_float, supported_isas)
+                       planar_buffers, planar_sums, plane_stride16, quantize_float, supported_isas)
 
 
 @dataclass
@@ -329,26 +329,60 @@ class PackedConv:
                      self.in_off if quads else 0)
         return True
 
-    def _forward_singles(self, q, isa: str, out):
+    def _forward_singles(self, q, isa: str, out, pack_into=None):
         """The sparse forward through the paired-singles kernel (AVX-512, output rows of >= 32 pixels), or the
-        sparse quads one (VNNI, u8 x s8, output rows of >= 64 pixels)."""
+        sparse quads one (VNNI, u8 x s8, output rows of >= 64 pixels); ``pack_into``: see :meth:`forward`."""
         has_sum = self._has_sum
         quads = self._uses_squads(isa, self.g.out_shape(*q.shape[2:])[1])
         geom, sp, ntasks = self._singles_call(q.shape, has_sum, quads)
         xs, gsum, hp, wq, ps = pack_input16(q, self.group, self.g, geom.Ho, geom.Wo, has_sum, self._bufs, quads,
                                             self.in_off if quads else 0)
         assert (hp, wq, ps) == (geom.Hp, geom.Wq, sp.pstride)
+        return self._run_singles(xs, gsum, geom, sp, ntasks, quads, isa, out, pack_into)
+
+    def _run_singles(self, xs, gsum, geom, sp, ntasks, quads, isa, out, pack_into):
         e = self._epilogue()
-        if out is None:
-            out = np.empty((q.shape[0], self.w.shape[0], geom.Ho, geom.Wo), np.int16)
+        if pack_into is None and out is None:
+            out = np.empty((geom.N, self.w.shape[0], geom.Ho, geom.Wo), np.int16)
         self._next[0] = 0  # tasks are taken from here by whichever thread is free (same integers)
+        if pack_into is not None:
+            planes, sp.pk_ps, sp.pk_row, sp.pk_off = pack_into
+            sp.pk = planes.ctypes.data
         args = (xs.ctypes.data, None if gsum is None else gsum.ctypes.data, ctypes.byref(sp), ctypes.byref(e),
-                out.ctypes.data, ctypes.byref(geom))
-        if quads:
-            _LIB.run((int(self.split), *args), ntasks, None, _LIB.lib.ci8_quads_fwd)
-        else:
-            _LIB.run(args, ntasks, isa, _LIB.lib.ci8_singles_fwd)
+                None if out is None else out.ctypes.data, ctypes.byref(geom))
+        try:
+            if quads:
+                _LIB.run((int(self.split), *args), ntasks, None, _LIB.lib.ci8_quads_fwd)
+            else:
+                _LIB.run(args, ntasks, isa, _LIB.lib.ci8_singles_fwd)
+        finally:
+            sp.pk = None
         return out
+
+    def packed_input(self, shape, isa: str | None = None):
+        """Where the convolution before this one may write this one's input directly: (planes (N, C, pstride)
+        uint8, pstride, row length, offset of input pixel (0, 0) in a plane) when input ``shape`` runs the sparse
+        quads kernel as it is (no offset) with column stride 1; else None. The planes' padding is zero and stays
+        so (the producer writes their inside only). Then :meth:`forward_prepacked` runs on them."""
+        isa = self._pick_isa(shape, isa)
+        ho, wo = self.g.out_shape(*shape[2:])
+        if isa is None or not native_ok(self.g, wo, isa) or not self._uses_singles(isa, wo) or \
+                not self._uses_squads(isa, wo) or self.in_off or self.g.sw != 1:
+            return None
+        planes, _, hp, wq, ps = planar_buffers(shape, self.group, self.g, ho, wo, self._has_sum, self._bufs, True,
+                                               zero=True)
+        return planes, ps, wq, self.g.ph * wq + self.g.pw
+
+    def forward_prepacked(self, shape, isa: str | None = None, out=None, pack_into=None):
+        """int16 output of the input (N, C, H, W) ``shape`` a producer wrote into :meth:`packed_input`'s planes
+        (``pack_into``: as for :meth:`forward`)."""
+        isa = self._pick_isa(shape, isa)
+        geom, sp, ntasks = self._singles_call(shape, self._has_sum, True)
+        xs, gsum, hp, wq, ps = planar_buffers(shape, self.group, self.g, geom.Ho, geom.Wo, self._has_sum,
+                                              self._bufs, True)
+        if gsum is not None:
+            planar_sums(xs, gsum, self.group)
+        return self._run_singles(xs, gsum, geom, sp, ntasks, True, isa, out, pack_into)
 
     def _epilogue(self) -> _Epi:
         """The kernels' view of the requantisation (:class:`Requant`), built on first use."""
@@ -371,8 +405,10 @@ class PackedConv:
             isa = self._isa_for[key]
         return isa
 
-    def forward(self, q, isa: str | None = None, out=None):
-        """int16 output (N, Cout, Ho, Wo) of integer input ``q`` (N, C, H, W)."""
+    def forward(self, q, isa: str | None = None, out=None, pack_into=None):
+        """int16 output (N, Cout, Ho, Wo) of integer input ``q`` (N, C, H, W). ``pack_into`` (the next
+        convolution's :meth:`packed_input`): on the sparse kernels, the outputs (which must lie in 0..255) go there
+        as uint8 instead, and this returns None; the other kernels ignore it."""
         n, c, h, w = q.shape
         g = self.g
         ho, wo = g.out_shape(h, w)
@@ -381,7 +417,7 @@ class PackedConv:
             return conv_int_reference(q, self.w, None, g, self.group, self.rq)
         lib = _LIB
         if self._uses_singles(isa, wo):
-            return self._forward_singles(q, isa, out)
+            return self._forward_singles(q, isa, out, pack_into)
         quads = self.quads and isa == "vnni"
         if quads:
             xs, hp, wq, p = pack_input4(q, self.group, g, ho, wo)

@@ -212,7 +212,8 @@ class _Sparse(ctypes.Structure):
 class _Pairs(ctypes.Structure):
     _fields_ = [("kptr", ctypes.c_void_p), ("off", ctypes.c_void_p), ("w", ctypes.c_void_p), ("nkb", ctypes.c_long),
                 ("pstride", ctypes.c_long), ("next", ctypes.c_void_p), ("acc_off", ctypes.c_void_p),
-                ("s_off", ctypes.c_long)]
+                ("s_off", ctypes.c_long), ("pk", ctypes.c_void_p), ("pk_ps", ctypes.c_long), ("pk_row", ctypes.c_long),
+                ("pk_off", ctypes.c_long)]
 
 
 #: instruction sets of the paired-singles sparse kernel (cint8_singles.h), its pixels per vector and the most
@@ -231,32 +232,52 @@ def plane_stride16(hp: int, s: int, wq: int, itemsize: int = 2) -> int:
     return per * (lines + 1 - lines % 2)
 
 
+def planar_buffers(shape, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool, bufs: dict, u8: bool,
+                   zero: bool = False):
+    """The planar input buffers of a convolution taking input ``shape`` (:func:`pack_input16`'s layout), kept in
+    the caller's dict ``bufs`` and reused from call to call (large fresh arrays cost page faults, and their release
+    as much again): (planes (N, C, pstride), group sums (N, G, Hp, S, Wq) int32 or None, Hp, Wq, pstride).
+    ``zero``: planes made now start zeroed (a producer then writes their inside only)."""
+    n, c, h, w = shape
+    hb, wq = g.phase_extent(h, w, ho, wo)
+    size = 1 if u8 else 2
+    ps = plane_stride16(hb, g.sw, wq, size)
+    key = (n, c, hb, wq, ps, group, g.sw, size)
+    if bufs.get("key") != key:
+        bufs.clear()
+        bufs["key"] = key
+    packed = bufs.get("x")
+    if packed is None:
+        packed = bufs["x"] = (np.zeros if zero else np.empty)((n, c, ps), np.uint8 if u8 else np.int16)
+    gsum = bufs.get("gsum") if sums else None
+    if sums and gsum is None:
+        gsum = bufs["gsum"] = np.empty((n, group, hb, g.sw, wq), np.int32)
+    return packed, gsum, hb, wq, ps
+
+
+def planar_sums(packed, gsum, group: int):
+    """The group sums ``gsum`` (N, G, Hp, S, Wq) of planes ``packed`` (N, C, pstride) (int16, or uint8)."""
+    n, c, ps = packed.shape
+    plane = int(np.prod(gsum.shape[2:]))
+    want = 4 * _LIB.threads
+    blk = 16 * -(-plane // (16 * max(1, -(-want // (n * group)))))  # positions per task, whole 64-byte lines
+    _LIB.run((packed.ctypes.data, int(packed.dtype == np.uint8), c // group, plane, ps, blk, gsum.ctypes.data),
+             n * group * -(-plane // blk), None, _LIB.lib.ci8_planar_sums)
+
+
 def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = True, bufs=None, u8: bool = False,
                  off: int = 0):
     """``q`` (N, C, H, W) integers -> the planar int16 input of the paired-singles sparse kernel
     (N, C, pstride) with planes (Hp, S, Wq) (:func:`plane_stride16`): zero padded, columns split into stride
     phases; and with ``sums`` its group sums (N, G, Hp, S, Wq) int32 (else None). ``u8``: uint8 planes (the
     sparse quads kernel's input; ``q + off`` must lie in 0..255, the padding is ``off`` and the group sums are
-    those of the planes: ``off`` 128 takes signed 8-bit ``q``). ``bufs``: a dict kept by the caller, whose arrays
-    are reused from call to call (large fresh arrays cost page faults, and their release as much again).
-    Returns (array, group sums, Hp, Wq, pstride)."""
-    n, c, h, w = q.shape
-    hb, wq = g.phase_extent(h, w, ho, wo)
-    size = 1 if u8 else 2
-    ps = plane_stride16(hb, g.sw, wq, size)
-    qc = np.ascontiguousarray(q, np.int16)
-    bufs = {} if bufs is None else bufs
-    if bufs.get("key") != (n, c, hb, wq, ps, group, g.sw, size):
-        bufs.clear()
-        bufs["key"] = (n, c, hb, wq, ps, group, g.sw, size)
-    packed = bufs.get("x")
-    if packed is None:
-        packed = bufs["x"] = np.empty((n, c, ps), np.uint8 if u8 else np.int16)
-    gsum = bufs.get("gsum") if sums else None
-    if sums and gsum is None:
-        gsum = bufs["gsum"] = np.empty((n, group, hb, g.sw, wq), np.int32)
+    those of the planes: ``off`` 128 takes signed 8-bit ``q``). ``bufs``: the caller's dict of buffers
+    (:func:`planar_buffers`). Returns (array, group sums, Hp, Wq, pstride)."""
     if off and not u8:
         raise ValueError("pack_input16: an input offset needs the uint8 planes")
+    n, c, h, w = q.shape
+    qc = np.ascontiguousarray(q, np.int16)
+    packed, gsum, hb, wq, ps = planar_buffers(q.shape, group, g, ho, wo, sums, {} if bufs is None else bufs, u8)
     # tasks: whole planes (no two threads write one cache line), split into row blocks only as far as it takes for
     # four tasks per thread
     want = 4 * _LIB.threads
@@ -264,10 +285,7 @@ def pack_input16(q, group: int, g: ConvGeometry, ho: int, wo: int, sums: bool = 
     _LIB.run((qc.ctypes.data, h, w, hb, g.sw, wq, g.ph, g.pw, ps, rows, *((off,) if u8 else ()), packed.ctypes.data),
              n * c * -(-hb // rows), None, _LIB.lib.ci8_pack8 if u8 else _LIB.lib.ci8_pack16)
     if gsum is not None:
-        plane = hb * g.sw * wq
-        blk = 16 * -(-plane // (16 * max(1, -(-want // (n * group)))))  # positions per task, whole 64-byte lines
-        _LIB.run((packed.ctypes.data, int(u8), c // group, plane, ps, blk, gsum.ctypes.data),
-                 n * group * -(-plane // blk), None, _LIB.lib.ci8_planar_sums)
+        planar_sums(packed, gsum, group)
     return packed, gsum, hb, wq, ps
 
 
