@@ -21,7 +21,7 @@
  * thread) runs its tasks itself, in the same ranges. A forked child starts with no pool threads.
  */
 
-#include <errno.h>
+#include <Python.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -254,3 +254,9 @@ int cp_selftest(long *out, long mult, int add, int fail_at, int fail, long a5, l
     for (long t = t0; t < t1; t++) out[t] = t * mult + add + (sum == check ? 0 : 1000000);
     return fail_at >= t0 && fail_at < t1 ? fail : 0;
 }
+
+/* The module itself is empty: it exists so that setuptools builds and installs the shared library. */
+static struct PyModuleDef cpool_module = {PyModuleDef_HEAD_INIT, "_cpool", "compiled thread pool (ctypes).", -1,
+                                          NULL};
+
+PyMODINIT_FUNC PyInit__cpool(void) { return PyModule_Create(&cpool_module); }
