@@ -3,6 +3,7 @@ simulation (the 0.17 quantization hook) on the jsegnet21v2 deploy net of the fix
 BatchNorm + Scale), at 64x128."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -250,6 +251,9 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     rc = cli.main(["time", "--model", str(quant), "--engine", "int8", "--iterations", "1", "--quant-ranges", "load",
                    str(ranges)])
     assert rc == 0
+    # convolutions report the zeros of the integer weights they run (the float blob has none once quantized)
+    log = capsys.readouterr().err
+    assert re.search(r"conv1a\tengine: int8[a-z-]* \(zero integer weights \d\.\d{3}\)", log), log[-2000:]
 
 
 def test_8bit_weights_run_u8s8_kernel_teacher_forced():

@@ -121,9 +121,17 @@ def engine_table(net):
 
     from .. import backend
     glog.info(f"Engine per layer (requested: {net.engine}):", "caffelite")
+    state = getattr(net, "net_engine_state", None)
+    # the int8 engine's convolutions: the zeros of the integer weights they run (quantizing with jacinto's weight
+    # offset leaves none in the float blob)
+    int_zeros = state.weight_zeros() if hasattr(state, "weight_zeros") else {}
     for layer in net.layers:
         used = getattr(layer, "engine_used", None)
         if used is None:
+            continue
+        if layer.name in int_zeros:
+            glog.info(f"{layer.name:>10}\tengine: {used} (zero integer weights {int_zeros[layer.name]:.3f})",
+                      "caffelite")
             continue
         w = backend.to_numpy(layer.blobs[0].data) if layer.blobs else np.zeros(0)  # int8 names every layer
         zeros = 1.0 - np.count_nonzero(w) / w.size if w.size else 0.0

@@ -264,6 +264,18 @@ class Int8Net(GlueSteps):
         self.planes_written.append(self.net.layers[st[1]].param.name)
         return Deferred(_planes_reader(self, tgt, shape))
 
+    def weight_zeros(self) -> dict:
+        """{convolution layer name: the fraction of zeros among the integer weights its kernel runs} for the
+        current plan's convolutions. jacinto's weight offset moves a pruned float weight off zero once it is
+        quantized (the float blob then has no zeros left); the integer weights keep it at zero."""
+        out = {}
+        for st in self._steps or ():
+            if st[0] == "conv":
+                pc = st[3]
+                w = (pc.sparse_conv if isinstance(pc, i8op.AutoConv) else pc).w
+                out[self.net.layers[st[1]].param.name] = 1.0 - np.count_nonzero(w) / max(1, w.size)
+        return out
+
     def _fusions(self, steps):
         """{first layer of a conv step: the conv step that alone reads its output} (:attr:`fuse_packing`)."""
         plan = self._fusion_plans.get(id(steps))
