@@ -234,7 +234,8 @@ int ci8_singles_fwd(int isa, const int16_t *x, const int32_t *gsum, const void *
 
 /* Sparse forward over quads of nonzero int8 weights (cint8_quads.h): AVX-512 VNNI only, x the planar uint8
  * input of ci8_pack8, p->P the channels per group, p->bg at most QS_MAXBG, Wo at least 64. split: the groups hold
- * two quads each, the 32*hi and lo parts of 12-bit weights (q12_run). */
+ * two quads each, the 32*hi and lo parts of 12-bit weights (q12_run). out is NULL when sp's pk takes the output
+ * (struct i8pairs). */
 int ci8_quads_fwd(int split, const uint8_t *x, const int32_t *gsum, const void *sp, const struct i8epi *e,
                   int16_t *out, const struct i8geom *p, long t0, long t1)
 {

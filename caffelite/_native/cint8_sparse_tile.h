@@ -117,7 +117,8 @@ TARGET static inline __attribute__((always_inline)) void SPT(tile)(
                 sg = g;
             }
             const __m512d va = _mm512_set1_pd(e->A[m]), vb = _mm512_set1_pd(e->B[m]), vc = _mm512_set1_pd(e->C[m]);
-            int16_t *ob = out + (n * p->Cout + m) * hw;
+            /* int16 at out, or (sp->pk, out NULL) uint8 into the next convolution's planes */
+            int16_t *ob = out ? out + (n * p->Cout + m) * hw : NULL;
             uint8_t *pb = sp->pk ? sp->pk + (n * p->Cout + m) * sp->pk_ps + sp->pk_off : NULL;
             /* the float32 epilogue's constants (a vector it cannot vouch for takes the double epilogue) */
             __m512 fa = _mm512_setzero_ps(), fb = fa, fc = fa, ft = fa, flo = fa, fhi = fa;
@@ -127,23 +128,24 @@ TARGET static inline __attribute__((always_inline)) void SPT(tile)(
             }
 #pragma GCC unroll 2
             for (int v = 0; v < T; v++) {
-                int16_t *dst = ob + (long)ys[v] * p->Wo + xs[v];
+                int16_t *dst = ob ? ob + (long)ys[v] * p->Wo + xs[v] : NULL;
                 uint8_t *d8 = pb ? pb + (long)ys[v] * sp->pk_row + xs[v] : NULL;
                 __m512i o[SPT_H];
                 SPT_ORDER(acc + SPT_H * v, o);
 #pragma GCC unroll 4
                 for (int h = 0; h < SPT_H; h++) {
+                    int16_t *d16 = dst ? dst + 16 * h : NULL;
                     uint8_t *d8h = d8 ? d8 + 16 * h : NULL;
                     if (!e->fast) {
-                        FN(requant16d)(e, va, vb, vc, o[h], sd[v][2 * h], sd[v][2 * h + 1], dst + 16 * h, d8h);
+                        FN(requant16d)(e, va, vb, vc, o[h], sd[v][2 * h], sd[v][2 * h + 1], d16, d8h);
                         continue;
                     }
                     const __m512i si = p->has_sum ? _mm512_loadu_si512((const void *)(s[v] + 16 * h))
                                                   : _mm512_setzero_si512();
                     const __m512 u = p->has_sum ? _mm512_fmadd_ps(fb, _mm512_cvtepi32_ps(si), fc) : fc;
-                    if (FN(requant16f)(fa, u, ft, flo, fhi, o[h], dst + 16 * h, d8h))
+                    if (FN(requant16f)(fa, u, ft, flo, fhi, o[h], d16, d8h))
                         FN(requant16d)(e, va, vb, vc, o[h], _mm512_cvtepi32_pd(_mm512_castsi512_si256(si)),
-                                       _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(si, 1)), dst + 16 * h, d8h);
+                                       _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(si, 1)), d16, d8h);
                 }
             }
         }

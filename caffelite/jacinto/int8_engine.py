@@ -271,9 +271,8 @@ class Int8Net(GlueSteps):
         out = {}
         for st in self._steps or ():
             if st[0] == "conv":
-                pc = st[3]
-                w = (pc.sparse_conv if isinstance(pc, i8op.AutoConv) else pc).w
-                out[self.net.layers[st[1]].param.name] = 1.0 - np.count_nonzero(w) / max(1, w.size)
+                pc = _settled(st[3]) or st[3].sparse_conv  # an AutoConv still timing: its sparse kernel's weights
+                out[self.net.layers[st[1]].param.name] = 1.0 - np.count_nonzero(pc.w) / max(1, pc.w.size)
         return out
 
     def _fusions(self, steps):

@@ -366,8 +366,8 @@ class PackedConv:
         so (the producer writes their inside only). Then :meth:`forward_prepacked` runs on them."""
         isa = self._pick_isa(shape, isa)
         ho, wo = self.g.out_shape(*shape[2:])
-        if isa is None or not native_ok(self.g, wo, isa) or not self._uses_singles(isa, wo) or \
-                not self._uses_squads(isa, wo) or self.in_off or self.g.sw != 1:
+        if isa is None or not native_ok(self.g, wo, isa) or not self._uses_squads(isa, wo) or self.in_off or \
+                self.g.sw != 1:
             return None
         planes, _, hp, wq, ps = planar_buffers(shape, self.group, self.g, ho, wo, self._has_sum, self._bufs, True,
                                                zero=True)

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .im2col import ConvGeometry
-from .native import DYNAMIC_PARTS_PER_THREAD, _thread_count, load_library, pooled_run, split_tasks
+from .native import _thread_count, load_library, pooled_run, split_tasks
 
 
 _MAX_KW = 32
@@ -92,7 +92,7 @@ class _Lib:
         elif id(fn) in self.shared:  # each thread takes tasks from the kernel's own counter
             rc = pooled_run(fn, args, ntasks, parts, parts, shared=True)
         else:
-            rc = pooled_run(fn, args, ntasks, parts, min(ntasks, parts * DYNAMIC_PARTS_PER_THREAD))
+            rc = pooled_run(fn, args, ntasks, parts)
         if any(rc):
             raise RuntimeError(f"integer convolution kernel failed (codes {rc})")
 

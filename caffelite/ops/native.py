@@ -85,11 +85,6 @@ class KernelLibrary:
             self.isa = self.supported[-1]
         self.threads = _thread_count()
 
-    @property
-    def pool(self):
-        """The thread pool for :attr:`threads` threads (shared by the libraries), or None for one thread."""
-        return shared_pool(self.threads) if self.threads > 1 else None
-
     def run(self, fn, args, ntasks: int, isa: str | None = None, min_per_part: int = 1, dynamic: bool = False):
         """Call ``fn(isa, *args, t0, t1)`` over [0, ntasks), one contiguous range per thread (at least
         ``min_per_part`` tasks each; fewer run on the calling thread).
@@ -100,11 +95,10 @@ class KernelLibrary:
         to the others instead of holding up the call."""
         code = _ISAS.index(isa or self.isa)
         parts = max(1, min(self.threads, ntasks // max(1, min_per_part)))
-        if parts <= 1 or self.threads <= 1:
+        if parts <= 1:
             rc = [fn(code, *args, 0, ntasks)]
-        else:  # static: one range per thread, the same ranges whichever thread takes them
-            rc = pooled_run(fn, (code, *args), ntasks, parts,
-                            min(ntasks, parts * DYNAMIC_PARTS_PER_THREAD) if dynamic else parts)
+        else:  # not dynamic: one range per thread (the same ranges whichever thread takes them)
+            rc = pooled_run(fn, (code, *args), ntasks, parts, None if dynamic else parts)
         if any(rc):
             raise RuntimeError(f"{self.label} failed (codes {rc})")
 
@@ -177,11 +171,13 @@ def _load_cpool(path: str):
     return pool if pool.ok else None  # another platform: Python's pool (no warning: nothing is wrong)
 
 
-def pooled_run(fn, args, ntasks: int, threads: int, parts: int, shared: bool = False) -> list:
+def pooled_run(fn, args, ntasks: int, threads: int, parts: int | None = None, shared: bool = False) -> list:
     """Run kernel ``fn(*args, t0, t1)`` over [0, ntasks) on ``threads`` threads in ``parts`` ranges taken as the
-    threads come free (``shared``: ``fn(*args, 0, ntasks)`` ``parts`` times, for kernels that hand out their
-    tasks themselves): on the compiled pool where it takes the call, else on Python's (:func:`run_dynamic`).
-    The ranges are the same either way. Returns the return codes."""
+    threads come free (default :data:`DYNAMIC_PARTS_PER_THREAD` per thread; ``shared``: ``fn(*args, 0, ntasks)``
+    ``parts`` times, for kernels that hand out their tasks themselves): on the compiled pool where it takes the
+    call, else on Python's (:func:`run_dynamic`). The ranges are the same either way. Returns the return codes."""
+    if parts is None:
+        parts = min(ntasks, threads * DYNAMIC_PARTS_PER_THREAD)
     if _CPOOL_ON and _CPOOL is not None:
         rc = _CPOOL.run(fn, args, ntasks, parts, threads, shared)
         if rc is not None:
